@@ -1,0 +1,79 @@
+# ahvlite: `make demo` and `make test` work as root on a fresh Debian 12 machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+AHV    := $(BIN)/ahvlite
+DEMO_LAB ?= demo
+
+# Debian packages ahvlite needs on a host and for the lab (one list, installed only
+# when something is missing, so `make setup` is fast the second time).
+DEBS := libvirt-daemon-system libvirt-clients libvirt-dev pkg-config \
+	qemu-system-x86 qemu-utils openvswitch-switch openvswitch-common \
+	swtpm swtpm-tools ovmf zookeeper openssh-server openssh-client \
+	iproute2 ethtool util-linux kmod procps iputils-ping cpio busybox-static \
+	mtools dosfstools syslinux syslinux-common libxml2-utils \
+	python3 python3-venv python3-dev gcc make
+
+.PHONY: help setup debs venv guest demo test test-unit test-functional test-lab lint bench clean
+
+help:
+	@echo "make demo   - install what is missing, build a 3-host lab, boot guests, ping across hosts"
+	@echo "make test   - install what is missing, run the whole test suite (unit, functional, lab)"
+	@echo "make setup  - only install (Debian packages, .venv, lab guest image)"
+	@echo "make lint   - ruff and mypy"
+	@echo "make bench  - benchmarks (ratios against a peer measured in the same run)"
+
+setup: debs venv guest
+
+debs:
+	@missing=$$(for p in $(DEBS); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+guest: venv
+	$(AHV) lab guest-image
+
+demo: setup
+	-@$(AHV) lab down --name $(DEMO_LAB) >/dev/null 2>&1
+	$(AHV) lab up --hosts 3 --name $(DEMO_LAB)
+	$(AHV) lab demo --name $(DEMO_LAB)
+	@echo "The lab keeps running: '$(AHV) lab status --name $(DEMO_LAB)'," \
+	      "'$(AHV) lab exec h1 --name $(DEMO_LAB) -- virsh list'; remove it with" \
+	      "'$(AHV) lab down --name $(DEMO_LAB)'."
+
+test: setup
+	$(BIN)/pytest tests
+
+test-unit: venv
+	$(BIN)/pytest tests/unit
+
+test-functional: setup
+	$(BIN)/pytest tests/functional
+
+test-lab: setup
+	$(BIN)/pytest tests/lab
+
+lint: venv
+	$(BIN)/ruff check ahvlite tests bench
+	$(BIN)/mypy ahvlite
+
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

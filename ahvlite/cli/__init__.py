@@ -1,0 +1,1 @@
+"""The ``ahvlite`` command line: one module per noun; parse, call one function, render."""

@@ -1,0 +1,148 @@
+"""``ahvlite lab``: a multi-host KVM lab on this machine, built from namespaces."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import typer
+
+from ahvlite.cli.output import console, emit_json, progress, table
+from ahvlite.lab import demo as lab_demo
+from ahvlite.lab import lab
+from ahvlite.spec.errors import build
+from ahvlite.spec.lab import LabSpec
+
+app = typer.Typer(no_args_is_help=True, help="Build, inspect and remove a local lab.")
+
+NameOpt = Annotated[str, typer.Option("--name", help="Lab name (a-z0-9, at most 8).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _show_status(st: dict[str, Any]) -> None:
+    console.print(f"lab [bold]{st['name']}[/] ({st['phase']}): subnet {st['subnet']} on "
+                  f"{st['bridge']}, domain type [bold]{st['domain_type']}[/]"
+                  f" — {st['domain_type_reason']}")
+    rows = [[h["name"], h["hostname"], h["address"], "up" if h["up"] else "DOWN",
+             h["libvirt_uri"].split("?")[0]] for h in st["hosts"]]
+    console.print(table("hosts", ["host", "hostname", "address", "daemons", "libvirt"], rows))
+    console.print(f"cluster file: {st['cluster_file']}")
+    console.print(f"shared pool:  {st['pool']['name']} at {st['pool']['path']}")
+    if st["timings_s"]:
+        console.print("timings (s): " + ", ".join(f"{k} {v}" for k, v in st["timings_s"].items()))
+
+
+@app.command()
+def up(
+    hosts: Annotated[int, typer.Option("--hosts", help="Number of hosts (1-16).")] = 3,
+    name: NameOpt = "lab",
+    subnet: Annotated[str | None, typer.Option(
+        "--subnet", help="Private IPv4 subnet for management (default from the name).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build a lab of N hosts (each with OVS, libvirt over TLS and sshd)."""
+    spec = build(LabSpec, name=name, hosts=hosts, subnet=subnet)
+    with progress(not json_out, f"lab {name}: starting") as report:
+        st = lab.up(spec, report=report)
+    if json_out:
+        emit_json(st)
+    else:
+        _show_status(st)
+        console.print(f"point the CLI at it: [bold]{lab.env_line(name)}[/]")
+
+
+@app.command()
+def down(
+    name: NameOpt = "lab",
+    keep: Annotated[bool, typer.Option("--keep", help="Keep state dirs and logs.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove everything the lab created (processes by PID, namespaces, links)."""
+    with progress(not json_out, f"lab {name}: removing"):
+        result = lab.down(name, keep=keep)
+    if json_out:
+        emit_json(result)
+    else:
+        r = result["removed"]
+        console.print(f"lab {name} removed: {len(r['processes'])} processes, "
+                      f"{len(r['netns'])} namespaces, {len(r['links'])} links")
+
+
+@app.command()
+def status(name: NameOpt = "lab", json_out: JsonOpt = False) -> None:
+    """Show a lab: hosts, addresses, daemons, domain type, cluster file."""
+    st = lab.status(name)
+    if json_out:
+        emit_json(st)
+    else:
+        _show_status(st)
+
+
+@app.command(name="list")
+def list_(json_out: JsonOpt = False) -> None:
+    """List the labs on this machine."""
+    names = lab.list_labs()
+    if json_out:
+        emit_json(names)
+    else:
+        for n in names:
+            console.print(n)
+
+
+@app.command(name="exec", context_settings={"allow_extra_args": True,
+                                            "ignore_unknown_options": True})
+def exec_(
+    host: Annotated[str, typer.Argument(help="Lab host, e.g. h1.")],
+    command: Annotated[list[str] | None, typer.Argument(help="Command (after --).")] = None,
+    name: NameOpt = "lab",
+) -> None:
+    """Run a command inside a lab host's network, mount and UTS namespaces."""
+    argv = lab.exec_argv(name, host, list(command or []))
+    os.execvp(argv[0], argv)
+
+
+@app.command()
+def env(name: NameOpt = "lab") -> None:
+    """Print the shell line that points the CLI at the lab's cluster file."""
+    typer.echo(lab.env_line(name))
+
+
+@app.command()
+def demo(
+    name: NameOpt = "lab",
+    json_out: JsonOpt = False,
+) -> None:
+    """Boot one guest per host from the disk image and ping guest to guest across hosts."""
+    with progress(not json_out, "demo: booting guests") as report:
+        result = lab_demo.run(name, report=report)
+    if json_out:
+        emit_json(result)
+        return
+    rows = [[g["name"], g["host"], g["address"], g["state"], g["boot_s"]]
+            for g in result["guests"]]
+    console.print(table("guests", ["guest", "host", "address", "state", "boot s"], rows))
+    rows = [[p["from"], p["to"], "ok" if p["ok"] else "FAILED", p["detail"]]
+            for p in result["pings"]]
+    console.print(table("guest-to-guest ping across hosts", ["from", "to", "result", ""], rows))
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command(name="guest-image")
+def guest_image(
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if current.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build (or reuse) the lab's test guest: kernel, busybox initramfs, qcow2 disk."""
+    from ahvlite.lab.guest import build_guest
+    from ahvlite.lab.paths import cache_dir
+
+    with progress(not json_out, "building the lab guest from Debian packages"):
+        images = build_guest(cache_dir() / "guest", force=force)
+    result = {"kernel": str(images.kernel), "initrd": str(images.initrd),
+              "disk": str(images.disk)}
+    if json_out:
+        emit_json(result)
+    else:
+        for k, v in result.items():
+            console.print(f"{k:7} {v}")

@@ -1,0 +1,86 @@
+"""One exception hierarchy for ahvlite.
+
+Errors from libvirt, OVSDB, netlink, ZooKeeper and subprocesses are translated once,
+at the package that talks to that system, into one of these. Every error carries a
+message that says what was wrong and, where we know it, what to do (``hint``). The
+CLI maps each class to its own exit code, so scripts can tell them apart.
+"""
+
+from __future__ import annotations
+
+
+class AhvliteError(Exception):
+    """Base of every error ahvlite raises on purpose."""
+
+    exit_code = 1
+    kind = "error"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def to_dict(self) -> dict[str, str | int | None]:
+        return {"error": self.kind, "message": self.message, "hint": self.hint,
+                "exit_code": self.exit_code}
+
+
+class InvalidSpec(AhvliteError):
+    """User input does not fit: names the field, the value and what is allowed."""
+
+    exit_code = 2
+    kind = "invalid"
+
+    def __init__(self, field: str, value: object, allowed: str, *, hint: str | None = None):
+        super().__init__(f"{field}={value!r} is not valid: {allowed}", hint=hint)
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+
+
+class NotFound(AhvliteError):
+    exit_code = 3
+    kind = "not_found"
+
+
+class Conflict(AhvliteError):
+    """The request clashes with existing state (a name in use, a running lab)."""
+
+    exit_code = 4
+    kind = "conflict"
+
+
+class MissingDependency(AhvliteError):
+    """Something the machine must have is missing (a Debian package, /dev/net/tun)."""
+
+    exit_code = 5
+    kind = "missing_dependency"
+
+
+class HostUnreachable(AhvliteError):
+    exit_code = 6
+    kind = "unreachable"
+
+
+class Unsupported(AhvliteError):
+    exit_code = 7
+    kind = "unsupported"
+
+
+class OperationTimeout(AhvliteError):
+    exit_code = 8
+    kind = "timeout"
+
+
+class OperationFailed(AhvliteError):
+    """An external system refused or failed an operation; its own message is kept."""
+
+    exit_code = 9
+    kind = "failed"
+
+
+class UnsafeNetwork(AhvliteError):
+    """The lab would send packets off this machine; it refuses instead."""
+
+    exit_code = 10
+    kind = "unsafe_network"

@@ -1,0 +1,1 @@
+"""``ahvlite lab``: several KVM hosts on one Linux machine, built from namespaces."""

@@ -1,0 +1,100 @@
+"""Test guests on lab hosts: boot from the shared disk image, wait until ready."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ahvlite.errors import OperationFailed, OperationTimeout
+from ahvlite.lab.layout import OVS_BRIDGE, SHARED_POOL, HostLayout, LabLayout
+from ahvlite.lab.state import LabState
+from ahvlite.virt import guest, storage
+from ahvlite.virt.conn import connection
+
+READY = re.compile(r"AHVLITE-GUEST-READY ip=(\S+)")
+GUEST_BASE = "ahvlite-guest-base.qcow2"
+
+
+@dataclass(frozen=True)
+class LabGuest:
+    name: str
+    host: str
+    address: str  # CIDR
+    mac: str
+    disk: str
+    serial_log: str  # path inside the host
+
+    @property
+    def ip(self) -> str:
+        return self.address.split("/")[0]
+
+
+def guest_mac(lab: str, name: str) -> str:
+    digest = hashlib.sha256(f"{lab}/{name}".encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def boot_from_disk(layout: LabLayout, state: LabState, host: HostLayout, name: str,
+                   address: str) -> LabGuest:
+    """Define and start ``name`` on ``host``, booting a fresh overlay of the base image.
+
+    The guest learns its address from QEMU fw_cfg, so one disk image serves all guests.
+    """
+    serial_log = f"/var/log/libvirt/qemu/{name}-serial.log"
+    mac = guest_mac(layout.name, name)
+    if state.domain_type is None:
+        raise OperationFailed(f"lab {layout.name} has no domain type yet (lab up unfinished)")
+    with connection(layout.libvirt_uri(host)) as conn:
+        guest.destroy_and_undefine(conn, name)
+        pool = storage.ensure_dir_pool(conn, SHARED_POOL, layout.shared_dir)
+        disk = storage.create_overlay(pool, f"{name}.qcow2", layout.shared_dir / GUEST_BASE)
+        xml = guest.simple_domain_xml(guest.SimpleGuest(
+            name=name, uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"ahvlite:{layout.name}:{name}")),
+            domain_type=state.domain_type, disk=disk, bridge=OVS_BRIDGE, mac=mac,
+            fw_cfg={"opt/ahvlite/ip": address, "opt/ahvlite/hostname": name},
+            serial_log=Path(serial_log)))
+        (host.state_dir / serial_log.lstrip("/")).unlink(missing_ok=True)
+        dom = guest.define(conn, xml)
+        guest.start(dom)
+    g = LabGuest(name=name, host=host.name, address=address, mac=mac, disk=str(disk),
+                 serial_log=serial_log)
+    state.guests = [x for x in state.guests if x["name"] != name] + [asdict(g)]
+    state.save(layout.state_file)
+    return g
+
+
+def wait_ready(layout: LabLayout, g: LabGuest, *, timeout_s: float = 120) -> float:
+    """Wait for the guest's ready line on its serial log; return seconds waited."""
+    host = layout.host(g.host)
+    log = host.state_dir / g.serial_log.lstrip("/")
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if log.exists():
+            match = READY.search(log.read_text(errors="replace"))
+            if match:
+                return time.monotonic() - started
+        time.sleep(0.2)
+    tail = log.read_text(errors="replace")[-800:] if log.exists() else "(no serial log)"
+    raise OperationTimeout(f"guest {g.name} on {g.host} was not ready in {timeout_s:.0f} s; "
+                           f"serial console ends with:\n{tail}")
+
+
+def find_guest(state: LabState, name: str) -> LabGuest:
+    for raw in state.guests:
+        if raw["name"] == name:
+            return LabGuest(**raw)
+    raise OperationFailed(f"guest {name} is not recorded in lab {state.name}")
+
+
+def console_run(layout: LabLayout, g: LabGuest, command: str, *,
+                timeout_s: float = 30) -> tuple[int, str]:
+    """Run a shell command on the guest's serial console (through libvirt)."""
+    host = layout.host(g.host)
+    with connection(layout.libvirt_uri(host)) as conn:
+        dom = guest.lookup(conn, g.name)
+        with guest.Console(conn, dom) as con:
+            return con.run(command, timeout_s=timeout_s)

@@ -1,0 +1,481 @@
+"""``ahvlite lab``: bring a multi-host lab up, report on it, and take it down.
+
+Order matters for safety: the lab bridge and its on-link subnet exist, and the route
+to every host address is checked to lead into that bridge, before any daemon listens
+or anything connects to a lab address. Every object is recorded in the state file
+before it is created, so ``down`` (or the next ``up``) removes exactly what was made.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ahvlite.errors import Conflict, NotFound, OperationFailed, OperationTimeout, UnsafeNetwork
+from ahvlite.lab import hostconfig, namespaces, processes
+from ahvlite.lab.guest import GuestImages, build_guest
+from ahvlite.lab.guests import GUEST_BASE
+from ahvlite.lab.layout import (
+    BOND,
+    OVS_BRIDGE,
+    SHARED_POOL,
+    UPLINKS,
+    VIRBR0_ADDRESS,
+    HostLayout,
+    LabLayout,
+    bridge_name,
+    netns_prefix,
+    plan_layout,
+    veth_prefix,
+)
+from ahvlite.lab.paths import cache_dir, lab_root, labs_dir
+from ahvlite.lab.pki import LabCA, install_client_pki, install_host_pki
+from ahvlite.lab.prereqs import check_lab_prerequisites, find_program
+from ahvlite.lab.sshkeys import known_hosts_line, make_keypair
+from ahvlite.lab.state import LabState
+from ahvlite.net import netlink
+from ahvlite.net.ovs import ops as ovs_ops
+from ahvlite.net.ovs.api import ovsdb
+from ahvlite.spec.cluster import ClusterSpec, HostSpec, SshSpec
+from ahvlite.spec.lab import LabSpec
+from ahvlite.virt import storage
+from ahvlite.virt.conn import connection
+
+Report = Callable[[str], None]
+
+# Daemons of a host in start order; ``down`` stops them in reverse.
+DAEMONS = ("ovsdb-server", "ovs-vswitchd", "virtlogd", "virtlockd", "libvirtd", "sshd")
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# -- up -----------------------------------------------------------------------
+
+def up(spec: LabSpec, *, report: Report = _quiet) -> dict[str, Any]:
+    """Build the lab described by ``spec``; return its status."""
+    started = time.monotonic()
+    check_lab_prerequisites()
+    root = lab_root(spec.name)
+    layout = plan_layout(spec, root)
+    _refuse_running(layout)
+    _refuse_overlap_with_other_labs(layout)
+    previous = LabState.load(layout.state_file)
+    if previous is not None or _leftovers(spec.name):
+        report("clearing leftovers of an earlier run")
+        teardown(spec.name, keep=False)
+    overlaps = netlink.overlapping_networks(layout.subnet)
+    if overlaps:
+        where = ", ".join(f"{net} on {dev}" for net, dev in overlaps)
+        raise UnsafeNetwork(
+            f"subnet {layout.subnet} is already in use on this machine ({where})",
+            hint="choose another with --subnet")
+
+    report("building the test guest (cached after the first run)")
+    images = build_guest(cache_dir() / "guest")
+
+    state = LabState(name=spec.name, subnet=str(layout.subnet), hosts=spec.hosts)
+    root.mkdir(parents=True, exist_ok=True)
+    state.save(layout.state_file)
+    try:
+        _build(layout, state, images, report)
+    except BaseException:
+        # Nothing half-created stays behind: a failed up removes what it made, but
+        # keeps the logs, which say why.
+        state.save(layout.state_file)
+        report("lab up failed; removing what it created")
+        teardown(spec.name, keep=True)
+        raise
+    state.timings_s["lab_up"] = round(time.monotonic() - started, 2)
+    state.phase = "up"
+    state.save(layout.state_file)
+    return status(spec.name)
+
+
+def _build(layout: LabLayout, state: LabState, images: GuestImages, report: Report) -> None:
+    t0 = time.monotonic()
+    save = lambda: state.save(layout.state_file)  # noqa: E731 - recorded before each step
+
+    report(f"wiring lab bridge {layout.bridge} with {layout.gateway}")
+    state.mounts.append(str(layout.ns_dir))
+    save()
+    if not namespaces.make_private_dir(layout.ns_dir):
+        state.mounts.remove(str(layout.ns_dir))
+    state.bridge = layout.bridge
+    save()
+    netlink.create_bridge(layout.bridge)
+    netlink.add_address(layout.bridge, str(layout.gateway))
+    netlink.set_link_up(layout.bridge)
+    _check_on_link(layout)
+
+    report("creating the lab CA, certificates and SSH keys")
+    ca = LabCA.create(layout.name)
+    ca.save(layout.pki_dir / "ca")
+    install_client_pki(ca, layout.client_pki_dir, name=f"ahvlite-{layout.name}-client")
+    layout.ssh_dir.mkdir(parents=True, exist_ok=True)
+    user_key = make_keypair(layout.ssh_key, f"ahvlite-lab-{layout.name}")
+    (layout.ssh_dir / "authorized_keys").write_text(user_key + "\n")
+    layout.shared_dir.mkdir(parents=True, exist_ok=True)
+    layout.lockspace_dir.mkdir(parents=True, exist_ok=True)
+    known_hosts = []
+
+    for host in layout.hosts:
+        report(f"{host.name}: namespaces, uplinks and configuration")
+        state.netns.append(host.netns)
+        state.links.extend(host.veths)
+        state.mounts.extend([str(host.mnt_ns_file), str(host.uts_ns_file)])
+        save()
+        netlink.create_netns(host.netns)
+        netlink.set_link_up("lo", ns=host.netns)
+        for root_end, ns_end in zip(host.veths, UPLINKS, strict=True):
+            netlink.create_veth_into(root_end, ns_end, host.netns, bridge=layout.bridge)
+            _ethtool_tx_off(root_end)
+        namespaces.create_host_namespaces(
+            netns=host.netns, mnt_file=host.mnt_ns_file, uts_file=host.uts_ns_file,
+            state_dir=host.state_dir, hostname=host.hostname)
+        _write_host_files(layout, host, ca)
+        host_pub = (host.state_dir / "etc/ssh/ssh_host_ed25519_key.pub").read_text().strip()
+        known_hosts.append(known_hosts_line(host.ip, host_pub))
+    layout.known_hosts.write_text("\n".join(known_hosts) + "\n")
+    state.timings_s["wiring"] = round(time.monotonic() - t0, 2)
+
+    report("starting OVS on every host")
+    for host in layout.hosts:
+        _start(state, layout, host, "ovsdb-server", [
+            "ovsdb-server", "/etc/openvswitch/conf.db",
+            "--remote=punix:/run/openvswitch/db.sock",
+            "--unixctl=/run/openvswitch/ovsdb-server.ctl",
+            "--pidfile=/run/openvswitch/ovsdb-server.pid",
+            "--log-file=/var/log/openvswitch/ovsdb-server.log"])
+    for host in layout.hosts:
+        _wait_for_path(host.ovsdb_sock, f"{host.name} ovsdb-server")
+        namespaces.run(["ovs-vsctl", f"--db=unix:{host.ovsdb_sock}", "--no-wait", "init"])
+        _start(state, layout, host, "ovs-vswitchd", [
+            "ovs-vswitchd", "unix:/run/openvswitch/db.sock",
+            "--pidfile=/run/openvswitch/ovs-vswitchd.pid",
+            "--log-file=/var/log/openvswitch/ovs-vswitchd.log"])
+    for host in layout.hosts:
+        report(f"{host.name}: {OVS_BRIDGE} with bond {BOND} ({' + '.join(UPLINKS)})")
+        with ovsdb(f"unix:{host.ovsdb_sock}") as api:
+            ovs_ops.ensure_bridge_with_bond(
+                api, bridge=OVS_BRIDGE, bond=BOND, members=list(UPLINKS),
+                bond_mode="active-backup", datapath_type="netdev")
+        netlink.wait_for_link(OVS_BRIDGE, ns=host.netns)
+        for dev in (*UPLINKS, OVS_BRIDGE):
+            netlink.set_link_up(dev, ns=host.netns)
+            _ethtool_tx_off(dev, host=host)
+        netlink.add_address(OVS_BRIDGE, str(host.address), ns=host.netns)
+        netlink.create_bridge("virbr0", ns=host.netns)
+        netlink.add_address("virbr0", VIRBR0_ADDRESS, ns=host.netns)
+        netlink.set_link_up("virbr0", ns=host.netns)
+    state.timings_s["ovs"] = round(time.monotonic() - t0, 2)
+
+    report("starting libvirt and sshd on every host")
+    for host in layout.hosts:
+        _start(state, layout, host, "virtlogd", ["virtlogd"])
+        _start(state, layout, host, "virtlockd", ["virtlockd"])
+        _start(state, layout, host, "libvirtd", ["libvirtd", "--listen"])
+        _start(state, layout, host, "sshd", [find_program("sshd") or "/usr/sbin/sshd", "-D",
+                                             "-e", "-f", "/etc/ssh/sshd_config"])
+    for host in layout.hosts:
+        _wait_for_tls(layout, host)
+    state.timings_s["daemons"] = round(time.monotonic() - t0, 2)
+
+    report(f"shared storage pool {SHARED_POOL} on every host")
+    base = layout.shared_dir / GUEST_BASE
+    if not base.exists():
+        shutil.copyfile(images.disk, base)
+    for host in layout.hosts:
+        with connection(layout.libvirt_uri(host)) as conn:
+            storage.ensure_dir_pool(conn, SHARED_POOL, layout.shared_dir)
+
+    report("probing whether KVM boots guests here")
+    from ahvlite.lab.probe import probe_domain_type  # probe needs a running host
+
+    state.domain_type, state.domain_type_reason = probe_domain_type(layout, images)
+    state.timings_s["probe"] = round(time.monotonic() - t0, 2)
+    _write_cluster_file(layout)
+
+
+def _refuse_running(layout: LabLayout) -> None:
+    state = LabState.load(layout.state_file)
+    if state is None or state.phase != "up":
+        return
+    if state.processes and all(processes.is_alive(p) for p in state.processes):
+        raise Conflict(f"lab {layout.name!r} is already running",
+                       hint=f"`ahvlite lab down --name {layout.name}` first, or pick "
+                            "another --name")
+
+
+def _refuse_overlap_with_other_labs(layout: LabLayout) -> None:
+    import ipaddress
+
+    if not labs_dir().exists():
+        return
+    for other_dir in labs_dir().iterdir():
+        if other_dir.name == layout.name:
+            continue
+        other = LabState.load(other_dir / "state.json")
+        if other and ipaddress.IPv4Network(other.subnet).overlaps(layout.subnet):
+            raise Conflict(f"subnet {layout.subnet} overlaps lab {other.name!r} "
+                           f"({other.subnet})", hint="choose another with --subnet")
+
+
+def _check_on_link(layout: LabLayout) -> None:
+    for host in layout.hosts:
+        dev = netlink.route_device(host.ip)
+        if dev != layout.bridge:
+            raise UnsafeNetwork(
+                f"{host.ip} routes via {dev}, not the lab bridge {layout.bridge}; "
+                "refusing to start (lab traffic must never leave this machine)",
+                hint="remove the more specific route that covers the lab subnet")
+
+
+def _ethtool_tx_off(dev: str, host: HostLayout | None = None) -> None:
+    # OVS's userspace datapath does not fill in checksums left to offload; without
+    # this, TCP between namespaces silently stalls while ping still works.
+    argv = ["ethtool", "-K", dev, "tx", "off"]
+    if host is not None:
+        argv = namespaces.enter_argv(host.netns, host.mnt_ns_file, host.uts_ns_file) + argv
+    namespaces.run(argv)
+
+
+def _write_host_files(layout: LabLayout, host: HostLayout, ca: LabCA) -> None:
+    d = host.state_dir
+    files = {
+        "etc/libvirt/libvirtd.conf": hostconfig.libvirtd_conf(host),
+        "etc/libvirt/qemu.conf": hostconfig.qemu_conf(host),
+        "etc/libvirt/qemu-lockd.conf": hostconfig.qemu_lockd_conf(layout.lockspace_dir),
+        "etc/ssh/sshd_config": hostconfig.sshd_config(host, layout),
+        "etc/hosts": hostconfig.hosts_file(layout),
+    }
+    for rel, text in files.items():
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_text(text)
+    # run/lock: libvirt locks a console pty in /var/lock (-> /run/lock) before opening it.
+    for sub in ("run/openvswitch", "run/libvirt", "run/sshd", "run/lock", "var/log/libvirt/qemu",
+                "var/lib/libvirt/images"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    db = d / "etc/openvswitch/conf.db"
+    db.unlink(missing_ok=True)
+    namespaces.run(["ovsdb-tool", "create", str(db),
+                    "/usr/share/openvswitch/vswitch.ovsschema"])
+    install_host_pki(ca, d / "etc/pki", hostname=host.hostname, ip=host.ip)
+    make_keypair(d / "etc/ssh/ssh_host_ed25519_key", f"root@{host.hostname}")
+
+
+def _start(state: LabState, layout: LabLayout, host: HostLayout, role: str,
+           argv: list[str]) -> None:
+    enter = namespaces.enter_argv(host.netns, host.mnt_ns_file, host.uts_ns_file)
+    record = processes.spawn(enter + argv, log=host.state_dir / "logs" / f"{role}.log",
+                             host=host.name, role=role)
+    state.processes.append(record)
+    state.save(layout.state_file)
+
+
+def _wait_for_path(path: Path, what: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise OperationTimeout(f"{what} did not create {path} in {timeout_s:.0f} s")
+        time.sleep(0.05)
+
+
+def _wait_for_tls(layout: LabLayout, host: HostLayout, timeout_s: float = 45) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with connection(layout.libvirt_uri(host)) as conn:
+                conn.getHostname()
+                return
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                log = host.state_dir / "logs" / "libvirtd.log"
+                raise OperationTimeout(
+                    f"{host.name}: libvirtd did not answer over TLS at "
+                    f"{host.libvirt_tls_uri} in {timeout_s:.0f} s ({exc})",
+                    hint=f"see {log}") from None
+            time.sleep(0.25)
+
+
+def _write_cluster_file(layout: LabLayout) -> None:
+    spec = ClusterSpec(
+        name=layout.name,
+        shared_pool=SHARED_POOL,
+        labels={"ahvlite.lab": layout.name},
+        hosts=[HostSpec(
+            name=h.name, uri=layout.libvirt_uri(h),
+            ssh=SshSpec(host=h.ip, user="root", key=layout.ssh_key,
+                        known_hosts=layout.known_hosts),
+            labels={"lab": layout.name}) for h in layout.hosts])
+    layout.cluster_file.write_text(spec.dump_yaml())
+
+
+# -- status -------------------------------------------------------------------
+
+def list_labs() -> list[str]:
+    if not labs_dir().exists():
+        return []
+    return sorted(d.name for d in labs_dir().iterdir() if (d / "state.json").exists())
+
+
+def _layout_for(name: str) -> tuple[LabLayout, LabState]:
+    state = LabState.load(lab_root(name) / "state.json")
+    if state is None:
+        labs = ", ".join(list_labs()) or "none"
+        raise NotFound(f"no lab named {name!r} (labs here: {labs})",
+                       hint="`ahvlite lab up` builds one")
+    hosts = state.hosts or len(state.netns) or 1
+    spec = LabSpec(name=name, hosts=hosts, subnet=state.subnet)
+    return plan_layout(spec, lab_root(name)), state
+
+
+def status(name: str) -> dict[str, Any]:
+    layout, state = _layout_for(name)
+    images = cache_dir() / "guest"
+    hosts = []
+    for h in layout.hosts:
+        procs = {p.role: {"pid": p.pid, "alive": processes.is_alive(p)}
+                 for p in state.processes if p.host == h.name}
+        hosts.append({
+            "name": h.name, "hostname": h.hostname, "address": h.ip, "netns": h.netns,
+            "libvirt_uri": layout.libvirt_uri(h),
+            "ssh": {"host": h.ip, "user": "root", "key": str(layout.ssh_key),
+                    "known_hosts": str(layout.known_hosts)},
+            "daemons": procs,
+            "up": bool(procs) and all(p["alive"] for p in procs.values()),
+        })
+    return {
+        "name": name,
+        "phase": state.phase,
+        "subnet": str(layout.subnet),
+        "gateway": str(layout.gateway.ip),
+        "bridge": layout.bridge,
+        "domain_type": state.domain_type,
+        "domain_type_reason": state.domain_type_reason,
+        "cluster_file": str(layout.cluster_file),
+        "state_dir": str(layout.root),
+        "hosts": hosts,
+        "pool": {"name": SHARED_POOL, "path": str(layout.shared_dir)},
+        "guest": {"kernel": str(images / "vmlinuz"), "initrd": str(images / "initrd.img"),
+                  "disk": str(layout.shared_dir / GUEST_BASE)},
+        "guest_addresses": [str(a) for a in layout.guest_addresses],
+        "guests": state.guests,
+        "timings_s": state.timings_s,
+    }
+
+
+def layout_of(name: str) -> LabLayout:
+    return _layout_for(name)[0]
+
+
+def state_of(name: str) -> LabState:
+    return _layout_for(name)[1]
+
+
+def env_line(name: str) -> str:
+    layout, _ = _layout_for(name)
+    return f"export AHVLITE_CLUSTER={layout.cluster_file}"
+
+
+def exec_argv(name: str, host: str, argv: list[str]) -> list[str]:
+    layout, _ = _layout_for(name)
+    h = layout.host(host)
+    if not argv:
+        argv = ["/bin/bash", "-l"]
+    return namespaces.enter_argv(h.netns, h.mnt_ns_file, h.uts_ns_file) + argv
+
+
+# -- down ---------------------------------------------------------------------
+
+def _leftovers(name: str) -> bool:
+    return (netlink.link_exists(bridge_name(name))
+            or bool(netlink.links_with_prefix(veth_prefix(name)))
+            or any(n.startswith(netns_prefix(name)) for n in netlink.list_netns()))
+
+
+def down(name: str, *, keep: bool = False) -> dict[str, Any]:
+    root = lab_root(name)
+    if not (root / "state.json").exists() and not _leftovers(name):
+        raise NotFound(f"no lab named {name!r}", hint="`ahvlite lab status` lists labs")
+    return teardown(name, keep=keep)
+
+
+def teardown(name: str, *, keep: bool) -> dict[str, Any]:
+    """Remove everything lab ``name`` made: recorded objects plus any name-matched ones."""
+    root = lab_root(name)
+    state = LabState.load(root / "state.json") or LabState(name=name, subnet="")
+    removed: dict[str, list[str]] = {"processes": [], "netns": [], "links": [], "mounts": []}
+    netns_names = sorted(set(state.netns) | {
+        n for n in netlink.list_netns() if n.startswith(netns_prefix(name))})
+
+    _destroy_guests(root)
+    # QEMU and anything else the lab's daemons started live in the lab's namespaces.
+    victims = list(state.processes)
+    for ns in netns_names:
+        victims += processes.pids_in_netns(netlink.netns_path(ns))
+    processes.stop(victims)
+    by_pid = {p.pid: p for p in reversed(victims)}  # recorded roles win over "leftover"
+    removed["processes"] = [f"{p.role}:{p.pid}" for p in sorted(by_pid.values(),
+                                                                key=lambda p: p.pid)]
+
+    ns_files = [Path(m) for m in state.mounts if m.endswith((".mnt", ".uts"))]
+    if (root / "ns").exists():
+        ns_files += [p for p in (root / "ns").iterdir() if p.suffix in (".mnt", ".uts")]
+    for f in sorted(set(ns_files)):
+        namespaces.release_ns_file(f)
+        removed["mounts"].append(str(f))
+    for ns in netns_names:
+        netlink.delete_netns(ns)
+        removed["netns"].append(ns)
+    links = set(state.links) | set(netlink.links_with_prefix(veth_prefix(name)))
+    for link in sorted(links):
+        netlink.delete_link(link)
+        removed["links"].append(link)
+    bridge = state.bridge or bridge_name(name)
+    if netlink.link_exists(bridge):
+        netlink.delete_link(bridge)
+        removed["links"].append(bridge)
+    if (root / "ns").exists() and namespaces.is_mountpoint(root / "ns"):
+        namespaces.run(["umount", "--lazy", str(root / "ns")], check=False)
+        removed["mounts"].append(str(root / "ns"))
+    if keep:
+        state.phase = "down"
+        state.processes = []
+        state.save(root / "state.json")
+    elif root.exists():
+        shutil.rmtree(root, ignore_errors=False)
+    _verify_gone(name, netns_names)
+    return {"name": name, "removed": removed, "kept_state": keep}
+
+
+def _destroy_guests(root: Path) -> None:
+    """Power off guests through each host's libvirt socket so disks close cleanly."""
+    from ahvlite.virt import guest
+
+    hosts_dir = root / "hosts"
+    if not hosts_dir.exists():
+        return
+    for host_dir in sorted(hosts_dir.iterdir()):
+        sock = host_dir / "run/libvirt/libvirt-sock"
+        if not sock.exists():
+            continue
+        try:
+            with connection(f"qemu+unix:///system?socket={sock}") as conn:
+                for dom_name, _ in guest.list_domains(conn):
+                    guest.destroy_and_undefine(conn, dom_name)
+        except Exception:
+            # A dead libvirtd cannot help; its QEMUs are ended by PID below.
+            continue
+
+
+def _verify_gone(name: str, netns_names: list[str]) -> None:
+    left = [n for n in netns_names if (netlink.NETNS_DIR / n).exists()]
+    if netlink.link_exists(bridge_name(name)):
+        left.append(bridge_name(name))
+    if left:
+        raise OperationFailed(f"lab {name!r}: could not remove {', '.join(left)}")

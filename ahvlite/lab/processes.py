@@ -1,0 +1,110 @@
+"""Processes the lab starts, and ending them by the PIDs it recorded (never by name)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from ahvlite.errors import OperationFailed
+from ahvlite.lab.state import ProcessRecord
+
+
+def starttime(pid: int) -> int | None:
+    """Kernel start time of ``pid`` in clock ticks, or None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may contain spaces and parentheses; split after it.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def is_alive(record: ProcessRecord) -> bool:
+    return starttime(record.pid) == record.starttime and not _is_zombie(record.pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def spawn(argv: list[str], *, log: Path, host: str, role: str) -> ProcessRecord:
+    """Start a daemon in the foreground of its own session; it outlives this CLI."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True, close_fds=True)
+    st = starttime(proc.pid)
+    if st is None:
+        raise OperationFailed(f"{role} on {host or 'root'} exited at once; see {log}")
+    # The Popen object is dropped on purpose: the daemon belongs to the lab, and
+    # lab down ends it by PID. Python would otherwise warn that it still runs.
+    proc.returncode = 0
+    return ProcessRecord(host=host, role=role, pid=proc.pid, starttime=st)
+
+
+def stop(records: list[ProcessRecord], *, grace_s: float = 5.0) -> None:
+    """SIGTERM each live recorded process, then SIGKILL what is left after the grace."""
+    live = [r for r in records if is_alive(r)]
+    for r in live:
+        _signal(r, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while live and time.monotonic() < deadline:
+        _reap(live)
+        live = [r for r in live if is_alive(r)]
+        if live:
+            time.sleep(0.05)
+    for r in live:
+        _signal(r, signal.SIGKILL)
+    # SIGKILL is delivered asynchronously; wait until the kernel has ended them, so
+    # callers can remove namespaces and files the processes held.
+    deadline = time.monotonic() + 5
+    while live and time.monotonic() < deadline:
+        _reap(live)
+        live = [r for r in live if is_alive(r)]
+        if live:
+            time.sleep(0.02)
+
+
+def _signal(r: ProcessRecord, sig: int) -> None:
+    # Check the start time right before signalling: the PID must still be ours.
+    if starttime(r.pid) == r.starttime:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(r.pid, sig)
+
+
+def _reap(records: list[ProcessRecord]) -> None:
+    for r in records:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(r.pid, os.WNOHANG)
+
+
+def pids_in_netns(netns_path: Path) -> list[ProcessRecord]:
+    """Every process living in the given network namespace.
+
+    Used to end what the lab started indirectly (QEMU, started by a lab libvirtd) and
+    what a killed lab left behind: the namespace is the lab's, so are its processes.
+    """
+    try:
+        target = os.stat(netns_path).st_ino
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/net").st_ino != target:
+                continue
+        except (FileNotFoundError, PermissionError, ProcessLookupError):
+            continue
+        st = starttime(int(entry))
+        if st is not None:
+            found.append(ProcessRecord(host="", role="leftover", pid=int(entry), starttime=st))
+    return found

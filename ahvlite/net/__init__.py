@@ -1,0 +1,1 @@
+"""Host networking: OVS through ovsdbapp (net/ovs), links and addresses through netlink."""

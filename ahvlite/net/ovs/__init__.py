@@ -1,0 +1,1 @@
+"""Open vSwitch through ovsdbapp: one OVSDB transaction per change, errors never swallowed."""

@@ -1,0 +1,1 @@
+"""Reaching hosts where libvirt has no API: SSH (paramiko) and ansible (ansible-runner)."""

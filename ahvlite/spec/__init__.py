@@ -1,0 +1,1 @@
+"""Pydantic models: ahvlite's vocabulary and its validation."""

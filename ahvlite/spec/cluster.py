@@ -1,0 +1,65 @@
+"""The cluster file: which hosts form the cluster and how to reach them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from ahvlite.errors import InvalidSpec, NotFound
+from ahvlite.spec.errors import build
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+class SshSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str
+    user: str = "root"
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+    key: Path | None = None
+    known_hosts: Path | None = None
+
+
+class HostSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=NAME)]
+    uri: str
+    ssh: SshSpec | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ClusterSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=NAME)]
+    hosts: list[HostSpec] = Field(default_factory=list)
+    shared_pool: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    def dump_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+    def host(self, name: str) -> HostSpec:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise NotFound(f"host {name!r} is not in cluster {self.name!r}",
+                       hint="`ahvlite host list` shows the hosts")
+
+
+def load_cluster(path: Path) -> ClusterSpec:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise NotFound(f"cluster file {path} does not exist",
+                       hint="pass --cluster PATH or set AHVLITE_CLUSTER") from None
+    except yaml.YAMLError as exc:
+        raise InvalidSpec("cluster file", str(path), f"YAML that parses ({exc})") from None
+    if not isinstance(raw, dict):
+        raise InvalidSpec("cluster file", str(path), "a YAML mapping with name and hosts")
+    return build(ClusterSpec, **raw)

@@ -1,0 +1,1 @@
+"""libvirt only: connections, domain XML, guests, storage, migration."""

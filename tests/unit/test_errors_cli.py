@@ -1,0 +1,45 @@
+"""User mistakes print one clear message and a distinct exit code, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def ahvlite(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args],
+                          capture_output=True, text=True, env=full_env, timeout=60)
+
+
+@pytest.mark.parametrize(("args", "code", "needle"), [
+    (["lab", "up", "--hosts", "0"], 2, "hosts=0"),
+    (["lab", "up", "--name", "Bad_Name"], 2, "name='Bad_Name'"),
+    (["lab", "up", "--subnet", "10.0.0.0/30"], 2, "/29 or shorter"),
+    (["lab", "up", "--hosts", "3", "--subnet", "10.0.0.0/29"], 2, "needs 7 addresses"),
+    (["lab", "status", "--name", "nosuch"], 3, "no lab named 'nosuch'"),
+])
+def test_bad_input_exit_codes_and_messages(tmp_path, args, code, needle):
+    result = ahvlite(*args, env={"AHVLITE_LAB_DIR": str(tmp_path)})
+    assert result.returncode == code, result.stderr
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_json_errors_are_machine_readable(tmp_path):
+    result = ahvlite("lab", "status", "--name", "nosuch", "--json",
+                     env={"AHVLITE_LAB_DIR": str(tmp_path)})
+    assert result.returncode == 3
+    payload = json.loads(result.stdout)
+    assert payload["error"] == "not_found"
+    assert payload["hint"]
+
+
+def test_bad_input_creates_nothing(tmp_path):
+    ahvlite("lab", "up", "--hosts", "3", "--subnet", "10.0.0.0/29",
+            env={"AHVLITE_LAB_DIR": str(tmp_path)})
+    assert list(tmp_path.iterdir()) == []
