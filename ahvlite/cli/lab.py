@@ -48,7 +48,7 @@ def up(
         emit_json(st)
     else:
         _show_status(st)
-        console.print(f"point the CLI at it: [bold]{lab.env_line(name)}[/]")
+        console.print("point the CLI at it:", lab.env_line(name), soft_wrap=True)
 
 
 @app.command()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ahvlite.lab import guests, lab
+from ahvlite.lab.layout import HostLayout
 from ahvlite.virt import guest
 from ahvlite.virt.conn import connection
 
@@ -14,29 +17,40 @@ from ahvlite.virt.conn import connection
 def run(name: str, *, report: Callable[[str], None]) -> dict[str, Any]:
     layout = lab.layout_of(name)
     state = lab.state_of(name)
-    booted: list[tuple[guests.LabGuest, float]] = []
     started = time.monotonic()
-    for host, address in zip(layout.hosts, layout.guest_addresses, strict=False):
-        gname = f"demo-{host.name}"
+    plan = [(host, f"demo-{host.name}", str(address))
+            for host, address in zip(layout.hosts, layout.guest_addresses, strict=False)]
+    for host, gname, address in plan:
         report(f"booting {gname} on {host.name} from the shared disk image ({address})")
-        booted.append((guests.boot_from_disk(layout, state, host, gname, str(address)),
-                       time.monotonic()))
-    rows = []
-    for g, t0 in booted:
-        report(f"waiting for {g.name} to be ready")
+
+    def boot_and_wait(item: tuple[HostLayout, str, str]) -> tuple[guests.LabGuest, float]:
+        host, gname, address = item
+        t0 = time.monotonic()
+        g = guests.boot_from_disk(layout, state, host, gname, address)
         guests.wait_ready(layout, g)
+        return g, time.monotonic() - t0
+
+    # Hosts boot in parallel, as they would in a real cluster.
+    with ThreadPoolExecutor(max_workers=len(plan) or 1) as pool:
+        results = list(pool.map(boot_and_wait, plan))
+    booted = [g for g, _ in results]
+    guests.record(layout, state, booted)
+    rows = []
+    for g, boot_s in results:
         with connection(layout.libvirt_uri(layout.host(g.host))) as conn:
             st = guest.state(guest.lookup(conn, g.name))
         rows.append({"name": g.name, "host": g.host, "address": g.address, "state": st,
-                     "boot_s": round(time.monotonic() - t0, 1)})
+                     "boot_s": round(boot_s, 1)})
+        report(f"{g.name} on {g.host} ready at {g.address} after {boot_s:.1f} s")
     pings = []
-    for i, (src, _) in enumerate(booted):
-        dst = booted[(i + 1) % len(booted)][0]
+    for i, src in enumerate(booted):
+        dst = booted[(i + 1) % len(booted)]
         if dst is src:
             continue
         report(f"{src.name} ({src.host}) pings {dst.name} ({dst.host})")
         rc, out = guests.console_run(layout, src, f"ping -c 3 -W 2 {dst.ip}", timeout_s=30)
-        summary = next((line for line in out.splitlines() if "packets" in line), out[-120:])
+        match = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
+        summary = f"{match[2]}/{match[1]} replies" if match else out[-120:]
         pings.append({"from": src.name, "to": dst.name, "ok": rc == 0, "detail": summary})
     return {"guests": rows, "pings": pings,
             "ok": bool(pings) and all(p["ok"] for p in pings),

@@ -43,6 +43,7 @@ def boot_from_disk(layout: LabLayout, state: LabState, host: HostLayout, name: s
     """Define and start ``name`` on ``host``, booting a fresh overlay of the base image.
 
     The guest learns its address from QEMU fw_cfg, so one disk image serves all guests.
+    Safe to call from several threads at once; :func:`record` the results afterwards.
     """
     serial_log = f"/var/log/libvirt/qemu/{name}-serial.log"
     mac = guest_mac(layout.name, name)
@@ -60,11 +61,16 @@ def boot_from_disk(layout: LabLayout, state: LabState, host: HostLayout, name: s
         (host.state_dir / serial_log.lstrip("/")).unlink(missing_ok=True)
         dom = guest.define(conn, xml)
         guest.start(dom)
-    g = LabGuest(name=name, host=host.name, address=address, mac=mac, disk=str(disk),
-                 serial_log=serial_log)
-    state.guests = [x for x in state.guests if x["name"] != name] + [asdict(g)]
+    return LabGuest(name=name, host=host.name, address=address, mac=mac, disk=str(disk),
+                    serial_log=serial_log)
+
+
+def record(layout: LabLayout, state: LabState, booted: list[LabGuest]) -> None:
+    """Remember guests in the lab state (for status, and for tests that reuse them)."""
+    names = {g.name for g in booted}
+    state.guests = [x for x in state.guests if x["name"] not in names]
+    state.guests += [asdict(g) for g in booted]
     state.save(layout.state_file)
-    return g
 
 
 def wait_ready(layout: LabLayout, g: LabGuest, *, timeout_s: float = 120) -> float:

@@ -8,6 +8,7 @@ before it is created, so ``down`` (or the next ``up``) removes exactly what was 
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import time
 from collections.abc import Callable
@@ -212,8 +213,6 @@ def _refuse_running(layout: LabLayout) -> None:
 
 
 def _refuse_overlap_with_other_labs(layout: LabLayout) -> None:
-    import ipaddress
-
     if not labs_dir().exists():
         return
     for other_dir in labs_dir().iterdir():
@@ -330,7 +329,7 @@ def _layout_for(name: str) -> tuple[LabLayout, LabState]:
         raise NotFound(f"no lab named {name!r} (labs here: {labs})",
                        hint="`ahvlite lab up` builds one")
     hosts = state.hosts or len(state.netns) or 1
-    spec = LabSpec(name=name, hosts=hosts, subnet=state.subnet)
+    spec = LabSpec(name=name, hosts=hosts, subnet=ipaddress.IPv4Network(state.subnet))
     return plan_layout(spec, lab_root(name)), state
 
 

@@ -105,6 +105,7 @@ def guest_on_h1(two_hosts):
     state = lab.state_of(NAME)
     g = guests.boot_from_disk(layout, state, layout.host("h1"), "g1",
                               str(layout.guest_addresses[0]))
+    guests.record(layout, state, [g])
     guests.wait_ready(layout, g, timeout_s=180)
     return g
 
