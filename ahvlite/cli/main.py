@@ -7,6 +7,7 @@ import sys
 import typer
 
 from ahvlite import __version__
+from ahvlite.cli import host as host_cli
 from ahvlite.cli import lab as lab_cli
 from ahvlite.cli.output import emit_json, err_console
 from ahvlite.errors import AhvliteError
@@ -18,6 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(lab_cli.app, name="lab")
+app.add_typer(host_cli.app, name="host")
 
 
 @app.command()

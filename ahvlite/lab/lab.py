@@ -42,6 +42,7 @@ from ahvlite.net.ovs import ops as ovs_ops
 from ahvlite.net.ovs.api import ovsdb
 from ahvlite.spec.cluster import ClusterSpec, HostSpec, SshSpec
 from ahvlite.spec.lab import LabSpec
+from ahvlite.spec.labels import DOMAIN_TYPE_LABEL
 from ahvlite.virt import storage
 from ahvlite.virt.conn import connection
 
@@ -199,7 +200,7 @@ def _build(layout: LabLayout, state: LabState, images: GuestImages, report: Repo
 
     state.domain_type, state.domain_type_reason = probe_domain_type(layout, images)
     state.timings_s["probe"] = round(time.monotonic() - t0, 2)
-    _write_cluster_file(layout)
+    _write_cluster_file(layout, state.domain_type)
 
 
 def _refuse_running(layout: LabLayout) -> None:
@@ -301,7 +302,7 @@ def _wait_for_tls(layout: LabLayout, host: HostLayout, timeout_s: float = 45) ->
             time.sleep(0.25)
 
 
-def _write_cluster_file(layout: LabLayout) -> None:
+def _write_cluster_file(layout: LabLayout, domain_type: str | None) -> None:
     spec = ClusterSpec(
         name=layout.name,
         shared_pool=SHARED_POOL,
@@ -310,7 +311,8 @@ def _write_cluster_file(layout: LabLayout) -> None:
             name=h.name, uri=layout.libvirt_uri(h),
             ssh=SshSpec(host=h.ip, user="root", key=layout.ssh_key,
                         known_hosts=layout.known_hosts),
-            labels={"lab": layout.name}) for h in layout.hosts])
+            labels={"lab": layout.name, DOMAIN_TYPE_LABEL: domain_type or "unknown"})
+            for h in layout.hosts])
     layout.cluster_file.write_text(spec.dump_yaml())
 
 
@@ -387,6 +389,35 @@ def exec_argv(name: str, host: str, argv: list[str]) -> list[str]:
     if not argv:
         argv = ["/bin/bash", "-l"]
     return namespaces.enter_argv(h.netns, h.mnt_ns_file, h.uts_ns_file) + argv
+
+
+def stop_daemon(name: str, host: str, role: str) -> int:
+    """Stop one daemon of a lab host by its recorded PID (to test failure handling)."""
+    layout, state = _layout_for(name)
+    record = _daemon_record(layout, state, host, role)
+    processes.stop([record])
+    return record.pid
+
+
+def start_daemon(name: str, host: str, role: str) -> int:
+    """Start a stopped daemon again with the argv it was first started with."""
+    layout, state = _layout_for(name)
+    record = _daemon_record(layout, state, host, role)
+    if processes.is_alive(record):
+        raise Conflict(f"{role} on {host} is already running (PID {record.pid})")
+    log = layout.host(host).state_dir / "logs" / f"{role}.log"
+    fresh = processes.spawn(record.argv, log=log, host=host, role=role)
+    state.processes = [p for p in state.processes if p is not record] + [fresh]
+    state.save(layout.state_file)
+    return fresh.pid
+
+
+def _daemon_record(layout: LabLayout, state: LabState, host: str, role: str) -> Any:
+    layout.host(host)  # unknown host -> InvalidSpec listing the known ones
+    for record in state.processes:
+        if record.host == host and record.role == role:
+            return record
+    raise NotFound(f"no {role} recorded on {host}", hint=f"daemons: {', '.join(DAEMONS)}")
 
 
 # -- down ---------------------------------------------------------------------

@@ -46,7 +46,7 @@ def spawn(argv: list[str], *, log: Path, host: str, role: str) -> ProcessRecord:
     # The Popen object is dropped on purpose: the daemon belongs to the lab, and
     # lab down ends it by PID. Python would otherwise warn that it still runs.
     proc.returncode = 0
-    return ProcessRecord(host=host, role=role, pid=proc.pid, starttime=st)
+    return ProcessRecord(host=host, role=role, pid=proc.pid, starttime=st, argv=list(argv))
 
 
 def stop(records: list[ProcessRecord], *, grace_s: float = 5.0) -> None:

@@ -19,6 +19,7 @@ class ProcessRecord:
     role: str  # ovsdb-server, libvirtd ...
     pid: int
     starttime: int  # /proc/PID/stat field 22: tells a reused PID from ours
+    argv: list[str] = field(default_factory=list)  # how to start it again
 
 
 @dataclass

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
+from urllib.parse import urlsplit
 
 import libvirt
 
@@ -66,20 +70,102 @@ def libvirt_errors(context: str) -> Iterator[None]:
         raise translate(exc, context) from None
 
 
-def open_connection(uri: str, *, keepalive_interval_s: int = 5,
-                    keepalive_count: int = 3) -> libvirt.virConnect:
-    """Open ``uri``; remote connections get libvirt keepalive so a dead host shows fast."""
+ALLOWED_URIS = ("qemu+tls://HOST/system, qemu+ssh://USER@HOST/system, qemu:///system, "
+                "qemu+unix:///system, test:///default, or qemu+tcp://HOST/system with "
+                "--insecure-tcp")
+_DEFAULT_PORTS = {"qemu+tls": 16514, "qemu+tcp": 16509, "qemu+ssh": 22}
+
+
+@dataclass(frozen=True)
+class UriInfo:
+    scheme: str
+    host: str | None  # None for local URIs
+    port: int | None
+    remote: bool
+
+
+def parse_uri(uri: str, *, insecure_tcp: bool = False) -> UriInfo:
+    """Check a libvirt URI against what ahvlite accepts; raise InvalidSpec otherwise.
+
+    Plain ``qemu+tcp`` is unauthenticated and unencrypted, so it needs an explicit
+    opt-in; everything else remote goes through TLS or SSH.
+    """
+    parts = urlsplit(uri)
+    scheme = parts.scheme
+    if scheme in ("qemu", "qemu+unix", "test") and not parts.hostname:
+        return UriInfo(scheme, None, None, remote=False)
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise InvalidSpec("uri", uri, ALLOWED_URIS)
+    if scheme == "qemu+tcp" and not insecure_tcp:
+        raise InvalidSpec("uri", uri, ALLOWED_URIS,
+                          hint="qemu+tcp has no authentication or encryption; use "
+                               "qemu+tls, or pass --insecure-tcp if you really mean it")
+    try:
+        port = parts.port or _DEFAULT_PORTS[scheme]
+    except ValueError:
+        raise InvalidSpec("uri", uri, "a port between 1 and 65535") from None
+    return UriInfo(scheme, parts.hostname, port, remote=True)
+
+
+def open_connection(uri: str, *, keepalive_interval_s: int = 5, keepalive_count: int = 3,
+                    timeout_s: float = 10, insecure_tcp: bool = False) -> libvirt.virConnect:
+    """Open ``uri`` within ``timeout_s``; remote connections get libvirt keepalive.
+
+    libvirt.open itself can block for minutes on an address that drops packets, so
+    the TCP port is probed first and the open runs on a worker thread with a deadline.
+    """
+    info = parse_uri(uri, insecure_tcp=insecure_tcp)
     ensure_event_loop()
-    with libvirt_errors(f"connect to {uri}"):
-        conn = libvirt.open(uri)
-        if "://" in uri and not uri.split("://", 1)[1].startswith("/"):
+    if info.remote:
+        assert info.host is not None and info.port is not None
+        _probe_tcp(uri, info.host, info.port, timeout_s)
+    conn = _open_with_deadline(uri, timeout_s)
+    if info.remote:
+        with libvirt_errors(f"keepalive on {uri}"):
             conn.setKeepAlive(keepalive_interval_s, keepalive_count)
     return conn
 
 
+def _probe_tcp(uri: str, host: str, port: int, timeout_s: float) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except TimeoutError:
+        raise HostUnreachable(f"{host}:{port} did not answer in {timeout_s:.0f} s ({uri})",
+                              hint="is the host up and its address right?") from None
+    except OSError as exc:
+        raise HostUnreachable(f"{host}:{port}: {exc.strerror or exc} ({uri})",
+                              hint="is libvirtd (or sshd) listening on that host?") from None
+
+
+def _open_with_deadline(uri: str, timeout_s: float) -> libvirt.virConnect:
+    result: dict[str, object] = {}
+
+    def worker() -> None:
+        try:
+            result["conn"] = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            result["error"] = translate(exc, f"connect to {uri}")
+
+    thread = threading.Thread(target=worker, name=f"libvirt-open {uri}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        # The open may still finish later; its connection is then dropped by the GC.
+        raise OperationTimeout(f"connect to {uri}: no answer in {timeout_s:.0f} s",
+                               hint="the host accepts TCP but libvirtd does not respond")
+    error = result.get("error")
+    if isinstance(error, AhvliteError):
+        raise error
+    conn = result["conn"]
+    assert isinstance(conn, libvirt.virConnect)
+    return conn
+
+
 @contextmanager
-def connection(uri: str) -> Iterator[libvirt.virConnect]:
-    conn = open_connection(uri)
+def connection(uri: str, *, timeout_s: float = 10,
+               insecure_tcp: bool = False) -> Iterator[libvirt.virConnect]:
+    conn = open_connection(uri, timeout_s=timeout_s, insecure_tcp=insecure_tcp)
     try:
         yield conn
     finally:

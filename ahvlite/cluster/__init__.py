@@ -1,0 +1,1 @@
+"""Operations over several hosts: inventory, facts, placement, migration, CVMs."""

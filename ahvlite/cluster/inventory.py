@@ -1,0 +1,147 @@
+"""The cluster's hosts: reach them, report their state and facts, add and remove them."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import libvirt
+
+from ahvlite.errors import AhvliteError, Conflict, InvalidSpec
+from ahvlite.remote import facts as remote_facts
+from ahvlite.remote.ssh import SshTarget
+from ahvlite.remote.ssh import run as ssh_run
+from ahvlite.spec.cluster import ClusterSpec, HostSpec, SshSpec
+from ahvlite.spec.facts import HostFacts
+from ahvlite.spec.labels import DOMAIN_TYPE_LABEL
+from ahvlite.virt import facts as virt_facts
+from ahvlite.virt import guest
+from ahvlite.virt.conn import connection, parse_uri
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    name: str
+    uri: str
+    state: str  # connected | unreachable | error
+    hostname: str | None = None
+    running_vms: int | None = None
+    error: str | None = None
+    latency_ms: float | None = None
+
+
+def ssh_target(host: HostSpec, *, trust_on_first_use: bool = False) -> SshTarget | None:
+    if host.ssh is None:
+        return None
+    return SshTarget(host=host.ssh.host, user=host.ssh.user, port=host.ssh.port,
+                     key=host.ssh.key, known_hosts=host.ssh.known_hosts,
+                     trust_on_first_use=trust_on_first_use)
+
+
+def parallel(fn: Callable[[T], R], items: list[T], *, workers: int = 16) -> list[R]:
+    """Map ``fn`` over hosts concurrently (I/O bound: connects, SSH round trips)."""
+    if len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def host_status(host: HostSpec, *, timeout_s: float = 5) -> HostStatus:
+    t0 = time.monotonic()
+    try:
+        with connection(host.uri, timeout_s=timeout_s) as conn:
+            running = len(conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+            return HostStatus(host.name, host.uri, "connected", conn.getHostname(), running,
+                              latency_ms=round((time.monotonic() - t0) * 1000, 1))
+    except AhvliteError as exc:
+        return HostStatus(host.name, host.uri, "unreachable", error=exc.message)
+
+
+def statuses(cluster: ClusterSpec, *, timeout_s: float = 5) -> list[HostStatus]:
+    return parallel(lambda h: host_status(h, timeout_s=timeout_s), cluster.hosts)
+
+
+def host_facts(host: HostSpec, *, timeout_s: float = 10) -> HostFacts:
+    """libvirt facts plus, when the host has SSH, what only a shell can tell."""
+    with connection(host.uri, timeout_s=timeout_s) as conn:
+        facts = virt_facts.gather(conn, host.name)
+    label = host.labels.get(DOMAIN_TYPE_LABEL)
+    if label:
+        facts.kvm_works = label == "kvm"
+    target = ssh_target(host)
+    if target is not None:
+        try:
+            facts.remote = remote_facts.gather(target)
+        except AhvliteError as exc:
+            facts.remote_error = exc.message
+    return facts
+
+
+def all_facts(cluster: ClusterSpec, names: list[str] | None = None, *,
+              in_parallel: bool = True) -> list[HostFacts]:
+    hosts = [cluster.host(n) for n in names] if names else list(cluster.hosts)
+    if in_parallel:
+        return parallel(host_facts, hosts)
+    return [host_facts(h) for h in hosts]
+
+
+def save_cluster(path: Path, spec: ClusterSpec) -> None:
+    """Write the cluster file atomically: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(spec.dump_yaml())
+    os.replace(tmp, path)
+
+
+def add_host(path: Path, cluster: ClusterSpec, *, name: str, uri: str,
+             ssh: str | None = None, key: Path | None = None,
+             known_hosts: Path | None = None, insecure_tcp: bool = False,
+             trust_on_first_use: bool = False) -> HostSpec:
+    """Check that the host answers (libvirt, and SSH when given), then record it."""
+    if any(h.name == name for h in cluster.hosts):
+        raise Conflict(f"host {name!r} is already in cluster {cluster.name!r}",
+                       hint="pick another name, or `ahvlite host remove` it first")
+    if any(h.uri == uri for h in cluster.hosts):
+        other = next(h.name for h in cluster.hosts if h.uri == uri)
+        raise Conflict(f"{uri} is already host {other!r}")
+    parse_uri(uri, insecure_tcp=insecure_tcp)
+    ssh_spec = None
+    if ssh:
+        user, _, addr = ssh.rpartition("@")
+        if not addr:
+            raise InvalidSpec("ssh", ssh, "USER@HOST or HOST")
+        ssh_spec = SshSpec(host=addr, user=user or "root", key=key, known_hosts=known_hosts)
+    spec = HostSpec(name=name, uri=uri, ssh=ssh_spec)
+    with connection(uri, insecure_tcp=insecure_tcp) as conn:
+        conn.getHostname()
+    target = ssh_target(spec, trust_on_first_use=trust_on_first_use)
+    if target is not None:
+        ssh_run(target, ["true"], timeout_s=10)
+    updated = cluster.model_copy(update={"hosts": [*cluster.hosts, spec]})
+    save_cluster(path, updated)
+    return spec
+
+
+def remove_host(path: Path, cluster: ClusterSpec, name: str, *, force: bool = False) -> None:
+    """Forget a host; refused while VMs run there (or while that cannot be checked)."""
+    host = cluster.host(name)
+    if not force:
+        try:
+            with connection(host.uri, timeout_s=5) as conn:
+                running = guest.list_domains(conn)
+        except AhvliteError as exc:
+            raise Conflict(f"cannot check whether VMs run on {name}: {exc.message}",
+                           hint="pass --force to remove an unreachable host") from None
+        active = [n for n, st in running if st in ("running", "paused", "blocked")]
+        if active:
+            raise Conflict(f"{len(active)} VMs run on {name}: {', '.join(active)}",
+                           hint="migrate or stop them first (or --force)")
+    updated = cluster.model_copy(update={"hosts": [h for h in cluster.hosts if h.name != name]})
+    save_cluster(path, updated)
