@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bench import lab_wiring
+from bench import facts_parallel, lab_wiring
 
 if __name__ == "__main__":
     lab_wiring.main()
+    facts_parallel.main()
