@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ahvlite.cli.output import console, emit_json, progress, table
+from ahvlite.errors import InvalidSpec
 from ahvlite.lab import demo as lab_demo
 from ahvlite.lab import lab
 from ahvlite.spec.errors import build
@@ -146,3 +147,22 @@ def guest_image(
     else:
         for k, v in result.items():
             console.print(f"{k:7} {v}")
+
+
+@app.command()
+def daemon(
+    action: Annotated[str, typer.Argument(help="stop or start")],
+    host: Annotated[str, typer.Argument(help="Lab host, e.g. h2.")],
+    role: Annotated[str, typer.Argument(
+        help="ovsdb-server, ovs-vswitchd, virtlogd, virtlockd, libvirtd or sshd")],
+    name: NameOpt = "lab",
+    json_out: JsonOpt = False,
+) -> None:
+    """Stop or start one daemon of a lab host by its recorded PID (failure drills)."""
+    if action not in ("stop", "start"):
+        raise InvalidSpec("action", action, "stop or start")
+    pid = (lab.stop_daemon if action == "stop" else lab.start_daemon)(name, host, role)
+    if json_out:
+        emit_json({"host": host, "role": role, "action": action, "pid": pid})
+    else:
+        console.print(f"{role} on {host}: {action} (PID {pid})")
