@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ from ahvlite.virt.hostconn import HostConnection, LinkState
 from .conftest import in_host
 
 NAME = "thost"
-SUBNET = "10.213.244.0/26"
+SUBNET = "10.213.245.0/26"
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +223,32 @@ def test_bad_hosts_fail_fast_with_one_clear_line(hosts_lab, tmp_path):
         assert "Traceback" not in result.stderr
         assert took < 15, (args, took)
     assert path.read_text() == before
+
+
+def test_a_frozen_libvirtd_is_noticed_by_keepalive(hosts_lab):
+    _, _, cluster = hosts_lab
+    record = next(p for p in lab.state_of(NAME).processes
+                  if p.host == "h1" and p.role == "libvirtd")
+    interval, count = 1, 3
+    hc = HostConnection("h1", cluster.host("h1").uri, keepalive_interval_s=interval,
+                        keepalive_count=count, connect_timeout_s=3)
+    changes = []
+    hc.on_state(changes.append)
+    hc.start()
+    try:
+        assert hc.wait_connected(15), hc.last_error
+        frozen_at = time.monotonic()
+        # A stopped (not dead) daemon keeps its socket open: only keepalive can tell.
+        os.kill(record.pid, signal.SIGSTOP)
+        try:
+            deadline = frozen_at + interval * count + 1
+            while hc.state != LinkState.DISCONNECTED and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert hc.state == LinkState.DISCONNECTED
+            lost = next(c for c in changes if c.state == LinkState.DISCONNECTED)
+            assert "keepalive" in lost.reason
+        finally:
+            os.kill(record.pid, signal.SIGCONT)
+        assert hc.wait_connected(30), hc.last_error
+    finally:
+        hc.close()
