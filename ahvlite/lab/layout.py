@@ -137,7 +137,9 @@ def netns_prefix(lab: str) -> str:
 
 
 def veth_prefix(lab: str) -> str:
-    return f"v{lab}"
+    # The dash ends the lab name: without it, lab "tnet" would match "tnetx"'s veths
+    # in the name-based sweep and take them down with it.
+    return f"v{lab}-"
 
 
 def plan_layout(spec: LabSpec, root: Path) -> LabLayout:

@@ -79,3 +79,16 @@ def test_lookup_of_unknown_host_lists_the_known_ones():
     with pytest.raises(InvalidSpec) as err:
         layout.host("h9")
     assert "h1, h2" in err.value.message
+
+
+@given(a=st.from_regex(r"^[a-z][a-z0-9]{0,7}$", fullmatch=True),
+       b=st.from_regex(r"^[a-z][a-z0-9]{0,7}$", fullmatch=True))
+def test_one_labs_name_sweep_never_matches_another_labs_objects(a, b):
+    from ahvlite.lab.layout import netns_prefix, veth_prefix
+
+    if a == b:
+        return
+    other = plan_layout(LabSpec(name=b, hosts=2), ROOT)
+    assert not any(v.startswith(veth_prefix(a)) for h in other.hosts for v in h.veths)
+    assert not any(h.netns.startswith(netns_prefix(a)) for h in other.hosts)
+    assert other.bridge != plan_layout(LabSpec(name=a, hosts=1), ROOT).bridge
