@@ -52,6 +52,16 @@ demo: setup
 	-@$(AHV) lab down --name $(DEMO_LAB) >/dev/null 2>&1
 	$(AHV) lab up --hosts 3 --name $(DEMO_LAB)
 	$(AHV) lab demo --name $(DEMO_LAB)
+	@set -e; \
+	status=$$($(AHV) lab status --name $(DEMO_LAB) --json); \
+	export AHVLITE_CLUSTER=$$(echo "$$status" | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["cluster_file"])'); \
+	disk=$$(echo "$$status" | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["guest"]["disk"])'); \
+	echo "== image, VM, versioned template, deploy 3 VMs"; \
+	$(AHV) image import "$$disk" guest; \
+	$(AHV) vm create demo-src --memory-mib 128 --disk guest --nic br0; \
+	$(AHV) template create demo-tp --from-vm demo-src; \
+	$(AHV) template deploy demo-tp --count 3 --prefix demo-vm; \
+	$(AHV) vm list
 	@echo "The lab keeps running: '$(AHV) lab status --name $(DEMO_LAB)'," \
 	      "'$(AHV) lab exec h1 --name $(DEMO_LAB) -- virsh list'; remove it with" \
 	      "'$(AHV) lab down --name $(DEMO_LAB)'."

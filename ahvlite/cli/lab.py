@@ -39,10 +39,15 @@ def up(
     name: NameOpt = "lab",
     subnet: Annotated[str | None, typer.Option(
         "--subnet", help="Private IPv4 subnet for management (default from the name).")] = None,
+    zk: Annotated[bool, typer.Option(
+        "--zk", help="Run a ZooKeeper ensemble, one member in each of the first 3 hosts.")] = False,
+    controllers: Annotated[bool, typer.Option(
+        "--controllers", help="Run an ahvlite controller on every host (implies --zk).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Build a lab of N hosts (each with OVS, libvirt over TLS and sshd)."""
-    spec = build(LabSpec, name=name, hosts=hosts, subnet=subnet)
+    spec = build(LabSpec, name=name, hosts=hosts, subnet=subnet, zk=zk or controllers,
+                 controllers=controllers)
     with progress(not json_out, f"lab {name}: starting") as report:
         st = lab.up(spec, report=report)
     if json_out:
@@ -125,6 +130,10 @@ def demo(
     rows = [[p["from"], p["to"], "ok" if p["ok"] else "FAILED", p["detail"]]
             for p in result["pings"]]
     console.print(table("guest-to-guest ping across hosts", ["from", "to", "result", ""], rows))
+    from ahvlite.cli.net import render_show
+
+    console.print("[bold]ahvlite net show[/]")
+    render_show(result["net_show"])
     if not result["ok"]:
         raise typer.Exit(1)
 

@@ -7,8 +7,15 @@ import sys
 import typer
 
 from ahvlite import __version__
+from ahvlite.cli import controller as controller_cli
 from ahvlite.cli import host as host_cli
+from ahvlite.cli import image as image_cli
 from ahvlite.cli import lab as lab_cli
+from ahvlite.cli import net as net_cli
+from ahvlite.cli import stats as stats_cli
+from ahvlite.cli import task as task_cli
+from ahvlite.cli import template as template_cli
+from ahvlite.cli import vm as vm_cli
 from ahvlite.cli.output import emit_json, err_console
 from ahvlite.errors import AhvliteError
 
@@ -20,6 +27,13 @@ app = typer.Typer(
 )
 app.add_typer(lab_cli.app, name="lab")
 app.add_typer(host_cli.app, name="host")
+app.add_typer(controller_cli.app, name="controller")
+app.add_typer(task_cli.app, name="task")
+app.command(name="stats")(stats_cli.stats)
+app.add_typer(net_cli.app, name="net")
+app.add_typer(vm_cli.app, name="vm")
+app.add_typer(image_cli.app, name="image")
+app.add_typer(template_cli.app, name="template")
 
 
 @app.command()

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import libvirt
-
 from ahvlite.errors import AhvliteError, Conflict, InvalidSpec
 from ahvlite.remote import facts as remote_facts
 from ahvlite.remote.ssh import SshTarget
@@ -24,6 +22,7 @@ from ahvlite.virt import guest
 from ahvlite.virt.conn import connection, parse_uri
 
 T = TypeVar("T")
+RUNNING_STATES = ("running", "paused", "blocked")  # a QEMU process exists for these
 R = TypeVar("R")
 
 
@@ -58,7 +57,7 @@ def host_status(host: HostSpec, *, timeout_s: float = 5) -> HostStatus:
     t0 = time.monotonic()
     try:
         with connection(host.uri, timeout_s=timeout_s) as conn:
-            running = len(conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+            running = sum(1 for _, st in guest.list_domains(conn) if st in RUNNING_STATES)
             return HostStatus(host.name, host.uri, "connected", conn.getHostname(), running,
                               latency_ms=round((time.monotonic() - t0) * 1000, 1))
     except AhvliteError as exc:
@@ -139,7 +138,7 @@ def remove_host(path: Path, cluster: ClusterSpec, name: str, *, force: bool = Fa
         except AhvliteError as exc:
             raise Conflict(f"cannot check whether VMs run on {name}: {exc.message}",
                            hint="pass --force to remove an unreachable host") from None
-        active = [n for n, st in running if st in ("running", "paused", "blocked")]
+        active = [n for n, st in running if st in RUNNING_STATES]
         if active:
             raise Conflict(f"{len(active)} VMs run on {name}: {', '.join(active)}",
                            hint="migrate or stop them first (or --force)")

@@ -8,10 +8,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ahvlite.cluster import network as cnet
 from ahvlite.lab import guests, lab
 from ahvlite.lab.layout import HostLayout
+from ahvlite.spec.cluster import load_cluster
 from ahvlite.virt import guest
 from ahvlite.virt.conn import connection
+
+DEMO_NETWORKS = (("vm-blue", 101), ("vm-red", 102))
 
 
 def run(name: str, *, report: Callable[[str], None]) -> dict[str, Any]:
@@ -52,6 +56,15 @@ def run(name: str, *, report: Callable[[str], None]) -> dict[str, Any]:
         match = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
         summary = f"{match[2]}/{match[1]} replies" if match else out[-120:]
         pings.append({"from": src.name, "to": dst.name, "ok": rc == 0, "detail": summary})
-    return {"guests": rows, "pings": pings,
+    # Host networking (issue 4): two VLAN networks in the cluster file, then what
+    # each host's OVS reports (bond, members, active member, VM ports with VLANs).
+    spec = load_cluster(layout.cluster_file)
+    for net_name, vlan in DEMO_NETWORKS:
+        if spec.network.network(net_name) is None:
+            report(f"creating VLAN network {net_name} (VLAN {vlan})")
+            spec = cnet.create_network(layout.cluster_file, spec, name=net_name, vlan=vlan)
+    report("reading host networking (net show)")
+    net_show = cnet.show(spec)
+    return {"guests": rows, "pings": pings, "net_show": net_show,
             "ok": bool(pings) and all(p["ok"] for p in pings),
             "elapsed_s": round(time.monotonic() - started, 1)}

@@ -12,8 +12,12 @@ Outputs (all in ``cache_dir``, which this module owns):
 * ``vmlinuz``     Debian's cloud kernel, for direct kernel boot (``-kernel``/``<kernel>``);
 * ``initrd.img``  the initramfs (newc cpio, gzip);
 * ``disk.qcow2``  a FAT "superfloppy" (no partition table) made bootable by syslinux,
-  holding both of the above. Treat it as a read-only base image: give each VM its own
-  overlay (``qemu-img create -f qcow2 -F qcow2 -b disk.qcow2 vm.qcow2``).
+  holding both of the above. It boots with UEFI (OVMF) too: systemd-boot (Debian's
+  ``systemd-boot-efi``) is the removable-media loader ``/EFI/BOOT/BOOTX64.EFI`` with
+  one entry for the same kernel, initramfs and command line. (Under OVMF the guest
+  needs about 160 MiB of memory; 128 MiB is enough with SeaBIOS.) Treat it as a
+  read-only base image: give each VM its own overlay
+  (``qemu-img create -f qcow2 -F qcow2 -b disk.qcow2 vm.qcow2``).
 
 What the guest does at boot is configured from outside, by the kernel command line
 (``ahvlite.KEY=VALUE``) or by QEMU fw_cfg entries ``opt/ahvlite/KEY`` (libvirt
@@ -32,7 +36,7 @@ It reports on the serial console (ttyS0) with single machine-readable lines::
 READY comes once, and last: when it shows, everything else is set up.
 
 Host tools needed (Debian packages): apt, dpkg, kmod, dosfstools, mtools, syslinux,
-qemu-utils.
+qemu-utils. Downloaded (never installed): the kernel, busybox-static, systemd-boot-efi.
 """
 
 from __future__ import annotations
@@ -65,11 +69,14 @@ __all__ = [
 
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
+SYSTEMD_BOOT_PACKAGE = "systemd-boot-efi"  # the UEFI loader on the disk image
 
 # What the lab guest needs from the kernel: virtio NIC and disks (PCI transport), the
-# SCSI disk driver behind virtio-scsi, and fw_cfg so the guest can read its address.
+# SCSI disk driver behind virtio-scsi, fw_cfg so the guest can read its address, and
+# the memory balloon (overcommitted VMs give memory back through it).
 # Their dependencies are added from modules.dep.
-GUEST_MODULES = ("virtio_pci", "virtio_net", "virtio_scsi", "virtio_blk", "sd_mod", "qemu_fw_cfg")
+GUEST_MODULES = ("virtio_pci", "virtio_net", "virtio_scsi", "virtio_blk", "sd_mod", "qemu_fw_cfg",
+                 "virtio_balloon")
 
 READY_MARKER = "AHVLITE-GUEST-READY"
 DIRTY_MARKER = "AHVLITE-DIRTY"
@@ -77,7 +84,7 @@ DIRTY_MARKER = "AHVLITE-DIRTY"
 DISK_SIZE_MIB = 64
 
 # Bumped whenever the way the images are put together changes, so old caches rebuild.
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2  # 2: the disk also boots with UEFI (systemd-boot)
 
 _STAMP = "stamp.json"
 _OUTPUTS = ("vmlinuz", "initrd.img", "disk.qcow2")
@@ -306,6 +313,19 @@ LABEL ahvlite
     APPEND console=ttyS0 quiet panic=-1
 """
 
+# systemd-boot: no menu, one entry with what syslinux boots.
+SYSTEMD_BOOT_LOADER_CONF = """\
+timeout 0
+default ahvlite.conf
+"""
+SYSTEMD_BOOT_ENTRY = """\
+title ahvlite lab guest
+linux /vmlinuz
+initrd /initrd.img
+options console=ttyS0 quiet panic=-1
+"""
+_EFI_LOADER = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+
 
 @dataclass(frozen=True)
 class GuestImages:
@@ -335,7 +355,8 @@ def build_guest(cache_dir: Path, *, force: bool = False) -> GuestImages:
     )
     with _locked(cache_dir / ".lock"):
         kernel_pkg, busybox_pkg = _resolve_packages()
-        inputs = _stamp_inputs(kernel_pkg, busybox_pkg)
+        boot_pkg = _resolve_boot_package()
+        inputs = _stamp_inputs(kernel_pkg, busybox_pkg, boot_pkg)
         if not force and _is_current(cache_dir, inputs):
             return images
         _check_host_tools()
@@ -343,13 +364,14 @@ def build_guest(cache_dir: Path, *, force: bool = False) -> GuestImages:
         debs = cache_dir / "debs"
         kernel_deb = _download(kernel_pkg, debs)
         busybox_deb = _download(busybox_pkg, debs)
+        boot_deb = _download(boot_pkg, debs)
         with tempfile.TemporaryDirectory(prefix=".build-", dir=cache_dir) as tmp:
             work = Path(tmp)
-            details = _build_into(work, kernel_deb, busybox_deb)
+            details = _build_into(work, kernel_deb, busybox_deb, boot_deb)
             _publish(work, cache_dir, {"inputs": inputs, **details})
         # Kernel updates would otherwise pile up 27 MB .debs forever.
         for deb in debs.glob("*.deb"):
-            if deb not in (kernel_deb, busybox_deb):
+            if deb not in (kernel_deb, busybox_deb, boot_deb):
                 deb.unlink()
     return images
 
@@ -363,12 +385,14 @@ def _remove_leftovers(cache_dir: Path) -> None:
 # --- stamp and publishing -------------------------------------------------------------
 
 
-def _stamp_inputs(kernel: _Package, busybox: _Package) -> dict[str, object]:
-    text = "\0".join((INIT_SCRIPT, UDHCPC_SCRIPT, SYSLINUX_CFG, *GUEST_MODULES))
+def _stamp_inputs(kernel: _Package, busybox: _Package, boot: _Package) -> dict[str, object]:
+    text = "\0".join((INIT_SCRIPT, UDHCPC_SCRIPT, SYSLINUX_CFG, SYSTEMD_BOOT_LOADER_CONF,
+                      SYSTEMD_BOOT_ENTRY, *GUEST_MODULES))
     return {
         "format": BUILD_FORMAT,
         "kernel": {"package": kernel.name, "version": kernel.version},
         "busybox": {"package": busybox.name, "version": busybox.version},
+        "systemd_boot": {"package": boot.name, "version": boot.version},
         "scripts_sha256": hashlib.sha256(text.encode()).hexdigest(),
         "disk_mib": DISK_SIZE_MIB,
     }
@@ -415,6 +439,7 @@ _HOST_TOOLS = {
     "depmod": "kmod",
     "mkfs.fat": "dosfstools",
     "mcopy": "mtools",
+    "mmd": "mtools",
     "syslinux": "syslinux",
     "qemu-img": "qemu-utils",
 }
@@ -495,6 +520,11 @@ def _resolve_packages() -> tuple[_Package, _Package]:
                 version = _apt_show(name)[name]["Version"]
             return _Package(name, version), busybox
     raise OperationFailed(f"{KERNEL_META_PACKAGE} depends on no linux-image package: {depends!r}")
+
+
+def _resolve_boot_package() -> _Package:
+    records = _apt_show(SYSTEMD_BOOT_PACKAGE)
+    return _Package(SYSTEMD_BOOT_PACKAGE, records[SYSTEMD_BOOT_PACKAGE]["Version"])
 
 
 def _deb_identity(deb: Path) -> tuple[str, str]:
@@ -725,7 +755,8 @@ def _initramfs(busybox: bytes, modules: Mapping[str, bytes]) -> bytes:
 # --- disk -------------------------------------------------------------------------------
 
 
-def _make_disk(raw: Path, qcow2: Path, vmlinuz: Path, initrd: Path, work: Path) -> None:
+def _make_disk(raw: Path, qcow2: Path, vmlinuz: Path, initrd: Path, work: Path,
+               efi_loader: Path) -> None:
     # A FAT filesystem across the whole disk, no partition table: SeaBIOS runs sector 0
     # of a hard disk whatever it holds, and syslinux makes that its FAT boot sector
     # (checked on virtio-scsi with SeaBIOS 1.16). mtools instead of loop mounts, which
@@ -740,6 +771,16 @@ def _make_disk(raw: Path, qcow2: Path, vmlinuz: Path, initrd: Path, work: Path) 
     mtools_env = {"MTOOLS_SKIP_CHECK": "1"}
     for source, target in ((vmlinuz, "vmlinuz"), (initrd, "initrd.img"), (cfg, "syslinux.cfg")):
         _run(["mcopy", "-i", str(raw), str(source), f"::/{target}"], env=mtools_env)
+    # UEFI: OVMF's FAT driver takes the whole (partitionless) disk as a filesystem and
+    # its boot manager starts the removable-media path /EFI/BOOT/BOOTX64.EFI.
+    (work / "loader.conf").write_text(SYSTEMD_BOOT_LOADER_CONF)
+    (work / "ahvlite.conf").write_text(SYSTEMD_BOOT_ENTRY)
+    _run(["mmd", "-i", str(raw), "::/EFI", "::/EFI/BOOT", "::/loader", "::/loader/entries"],
+         env=mtools_env)
+    for source, target in ((efi_loader, "EFI/BOOT/BOOTX64.EFI"),
+                           (work / "loader.conf", "loader/loader.conf"),
+                           (work / "ahvlite.conf", "loader/entries/ahvlite.conf")):
+        _run(["mcopy", "-i", str(raw), str(source), f"::/{target}"], env=mtools_env)
     _run(["syslinux", "--install", str(raw)], env=mtools_env)
     _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)])
     raw.unlink()
@@ -748,10 +789,15 @@ def _make_disk(raw: Path, qcow2: Path, vmlinuz: Path, initrd: Path, work: Path) 
 # --- the build --------------------------------------------------------------------------
 
 
-def _build_into(work: Path, kernel_deb: Path, busybox_deb: Path) -> dict[str, object]:
+def _build_into(work: Path, kernel_deb: Path, busybox_deb: Path,
+                boot_deb: Path) -> dict[str, object]:
     """Writes the outputs into ``work``; returns what the stamp records about them."""
     kernel_root = _extract(kernel_deb, work / "kernel")
     busybox_root = _extract(busybox_deb, work / "busybox")
+    boot_root = _extract(boot_deb, work / "systemd-boot")
+    efi_loader = boot_root / _EFI_LOADER
+    if not efi_loader.is_file():
+        raise OperationFailed(f"{boot_deb.name} has no {_EFI_LOADER}")
     kernel = _find_kernel(kernel_root)
 
     deps = _parse_modules_dep(_ensure_modules_dep(kernel_root, kernel).read_text())
@@ -766,8 +812,10 @@ def _build_into(work: Path, kernel_deb: Path, busybox_deb: Path) -> dict[str, ob
 
     shutil.copyfile(kernel.vmlinuz, work / "vmlinuz")
     (work / "initrd.img").write_bytes(_initramfs(busybox.read_bytes(), modules))
-    _make_disk(work / "disk.raw", work / "disk.qcow2", work / "vmlinuz", work / "initrd.img", work)
+    _make_disk(work / "disk.raw", work / "disk.qcow2", work / "vmlinuz", work / "initrd.img", work,
+               efi_loader)
 
     shutil.rmtree(kernel_root)
     shutil.rmtree(busybox_root)
+    shutil.rmtree(boot_root)
     return {"kernel_release": kernel.release, "modules": order, "modules_builtin": skipped}

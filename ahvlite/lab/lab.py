@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ahvlite.errors import Conflict, NotFound, OperationFailed, OperationTimeout, UnsafeNetwork
-from ahvlite.lab import hostconfig, namespaces, processes
+from ahvlite.lab import hostconfig, namespaces, processes, services
 from ahvlite.lab.guest import GuestImages, build_guest
 from ahvlite.lab.guests import GUEST_BASE
 from ahvlite.lab.layout import (
@@ -43,11 +43,14 @@ from ahvlite.net.ovs.api import ovsdb
 from ahvlite.spec.cluster import ClusterSpec, HostSpec, SshSpec
 from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.labels import DOMAIN_TYPE_LABEL
+from ahvlite.spec.network import BondSpec, BridgeSpec, NetworkSpec, OvsdbSpec
 from ahvlite.virt import storage
 from ahvlite.virt.conn import connection
 
 Report = Callable[[str], None]
 
+# ovsdb-server's TLS port on each host's management address (OVS's IANA port).
+OVSDB_TLS_PORT = 6640
 # Daemons of a host in start order; ``down`` stops them in reverse.
 DAEMONS = ("ovsdb-server", "ovs-vswitchd", "virtlogd", "virtlockd", "libvirtd", "sshd")
 
@@ -85,6 +88,9 @@ def up(spec: LabSpec, *, report: Report = _quiet) -> dict[str, Any]:
     state.save(layout.state_file)
     try:
         _build(layout, state, images, report)
+        services.start_lab_services(
+            layout, zk=spec.zk, controllers=spec.controllers, report=report,
+            start=lambda host, role, argv: _start(state, layout, host, role, argv))
     except BaseException:
         # Nothing half-created stays behind: a failed up removes what it made, but
         # keeps the logs, which say why.
@@ -150,6 +156,13 @@ def _build(layout: LabLayout, state: LabState, images: GuestImages, report: Repo
         _start(state, layout, host, "ovsdb-server", [
             "ovsdb-server", "/etc/openvswitch/conf.db",
             "--remote=punix:/run/openvswitch/db.sock",
+            # `ahvlite net` connects through Manager rows: pssl on the management
+            # address only (added once that address exists), mutual TLS with the lab
+            # CA; the server certificate is the host's libvirt one (same CA and SAN).
+            "--remote=db:Open_vSwitch,Open_vSwitch,manager_options",
+            "--private-key=/etc/pki/libvirt/private/serverkey.pem",
+            "--certificate=/etc/pki/libvirt/servercert.pem",
+            "--ca-cert=/etc/pki/CA/cacert.pem",
             "--unixctl=/run/openvswitch/ovsdb-server.ctl",
             "--pidfile=/run/openvswitch/ovsdb-server.pid",
             "--log-file=/var/log/openvswitch/ovsdb-server.log"])
@@ -171,6 +184,8 @@ def _build(layout: LabLayout, state: LabState, images: GuestImages, report: Repo
             netlink.set_link_up(dev, ns=host.netns)
             _ethtool_tx_off(dev, host=host)
         netlink.add_address(OVS_BRIDGE, str(host.address), ns=host.netns)
+        with ovsdb(f"unix:{host.ovsdb_sock}") as api:
+            ovs_ops.ensure_manager(api, f"pssl:{OVSDB_TLS_PORT}:{host.ip}")
         netlink.create_bridge("virbr0", ns=host.netns)
         netlink.add_address("virbr0", VIRBR0_ADDRESS, ns=host.netns)
         netlink.set_link_up("virbr0", ns=host.netns)
@@ -311,8 +326,16 @@ def _write_cluster_file(layout: LabLayout, domain_type: str | None) -> None:
             name=h.name, uri=layout.libvirt_uri(h),
             ssh=SshSpec(host=h.ip, user="root", key=layout.ssh_key,
                         known_hosts=layout.known_hosts),
+            ovsdb=OvsdbSpec(remote=f"ssl:{h.ip}:{OVSDB_TLS_PORT}",
+                            ca_cert=layout.client_pki_dir / "cacert.pem",
+                            certificate=layout.client_pki_dir / "clientcert.pem",
+                            private_key=layout.client_pki_dir / "clientkey.pem"),
             labels={"lab": layout.name, DOMAIN_TYPE_LABEL: domain_type or "unknown"})
-            for h in layout.hosts])
+            for h in layout.hosts],
+        # What lab up built: br0 (userspace datapath) with bond br0-up = eth0 + eth1.
+        network=NetworkSpec(bridges=[BridgeSpec(
+            name=OVS_BRIDGE, datapath_type="netdev",
+            uplink=BondSpec(name=BOND, members=list(UPLINKS)))]))
     layout.cluster_file.write_text(spec.dump_yaml())
 
 

@@ -115,6 +115,12 @@ def set_link_up(ifname: str, *, ns: str | None = None) -> None:
         sock.link("set", index=_require_index(sock, ifname, ns), state="up")
 
 
+def set_link_down(ifname: str, *, ns: str | None = None) -> None:
+    """Take ``ifname`` down (its veth peer loses carrier: a pulled cable)."""
+    with _socket(ns) as sock, _translated(f"set {ifname} down"):
+        sock.link("set", index=_require_index(sock, ifname, ns), state="down")
+
+
 def wait_for_link(ifname: str, *, ns: str | None = None, timeout_s: float = 10) -> None:
     deadline = time.monotonic() + timeout_s
     while not link_exists(ifname, ns=ns):

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ahvlite.errors import InvalidSpec, NotFound
 from ahvlite.spec.errors import build
+from ahvlite.spec.network import HostNetworkSpec, NetworkSpec, OvsdbSpec
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
@@ -31,6 +32,8 @@ class HostSpec(BaseModel):
     uri: str
     ssh: SshSpec | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    ovsdb: OvsdbSpec | None = None  # how `ahvlite net` reaches this host's OVSDB
+    network: HostNetworkSpec | None = None  # per-host bridges / virbr0 (issue 4)
 
 
 class ClusterSpec(BaseModel):
@@ -40,6 +43,7 @@ class ClusterSpec(BaseModel):
     hosts: list[HostSpec] = Field(default_factory=list)
     shared_pool: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    network: NetworkSpec = Field(default_factory=NetworkSpec)  # cluster-wide defaults
 
     def dump_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)

@@ -24,6 +24,11 @@ from ahvlite.errors import (
 )
 from ahvlite.virt.events import ensure_event_loop
 
+# Handles other packages may hold and annotate without importing libvirt themselves.
+Connection = libvirt.virConnect
+DomainHandle = libvirt.virDomain
+StoragePool = libvirt.virStoragePool
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -171,6 +176,14 @@ def connection(uri: str, *, timeout_s: float = 10,
     finally:
         with suppress(libvirt.libvirtError):
             conn.close()
+
+
+def close_quietly(conn: libvirt.virConnect) -> None:
+    """Close a connection whose work is done; a failing close has nothing to report."""
+    try:
+        conn.close()
+    except libvirt.libvirtError:
+        pass
 
 
 def hypervisor_hostname(conn: libvirt.virConnect) -> str:

@@ -1,0 +1,112 @@
+"""``ahvlite controller``: run the controller daemon, and see who leads."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ahvlite.cli.context import ENV_VAR, ClusterOpt
+from ahvlite.cli.output import console, emit_json, table
+from ahvlite.errors import NotFound
+
+app = typer.Typer(no_args_is_help=True, help="The controller daemon: run it, see its status.")
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+STORE_ENV = "AHVLITE_STORE"
+StoreOpt = Annotated[str | None, typer.Option(
+    "--store", help=f"sqlite:///PATH or zk://[USER:SECRET@]H:P,.../CHROOT (default ${STORE_ENV}).",
+    show_default=False)]
+
+
+def store_url(store: str | None) -> str:
+    """``--store`` wins, then $AHVLITE_STORE; otherwise a clear error."""
+    url = store or os.environ.get(STORE_ENV)
+    if not url:
+        raise NotFound("no controller store given",
+                       hint=f"pass --store URL or set {STORE_ENV} "
+                            "(sqlite:///var/lib/ahvlite/controller.db or zk://HOSTS/ahvlite)")
+    return url
+
+
+@app.command()
+def run(
+    store: StoreOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="Member name (default: hostname).",
+                                             show_default=False)] = None,
+    session_timeout_s: Annotated[float, typer.Option(
+        "--session-timeout", help="Seconds without contact before a controller counts as "
+        "gone; bounds failover.", min=1, max=60)] = 3.0,
+    workers: Annotated[int, typer.Option("--workers", help="Task worker threads.",
+                                         min=1, max=64)] = 4,
+    cluster: ClusterOpt = None,
+    stats_interval_s: Annotated[float, typer.Option(
+        "--stats-interval", help="Seconds between stats rounds (leader, with a cluster file).",
+        min=1, max=3600)] = 10.0,
+) -> None:
+    """Run a controller in the foreground until SIGTERM/SIGINT (then leave cleanly)."""
+    from ahvlite.controller.coord import open_store
+    from ahvlite.controller.daemon import Controller, Identity
+    from ahvlite.controller.kinds import registry
+
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    coord = open_store(store_url(store), session_timeout_s=session_timeout_s)
+    services = None
+    path = cluster or (Path(os.environ[ENV_VAR]) if os.environ.get(ENV_VAR) else None)
+    if path is not None:
+        from ahvlite.controller.hostmon import HostMonitor
+        from ahvlite.spec.cluster import load_cluster
+        from ahvlite.virt.hostconn import HostConnection
+
+        spec = load_cluster(path)
+
+        def services() -> list[Any]:
+            links = [HostConnection(h.name, h.uri) for h in spec.hosts]
+            return [HostMonitor(coord, links, interval_s=stats_interval_s)]  # type: ignore[arg-type]
+
+    Controller(coord, Identity.here(name), registry(), workers=workers,
+               leader_services=services).run(stop)
+    # We have resigned and left. A task step still sleeping in a worker thread must not
+    # hold the exit (its task stays running under our token: the next leader resumes it).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%H:%M:%S.%f")[:-3] + " UTC"
+
+
+@app.command()
+def status(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
+    """The leader (name, host, pid), the members with their heartbeats, the store."""
+    from ahvlite.controller.coord import open_store
+    from ahvlite.controller.status import controller_status
+
+    coord = open_store(store_url(store))
+    try:
+        st = controller_status(coord)
+    finally:
+        coord.close()
+    if json_out:
+        emit_json(st)
+        return
+    lead = st["leader"]
+    console.print(f"store {st['store']}; leader "
+                  + (f"[bold]{lead['name']}[/] on {lead['host']} pid {lead['pid']} "
+                     f"(token {lead['token']})" if lead else "[red]none[/]"), highlight=False)
+    rows = [[m.get("name"), m.get("host"), m.get("pid"), "yes" if m.get("leader") else "",
+             _when(m.get("heartbeat_at"))] for m in st["members"]]
+    console.print(table("members", ["name", "host", "pid", "leader", "heartbeat_at"], rows))

@@ -1,0 +1,145 @@
+"""``ahvlite net``: host networking (OVS br0 + bond, VLAN networks, virbr0)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from ahvlite.cli.context import ClusterOpt, load
+from ahvlite.cli.output import console, emit_json, err_console, progress, table
+from ahvlite.cluster import network as cnet
+from ahvlite.net.hostnet import ApplyResult
+
+app = typer.Typer(no_args_is_help=True,
+                  help="Host networking: bridges, uplink bonds, VLAN networks, virbr0.")
+bond_app = typer.Typer(no_args_is_help=True, help="Uplink bonds.")
+app.add_typer(bond_app, name="bond")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def render_show(hosts: list[dict[str, Any]]) -> None:
+    for h in hosts:
+        console.print(f"[bold]{h['host']}[/]", highlight=False)
+        for br in h["bridges"]:
+            for b in br["bonds"]:
+                members = ", ".join(f"{m['name']} ({m['link_state'] or '?'})"
+                                    + (" ACTIVE" if m["name"] == b["active_member"] else "")
+                                    for m in b["members"])
+                lacp = b["lacp"] + (" +fallback-ab" if b["lacp_fallback_ab"] else "")
+                console.print(f"  {br['name']} ({br['datapath_type']}): bond {b['name']} "
+                              f"{b['mode']}, lacp {lacp}, members {members}", highlight=False)
+            if br["vm_ports"]:
+                rows = [[p["port"], p["mac"], p["vm_uuid"], p["mode"],
+                         p["tag"] if p["mode"] == "access" else
+                         f"native {p['tag']} + {p['trunks']}", ", ".join(p["networks"]),
+                         p["link_state"]] for p in br["vm_ports"]]
+                console.print(table(f"  VM ports on {br['name']}",
+                                    ["port", "mac", "vm", "mode", "vlan", "networks", "link"],
+                                    rows))
+        if h["virbr0"] is not None:
+            v = h["virbr0"]
+            console.print(f"  virbr0: {'present' if v['exists'] else 'MISSING'} "
+                          f"{', '.join(v['addresses'])}", highlight=False)
+        for w in h["warnings"]:
+            err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if hosts and hosts[0]["networks"]:
+        rows = [[n["name"], n["vlan"], n["bridge"]] for n in hosts[0]["networks"]]
+        console.print(table("VLAN networks", ["network", "vlan", "bridge"], rows))
+
+
+@app.command()
+def show(host: Annotated[str | None, typer.Argument(help="Host (default: all).")] = None,
+         cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
+    """Bridges, bond mode, members with link state, active member, LACP, VM ports."""
+    _, spec = load(cluster)
+    hosts = cnet.show(spec, [host] if host else None)
+    if json_out:
+        emit_json(hosts)
+    else:
+        render_show(hosts)
+
+
+def _render_apply(results: list[ApplyResult]) -> None:
+    for r in results:
+        verb = "would do" if r.dry_run else "did"
+        if not r.steps:
+            console.print(f"{r.host}: up to date (no changes)", highlight=False)
+            continue
+        console.print(f"{r.host}: {verb} {len(r.steps)} step(s)", highlight=False)
+        for s in r.steps:
+            console.print(f"  [{s.phase}] {s.describe()}", highlight=False)
+
+
+@app.command(name="apply")
+def apply_(host: Annotated[str | None, typer.Option("--host", help="Only this host.")] = None,
+           dry_run: Annotated[bool, typer.Option("--dry-run",
+                                                 help="Print the steps, change nothing.")]
+           = False,
+           cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
+    """Make hosts match the cluster file's network spec (idempotent)."""
+    _, spec = load(cluster)
+    for w in spec.network.warnings():
+        if not json_out:
+            err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    with progress(not json_out and not dry_run, "applying host networking"):
+        results = cnet.apply(spec, [host] if host else None, dry_run=dry_run)
+    if json_out:
+        emit_json([r.to_dict() for r in results])
+    else:
+        _render_apply(results)
+
+
+@app.command()
+def create(name: Annotated[str, typer.Argument(help="Network name.")],
+           vlan: Annotated[int, typer.Option("--vlan", help="VLAN id (1-4094).")],
+           bridge: Annotated[str, typer.Option("--bridge", help="OVS bridge.")] = "br0",
+           cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
+    """Add a VLAN network to the cluster file."""
+    path, spec = load(cluster)
+    new = cnet.create_network(path, spec, name=name, vlan=vlan, bridge=bridge)
+    net = new.network.network(name)
+    assert net is not None
+    if json_out:
+        emit_json(net.model_dump(mode="json"))
+    else:
+        console.print(f"network {name}: VLAN {vlan} on {bridge}", highlight=False)
+
+
+@app.command()
+def delete(name: Annotated[str, typer.Argument(help="Network name.")],
+           cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
+    """Remove a VLAN network from the cluster file."""
+    path, spec = load(cluster)
+    cnet.delete_network(path, spec, name=name)
+    if json_out:
+        emit_json({"deleted": name})
+    else:
+        console.print(f"network {name} deleted", highlight=False)
+
+
+@bond_app.command(name="set")
+def bond_set(
+    host: Annotated[str, typer.Argument(help="Host.")],
+    mode: Annotated[str | None, typer.Option(
+        "--mode", help="active-backup | balance-slb | balance-tcp")] = None,
+    members: Annotated[str | None, typer.Option("--members", help="NICs, e.g. eth0,eth1")]
+    = None,
+    lacp: Annotated[str | None, typer.Option("--lacp", help="active | passive | off")] = None,
+    bridge: Annotated[str, typer.Option("--bridge")] = "br0",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the steps only.")] = False,
+    cluster: ClusterOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Change a host's uplink bond (recorded in the cluster file, then applied)."""
+    path, spec = load(cluster)
+    member_list = [m.strip() for m in members.split(",") if m.strip()] if members else None
+    new, result = cnet.set_bond(path, spec, host, bridge=bridge, mode=mode,
+                                members=member_list, lacp=lacp, dry_run=dry_run)
+    for w in cnet.host_network(new, new.host(host)).warnings():
+        if not json_out:
+            err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if json_out:
+        emit_json([result.to_dict()])
+    else:
+        _render_apply([result])

@@ -1,0 +1,156 @@
+"""Host networking across the cluster: the cluster file's network spec, applied per host.
+
+Each host is reached through its OVSDB remote (``ovsdb`` in the cluster file) and,
+for what only its kernel knows (NIC names, virbr0), through SSH. Changes made by
+``net create/delete/bond set`` are written to the cluster file first, then applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ahvlite.cluster.inventory import parallel, save_cluster, ssh_target
+from ahvlite.errors import Conflict, InvalidSpec, NotFound
+from ahvlite.net import hostnet
+from ahvlite.net.ovs.api import OvsdbPki, ovsdb
+from ahvlite.remote import ssh
+from ahvlite.spec.cluster import ClusterSpec, HostSpec
+from ahvlite.spec.errors import build
+from ahvlite.spec.network import (
+    BondSpec,
+    BridgeSpec,
+    HostNetworkSpec,
+    NetworkSpec,
+    VlanNetworkSpec,
+)
+
+
+def host_network(cluster: ClusterSpec, host: HostSpec) -> NetworkSpec:
+    return cluster.network.for_host(host.network)
+
+
+def _shell(host: HostSpec) -> hostnet.HostShell | None:
+    target = ssh_target(host)
+    if target is None:
+        return None
+
+    def run(argv: list[str]) -> tuple[int, str]:
+        result = ssh.run(target, argv, check=False, timeout_s=30)
+        return result.exit_status, result.stdout + result.stderr
+    return run
+
+
+@contextmanager
+def host_ovsdb(host: HostSpec) -> Iterator[Any]:
+    if host.ovsdb is None:
+        raise NotFound(f"host {host.name} has no ovsdb remote in the cluster file",
+                       hint="add ovsdb: {remote: ssl:ADDR:6640, ca_cert, certificate, "
+                            "private_key} to the host")
+    o = host.ovsdb
+    pki = None
+    if o.ca_cert and o.certificate and o.private_key:
+        pki = OvsdbPki(ca_cert=o.ca_cert, certificate=o.certificate, private_key=o.private_key)
+    with ovsdb(o.remote, pki=pki) as api:
+        yield api
+
+
+def _hosts(cluster: ClusterSpec, names: list[str] | None) -> list[HostSpec]:
+    return [cluster.host(n) for n in names] if names else list(cluster.hosts)
+
+
+def show(cluster: ClusterSpec, names: list[str] | None = None) -> list[dict[str, Any]]:
+    def one(host: HostSpec) -> dict[str, Any]:
+        with host_ovsdb(host) as api:
+            return hostnet.show_host(host.name, host_network(cluster, host), api, _shell(host))
+    return parallel(one, _hosts(cluster, names))
+
+
+def apply(cluster: ClusterSpec, names: list[str] | None = None, *,
+          dry_run: bool = False) -> list[hostnet.ApplyResult]:
+    def one(host: HostSpec) -> hostnet.ApplyResult:
+        with host_ovsdb(host) as api:
+            return hostnet.apply_host(host.name, host_network(cluster, host), api,
+                                      _shell(host), dry_run=dry_run)
+    return parallel(one, _hosts(cluster, names))
+
+
+def _rebuilt(cluster: ClusterSpec, **changes: Any) -> ClusterSpec:
+    # Re-validate the whole file so cross-field rules (unique VLANs ...) hold.
+    return build(ClusterSpec, **{**cluster.model_dump(mode="json", exclude_none=True),
+                                 **changes})
+
+
+def create_network(path: Path, cluster: ClusterSpec, *, name: str, vlan: int,
+                   bridge: str = "br0") -> ClusterSpec:
+    if cluster.network.network(name) is not None:
+        raise Conflict(f"network {name!r} already exists",
+                       hint="`ahvlite net delete` it first, or pick another name")
+    net = build(VlanNetworkSpec, name=name, vlan=vlan, bridge=bridge)
+    network = cluster.network.model_dump(mode="json")
+    network["networks"].append(net.model_dump(mode="json"))
+    new = _rebuilt(cluster, network=network)
+    save_cluster(path, new)
+    return new
+
+
+def delete_network(path: Path, cluster: ClusterSpec, *, name: str) -> ClusterSpec:
+    if cluster.network.network(name) is None:
+        known = ", ".join(n.name for n in cluster.network.networks) or "none"
+        raise NotFound(f"no network named {name!r} (networks: {known})")
+    network = cluster.network.model_dump(mode="json")
+    network["networks"] = [n for n in network["networks"] if n["name"] != name]
+    new = _rebuilt(cluster, network=network)
+    save_cluster(path, new)
+    return new
+
+
+def set_bond(path: Path, cluster: ClusterSpec, host_name: str, *, bridge: str = "br0",
+             mode: str | None = None, members: list[str] | None = None,
+             lacp: str | None = None, lacp_fallback_ab: bool | None = None,
+             dry_run: bool = False) -> tuple[ClusterSpec, hostnet.ApplyResult]:
+    """Change ``bridge``'s uplink bond on one host: check, record, apply.
+
+    The change is planned against the host first (unknown NICs fail there), so the
+    cluster file only ever records a bond the host can have.
+    """
+    new = bond_override(cluster, host_name, bridge=bridge, mode=mode, members=members,
+                        lacp=lacp, lacp_fallback_ab=lacp_fallback_ab)
+    (planned,) = apply(new, [host_name], dry_run=True)
+    if dry_run:
+        return new, planned
+    save_cluster(path, new)
+    (done,) = apply(new, [host_name])
+    return new, done
+
+
+def bond_override(cluster: ClusterSpec, host_name: str, *, bridge: str = "br0",
+                  mode: str | None = None, members: list[str] | None = None,
+                  lacp: str | None = None, lacp_fallback_ab: bool | None = None) -> ClusterSpec:
+    """The cluster spec with a host override for ``bridge``'s uplink bond (not saved)."""
+    host = cluster.host(host_name)
+    effective = host_network(cluster, host)
+    bridges = [b.model_dump(mode="json") for b in effective.bridges]
+    target = next((b for b in bridges if b["name"] == bridge), None)
+    if target is None or target.get("uplink") is None:
+        have = ", ".join(b["name"] for b in bridges)
+        raise InvalidSpec("bridge", bridge, f"a bridge with an uplink bond on {host_name} "
+                                            f"(bridges: {have})")
+    bond = dict(target["uplink"])
+    for key, value in (("mode", mode), ("members", members), ("lacp", lacp),
+                       ("lacp_fallback_ab", lacp_fallback_ab)):
+        if value is not None:
+            bond[key] = value
+    target["uplink"] = build(BondSpec, **bond).model_dump(mode="json")
+    build(BridgeSpec, **target)
+    override = (host.network or HostNetworkSpec()).model_dump(mode="json")
+    override["bridges"] = bridges
+    hosts = [h.model_dump(mode="json", exclude_none=True) for h in cluster.hosts]
+    for h in hosts:
+        if h["name"] == host_name:
+            h["network"] = {k: v for k, v in override.items() if v is not None}
+    new = _rebuilt(cluster, hosts=hosts)
+    host_network(new, new.host(host_name))  # the merged spec must validate too
+    return new

@@ -1,0 +1,511 @@
+"""VMs across the cluster: create (placed, rolled back on failure), power, hot-plug,
+list, show, delete. libvirt only through ``ahvlite.virt``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ahvlite.cluster.inventory import parallel
+from ahvlite.cluster.placement import HostCapacity, place
+from ahvlite.errors import AhvliteError, Conflict, HostUnreachable, InvalidSpec, NotFound
+from ahvlite.spec.cluster import ClusterSpec, HostSpec
+from ahvlite.spec.labels import DOMAIN_TYPE_LABEL
+from ahvlite.spec.network import NetworkSpec
+from ahvlite.spec.vm import DiskSpec, NicSpec, VmSpec
+from ahvlite.virt import designer, domains, storage
+from ahvlite.virt.conn import Connection, DomainHandle, StoragePool, close_quietly, open_connection
+from ahvlite.virt.designer import Design, DiskPlacement, HostPolicy
+from ahvlite.virt.xml.domain import Domain, VmMeta
+
+Report = Callable[[str], None]
+IMAGE_PREFIX = "image-"
+# Preferred named CPU models, most capable first; the first one the host can run wins
+# (until the cluster CPU baseline exists).
+CPU_PREFERENCE = ("EPYC", "Skylake-Client", "Haswell-noTSX", "Westmere", "Nehalem",
+                  "qemu64")
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@dataclass
+class VmInfo:
+    name: str
+    uuid: str
+    host: str
+    state: str
+    vcpus: int
+    memory_mib: int
+    current_memory_mib: int
+    overcommit: bool
+    genid: str | None
+    firmware: str
+    vtpm: bool
+    disks: list[dict[str, Any]] = field(default_factory=list)
+    nics: list[dict[str, Any]] = field(default_factory=list)
+    ips: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    template: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def vm_volume(vm: str, disk: str) -> str:
+    return f"vm-{vm}-{disk}.qcow2"
+
+
+def nvram_volume(vm: str) -> str:
+    return f"vm-{vm}-VARS.fd"
+
+
+def image_volume_name(image: str) -> str:
+    return f"{IMAGE_PREFIX}{image}"
+
+
+# -- connections --------------------------------------------------------------------
+
+@dataclass
+class Hosts:
+    """Open connections to the cluster's hosts (unreachable ones recorded)."""
+
+    cluster: ClusterSpec
+    conns: dict[str, Connection]
+    errors: dict[str, str]
+
+    def conn(self, host: str) -> Connection:
+        if host in self.conns:
+            return self.conns[host]
+        if host in self.errors:
+            raise HostUnreachable(f"host {host}: {self.errors[host]}")
+        self.cluster.host(host)
+        raise NotFound(f"host {host} is not connected")
+
+    def pool(self, host: str) -> StoragePool:
+        return storage.lookup_pool(self.conn(host), shared_pool(self.cluster))
+
+    def any_pool(self) -> tuple[str, StoragePool]:
+        for name in self.conns:
+            return name, self.pool(name)
+        raise NotFound("no host of the cluster answers")
+
+    def find(self, name: str) -> tuple[str, DomainHandle]:
+        for host, conn in self.conns.items():
+            dom = domains.find_domain(conn, name)
+            if dom is not None:
+                return host, dom
+        where = f" (unreachable: {', '.join(self.errors)})" if self.errors else ""
+        raise NotFound(f"no VM named {name!r} in cluster {self.cluster.name!r}{where}",
+                       hint="`ahvlite vm list` shows the VMs")
+
+
+@contextmanager
+def connect(cluster: ClusterSpec, *, timeout_s: float = 10) -> Iterator[Hosts]:
+    def one(h: HostSpec) -> tuple[str, Connection | None, str | None]:
+        try:
+            return h.name, open_connection(h.uri, timeout_s=timeout_s), None
+        except AhvliteError as exc:
+            return h.name, None, exc.message
+
+    results = parallel(one, list(cluster.hosts))
+    conns = {n: c for n, c, _ in results if c is not None}
+    errors = {n: e for n, _, e in results if e is not None}
+    try:
+        yield Hosts(cluster, conns, errors)
+    finally:
+        for c in conns.values():
+            close_quietly(c)
+
+
+def shared_pool(cluster: ClusterSpec) -> str:
+    if not cluster.shared_pool:
+        raise InvalidSpec("shared_pool", None, "the name of the storage pool every host "
+                          "shares (set shared_pool in the cluster file)")
+    return cluster.shared_pool
+
+
+def host_policy(hosts: Hosts, host: str) -> HostPolicy:
+    spec = hosts.cluster.host(host)
+    domain_type = spec.labels.get(DOMAIN_TYPE_LABEL) or "kvm"
+    if domain_type not in ("kvm", "qemu"):
+        domain_type = "kvm"
+    usable = domains.usable_cpu_models(hosts.conn(host), domain_type)
+    model = next((m for m in CPU_PREFERENCE if m in usable), None)
+    if model is None:
+        model = "qemu64"  # every QEMU runs it; drivers that cannot tell (test://) too
+    return HostPolicy(domain_type=domain_type, cpu_model=model)
+
+
+def networks_of(cluster: ClusterSpec, host: str) -> NetworkSpec:
+    return cluster.network.for_host(cluster.host(host).network)
+
+
+def capacities(hosts: Hosts) -> list[HostCapacity]:
+    out = []
+    for h in hosts.cluster.hosts:
+        if h.name not in hosts.conns:
+            out.append(HostCapacity(h.name, 0, 0, reachable=False))
+            continue
+        # Free = what running VMs do not hold. The kernel's free figure moves with page
+        # cache and QEMU's lazy allocation; reservations are what placement must honour.
+        total, _ = domains.memory_mib(hosts.conns[h.name])
+        reserved = domains.reserved_memory_mib(hosts.conns[h.name])
+        out.append(HostCapacity(h.name, total, total - reserved))
+    return out
+
+
+# -- reading ------------------------------------------------------------------------
+
+def info_of(host: str, dom: DomainHandle) -> VmInfo:
+    d = Domain.parse(domains.domain_xml(dom))
+    meta = d.meta or VmMeta()
+    names = meta.disk_names
+    volumes = meta.volumes
+    nets = meta.nic_networks
+    devs = d.devices
+    disks = [{"name": names.get(x.target_dev or "", x.serial or x.target_dev),
+              "dev": x.target_dev, "bus": x.target_bus, "path": x.source_file,
+              "volume": volumes.get(names.get(x.target_dev or "", "") or "")}
+             for x in (devs.disks if devs else [])]
+    nics = [{"mac": n.mac, "network": nets.get(n.mac or ""), "bridge": n.source_bridge,
+             "mode": "trunk" if n.trunk else "access",
+             "vlans": n.vlan_tags, "native_vlan": n.native_vlan,
+             "interface_id": n.interface_id}
+            for n in (devs.interfaces if devs else [])]
+    fw = {e.name: e.value for e in d.sysinfo.entries} if d.sysinfo else {}
+    os_ = d.os
+    return VmInfo(
+        name=d.name or "", uuid=d.uuid or "", host=host, state=domains.domain_state(dom),
+        vcpus=d.vcpus or 0, memory_mib=d.memory_mib or 0,
+        current_memory_mib=d.current_memory_mib or d.memory_mib or 0,
+        overcommit=bool(meta.overcommit), genid=d.genid,
+        firmware="uefi" if os_ is not None and os_.loader else "bios",
+        vtpm=bool(devs and len(devs.tpms)), disks=disks, nics=nics,
+        ips=[fw["opt/ahvlite/ip"]] if fw.get("opt/ahvlite/ip") else [],
+        labels=meta.labels, template=meta.labels.get("ahvlite.io/template"))
+
+
+def list_vms(cluster: ClusterSpec) -> tuple[list[VmInfo], dict[str, str]]:
+    """Every VM on every reachable host, and the hosts that did not answer."""
+    with connect(cluster) as hosts:
+        def on(host: str) -> list[VmInfo]:
+            return [info_of(host, d) for d in domains.all_domains(hosts.conns[host])]
+        found = parallel(on, list(hosts.conns))
+        return sorted((v for vs in found for v in vs), key=lambda v: v.name), hosts.errors
+
+
+def show_vm(cluster: ClusterSpec, name: str) -> VmInfo:
+    with connect(cluster) as hosts:
+        return info_of(*hosts.find(name))
+
+
+# -- create -------------------------------------------------------------------------
+
+def images(cluster: ClusterSpec) -> list[storage.VolumeInfo]:
+    with connect(cluster) as hosts:
+        _, pool = hosts.any_pool()
+        storage.refresh(pool)
+        return [v for v in storage.list_volumes(pool) if v.name.startswith(IMAGE_PREFIX)]
+
+
+def _image_source(vols: dict[str, storage.VolumeInfo], image: str) -> storage.VolumeInfo:
+    vol = vols.get(image_volume_name(image))
+    if vol is None:
+        known = sorted(v.removeprefix(IMAGE_PREFIX) for v in vols
+                       if v.startswith(IMAGE_PREFIX))
+        raise InvalidSpec("disk.image", image,
+                          f"one of the imported images ({', '.join(known) or 'none yet'})",
+                          hint="`ahvlite image import PATH NAME` adds one")
+    return vol
+
+
+def check_new_vm(hosts: Hosts, spec: VmSpec, host: str) -> None:
+    """Everything about ``spec`` that can be wrong, checked before anything is made."""
+    for h, conn in hosts.conns.items():
+        if domains.find_domain(conn, spec.name) is not None:
+            raise Conflict(f"a VM named {spec.name!r} already exists (on {h})",
+                           hint="VM names are unique in the cluster; pick another")
+        if domains.find_domain_by_uuid(conn, spec.uuid) is not None:
+            raise Conflict(f"uuid {spec.uuid} is already used (on {h})")
+    _, pool = hosts.any_pool()
+    storage.refresh(pool)
+    vols = {v.name: v for v in storage.list_volumes(pool)}
+    for d in spec.disks:
+        if d.image is not None:
+            _image_source(vols, d.image)
+        for volume in (d.clone_of, d.volume):
+            if volume is not None and volume not in vols:
+                raise InvalidSpec("disk.volume", volume, "a volume of the shared pool")
+    for name in spec.disk_names():
+        if vm_volume(spec.name, name) in vols:
+            raise Conflict(f"volume {vm_volume(spec.name, name)} already exists",
+                           hint="a VM of that name was deleted without its disks; "
+                                "delete the volume or pick another name")
+    # A dry run of the designer: bad networks and combinations fail here.
+    placements = {n: DiskPlacement(f"/dev/null/{n}") for n in spec.disk_names()}
+    designer.design(spec, Design(host=HostPolicy(), disks=placements,
+                                 networks=networks_of(hosts.cluster, host)
+                                 if host else hosts.cluster.network,
+                                 nvram_path="/dev/null/nvram"))
+
+
+def create_vm(cluster: ClusterSpec, spec: VmSpec, *, host: str | None = None,
+              start: bool = False, report: Report = _quiet) -> VmInfo:
+    """Place, make volumes, define (and start) ``spec``; on failure undo all of it."""
+    spec = spec.with_macs()
+    with connect(cluster) as hosts:
+        if not hosts.conns:
+            raise HostUnreachable(f"no host of cluster {cluster.name} answers: "
+                                  + "; ".join(f"{h}: {e}" for h, e in hosts.errors.items()))
+        check_new_vm(hosts, spec, host or next(iter(hosts.conns), ""))
+        need = spec.memory_mib
+        if spec.overcommit:
+            need = spec.memory_mib * designer.OVERCOMMIT_START_PERCENT // 100
+        # A VM that is only defined holds no memory yet: free memory matters at start.
+        target = place(capacities(hosts), spec.memory_mib, requested=host,
+                       need_free_mib=need if start else 0)
+        report(f"placing {spec.name} on {target}")
+        return create_on_host(hosts, target, spec, start=start, report=report)
+
+
+def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
+                   report: Report) -> VmInfo:
+    """Make ``spec``'s volumes on ``target``, define it (and start it); undo on failure.
+
+    The caller has checked the spec (:func:`check_new_vm`) and placed it.
+    """
+    conn = hosts.conn(target)
+    pool = hosts.pool(target)
+    made: list[str] = []
+    dom = None
+    try:
+        placements: dict[str, DiskPlacement] = {}
+        for name, d in zip(spec.disk_names(), spec.disks, strict=True):
+            if d.path is not None:
+                placements[name] = DiskPlacement(d.path, format="raw" if d.cdrom else "qcow2")
+                continue
+            if d.volume is not None:
+                found = storage.find_volume(pool, d.volume)
+                if found is None:
+                    raise NotFound(f"volume {d.volume} is not in the pool")
+                info = storage.volume_info(found)
+                made.append(d.volume)  # handed over: it goes with the VM, or on failure
+                # The dir pool calls a seed ISO "iso"; to QEMU it is raw bytes.
+                placements[name] = DiskPlacement(
+                    info.path, d.volume, format="qcow2" if info.format == "qcow2" else "raw")
+                continue
+            vol = vm_volume(spec.name, name)
+            report(f"disk {name}: volume {vol}")
+            if d.image is not None or d.clone_of is not None:
+                source = d.clone_of or image_volume_name(d.image or "")
+                path = storage.clone_volume(pool, vol, source,
+                                            full=d.full_clone, capacity_mib=d.size_mib)
+            else:
+                assert d.size_mib is not None
+                path = storage.create_volume(pool, vol, d.size_mib)
+            made.append(vol)
+            placements[name] = DiskPlacement(str(path), vol)
+        nvram = None
+        if spec.boot.firmware == "uefi":
+            nvram = str(storage.pool_path(pool) / nvram_volume(spec.name))
+        xml = designer.design_xml(spec, Design(
+            host=host_policy(hosts, target), disks=placements,
+            networks=networks_of(hosts.cluster, target), nvram_path=nvram))
+        report(f"defining {spec.name}")
+        dom = domains.define_domain(conn, xml)
+        if start:
+            report(f"starting {spec.name}")
+            domains.power_on(dom)
+        return info_of(target, dom)
+    except BaseException:
+        with ExitStack() as undo:
+            undo.enter_context(suppress(AhvliteError))
+            if dom is not None:
+                domains.power_off(dom)
+                domains.undefine_everything(dom)
+        for vol in [*made, nvram_volume(spec.name)]:
+            with suppress(AhvliteError):
+                storage.delete_volume(pool, vol)
+        raise
+
+
+# -- power --------------------------------------------------------------------------
+
+def start_vm(cluster: ClusterSpec, name: str) -> VmInfo:
+    with connect(cluster) as hosts:
+        host, dom = hosts.find(name)
+        domains.power_on(dom)
+        return info_of(host, dom)
+
+
+def shutdown_vm(cluster: ClusterSpec, name: str, *, timeout_s: float = 60,
+                force: bool = False) -> VmInfo:
+    """ACPI shutdown; after ``timeout_s`` power off only when ``force``."""
+    with connect(cluster) as hosts:
+        host, dom = hosts.find(name)
+        try:
+            domains.acpi_shutdown(dom, timeout_s=timeout_s)
+        except AhvliteError:
+            if not force:
+                raise
+            domains.power_off(dom)
+        return info_of(host, dom)
+
+
+def stop_vm(cluster: ClusterSpec, name: str, *, force: bool) -> VmInfo:
+    if not force:
+        raise InvalidSpec("force", False, "--force: stop pulls the plug without asking "
+                          "the guest", hint="`ahvlite vm shutdown` asks the guest first")
+    with connect(cluster) as hosts:
+        host, dom = hosts.find(name)
+        domains.power_off(dom)
+        return info_of(host, dom)
+
+
+def reboot_vm(cluster: ClusterSpec, name: str) -> VmInfo:
+    with connect(cluster) as hosts:
+        host, dom = hosts.find(name)
+        domains.acpi_reboot(dom)
+        return info_of(host, dom)
+
+
+def delete_vm(cluster: ClusterSpec, name: str, *, force: bool = False) -> dict[str, Any]:
+    """Remove the definition, its volumes, NVRAM and TPM state."""
+    with connect(cluster) as hosts:
+        host, dom = hosts.find(name)
+        if domains.domain_state(dom) in domains.ACTIVE_STATES and not force:
+            raise Conflict(f"{name} is running on {host}",
+                           hint="shut it down first, or pass --force")
+        d = Domain.parse(domains.domain_xml(dom, inactive=True))
+        volumes = list((d.meta or VmMeta()).volumes.values())
+        nvram = d.os.nvram if d.os is not None else None
+        domains.power_off(dom)
+        domains.undefine_everything(dom)
+        pool = hosts.pool(host)
+        removed = [v for v in volumes if storage.delete_volume(pool, v)]
+        # libvirt removes NVRAM with the definition; it is in the pool only if that failed.
+        if nvram and storage.delete_volume(pool, Path(nvram).name):
+            removed.append(Path(nvram).name)
+        return {"name": name, "host": host, "deleted_volumes": removed}
+
+
+# -- devices ------------------------------------------------------------------------
+
+def add_disk(cluster: ClusterSpec, name: str, disk: DiskSpec) -> VmInfo:
+    """Add a disk (hot-plugged when the VM runs); the volume goes when the attach fails."""
+    with connect(cluster) as hosts:
+        host, dom = hosts.find(name)
+        d = Domain.parse(domains.domain_xml(dom, inactive=True))
+        meta = d.meta or d.ensure_meta()
+        taken = set(meta.disk_names.values()) | set(meta.volumes)
+        taken |= {x.serial or "" for x in d.devices.disks} if d.devices else set()
+        disk_name = disk.name
+        if disk_name is None:
+            n = 0
+            while f"disk{n}" in taken:
+                n += 1
+            disk_name = f"disk{n}"
+        elif disk_name in taken:
+            raise Conflict(f"{name} already has a disk named {disk_name}")
+        used = {x.target_dev or "" for x in d.devices.disks} if d.devices else set()
+        dev = designer.next_target_dev(used, disk.bus)
+        pool = hosts.pool(host)
+        vol = vm_volume(name, disk_name)
+        if disk.image is not None:
+            storage.refresh(pool)
+            _image_source({v.name: v for v in storage.list_volumes(pool)}, disk.image)
+            path = storage.clone_volume(pool, vol, image_volume_name(disk.image),
+                                        full=disk.full_clone, capacity_mib=disk.size_mib)
+        elif disk.size_mib is not None:
+            path = storage.create_volume(pool, vol, disk.size_mib)
+        else:
+            raise InvalidSpec("disk", disk.path, "a size or an image (vm disk add)")
+        device = designer.disk_device(str(path), disk.bus, dev, serial=disk_name,
+                                      boot_order=None)
+        try:
+            domains.attach_device(dom, device.to_xml())
+        except BaseException:
+            with suppress(AhvliteError):
+                storage.delete_volume(pool, vol)
+            raise
+        # Attached: from here on the volume is the VM's, whatever else fails.
+        meta.set_disk(disk_name, dev, vol)
+        domains.set_vm_metadata(dom, meta)
+        return info_of(host, dom)
+
+
+def add_nic(cluster: ClusterSpec, name: str, nic: NicSpec) -> VmInfo:
+    with connect(cluster) as hosts:
+        host, dom = hosts.find(name)
+        d = Domain.parse(domains.domain_xml(dom, inactive=True))
+        macs = {i.mac for i in d.devices.interfaces} if d.devices else set()
+        if nic.mac is not None and nic.mac in macs:
+            raise Conflict(f"{name} already has a NIC with MAC {nic.mac}")
+        spec = VmSpec(name=name, memory_mib=64, nics=[nic]).with_macs()
+        nic = spec.nics[0]
+        iface = designer.interface(nic, d.uuid or "", networks_of(cluster, host))
+        domains.attach_device(dom, iface.to_xml())
+        meta = d.meta or d.ensure_meta()
+        assert nic.mac is not None
+        meta.set_nic(nic.mac, nic.network)
+        domains.set_vm_metadata(dom, meta)
+        return info_of(host, dom)
+
+
+def remove_nic(cluster: ClusterSpec, name: str, mac: str) -> VmInfo:
+    with connect(cluster) as hosts:
+        host, dom = hosts.find(name)
+        d = Domain.parse(domains.domain_xml(dom, inactive=True))
+        ifaces = [i for i in (d.devices.interfaces if d.devices else [])
+                  if (i.mac or "").lower() == mac.lower()]
+        if not ifaces:
+            known = [i.mac for i in d.devices.interfaces] if d.devices else []
+            raise NotFound(f"{name} has no NIC with MAC {mac}",
+                           hint=f"its NICs: {', '.join(str(m) for m in known) or 'none'}")
+        domains.detach_device(dom, ifaces[0].to_xml())
+        meta = d.meta or d.ensure_meta()
+        meta.remove_nic(mac.lower())
+        domains.set_vm_metadata(dom, meta)
+        return info_of(host, dom)
+
+
+def console_target(cluster: ClusterSpec, name: str) -> tuple[str, str]:
+    """(libvirt URI, domain name) for an interactive console."""
+    with connect(cluster) as hosts:
+        host, _ = hosts.find(name)
+        return cluster.host(host).uri, name
+
+
+def console_run(cluster: ClusterSpec, name: str, command: str, *,
+                timeout_s: float = 30) -> tuple[int, str]:
+    """Run a shell command on the VM's serial console."""
+    from ahvlite.virt import guest
+
+    with connect(cluster) as hosts:
+        host, dom = hosts.find(name)
+        with guest.Console(hosts.conn(host), dom) as con:
+            return con.run(command, timeout_s=timeout_s)
+
+
+def import_image(cluster: ClusterSpec, path: Path, name: str,
+                 report: Callable[[int, int], None] | None = None) -> storage.VolumeInfo:
+    from ahvlite.spec.vm import check_name
+
+    check_name("name", name)
+    if not path.is_file():
+        raise NotFound(f"{path} is not a file")
+    with connect(cluster) as hosts:
+        host, pool = hosts.any_pool()
+        vol = image_volume_name(name)
+        storage.upload_volume(hosts.conn(host), pool, vol, path, report=report)
+        for other in hosts.conns:
+            if other != host:
+                storage.refresh(hosts.pool(other))
+        found = storage.find_volume(pool, vol)
+        assert found is not None
+        return storage.volume_info(found)

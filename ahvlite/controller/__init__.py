@@ -1,0 +1,1 @@
+"""The controller daemon: coordination store, leader election, tasks, host monitor, stats."""

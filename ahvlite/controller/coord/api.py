@@ -1,0 +1,134 @@
+"""The one small coordination interface every controller part talks to.
+
+Keys are slash-separated paths (``tasks/0001``); every value carries a version that
+starts at 0 when the key is created and grows by one per write, so callers can
+compare-and-set. Membership is ephemeral (it disappears with the member's session),
+leadership carries a fencing token that grows with every new leader, and every
+side effect a leader makes in the store goes through :meth:`Coordinator.fenced`, which
+refuses atomically once leadership is gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from ahvlite.errors import Conflict
+
+
+class NotLeader(Conflict):
+    """This controller is not (or no longer) the leader; it must not act."""
+
+    kind = "not_leader"
+
+
+class VersionMismatch(Conflict):
+    """A compare-and-set found another version than the one expected."""
+
+    kind = "version_mismatch"
+
+
+@dataclass(frozen=True)
+class Versioned:
+    value: bytes
+    version: int
+
+
+@dataclass(frozen=True)
+class Put:
+    """Write ``key``; ``expected_version`` None = any, -1 = must not exist yet."""
+
+    key: str
+    value: bytes
+    expected_version: int | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+    expected_version: int | None = None
+
+
+Op = Put | Delete
+
+MUST_NOT_EXIST = -1
+
+
+@dataclass(frozen=True)
+class Leadership:
+    """Who leads now, as the store sees it."""
+
+    identity: str
+    token: int
+
+
+class Coordinator(Protocol):
+    """Keys with versions, ephemeral membership, leader election, locks."""
+
+    url: str
+    session_timeout_s: float
+
+    # -- keys -------------------------------------------------------------------
+    def get(self, key: str) -> Versioned | None: ...
+    def put(self, key: str, value: bytes, expected_version: int | None = None) -> int: ...
+    def delete(self, key: str, expected_version: int | None = None) -> None: ...
+    def children(self, prefix: str) -> dict[str, Versioned]:
+        """Direct children of ``prefix`` (``tasks`` -> ``{"0001": ...}``)."""
+        ...
+    def transaction(self, ops: list[Op]) -> None:
+        """All of ``ops`` or none (VersionMismatch names the first that failed)."""
+        ...
+    def watch(self, key: str, callback: Callable[[Versioned | None], None]) -> Callable[[], None]:
+        """Call ``callback`` with the value now and after every change; returns a cancel."""
+        ...
+
+    # -- membership -------------------------------------------------------------
+    def join(self, member: str, data: bytes) -> None:
+        """Announce ``member`` until this session ends (or :meth:`leave`)."""
+        ...
+    def update_member(self, member: str, data: bytes) -> None: ...
+    def leave(self, member: str) -> None: ...
+    def members(self) -> dict[str, bytes]: ...
+
+    # -- leadership -------------------------------------------------------------
+    def campaign(self, identity: str, on_elected: Callable[[int], None],
+                 on_lost: Callable[[str], None]) -> None:
+        """Stand for leader in the background; callbacks get the token / the reason."""
+        ...
+    def resign(self) -> None: ...
+    def leader(self) -> Leadership | None: ...
+    def is_leader(self) -> bool: ...
+    def check_leader(self) -> int:
+        """The fencing token if this process leads now, else NotLeader; call before acting."""
+        ...
+    def fenced(self, ops: list[Op]) -> None:
+        """Apply ``ops`` atomically only while this process still leads (else NotLeader)."""
+        ...
+
+    # -- locks ------------------------------------------------------------------
+    def lock(self, name: str, timeout_s: float) -> AbstractContextManager[None]: ...
+
+    def close(self) -> None: ...
+
+
+def join_key(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+def check_key(key: str) -> str:
+    """Keys are relative slash paths of [A-Za-z0-9._-] segments."""
+    from ahvlite.errors import InvalidSpec
+
+    segs = key.split("/")
+    if not key or any(not s or s in (".", "..") or not all(c.isalnum() or c in "._-:"
+                                                         for c in s) for s in segs):
+        raise InvalidSpec("key", key, "slash-separated segments of letters, digits, . _ - :")
+    return key
+
+
+def iter_parents(key: str) -> Iterator[str]:
+    segs = key.split("/")
+    for i in range(1, len(segs)):
+        yield "/".join(segs[:i])

@@ -1,0 +1,170 @@
+"""The leader's view of the hosts: link state, a VM state cache, periodic stats.
+
+One :class:`~ahvlite.virt.hostconn.HostConnection` per host (keepalive, close callback,
+reconnect). Link changes and domain lifecycle events update the cache at once; every
+``interval_s`` one bulk stats call per host refreshes it and yields rates. Host state
+goes to ``hosts/NAME`` and the newest stats to ``stats/NAME``, both through the fence:
+a deposed leader's monitor cannot publish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ahvlite.controller.coord.api import Coordinator, NotLeader, Put
+from ahvlite.controller.stats import History, host_stats
+from ahvlite.errors import AhvliteError
+from ahvlite.virt.hostconn import DomainEvent, LinkState, StateChange
+from ahvlite.virt.stats import HostCounters, sample_host
+
+log = logging.getLogger(__name__)
+
+EVENT_STATE = {"started": "running", "resumed": "running", "suspended": "paused",
+               "stopped": "shutoff", "shutdown": "shutoff", "crashed": "crashed",
+               "pmsuspended": "suspended"}
+
+
+class Link(Protocol):
+    host: str
+    state: LinkState
+    conn: Any
+
+    def on_state(self, fn: Callable[[StateChange], None]) -> None: ...
+    def on_domain_event(self, fn: Callable[[DomainEvent], None]) -> None: ...
+    def start(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class HostRecord:
+    name: str
+    state: str = "connecting"  # connected, disconnected, maintenance
+    since: float = 0.0
+    reason: str = ""
+    vms: dict[str, str] | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps({"name": self.name, "state": self.state, "since": self.since,
+                           "reason": self.reason, "vms": self.vms or {}}).encode()
+
+
+def apply_event(vms: dict[str, str], event: str, domain: str) -> None:
+    """Lifecycle event -> VM state cache (pure)."""
+    if event == "undefined":
+        vms.pop(domain, None)
+    elif event == "defined":
+        vms.setdefault(domain, "shutoff")
+    elif event in EVENT_STATE:
+        vms[domain] = EVENT_STATE[event]
+
+
+class HostMonitor:
+    def __init__(self, coord: Coordinator, links: list[Link], *, interval_s: float = 10.0,
+                 history: int = 360, clock: Callable[[], float] = time.time,
+                 sampler: Callable[[Any], HostCounters] = sample_host) -> None:
+        self.coord = coord
+        self.links = {link.host: link for link in links}
+        self.interval_s = interval_s
+        self.clock = clock
+        self.sampler = sampler
+        self.history = History(history)
+        self.hosts = {h: HostRecord(h, since=clock(), vms={}) for h in self.links}
+        self._prev: dict[str, HostCounters] = {}
+        self._mu = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        for link in self.links.values():
+            link.on_state(self._on_link)
+            link.on_domain_event(self._on_event)
+            link.start()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="hostmon")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for link in self.links.values():
+            link.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _maintenance(self, host: str) -> bool:
+        try:
+            return self.coord.get(f"maintenance/{host}") is not None
+        except AhvliteError:
+            return False
+
+    def _publish(self, host: str) -> None:
+        with self._mu:
+            rec = self.hosts[host]
+            data = rec.to_json()
+        try:
+            self.coord.fenced([Put(f"hosts/{host}", data)])
+        except NotLeader:
+            self._stop.set()
+        except AhvliteError as exc:
+            log.warning("publish host %s: %s", host, exc.message)
+
+    def _on_link(self, change: StateChange) -> None:
+        if change.state == LinkState.CLOSED:
+            return
+        with self._mu:
+            rec = self.hosts[change.host]
+            state = ("maintenance" if self._maintenance(change.host)
+                     else change.state.value)
+            if state != rec.state:
+                rec.state, rec.since = state, self.clock()
+            rec.reason = change.reason
+        self._publish(change.host)
+
+    def _on_event(self, ev: DomainEvent) -> None:
+        with self._mu:
+            apply_event(self.hosts[ev.host].vms or {}, ev.event, ev.domain)
+        self._publish(ev.host)
+
+    def collect_once(self) -> None:
+        """One bulk stats call per connected host; refresh the cache, publish."""
+        for host, link in self.links.items():
+            conn = link.conn
+            if conn is None:
+                continue
+            try:
+                counters = self.sampler(conn)
+            except AhvliteError as exc:
+                log.warning("stats of %s: %s", host, exc.message)
+                continue
+            stats = host_stats(host, self._prev.get(host), counters, self.clock())
+            self._prev[host] = counters
+            self.history.add(stats)
+            with self._mu:
+                self.hosts[host].vms = {d.name: d.state for d in counters.domains}
+            try:
+                self.coord.fenced([Put(f"stats/{host}", json.dumps(stats.to_dict()).encode())])
+            except NotLeader:
+                self._stop.set()
+                return
+            except AhvliteError as exc:
+                log.warning("publish stats of %s: %s", host, exc.message)
+            self._publish(host)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.collect_once()
+            self._stop.wait(self.interval_s)
+
+
+def read_stats(coord: Coordinator) -> list[dict[str, Any]]:
+    return sorted((json.loads(v.value) for v in coord.children("stats").values()),
+                  key=lambda r: r["host"])
+
+
+def read_hosts(coord: Coordinator) -> list[dict[str, Any]]:
+    return sorted((json.loads(v.value) for v in coord.children("hosts").values()),
+                  key=lambda r: r["name"])

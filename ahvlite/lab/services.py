@@ -1,0 +1,224 @@
+"""ZooKeeper (Debian's package) and controllers as foreground processes we own.
+
+Used by the lab (`lab up --zk/--controllers`) and by the tests: each member gets its
+own config and data directory, runs ``QuorumPeerMain`` in the foreground and is ended
+by the PID recorded at spawn, never through systemd or by name.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ahvlite.errors import MissingDependency, OperationTimeout
+from ahvlite.lab import processes
+from ahvlite.lab.layout import HostLayout, LabLayout
+from ahvlite.lab.state import ProcessRecord
+
+ZK_JAR_DIR = Path("/usr/share/java")
+ZK_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
+# tickTime 500 ms lets sessions be as short as 1 s (ZooKeeper's minimum is 2 ticks),
+# which is what keeps a controller failover under 5 s.
+TICK_MS = 500
+
+
+@dataclass(frozen=True)
+class ZkMember:
+    myid: int
+    address: str
+    client_port: int
+    quorum_port: int
+    election_port: int
+    data_dir: Path
+
+    @property
+    def client(self) -> str:
+        return f"{self.address}:{self.client_port}"
+
+
+def zk_classpath() -> str:
+    jars = [ZK_JAR_DIR / n for n in ("zookeeper.jar", "zookeeper-jute.jar", "slf4j-api.jar",
+                                     "slf4j-simple.jar")]
+    missing = [str(j) for j in jars if not j.exists()]
+    if missing:
+        raise MissingDependency(f"ZooKeeper jars missing: {', '.join(missing)}",
+                                hint="apt-get install zookeeper libslf4j-java")
+    return ":".join(str(j) for j in jars)
+
+
+def free_ports(n: int, address: str = "127.0.0.1") -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((address, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def local_members(base: Path, count: int, address: str = "127.0.0.1") -> list[ZkMember]:
+    ports = free_ports(3 * count, address)
+    return [ZkMember(i + 1, address, ports[3 * i], ports[3 * i + 1], ports[3 * i + 2],
+                     base / f"zk{i + 1}") for i in range(count)]
+
+
+def zk_config(me: ZkMember, ensemble: Sequence[ZkMember]) -> str:
+    """zoo.cfg for ``me``; a one-member ensemble runs standalone."""
+    lines = [f"tickTime={TICK_MS}", "initLimit=20", "syncLimit=5",
+             f"dataDir={me.data_dir}", f"clientPort={me.client_port}",
+             f"clientPortAddress={me.address}", "admin.enableServer=false",
+             "4lw.commands.whitelist=ruok,srvr,mntr", "minSessionTimeout=1000",
+             "maxSessionTimeout=30000", "autopurge.purgeInterval=0"]
+    if len(ensemble) > 1:
+        lines += [f"server.{m.myid}={m.address}:{m.quorum_port}:{m.election_port}"
+                  for m in ensemble]
+    return "\n".join(lines) + "\n"
+
+
+def zk_argv(cfg: Path, heap_mib: int = 96) -> list[str]:
+    return ["java", f"-Xmx{heap_mib}m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            "-Dzookeeper.jmx.log4j.disable=true", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+            "-cp", zk_classpath(), ZK_MAIN, str(cfg)]
+
+
+def prepare_member(me: ZkMember, ensemble: Sequence[ZkMember]) -> Path:
+    me.data_dir.mkdir(parents=True, exist_ok=True)
+    (me.data_dir / "myid").write_text(f"{me.myid}\n")
+    cfg = me.data_dir / "zoo.cfg"
+    cfg.write_text(zk_config(me, ensemble))
+    return cfg
+
+
+def start_member(me: ZkMember, ensemble: Sequence[ZkMember], *, prefix: Sequence[str] = (),
+                 host: str = "") -> ProcessRecord:
+    """Spawn one member (``prefix``: e.g. nsenter into a lab host)."""
+    cfg = prepare_member(me, ensemble)
+    return processes.spawn([*prefix, *zk_argv(cfg)], log=me.data_dir / "zookeeper.log",
+                           host=host, role=f"zookeeper-{me.myid}")
+
+
+def four_letter(address: str, port: int, word: str, timeout_s: float = 1.0) -> str:
+    with socket.create_connection((address, port), timeout=timeout_s) as s:
+        s.sendall(word.encode())
+        chunks = []
+        while data := s.recv(4096):
+            chunks.append(data)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def member_mode(m: ZkMember) -> str | None:
+    """leader / follower / standalone, or None while it does not serve."""
+    try:
+        out = four_letter(m.address, m.client_port, "srvr")
+    except OSError:
+        return None
+    for line in out.splitlines():
+        if line.startswith("Mode:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def wait_serving(members: Sequence[ZkMember], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(member_mode(m) for m in members):
+            return
+        time.sleep(0.1)
+    raise OperationTimeout(f"ZooKeeper did not serve within {timeout_s:g} s on "
+                           + ", ".join(m.client for m in members if not member_mode(m)),
+                           hint=f"see {members[0].data_dir}/zookeeper.log")
+
+
+def hosts_string(members: Sequence[ZkMember]) -> str:
+    return ",".join(m.client for m in members)
+
+
+def controller_argv(name: str, store: str, *, extra: Sequence[str] = ()) -> list[str]:
+    return [sys.executable, "-m", "ahvlite.cli.main", "controller", "run", "--store", store,
+            "--name", name, *extra]
+
+
+@dataclass
+class LocalEnsemble:
+    """A ZooKeeper ensemble of our own processes on one address (tests, benches)."""
+
+    members: list[ZkMember]
+    records: dict[int, ProcessRecord]
+
+    @property
+    def hosts(self) -> str:
+        return hosts_string(self.members)
+
+    def url(self, chroot: str, auth: str = "ahvlite:test-secret") -> str:
+        return f"zk://{auth}@{self.hosts}/{chroot.strip('/')}"
+
+    def kill(self, myid: int) -> None:
+        processes.stop([self.records.pop(myid)], grace_s=0)
+
+    def stop(self) -> None:
+        processes.stop(list(self.records.values()), grace_s=2)
+        self.records.clear()
+
+
+def start_local_ensemble(base: Path, count: int, *, timeout_s: float = 60) -> LocalEnsemble:
+    """Start ``count`` members on 127.0.0.1 (random free ports), wait until they serve."""
+    members = local_members(base, count)
+    ens = LocalEnsemble(members, {})
+    try:
+        for m in members:
+            ens.records[m.myid] = start_member(m, members)
+        wait_serving(members, timeout_s)
+    except BaseException:
+        ens.stop()
+        raise
+    return ens
+
+
+# -- in a lab ---------------------------------------------------------------------
+
+LAB_ZK_MEMBERS = 3
+LAB_ZK_AUTH = "ahvlite:lab-secret"  # lab-only credentials; a lab never leaves the machine
+
+
+def lab_zk_members(layout: LabLayout) -> list[ZkMember]:
+    """One member per lab host namespace (the first three), on its management address."""
+    return [ZkMember(h.index, h.ip, 2181, 2888, 3888, h.state_dir / "zookeeper")
+            for h in layout.hosts[:LAB_ZK_MEMBERS]]
+
+
+def lab_store_url(layout: LabLayout) -> str:
+    return f"zk://{LAB_ZK_AUTH}@{hosts_string(lab_zk_members(layout))}/ahvlite"
+
+
+def start_lab_services(layout: LabLayout, *, zk: bool, controllers: bool,
+                       start: Callable[[HostLayout, str, list[str]], None],
+                       report: Callable[[str], None]) -> str | None:
+    """ZooKeeper members and controllers inside the lab hosts; returns the store URL.
+
+    ``start(host, role, argv)`` spawns in the host's namespaces and records the PID in
+    the lab state, so ``lab down`` ends them like every other lab daemon.
+    """
+    if not (zk or controllers):
+        return None
+    members = lab_zk_members(layout)
+    report(f"ZooKeeper ensemble of {len(members)} on "
+           + ", ".join(h.name for h in layout.hosts[:len(members)]))
+    for host, m in zip(layout.hosts, members, strict=False):
+        cfg = prepare_member(m, members)
+        start(host, "zookeeper", zk_argv(cfg))
+    wait_serving(members, timeout_s=60)
+    url = lab_store_url(layout)
+    (layout.root / "controller.env").write_text(f"AHVLITE_STORE={url}\n")
+    if controllers:
+        report(f"a controller on every host ({len(layout.hosts)})")
+        for host in layout.hosts:
+            start(host, "controller", controller_argv(
+                host.name, url, extra=["--cluster", str(layout.cluster_file)]))
+    return url

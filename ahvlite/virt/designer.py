@@ -1,0 +1,313 @@
+"""VM spec -> libvirt domain XML. All VM policy lives here; pure (no I/O, no libvirt).
+
+What the caller resolves first (it needs I/O): the target host's domain type and a
+CPU model it supports (:class:`HostPolicy`), the volume path of each disk, the
+cluster's networks, and where the UEFI variable store goes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ahvlite.errors import InvalidSpec
+from ahvlite.net.nic import VmNic, interface_element
+from ahvlite.spec.network import NetworkSpec
+from ahvlite.spec.vm import MIN_MEMORY_MIB, NicSpec, VmSpec
+from ahvlite.virt.xml.devices import (
+    Console,
+    Controller,
+    Disk,
+    Graphics,
+    Interface,
+    MemBalloon,
+    Rng,
+    Serial,
+    Tpm,
+    Video,
+)
+from ahvlite.virt.xml.domain import Clock, Domain, FwCfgEntry, SysInfo, Timer
+
+# Debian's OVMF build (package ovmf): 4 MiB flash images.
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+OVMF_CODE_SECBOOT = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+OVMF_VARS_MS = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"  # Microsoft keys enrolled
+
+# An overcommitted VM starts with this share of its memory; the balloon (with free
+# page reporting) gives back what the guest does not use.
+OVERCOMMIT_START_PERCENT = 75
+
+_PREFIX = {"scsi": "sd", "sata": "sd", "virtio": "vd", "ide": "hd"}
+
+# q35 hot-plugs PCIe devices (NICs, virtio disks) only into free root ports. libvirt
+# puts each defined device on a root port, filling the ones in the XML first, so the
+# XML lists one per such device plus these spares for `vm nic add` / `vm disk add`.
+SPARE_ROOT_PORTS = 4
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """What the designer needs to know about the host the VM goes to."""
+
+    domain_type: str = "kvm"  # kvm, or qemu (TCG) where KVM does not work
+    cpu_model: str = "qemu64"  # a named model the host supports
+    ovmf_code: str = OVMF_CODE
+    ovmf_vars: str = OVMF_VARS
+    ovmf_code_secboot: str = OVMF_CODE_SECBOOT
+    ovmf_vars_secboot: str = OVMF_VARS_MS
+
+
+@dataclass(frozen=True)
+class DiskPlacement:
+    path: str
+    volume: str | None = None  # the shared-pool volume ahvlite made (deleted with the VM)
+    format: str = "qcow2"
+
+
+@dataclass(frozen=True)
+class Design:
+    """Inputs resolved by the caller."""
+
+    host: HostPolicy
+    disks: dict[str, DiskPlacement]  # disk name -> where it lives
+    networks: NetworkSpec = field(default_factory=NetworkSpec)
+    nvram_path: str | None = None  # UEFI variable store for this VM
+
+
+def target_dev(bus: str, index: int) -> str:
+    """sda, sdb ... sdz, sdaa ...: libvirt's naming for the ``index``-th disk on a bus."""
+    letters = ""
+    n = index
+    while True:
+        letters = chr(ord("a") + n % 26) + letters
+        n = n // 26 - 1
+        if n < 0:
+            break
+    return _PREFIX[bus] + letters
+
+
+def next_target_dev(used: set[str], bus: str) -> str:
+    i = 0
+    while target_dev(bus, i) in used:
+        i += 1
+    return target_dev(bus, i)
+
+
+def machine_for(spec: VmSpec) -> str:
+    # q35 has no IDE controller; an IDE disk needs the older i440fx ("pc") machine.
+    return "pc" if any(d.bus == "ide" for d in spec.disks) else "q35"
+
+
+def resolve_nic(nic: NicSpec, vm_uuid: str, networks: NetworkSpec) -> VmNic:
+    """A NIC spec on a named network (or a bridge, untagged) -> the NIC layer's VmNic."""
+    assert nic.mac is not None, "give every NIC a MAC first (VmSpec.with_macs)"
+    net = networks.network(nic.network)
+    if net is not None:
+        if nic.mode == "access":
+            return VmNic(vm_uuid=vm_uuid, mac=nic.mac, bridge=net.bridge, vlan=net.vlan)
+        return VmNic(vm_uuid=vm_uuid, mac=nic.mac, bridge=net.bridge, mode="trunk",
+                     native_vlan=net.vlan,
+                     trunk_vlans=tuple(v for v in nic.trunk_vlans if v != net.vlan))
+    if any(b.name == nic.network for b in networks.bridges):
+        if nic.mode == "access":
+            return VmNic(vm_uuid=vm_uuid, mac=nic.mac, bridge=nic.network)
+        return VmNic(vm_uuid=vm_uuid, mac=nic.mac, bridge=nic.network, mode="trunk",
+                     trunk_vlans=nic.trunk_vlans)
+    nets = ", ".join(n.name for n in networks.networks) or "none defined"
+    bridges = ", ".join(b.name for b in networks.bridges) or "none"
+    raise InvalidSpec("nic.network", nic.network,
+                      f"a network of the cluster ({nets}) or a bridge ({bridges}) for "
+                      "untagged access",
+                      hint="`ahvlite net` lists and creates networks")
+
+
+def interface(nic: NicSpec, vm_uuid: str, networks: NetworkSpec) -> Interface:
+    return Interface(interface_element(resolve_nic(nic, vm_uuid, networks)))
+
+
+def disk_device(path: str, bus: str, dev: str, *, serial: str, boot_order: int | None,
+                fmt: str = "qcow2") -> Disk:
+    disk = Disk()
+    disk.type = "file"
+    disk.device = "disk"
+    disk.driver_name = "qemu"
+    disk.driver_type = fmt
+    # No host page cache: the disk lives on shared storage other hosts may open after
+    # a migration, and guest flushes must reach it.
+    disk.driver_cache = "none"
+    disk.driver_discard = "unmap"
+    disk.source_file = path
+    disk.target_dev = dev
+    disk.target_bus = bus
+    disk.serial = serial
+    disk.boot_order = boot_order
+    return disk
+
+
+def design(spec: VmSpec, ctx: Design) -> Domain:
+    """The domain for ``spec`` on the host ``ctx`` describes."""
+    if any(n.mac is None for n in spec.nics):
+        spec = spec.with_macs()
+    dom = Domain()
+    dom.type = ctx.host.domain_type
+    dom.name = spec.name
+    dom.uuid = spec.uuid
+    dom.genid = spec.genid
+    dom.memory_mib = spec.memory_mib
+    if spec.overcommit:
+        dom.current_memory_mib = max(MIN_MEMORY_MIB,
+                                     spec.memory_mib * OVERCOMMIT_START_PERCENT // 100)
+    else:
+        dom.current_memory_mib = spec.memory_mib
+    dom.vcpus = spec.vcpus
+    if spec.fw_cfg:
+        sysinfo = dom.ensure(SysInfo)
+        sysinfo.type = "fwcfg"
+        for key, value in sorted(spec.fw_cfg.items()):
+            entry = FwCfgEntry()
+            entry.name = key
+            entry.value = value
+            sysinfo.entries.append(entry)
+    _os(dom, spec, ctx)
+    features = dom.ensure_features()
+    # Without ACPI, q35 guests get no PCI interrupt routing and no fw_cfg device.
+    features.acpi = True
+    features.apic = True
+    features.smm = spec.boot.secure_boot
+    cpu = dom.ensure_cpu()
+    cpu.mode = "custom"
+    cpu.match = "exact"
+    cpu.check = "partial"
+    cpu.model = ctx.host.cpu_model
+    cpu.model_fallback = "forbid"
+    cpu.sockets, cpu.dies, cpu.cores, cpu.threads = spec.vcpus, 1, 1, 1
+    _clock(dom)
+    dom.on_poweroff = "destroy"
+    dom.on_reboot = "restart"
+    # HA restarts VMs whose host fails; a guest that crashes is restarted in place.
+    dom.on_crash = "restart"
+    _devices(dom, spec, ctx)
+    _metadata(dom, spec, ctx)
+    return dom
+
+
+def design_xml(spec: VmSpec, ctx: Design) -> str:
+    return design(spec, ctx).to_xml()
+
+
+def _os(dom: Domain, spec: VmSpec, ctx: Design) -> None:
+    os_ = dom.ensure_os()
+    os_.type = "hvm"
+    os_.arch = "x86_64"
+    os_.machine = machine_for(spec)
+    if spec.boot.firmware == "uefi":
+        secure = spec.boot.secure_boot
+        os_.loader = ctx.host.ovmf_code_secboot if secure else ctx.host.ovmf_code
+        os_.loader_readonly = True
+        os_.loader_secure = secure
+        os_.loader_type = "pflash"
+        if ctx.nvram_path is None:
+            raise InvalidSpec("boot.firmware", "uefi", "a place for the NVRAM file "
+                              "(the shared pool)")
+        os_.nvram_template = ctx.host.ovmf_vars_secboot if secure else ctx.host.ovmf_vars
+        os_.nvram = ctx.nvram_path
+    if spec.boot.kernel:
+        os_.kernel = spec.boot.kernel
+        os_.initrd = spec.boot.initrd
+        os_.cmdline = spec.boot.cmdline
+
+
+def _clock(dom: Domain) -> None:
+    clock = dom.ensure(Clock)
+    clock.offset = "utc"
+    for name, policy, present in (("rtc", "catchup", None), ("pit", "delay", None),
+                                  ("hpet", None, False)):
+        t = Timer()
+        t.name = name
+        t.tickpolicy = policy
+        t.present = present
+        clock.timers.append(t)
+
+
+def _devices(dom: Domain, spec: VmSpec, ctx: Design) -> None:
+    devs = dom.ensure_devices()
+    scsi = Controller()
+    scsi.type, scsi.model, scsi.index = "scsi", "virtio-scsi", 0
+    # One request queue per vCPU: each vCPU submits and completes I/O on its own queue.
+    scsi.queues = spec.vcpus
+    devs.controllers.append(scsi)
+    if machine_for(spec) == "q35":
+        root = Controller()
+        root.type, root.model, root.index = "pci", "pcie-root", 0
+        devs.controllers.append(root)
+        # virtio-scsi, balloon, rng, then each virtio disk and NIC (no USB: see below).
+        on_ports = 3 + sum(d.bus == "virtio" for d in spec.disks) + len(spec.nics)
+        for _ in range(on_ports + SPARE_ROOT_PORTS):
+            port = Controller()
+            port.type, port.model = "pci", "pcie-root-port"
+            devs.controllers.append(port)
+    used: set[str] = set()
+    for i, (name, d) in enumerate(zip(spec.disk_names(), spec.disks, strict=True)):
+        if name not in ctx.disks:
+            raise InvalidSpec("disks", name, "a disk with a resolved volume path")
+        dev = next_target_dev(used, d.bus)
+        used.add(dev)
+        place = ctx.disks[name]
+        boots = i == 0 and not spec.boot.kernel and not d.cdrom
+        disk = disk_device(place.path, d.bus, dev, serial=name,
+                           boot_order=1 if boots else None, fmt=place.format)
+        if d.cdrom:
+            disk.device = "cdrom"
+            disk.driver_discard = None
+            disk.readonly = True
+        devs.disks.append(disk)
+    for nic in spec.nics:
+        devs.interfaces.append(interface(nic, spec.uuid, ctx.networks))
+    # No USB controller: nothing uses it (VNC has PS/2 input), and libvirt would add
+    # one on a root port of its own.
+    usb = Controller()
+    usb.type, usb.model = "usb", "none"
+    devs.controllers.append(usb)
+    serial = Serial()
+    serial.type = "pty"
+    serial.log_file = spec.serial_log
+    serial.log_append = "off" if spec.serial_log else None
+    serial.target_port = 0
+    devs.serials.append(serial)
+    console = Console()
+    console.type, console.target_type, console.target_port = "pty", "serial", 0
+    devs.consoles.append(console)
+    vnc = Graphics()
+    vnc.type, vnc.port, vnc.autoport = "vnc", -1, True
+    vnc.listen_address("127.0.0.1")  # reach it through an SSH tunnel, never the network
+    devs.graphics.append(vnc)
+    video = Video()
+    video.model, video.vram_kib, video.heads = "vga", 16384, 1
+    devs.videos.append(video)
+    if spec.vtpm:
+        tpm = Tpm()
+        tpm.model, tpm.backend_type, tpm.backend_version = "tpm-crb", "emulator", "2.0"
+        devs.tpms.append(tpm)
+    rng = Rng()
+    rng.model, rng.backend_model, rng.backend = "virtio", "random", "/dev/urandom"
+    devs.rngs.append(rng)
+    balloon = MemBalloon()
+    balloon.model = "virtio"
+    if spec.overcommit:
+        balloon.autodeflate = True
+        balloon.free_page_reporting = True
+    balloon.stats_period_s = 10
+    devs.memballoons.append(balloon)
+
+
+def _metadata(dom: Domain, spec: VmSpec, ctx: Design) -> None:
+    meta = dom.ensure_meta()
+    meta.overcommit = spec.overcommit
+    if spec.labels:
+        meta.labels = dict(spec.labels)
+    devs = {d.serial: d.target_dev for d in dom.devices.disks} if dom.devices else {}
+    for name in spec.disk_names():
+        meta.set_disk(name, devs.get(name) or "", ctx.disks[name].volume)
+    for nic in spec.nics:
+        assert nic.mac is not None
+        meta.set_nic(nic.mac, nic.network)

@@ -1,0 +1,162 @@
+"""Three controller processes on a real 3-member ZooKeeper ensemble.
+
+VMs for the task drills live in a private libvirtd (its own mount namespace, only
+libvirt's test driver loaded) so every controller process sees the same domains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from ahvlite.controller.coord import open_store
+from ahvlite.controller.daemon import LEADER_KEY
+from ahvlite.controller.kinds import registry
+from ahvlite.controller.status import controller_status
+from ahvlite.controller.tasks import TaskState, TaskStore
+from ahvlite.lab import processes
+from ahvlite.lab.services import controller_argv, member_mode, start_local_ensemble
+from ahvlite.virt import guest
+from ahvlite.virt.conn import connection
+
+pytestmark = pytest.mark.functional
+FAILOVER_BOUND_S = 5.0
+
+
+@pytest.fixture(scope="module")
+def zk(tmp_path_factory):
+    ens = start_local_ensemble(tmp_path_factory.mktemp("zk3"), 3)
+    yield ens
+    ens.stop()
+
+
+@pytest.fixture(scope="module")
+def libvirt_uri(tmp_path_factory):
+    """A libvirtd of our own: QEMU driver only, its state on tmpfs in its mount namespace."""
+    d = tmp_path_factory.mktemp("lv")
+    (d / "drivers").mkdir()
+    (d / "drivers" / "libvirt_driver_qemu.so").symlink_to(
+        "/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so")
+    (d / "libvirtd.conf").write_text(
+        f'unix_sock_dir = "{d}"\nunix_sock_rw_perms = "0700"\nauth_unix_rw = "none"\n'
+        f'auth_unix_ro = "none"\nlog_outputs = "3:file:{d}/libvirtd.log"\n')
+    script = ("for m in /run /etc/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt;"
+              " do mount -t tmpfs tmpfs $m || exit 1; done;"
+              " printf 'user = \"root\"\\ngroup = \"root\"\\n' > /etc/libvirt/qemu.conf;"
+              f" exec env LIBVIRT_DRIVER_DIR={d}/drivers libvirtd --config {d}/libvirtd.conf")
+    rec = processes.spawn(["unshare", "-m", "sh", "-c", script], log=d / "out.log", host="",
+                          role="libvirtd-test")
+    uri = f"qemu+unix:///system?socket={d}/libvirt-sock"
+    try:
+        deadline = time.monotonic() + 20
+        while not (d / "libvirt-sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with connection(uri) as conn:  # the first define probes QEMU: do it before a drill
+            guest.define(conn, guest.simple_domain_xml(guest.SimpleGuest(
+                name="warmup", uuid=str(uuid.uuid4()), domain_type="qemu", machine="pc")))
+            guest.destroy_and_undefine(conn, "warmup")
+        yield uri
+    finally:
+        processes.stop([rec])
+
+
+@pytest.fixture
+def cluster(zk, tmp_path):
+    url = zk.url(f"c{uuid.uuid4().hex[:8]}")
+    recs = {}
+    for i in (1, 2, 3):
+        name = f"ctl{i}"
+        recs[name] = processes.spawn(controller_argv(name, url), log=tmp_path / f"{name}.log",
+                                     host="", role=name)
+    coord = open_store(url)
+    try:
+        yield url, coord, recs
+    finally:
+        coord.close()
+        processes.stop(list(recs.values()))
+
+
+def wait_for(pred, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    return pred()
+
+
+def acting_leader(coord):
+    rec = coord.get(LEADER_KEY)
+    return json.loads(rec.value) if rec else None
+
+
+def test_one_leader_and_failover_within_the_bound_after_sigkill(cluster):
+    url, coord, recs = cluster
+    first = wait_for(lambda: acting_leader(coord), 20)
+    assert first and first["name"] in recs
+    st = wait_for(lambda: (s := controller_status(coord)) and len(s["members"]) == 3 and s, 10)
+    assert st["leader"]["name"] == first["name"] and st["leader"]["pid"] == first["pid"]
+    assert [m["name"] for m in st["members"] if m["leader"]] == [first["name"]]
+    out = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "controller", "status",
+                          "--store", url, "--json"], capture_output=True, text=True, timeout=30)
+    cli = json.loads(out.stdout)
+    assert {"name", "host", "pid"} <= set(cli["leader"]) and len(cli["members"]) == 3
+
+    os.kill(recs[first["name"]].pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    new = wait_for(lambda: (a := acting_leader(coord)) and a["token"] != first["token"] and a,
+                   FAILOVER_BOUND_S + 5)
+    took = time.monotonic() - killed_at
+    assert new and new["name"] != first["name"] and new["token"] > first["token"]
+    assert took <= FAILOVER_BOUND_S, f"failover took {took:.2f} s"
+    assert first["name"] not in [m["name"] for m in controller_status(coord)["members"]]
+
+
+def test_leader_killed_mid_vm_create_makes_each_vm_once(cluster, libvirt_uri):
+    _, coord, recs = cluster
+    uri = libvirt_uri
+    first = wait_for(lambda: acting_leader(coord), 20)
+    store = TaskStore(coord, time.time)
+    names = [f"drill-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    # a: killed after its define is recorded; b: killed before it defines. The holds
+    # are long enough that a loaded machine cannot finish either before the kill.
+    a = store.submit("vm.create", {"uri": uri, "name": names[0], "domain_type": "qemu",
+                                   "hold_s": 6.0}, registry())
+    assert wait_for(lambda: "define" in store.load(a.id)[0].steps_done, 15)
+    b = store.submit("vm.create", {"uri": uri, "name": names[1], "domain_type": "qemu",
+                                   "hold_s": 6.0}, registry())
+    assert wait_for(lambda: store.load(b.id)[0].state == TaskState.RUNNING, 5)
+    assert "define" not in store.load(b.id)[0].steps_done
+    os.kill(recs[first["name"]].pid, signal.SIGKILL)
+
+    ends = [store.wait(t.id, 30, time.sleep, time.monotonic) for t in (a, b)]
+    for end in ends:
+        assert end.state == TaskState.SUCCEEDED, end.error
+        assert end.attempts == 2 and end.owner != first["name"]
+        assert "resumed" in end.message or end.message == "done"
+    assert ends[0].steps_done["define"] == "defined"
+    with connection(uri) as conn:
+        domains = [n for n, _ in guest.list_domains(conn)]
+    assert [domains.count(n) for n in names] == [1, 1]
+
+
+def test_killing_one_zookeeper_member_keeps_the_cluster_working(cluster, zk):
+    _, coord, _ = cluster
+    assert wait_for(lambda: acting_leader(coord), 20)
+    zk_leader = next(m for m in zk.members if member_mode(m) == "leader")
+    zk.kill(zk_leader.myid)
+    store = TaskStore(coord, time.time)
+    t = store.submit("sleep", {"steps": 2, "step_s": 0.1}, registry())
+    end = store.wait(t.id, 30, time.sleep, time.monotonic)
+    assert end.state == TaskState.SUCCEEDED
+    before = acting_leader(coord)
+    assert wait_for(lambda: (a := acting_leader(coord)) and a["acted_at"] > before["acted_at"], 10)
+    assert controller_status(coord)["leader"] is not None

@@ -1,0 +1,177 @@
+"""The ZooKeeper store against a real ZooKeeper (Debian's), one chroot per test."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
+from kazoo.protocol.connection import _SESSION_EXPIRED
+
+from ahvlite.controller.coord import MUST_NOT_EXIST, NotLeader, Put, VersionMismatch, open_store
+from ahvlite.controller.coord.api import Delete
+from ahvlite.errors import HostUnreachable, OperationTimeout
+from ahvlite.lab.services import free_ports, start_local_ensemble
+
+pytestmark = pytest.mark.functional
+
+
+@pytest.fixture(scope="module")
+def zk(tmp_path_factory):
+    ens = start_local_ensemble(tmp_path_factory.mktemp("zk"), 1)
+    yield ens
+    ens.stop()
+
+
+@pytest.fixture
+def url(zk):
+    return zk.url(f"t{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def coords(url):
+    opened = []
+
+    def make(**kw):
+        c = open_store(url, **kw)
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        c.close()
+
+
+def wait_for(pred, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+def test_keys_have_versions_and_compare_and_set(coords):
+    c = coords()
+    assert c.get("a/b") is None
+    assert c.put("a/b", b"1", MUST_NOT_EXIST) == 0
+    with pytest.raises(VersionMismatch):
+        c.put("a/b", b"x", MUST_NOT_EXIST)
+    assert c.put("a/b", b"2", 0) == 1
+    with pytest.raises(VersionMismatch):
+        c.put("a/b", b"3", 0)
+    assert c.get("a/b").value == b"2" and c.get("a/b").version == 1
+    c.put("a/c", b"3")
+    assert {k: v.value for k, v in c.children("a").items()} == {"b": b"2", "c": b"3"}
+    c.delete("a/c")
+    assert list(c.children("a")) == ["b"]
+
+
+def test_transaction_is_all_or_nothing(coords):
+    c = coords()
+    c.put("t/x", b"0")
+    with pytest.raises(VersionMismatch):
+        c.transaction([Put("t/y", b"new"), Put("t/x", b"1", 7)])
+    assert c.get("t/y") is None and c.get("t/x").value == b"0"
+    c.transaction([Put("t/y", b"new"), Put("t/x", b"1", 0), Delete("t/y")])
+    assert c.get("t/y") is None and c.get("t/x").version == 1
+
+
+def test_watch_sees_every_change(coords):
+    c = coords()
+    seen = []
+    cancel = c.watch("w", lambda v: seen.append(None if v is None else v.value))
+    c.put("w", b"1")
+    c.put("w", b"2")
+    assert wait_for(lambda: seen[-1:] == [b"2"])
+    cancel()
+    assert seen[0] is None and b"1" in seen
+
+
+def test_only_ahvlite_credentials_can_write(zk, coords, url):
+    c = coords()
+    c.put("guarded", b"ours")
+    chroot = url.rsplit("/", 1)[1]
+    stranger = KazooClient(zk.hosts)
+    stranger.start(timeout=5)
+    try:
+        assert stranger.get(f"/{chroot}/kv/guarded")[0] == b"ours"  # world may read
+        with pytest.raises(NoAuthError):
+            stranger.set(f"/{chroot}/kv/guarded", b"theirs")
+        with pytest.raises(NoAuthError):
+            stranger.create(f"/{chroot}/kv/intruder", b"x")
+    finally:
+        stranger.stop()
+        stranger.close()
+    assert c.get("guarded").value == b"ours"
+
+
+def test_members_are_ephemeral(coords):
+    a, b = coords(), coords()
+    a.join("ctl-a", b"A")
+    b.join("ctl-b", b"B")
+    assert a.members() == {"ctl-a": b"A", "ctl-b": b"B"}
+    b.close()
+    assert a.members() == {"ctl-a": b"A"}
+
+
+def test_one_leader_and_fencing_follows_the_election(coords):
+    a, b = coords(), coords()
+    elected = {}
+    a.campaign("a", lambda t: elected.setdefault("a", t), lambda r: None)
+    assert wait_for(lambda: "a" in elected)
+    b.campaign("b", lambda t: elected.setdefault("b", t), lambda r: None)
+    time.sleep(0.3)
+    assert "b" not in elected and not b.is_leader()
+    assert a.leader().identity == "a"
+    with pytest.raises(NotLeader):
+        b.fenced([Put("x", b"b")])
+    a.fenced([Put("x", b"a")])
+    a.resign()
+    assert wait_for(lambda: "b" in elected)
+    assert elected["b"] > elected["a"]  # fencing tokens only grow
+    with pytest.raises(NotLeader):
+        a.fenced([Put("x", b"stale")])
+    b.fenced([Put("x", b"b")])
+    assert a.get("x").value == b"b"
+
+
+def test_expired_session_stops_the_leader_at_once(coords):
+    """Expire the leader's session the way kazoo's own test harness does."""
+    a, b = coords(session_timeout_s=2), coords(session_timeout_s=2)
+    lost = threading.Event()
+    a.campaign("a", lambda t: None, lambda r: lost.set())
+    assert wait_for(a.is_leader)
+    b_elected = threading.Event()
+    b.campaign("b", lambda t: b_elected.set(), lambda r: None)
+    a._client._call(_SESSION_EXPIRED, None)  # KazooTestHarness.expire_session
+    assert wait_for(lambda: not a.is_leader(), 2)
+    with pytest.raises(NotLeader):
+        a.check_leader()
+    with pytest.raises(NotLeader):
+        a.fenced([Put("after-expiry", b"a")])
+    assert lost.wait(10)
+    assert b_elected.wait(10)
+    b.fenced([Put("after-expiry", b"b")])
+    assert b.get("after-expiry").value == b"b"
+
+
+def test_lock_excludes_a_second_holder(coords):
+    a, b = coords(), coords()
+    with a.lock("host-h1", timeout_s=2), pytest.raises(OperationTimeout), \
+            b.lock("host-h1", timeout_s=0.3):
+        pass
+    with b.lock("host-h1", timeout_s=2):
+        pass
+
+
+def test_unreachable_store_fails_clearly_within_the_timeout():
+    port = free_ports(1)[0]
+    start = time.monotonic()
+    with pytest.raises(HostUnreachable) as err:
+        open_store(f"zk://127.0.0.1:{port}/ahvlite", connect_timeout_s=1.5)
+    assert time.monotonic() - start < 5
+    assert f"127.0.0.1:{port}" in err.value.message and "1.5 s" in err.value.message

@@ -1,0 +1,103 @@
+"""Controllers and a ZooKeeper ensemble inside a 3-host lab (`lab up --controllers`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from ahvlite.controller.coord import open_store
+from ahvlite.controller.daemon import LEADER_KEY
+from ahvlite.controller.kinds import registry
+from ahvlite.controller.tasks import TaskState, TaskStore
+from ahvlite.lab import lab, processes
+from ahvlite.lab.services import lab_store_url
+from ahvlite.spec.lab import LabSpec
+from ahvlite.virt import guest
+from ahvlite.virt.conn import connection
+from tests.lab.conftest import assert_gone
+
+NAME = "tctl"
+SUBNET = "10.213.63.0/26"
+
+
+@pytest.fixture(scope="module")
+def ctl_lab():
+    status = lab.up(LabSpec(name=NAME, hosts=3, subnet=SUBNET, zk=True, controllers=True))
+    url = lab_store_url(lab.layout_of(NAME))
+    coord = open_store(url)
+    try:
+        yield status, url, coord
+    finally:
+        coord.close()
+        pids = list(lab.state_of(NAME).processes)
+        lab.down(NAME)
+        assert_gone(NAME, pids)
+        assert not any(processes.is_alive(p) for p in pids if p.role in ("zookeeper",
+                                                                          "controller"))
+
+
+def ahvlite(*argv: str, store: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *argv],
+                          env={**os.environ, "AHVLITE_STORE": store}, capture_output=True,
+                          text=True, timeout=60)
+
+
+def wait_for(pred, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.1)
+    return pred()
+
+
+def acting(coord):
+    rec = coord.get(LEADER_KEY)
+    return json.loads(rec.value) if rec else None
+
+
+def test_one_leader_monitors_every_host(ctl_lab):
+    status, url, coord = ctl_lab
+    first = wait_for(lambda: acting(coord), 30)
+    st = json.loads(ahvlite("controller", "status", "--json", store=url).stdout)
+    assert st["leader"]["name"] == first["name"] and len(st["members"]) == 3
+    daemons = {h["name"]: h["daemons"] for h in status["hosts"]}
+    assert st["leader"]["pid"] == daemons[first["name"]]["controller"]["pid"]
+    assert all("zookeeper" in d and "controller" in d for d in daemons.values())
+    # Stats come from each host's libvirtd over TLS: one record per host.
+    stats = wait_for(lambda: (s := json.loads(ahvlite("stats", "--json", store=url).stdout))
+                     and len(s) == 3 and s, 30)
+    assert sorted(r["host"] for r in stats) == ["h1", "h2", "h3"]
+    assert all(r["memory_total_mib"] and r["cpus"] > 0 for r in stats)
+
+
+def test_sigkill_leader_mid_vm_create_on_a_lab_host(ctl_lab):
+    status, url, coord = ctl_lab
+    first = wait_for(lambda: acting(coord), 30)
+    target = next(h for h in status["hosts"] if h["name"] != first["name"])
+    vm = f"once-{uuid.uuid4().hex[:6]}"
+    store = TaskStore(coord, time.time)
+    task = store.submit("vm.create", {"uri": target["libvirt_uri"], "name": vm,
+                                      "domain_type": status["domain_type"], "hold_s": 2.0},
+                        registry())
+    assert wait_for(lambda: "define" in store.load(task.id)[0].steps_done, 20)
+    leader_pid = next(h["daemons"]["controller"]["pid"] for h in status["hosts"]
+                      if h["name"] == first["name"])
+    os.kill(leader_pid, signal.SIGKILL)
+    end = store.wait(task.id, 40, time.sleep, time.monotonic)
+    assert end.state == TaskState.SUCCEEDED and end.attempts == 2, end.error
+    new = acting(coord)
+    assert new["name"] != first["name"] and new["token"] > first["token"]
+    with connection(target["libvirt_uri"]) as conn:
+        assert [n for n, _ in guest.list_domains(conn)].count(vm) == 1
+        guest.destroy_and_undefine(conn, vm)
+    waited = ahvlite("task", "wait", task.id, "--json", store=url)
+    assert waited.returncode == 0 and json.loads(waited.stdout)["state"] == "succeeded"

@@ -1,0 +1,48 @@
+"""Controller, task and stats commands: one clear message and exit code, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def ahvlite(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "AHVLITE_STORE"} | (env or {})
+    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args],
+                          capture_output=True, text=True, env=full_env, timeout=60)
+
+
+@pytest.mark.parametrize(("args", "code", "needle"), [
+    (["controller", "status"], 3, "no controller store given"),
+    (["controller", "status", "--store", "etcd://h/x"], 2, "store='etcd://h/x'"),
+    (["task", "list", "--store", "zk://h1:2181"], 2, "name a chroot"),
+    (["stats", "--store", "sqlite:///nonexistent-dir/c.db"], 6, "does not exist"),
+])
+def test_store_mistakes(args, code, needle):
+    r = ahvlite(*args)
+    assert r.returncode == code, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr + r.stdout
+
+
+def test_task_commands_on_an_embedded_store(tmp_path):
+    store = f"sqlite://{tmp_path}/c.db"
+    bad = ahvlite("task", "submit", "vm.create", "-p", "name=x", "--store", store)
+    assert bad.returncode == 2 and "uri=None" in bad.stderr
+    sub = ahvlite("task", "submit", "sleep", "-p", "steps=2", "--store", store, "--json")
+    task = json.loads(sub.stdout)
+    assert task["state"] == "queued" and task["params"] == {"steps": 2, "step_s": 0.1}
+    listed = json.loads(ahvlite("task", "list", "--store", store, "--json").stdout)
+    assert [t["id"] for t in listed] == [task["id"]]
+    cancelled = json.loads(ahvlite("task", "cancel", task["id"], "--store", store,
+                                   "--json").stdout)
+    assert cancelled["state"] == "cancelled"
+    again = ahvlite("task", "cancel", task["id"], "--store", store, "--json")
+    assert again.returncode == 4 and json.loads(again.stdout)["error"] == "conflict"
+    waited = ahvlite("task", "wait", task["id"], "--store", store)
+    assert waited.returncode == 9 and "cancelled" in waited.stderr
+    missing = ahvlite("task", "show", "nope", "--store", store, "--json")
+    assert missing.returncode == 3 and json.loads(missing.stdout)["error"] == "not_found"

@@ -1,0 +1,83 @@
+"""The controller loop: act only while elected, start/stop leader services, announce."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from ahvlite.controller.daemon import LEADER_KEY, Controller, Identity
+from ahvlite.controller.kinds import registry
+from ahvlite.controller.tasks import TaskState
+from tests.unit.test_tasks import FakeCoord
+
+
+class ElectionFake(FakeCoord):
+    def __init__(self) -> None:
+        super().__init__()
+        self.members_: dict[str, bytes] = {}
+        self.on_elected = self.on_lost = None
+        self.closed = False
+
+    def join(self, member, data):
+        self.members_[member] = data
+
+    def update_member(self, member, data):
+        self.members_[member] = data
+
+    def leave(self, member):
+        self.members_.pop(member, None)
+
+    def members(self):
+        return dict(self.members_)
+
+    def campaign(self, identity, on_elected, on_lost):
+        self.on_elected, self.on_lost = on_elected, on_lost
+
+    def resign(self):
+        self.token = None
+
+    def close(self):
+        self.closed = True
+
+
+class Svc:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def start(self) -> None:
+        self.log.append("start")
+
+    def stop(self) -> None:
+        self.log.append("stop")
+
+
+def test_controller_acts_only_while_elected():
+    coord = ElectionFake()
+    log: list[str] = []
+    ctl = Controller(coord, Identity("c1", "h", 42), registry(), clock=lambda: 100.0,
+                     leader_services=lambda: [Svc(log)])
+    ctl.coord.join("c1", ctl._member_data())
+    ctl._tick()
+    assert coord.get(LEADER_KEY) is None and log == []  # not elected: nothing happens
+
+    task = ctl.store.submit("sleep", {"steps": 1, "step_s": 0}, registry())
+    coord.token = 5
+    ctl._on_elected(5)
+    ctl._tick()
+    announced = json.loads(coord.get(LEADER_KEY).value)
+    assert announced == {"name": "c1", "host": "h", "pid": 42, "token": 5, "acted_at": 100.0}
+    assert log == ["start"] and json.loads(ctl._member_data())["leader"] is True
+    assert ctl.store.load(task.id)[0].state in (TaskState.RUNNING, TaskState.SUCCEEDED)
+
+    coord.token = None  # the session is gone: step down at the next tick
+    ctl._on_lost("session lost")
+    ctl._tick()
+    assert log == ["start", "stop"] and ctl._acting is None
+
+
+def test_run_leaves_and_closes_on_stop():
+    coord = ElectionFake()
+    stop = threading.Event()
+    stop.set()
+    Controller(coord, Identity("c1", "h", 1), registry()).run(stop)
+    assert coord.members() == {} and coord.closed and coord.on_elected is not None
