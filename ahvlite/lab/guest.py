@@ -75,8 +75,9 @@ SYSTEMD_BOOT_PACKAGE = "systemd-boot-efi"  # the UEFI loader on the disk image
 # SCSI disk driver behind virtio-scsi, fw_cfg so the guest can read its address, and
 # the memory balloon (overcommitted VMs give memory back through it).
 # Their dependencies are added from modules.dep.
+# 8021q: trunk-mode guests make tagged sub-interfaces (eth0.20) to reach tagged VLANs.
 GUEST_MODULES = ("virtio_pci", "virtio_net", "virtio_scsi", "virtio_blk", "sd_mod", "qemu_fw_cfg",
-                 "virtio_balloon")
+                 "virtio_balloon", "8021q")
 
 READY_MARKER = "AHVLITE-GUEST-READY"
 DIRTY_MARKER = "AHVLITE-DIRTY"

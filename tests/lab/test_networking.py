@@ -125,6 +125,25 @@ def test_trunk_guest_native_vlan_untagged_reaches_blue_only(netlab, vlan_guests)
     assert not ping(netlab, g["trunk1"], g["red2"])
 
 
+def test_trunk_guest_reaches_the_tagged_vlan_through_a_sub_interface(netlab, vlan_guests):
+    g = vlan_guests
+    # eth0.20 carries VLAN 20 tagged; the same IP subnet exists on both interfaces, so
+    # `ping -I` picks which one: only the VLAN tag decides who can answer.
+    rc, out = guests.console_run(
+        netlab, g["trunk1"],
+        f"ip link add link eth0 name eth0.{RED} type vlan id {RED} && "
+        f"ip addr add 172.31.243.32/24 dev eth0.{RED} && ip link set eth0.{RED} up",
+        timeout_s=30)
+    assert rc == 0, out
+    tagged = f"ping -I eth0.{RED} -c 2 -W 2"
+    rc, out = guests.console_run(netlab, g["trunk1"], f"{tagged} {g['red2'].ip}",
+                                 timeout_s=30)
+    assert rc == 0 and ", 0% packet loss" in out, out
+    rc, out = guests.console_run(netlab, g["trunk1"], f"{tagged} {g['blue2'].ip}",
+                                 timeout_s=30)
+    assert rc != 0, out
+
+
 def test_ovsdb_and_net_show_report_vm_ports_with_vlans(netlab, vlan_guests):
     result = cli("net", "show", "h1", "--json")
     assert result.returncode == 0, result.stderr
