@@ -80,7 +80,7 @@ def test_transaction_is_all_or_nothing(coords):
     assert c.get("t/y") is None and c.get("t/x").version == 1
 
 
-def test_watch_sees_every_change(coords):
+def test_watch_follows_changes_in_order_to_the_latest(coords):
     c = coords()
     seen = []
     cancel = c.watch("w", lambda v: seen.append(None if v is None else v.value))
@@ -88,7 +88,11 @@ def test_watch_sees_every_change(coords):
     c.put("w", b"2")
     assert wait_for(lambda: seen[-1:] == [b"2"])
     cancel()
-    assert seen[0] is None and b"1" in seen
+    # ZooKeeper watches are one-shot and re-read on firing, so two quick writes may be
+    # seen as one; what is guaranteed is order and the latest value, never a step back.
+    assert seen[0] is None
+    order = [None, b"1", b"2"]
+    assert [order.index(v) for v in seen] == sorted(order.index(v) for v in seen)
 
 
 def test_only_ahvlite_credentials_can_write(zk, coords, url):
