@@ -25,6 +25,7 @@ from ahvlite.lab import processes
 from ahvlite.lab.services import controller_argv, member_mode, start_local_ensemble
 from ahvlite.virt import guest
 from ahvlite.virt.conn import connection
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.functional
 FAILOVER_BOUND_S = 5.0
@@ -83,14 +84,6 @@ def cluster(zk, tmp_path):
         processes.stop(list(recs.values()))
 
 
-def wait_for(pred, timeout_s):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    return pred()
 
 
 def acting_leader(coord):

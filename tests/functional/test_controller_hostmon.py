@@ -15,17 +15,11 @@ from ahvlite.controller.coord.sqlite import SqliteCoordinator
 from ahvlite.controller.hostmon import HostMonitor, read_hosts, read_stats
 from ahvlite.virt import guest
 from ahvlite.virt.hostconn import HostConnection
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.functional
 
 
-def wait_for(pred, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def test_monitor_tracks_links_events_and_stats(tmp_path):

@@ -15,6 +15,7 @@ from ahvlite.controller.coord import MUST_NOT_EXIST, NotLeader, Put, VersionMism
 from ahvlite.controller.coord.api import Delete
 from ahvlite.errors import HostUnreachable, OperationTimeout
 from ahvlite.lab.services import free_ports, start_local_ensemble
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.functional
 
@@ -45,13 +46,6 @@ def coords(url):
         c.close()
 
 
-def wait_for(pred, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 def test_keys_have_versions_and_compare_and_set(coords):

@@ -22,6 +22,7 @@ from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest
 from ahvlite.virt.conn import connection
 from tests.lab.conftest import assert_gone
+from tests.waiting import wait_for
 
 NAME = "tctl"
 SUBNET = "10.213.63.0/26"
@@ -49,14 +50,6 @@ def ahvlite(*argv: str, store: str) -> subprocess.CompletedProcess:
                           text=True, timeout=60)
 
 
-def wait_for(pred, timeout_s):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    return pred()
 
 
 def acting(coord):

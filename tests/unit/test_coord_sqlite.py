@@ -11,6 +11,7 @@ from ahvlite.controller.coord import MUST_NOT_EXIST, NotLeader, Put, VersionMism
 from ahvlite.controller.coord.sqlite import SqliteCoordinator
 from ahvlite.controller.coord.url import SqliteUrl, ZkUrl, parse_store_url
 from ahvlite.errors import Conflict, HostUnreachable, InvalidSpec, OperationTimeout
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -27,11 +28,6 @@ def make(tmp_path):
         c.close()
 
 
-def wait_for(pred, timeout_s=5.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not pred():
-        time.sleep(0.02)
-    return pred()
 
 
 def test_versions_cas_children_and_transactions(make):
