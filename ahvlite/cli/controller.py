@@ -74,7 +74,7 @@ def run(
             links = [HostConnection(h.name, h.uri) for h in spec.hosts]
             return [HostMonitor(coord, links, interval_s=stats_interval_s)]  # type: ignore[arg-type]
 
-    Controller(coord, Identity.here(name), registry(), workers=workers,
+    Controller(coord, Identity.here(name), registry(path), workers=workers,
                leader_services=services).run(stop)
     # We have resigned and left. A task step still sleeping in a worker thread must not
     # hold the exit (its task stays running under our token: the next leader resumes it).

@@ -8,19 +8,58 @@ without one they run in this process.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict
 from typing import Annotated, Any
 
 import typer
 
-from ahvlite.cli.controller import StoreOpt, store_url
-from ahvlite.cli.output import console, emit_json, table
+from ahvlite.cli.controller import STORE_ENV, StoreOpt, store_url
+from ahvlite.cli.output import console, emit_json, err_console, table
 from ahvlite.errors import InvalidSpec, OperationFailed
 
 app = typer.Typer(no_args_is_help=True, help="Controller tasks: submit, list, show, wait, cancel.")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 IdArg = Annotated[str, typer.Argument(help="Task id (from `task list`).")]
+WaitOpt = Annotated[bool, typer.Option(
+    "--wait", help="With a controller store: wait for the task and print its result.")]
+WAIT_S = 3600.0
+
+
+def configured_store(store: str | None) -> str | None:
+    """The store a mutating command submits to: ``--store``, then $AHVLITE_STORE."""
+    return store or os.environ.get(STORE_ENV) or None
+
+
+def submit_and_report(store: str, kind: str, params: dict[str, Any], *, wait: bool,
+                      json_out: bool) -> None:
+    """Submit ``kind`` (params validated first), print its id; with ``wait``, its end."""
+    from ahvlite.controller.kinds import registry
+
+    ts = _store(store)
+    try:
+        task = ts.submit(kind, params, registry())
+        if not wait:
+            if json_out:
+                emit_json({"task": task.id})
+            else:
+                console.print(task.id)
+            return
+        if not json_out:
+            err_console.print(f"task {task.id} submitted; waiting", highlight=False)
+        task = ts.wait(task.id, WAIT_S, time.sleep, time.monotonic)
+    finally:
+        ts.coord.close()
+    if json_out:
+        emit_json({"task": task.id, "state": task.state, "result": task.result,
+                   "error": task.error})
+    else:
+        console.print(f"task {task.id} {task.state}", highlight=False)
+        for k, v in (task.result or {}).items():
+            console.print(f"[bold]{k:19}[/] {v}", highlight=False)
+    if task.state != "succeeded":
+        raise OperationFailed(f"task {task.id} {task.state}: {task.error or task.message}")
 
 
 def _store(store: str | None) -> Any:
@@ -50,7 +89,8 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 
 @app.command()
 def submit(
-    kind: Annotated[str, typer.Argument(help="Task kind: sleep, vm.create.")],
+    kind: Annotated[str, typer.Argument(
+        help="Task kind: sleep, vm.create, vm.lifecycle, vm.spec.create.")],
     param: Annotated[list[str] | None, typer.Option(
         "--param", "-p", help="KEY=VALUE, repeatable.")] = None,
     store: StoreOpt = None, json_out: JsonOpt = False,

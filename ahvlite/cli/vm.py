@@ -1,16 +1,24 @@
-"""``ahvlite vm``: create, power, list, show, console, delete, and disk/NIC changes."""
+"""``ahvlite vm``: create, power, list, show, console, delete, and disk/NIC changes.
+
+create, start, shutdown, stop, reboot and delete follow the rule for mutating commands:
+with a controller store (``--store`` or $AHVLITE_STORE) they submit a task, after the
+same input checks as in process, and print its id; otherwise they run here.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import uuid as uuidlib
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ahvlite.cli.context import ClusterOpt, load
+from ahvlite.cli.context import ENV_VAR, ClusterOpt, load
+from ahvlite.cli.controller import StoreOpt
 from ahvlite.cli.output import console, emit_json, err_console, progress, table
+from ahvlite.cli.task import WaitOpt, configured_store, submit_and_report
 from ahvlite.cluster import vms
 from ahvlite.errors import MissingDependency
 from ahvlite.spec.errors import build
@@ -43,6 +51,22 @@ def parse_disk(text: str, bus: str = "scsi", full: bool = False) -> DiskSpec:
     if source[:1].isdigit():
         return build(DiskSpec, size_mib=parse_size_mib(source), bus=bus, full_clone=full)
     return build(DiskSpec, image=source, bus=bus, full_clone=full)
+
+
+def _task_cluster(cluster: Path | None) -> str | None:
+    """The cluster file a task names: ours when we have one (checked here), else none
+    and the controller uses its own."""
+    if cluster is None and not os.environ.get(ENV_VAR):
+        return None
+    path, _ = load(cluster)
+    return str(path.resolve())
+
+
+def _lifecycle(store: str, action: str, name: str, cluster: Path | None, *, wait: bool,
+               json_out: bool, **extra: Any) -> None:
+    submit_and_report(store, "vm.lifecycle",
+                      {"action": action, "name": name, "cluster": _task_cluster(cluster),
+                       **extra}, wait=wait, json_out=json_out)
 
 
 def render(info: vms.VmInfo, json_out: bool) -> None:
@@ -89,9 +113,13 @@ def create(
     uuid: Annotated[str | None, typer.Option(help="UUID (default: a new one).")] = None,
     cluster: ClusterOpt = None,
     json_out: JsonOpt = False,
+    store: StoreOpt = None,
+    wait: WaitOpt = False,
 ) -> None:
     """Create a VM (placed on the host with most free memory unless --host)."""
-    _, cspec = load(cluster)
+    url = configured_store(store)
+    task_cluster = _task_cluster(cluster) if url else None
+    cspec = None if url else load(cluster)[1]
     values: dict[str, Any] = {
         "name": name, "vcpus": cpus, "memory_mib": memory_mib, "vtpm": vtpm,
         "overcommit": overcommit,
@@ -107,6 +135,13 @@ def create(
     spec = build(VmSpec, **values)
     for warning in spec.warnings():
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if url:
+        submit_and_report(url, "vm.spec.create",
+                          {"spec": spec.model_dump(mode="json"), "host": host,
+                           "start": start, "cluster": task_cluster},
+                          wait=wait, json_out=json_out)
+        return
+    assert cspec is not None
     with progress(not json_out, f"creating {name}") as report:
         info = vms.create_vm(cspec, spec, host=host, start=start, report=report)
     render(info, json_out)
@@ -149,8 +184,11 @@ def show(name: NameArg, cluster: ClusterOpt = None, json_out: JsonOpt = False) -
 
 
 @app.command()
-def start(name: NameArg, cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
+def start(name: NameArg, cluster: ClusterOpt = None, json_out: JsonOpt = False,
+          store: StoreOpt = None, wait: WaitOpt = False) -> None:
     """Power on."""
+    if url := configured_store(store):
+        return _lifecycle(url, "start", name, cluster, wait=wait, json_out=json_out)
     _, cspec = load(cluster)
     render(vms.start_vm(cspec, name), json_out)
 
@@ -162,8 +200,12 @@ def shutdown(
     force: Annotated[bool, typer.Option("--force", help="Power off after the timeout.")]
     = False,
     cluster: ClusterOpt = None, json_out: JsonOpt = False,
+    store: StoreOpt = None, wait: WaitOpt = False,
 ) -> None:
     """ACPI shutdown; waits up to --timeout, then powers off only with --force."""
+    if url := configured_store(store):
+        return _lifecycle(url, "shutdown", name, cluster, wait=wait, json_out=json_out,
+                          timeout_s=timeout_s, force=force)
     _, cspec = load(cluster)
     with progress(not json_out, f"shutting down {name}"):
         info = vms.shutdown_vm(cspec, name, timeout_s=timeout_s, force=force)
@@ -174,15 +216,22 @@ def shutdown(
 def stop(name: NameArg,
          force: Annotated[bool, typer.Option("--force", help="Required: pull the plug.")]
          = False,
-         cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
+         cluster: ClusterOpt = None, json_out: JsonOpt = False,
+         store: StoreOpt = None, wait: WaitOpt = False) -> None:
     """Power off at once, without asking the guest (needs --force)."""
+    if url := configured_store(store):
+        return _lifecycle(url, "stop", name, cluster, wait=wait, json_out=json_out,
+                          force=force)
     _, cspec = load(cluster)
     render(vms.stop_vm(cspec, name, force=force), json_out)
 
 
 @app.command()
-def reboot(name: NameArg, cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
+def reboot(name: NameArg, cluster: ClusterOpt = None, json_out: JsonOpt = False,
+           store: StoreOpt = None, wait: WaitOpt = False) -> None:
     """ACPI reboot."""
+    if url := configured_store(store):
+        return _lifecycle(url, "reboot", name, cluster, wait=wait, json_out=json_out)
     _, cspec = load(cluster)
     render(vms.reboot_vm(cspec, name), json_out)
 
@@ -191,8 +240,12 @@ def reboot(name: NameArg, cluster: ClusterOpt = None, json_out: JsonOpt = False)
 def delete(name: NameArg,
            force: Annotated[bool, typer.Option("--force", help="Also when running.")]
            = False,
-           cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
+           cluster: ClusterOpt = None, json_out: JsonOpt = False,
+           store: StoreOpt = None, wait: WaitOpt = False) -> None:
     """Remove the VM with its volumes, NVRAM and TPM state."""
+    if url := configured_store(store):
+        return _lifecycle(url, "delete", name, cluster, wait=wait, json_out=json_out,
+                          force=force)
     _, cspec = load(cluster)
     result = vms.delete_vm(cspec, name, force=force)
     if json_out:

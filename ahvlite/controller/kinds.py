@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from ahvlite.controller.tasks import Handler, TaskContext
@@ -94,5 +96,183 @@ def define_once(p: dict[str, Any], vm_uuid: str) -> str:
     return "existed" if existed else "defined"
 
 
-def registry() -> dict[str, Handler]:
-    return {"sleep": Sleep(), "vm.create": VmCreate()}
+# -- VM lifecycle through the cluster file (what `ahvlite vm ...` submits) -------------
+
+LIFECYCLE_ACTIONS = ("start", "shutdown", "stop", "reboot", "delete")
+CLUSTER_ENV = "AHVLITE_CLUSTER"
+
+
+def _cluster_param(params: dict[str, Any]) -> str | None:
+    value = params.get("cluster")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidSpec("cluster", value, "the cluster file's path on the controller host, "
+                          "or none for the controller's own (--cluster)")
+    return value
+
+
+def _bool(params: dict[str, Any], name: str) -> bool:
+    value = params.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidSpec(name, value, "true or false")
+    return value
+
+
+def _vm_name(params: dict[str, Any]) -> str:
+    from ahvlite.spec.vm import check_name
+
+    name = params.get("name")
+    if not isinstance(name, str):
+        raise InvalidSpec("name", name, "a VM name")
+    return check_name("name", name)
+
+
+class _ClusterKind:
+    """Shared by the kinds that act through a cluster file: which file, loaded."""
+
+    def __init__(self, cluster_file: Path | None) -> None:
+        self.cluster_file = cluster_file
+
+    def cluster(self, params: dict[str, Any]) -> Any:
+        from ahvlite.errors import NotFound
+        from ahvlite.spec.cluster import load_cluster
+
+        path = params.get("cluster") or self.cluster_file or os.environ.get(CLUSTER_ENV)
+        if not path:
+            raise NotFound("the task names no cluster file and this controller has none",
+                           hint="run the controller with --cluster, or submit with --cluster")
+        return load_cluster(Path(path))
+
+
+class VmLifecycle(_ClusterKind):
+    """``vm.lifecycle``: start, shutdown, stop (forced), reboot or delete one VM.
+
+    Each action is one step that is safe to repeat: start on a running VM, shutdown or
+    stop on a stopped one do nothing; delete of a VM already gone counts as done when
+    an earlier attempt (a dead leader's) may have deleted it.
+    """
+
+    resumable = True
+
+    def validate(self, params: dict[str, Any]) -> dict[str, Any]:
+        action = params.get("action")
+        if action not in LIFECYCLE_ACTIONS:
+            raise InvalidSpec("action", action, ", ".join(LIFECYCLE_ACTIONS))
+        out: dict[str, Any] = {"action": action, "name": _vm_name(params),
+                               "cluster": _cluster_param(params),
+                               "force": _bool(params, "force")}
+        if action == "stop" and not out["force"]:
+            raise InvalidSpec("force", False, "true: stop pulls the plug without asking "
+                              "the guest", hint="use action shutdown to ask the guest first")
+        if action == "shutdown":
+            out["timeout_s"] = _number(params, "timeout_s", 60, 0, 3600)
+        return out
+
+    def run(self, ctx: TaskContext) -> dict[str, Any]:
+        from ahvlite.cluster import vms
+        from ahvlite.errors import NotFound
+
+        p = ctx.params
+        cspec = self.cluster(p)
+        name, action = p["name"], p["action"]
+
+        def act() -> dict[str, Any]:
+            if action == "start":
+                return vms.start_vm(cspec, name).to_dict()
+            if action == "shutdown":
+                return vms.shutdown_vm(cspec, name, timeout_s=p["timeout_s"],
+                                       force=p["force"]).to_dict()
+            if action == "stop":
+                return vms.stop_vm(cspec, name, force=True).to_dict()
+            if action == "reboot":
+                return vms.reboot_vm(cspec, name).to_dict()
+            try:
+                return vms.delete_vm(cspec, name, force=p["force"])
+            except NotFound:
+                if ctx.task.attempts > 1:  # an earlier attempt may have deleted it
+                    return {"name": name, "host": None, "deleted_volumes": [],
+                            "note": "already gone"}
+                raise
+
+        ctx.progress(10, f"{action} {name}")
+        return dict(ctx.step(action, act))
+
+
+class VmSpecCreate(_ClusterKind):
+    """``vm.spec.create``: a full :class:`VmSpec` (JSON) placed, made and maybe started.
+
+    The VM's UUID is the spec's, or derives from the task id: a re-run finds the VM an
+    earlier attempt made by UUID and counts it as done (starting it if asked), so a
+    leader dying mid-create never leaves a twin.
+    """
+
+    resumable = True
+
+    def validate(self, params: dict[str, Any]) -> dict[str, Any]:
+        from ahvlite.spec.errors import build
+        from ahvlite.spec.vm import VmSpec
+
+        raw = params.get("spec")
+        if not isinstance(raw, dict):
+            raise InvalidSpec("spec", raw, "a VmSpec as a JSON object (name, memory_mib, ...)")
+        spec = build(VmSpec, **raw)
+        dumped = spec.model_dump(mode="json")
+        if raw.get("uuid") is None:
+            del dumped["uuid"]  # derived from the task id when it runs
+        host = params.get("host")
+        if host is not None and (not isinstance(host, str) or not host):
+            raise InvalidSpec("host", host, "a host name of the cluster, or none to place")
+        return {"spec": dumped, "host": host, "start": _bool(params, "start"),
+                "cluster": _cluster_param(params)}
+
+    def run(self, ctx: TaskContext) -> dict[str, Any]:
+        from ahvlite.spec.vm import VmSpec
+
+        p = ctx.params
+        spec = VmSpec(**{"uuid": str(uuid.uuid5(VM_UUID_NAMESPACE, ctx.task.id)),
+                         **p["spec"]})
+        cspec = self.cluster(p)
+        ctx.progress(10, f"creating {spec.name}")
+        info = ctx.step("create", lambda: create_once(
+            cspec, spec, host=p["host"], start=p["start"], resumed=ctx.task.attempts > 1))
+        return dict(info)
+
+
+def create_once(cluster: Any, spec: Any, *, host: str | None, start: bool,
+                resumed: bool) -> dict[str, Any]:
+    """Create ``spec`` unless a VM with its UUID exists (then only start it if asked).
+
+    On a resumed attempt, volumes named for the VM with no VM of that name anywhere are
+    what the dead attempt left half-made: they go before the create is tried again.
+    """
+    from ahvlite.cluster import vms
+    from ahvlite.virt import domains, storage
+
+    with vms.connect(cluster) as hosts:
+        if resumed and hosts.errors:
+            from ahvlite.errors import HostUnreachable
+
+            # The dead attempt's VM may sit on the silent host: creating now could twin it.
+            raise HostUnreachable("cannot rule out a VM made by the earlier attempt: "
+                                  + "; ".join(f"{h}: {e}" for h, e in hosts.errors.items()))
+        for h, conn in hosts.conns.items():
+            dom = domains.find_domain_by_uuid(conn, spec.uuid)
+            if dom is not None:
+                if start:
+                    domains.power_on(dom)
+                return vms.info_of(h, dom).to_dict()
+        if resumed and hosts.conns and not any(
+                domains.find_domain(c, spec.name) is not None for c in hosts.conns.values()):
+            _, pool = hosts.any_pool()
+            for disk in spec.disk_names():
+                storage.delete_volume(pool, vms.vm_volume(spec.name, disk))
+            storage.delete_volume(pool, vms.nvram_volume(spec.name))
+    return vms.create_vm(cluster, spec, host=host, start=start).to_dict()
+
+
+def registry(cluster_file: Path | None = None) -> dict[str, Handler]:
+    """Every kind; ``cluster_file`` is the controller's own (``--cluster``)."""
+    return {"sleep": Sleep(), "vm.create": VmCreate(),
+            "vm.lifecycle": VmLifecycle(cluster_file),
+            "vm.spec.create": VmSpecCreate(cluster_file)}

@@ -11,6 +11,7 @@ import pytest
 from lxml import etree
 
 from ahvlite.cluster import vms
+from ahvlite.controller.kinds import create_once
 from ahvlite.errors import Conflict, InvalidSpec, OperationFailed
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.network import NetworkSpec, VlanNetworkSpec
@@ -202,3 +203,28 @@ def test_metadata_updates_reach_libvirt(image):
         assert back.meta is not None and back.meta.volumes == {"extra": "vm-fv-meta-extra.qcow2"}
     finally:
         vms.delete_vm(CLUSTER, "fv-meta")
+
+
+def test_create_task_step_is_safe_to_repeat():
+    # test:///default keeps its state only while a connection is open.
+    with connection("test:///default"):
+        _create_twice()
+
+
+def _create_twice() -> None:
+    once = VmSpec(name="fv-once", memory_mib=128, disks=[DiskSpec(size_mib=16)])
+    first = create_once(CLUSTER, once, host=None, start=False, resumed=False)
+    # A new leader re-runs the step: the VM of that UUID counts as done (and is started).
+    again = create_once(CLUSTER, once, host=None, start=True, resumed=True)
+    assert again["uuid"] == first["uuid"] and again["state"] == "running"
+    assert "fv-once" in domain_names()
+    # A dead attempt's half-made volume is cleared before the create is tried again.
+    half = VmSpec(name="fv-half", memory_mib=128, disks=[DiskSpec(size_mib=16)])
+    leftover = vms.vm_volume("fv-half", half.disk_names()[0])
+    with connection("test:///default") as conn:
+        storage.create_volume(storage.lookup_pool(conn, POOL), leftover, 16)
+    create_once(CLUSTER, half, host=None, start=False, resumed=True)
+    assert "fv-half" in domain_names() and leftover in volumes()
+    for name in ("fv-once", "fv-half"):
+        vms.delete_vm(CLUSTER, name, force=True)
+    assert leftover not in volumes()

@@ -72,6 +72,42 @@ def test_one_leader_monitors_every_host(ctl_lab):
     assert all(r["memory_total_mib"] and r["cpus"] > 0 for r in stats)
 
 
+def test_vm_create_and_delete_go_through_tasks_when_a_store_is_set(ctl_lab):
+    _, url, coord = ctl_lab
+    wait_for(lambda: acting(coord), 30)
+    cluster = str(lab.layout_of(NAME).cluster_file)
+    vm = f"viatask-{uuid.uuid4().hex[:6]}"
+
+    def listed() -> list[str]:
+        out = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "vm", "list", "--json",
+                              "--cluster", cluster], capture_output=True, text=True, timeout=60,
+                             env={k: v for k, v in os.environ.items() if k != "AHVLITE_STORE"})
+        return [v["name"] for v in json.loads(out.stdout)]
+
+    try:
+        made = ahvlite("vm", "create", vm, "--memory-mib", "128", "--disk", "16M", "--nic",
+                       "br0", "--host", "h1", "--cluster", cluster, "--wait", "--json",
+                       store=url)
+        assert made.returncode == 0, made.stderr + made.stdout
+        end = json.loads(made.stdout)
+        assert end["state"] == "succeeded" and end["result"]["host"] == "h1", end
+        assert store_task(coord, end["task"]).kind == "vm.spec.create"
+        assert listed().count(vm) == 1
+        gone = ahvlite("vm", "delete", vm, "--cluster", cluster, "--wait", "--json", store=url)
+        assert gone.returncode == 0, gone.stderr + gone.stdout
+        assert json.loads(gone.stdout)["result"]["host"] == "h1"
+        assert vm not in listed()
+    finally:
+        if vm in listed():
+            subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "vm", "delete", vm,
+                            "--force", "--cluster", cluster], timeout=60,
+                           env={k: v for k, v in os.environ.items() if k != "AHVLITE_STORE"})
+
+
+def store_task(coord, task_id):
+    return TaskStore(coord, time.time).load(task_id)[0]
+
+
 def test_sigkill_leader_mid_vm_create_on_a_lab_host(ctl_lab):
     status, url, coord = ctl_lab
     first = wait_for(lambda: acting(coord), 30)
