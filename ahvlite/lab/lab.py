@@ -36,7 +36,7 @@ from ahvlite.lab.paths import cache_dir, lab_root, labs_dir
 from ahvlite.lab.pki import LabCA, install_client_pki, install_host_pki
 from ahvlite.lab.prereqs import check_lab_prerequisites, find_program
 from ahvlite.lab.sshkeys import known_hosts_line, make_keypair
-from ahvlite.lab.state import LabState
+from ahvlite.lab.state import LabState, ProcessRecord
 from ahvlite.net import netlink
 from ahvlite.net.ovs import ops as ovs_ops
 from ahvlite.net.ovs.api import ovsdb
@@ -435,7 +435,7 @@ def start_daemon(name: str, host: str, role: str) -> int:
     return fresh.pid
 
 
-def _daemon_record(layout: LabLayout, state: LabState, host: str, role: str) -> Any:
+def _daemon_record(layout: LabLayout, state: LabState, host: str, role: str) -> ProcessRecord:
     layout.host(host)  # unknown host -> InvalidSpec listing the known ones
     for record in state.processes:
         if record.host == host and record.role == role:
