@@ -7,6 +7,7 @@ import sys
 import typer
 
 from ahvlite import __version__
+from ahvlite.cli import cluster as cluster_cli
 from ahvlite.cli import controller as controller_cli
 from ahvlite.cli import host as host_cli
 from ahvlite.cli import image as image_cli
@@ -34,6 +35,7 @@ app.add_typer(net_cli.app, name="net")
 app.add_typer(vm_cli.app, name="vm")
 app.add_typer(image_cli.app, name="image")
 app.add_typer(template_cli.app, name="template")
+app.add_typer(cluster_cli.app, name="cluster")
 
 
 @app.command()

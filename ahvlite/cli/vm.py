@@ -19,7 +19,7 @@ from ahvlite.cli.context import ENV_VAR, ClusterOpt, load
 from ahvlite.cli.controller import StoreOpt
 from ahvlite.cli.output import console, emit_json, err_console, progress, table
 from ahvlite.cli.task import WaitOpt, configured_store, submit_and_report
-from ahvlite.cluster import vms
+from ahvlite.cluster import cpulevel, vms
 from ahvlite.errors import MissingDependency
 from ahvlite.spec.errors import build
 from ahvlite.spec.vm import BootSpec, DiskSpec, VmSpec, parse_nic, parse_size_mib
@@ -142,8 +142,10 @@ def create(
                           wait=wait, json_out=json_out)
         return
     assert cspec is not None
+    level = cpulevel.store_for(load(cluster)[0]).load()
     with progress(not json_out, f"creating {name}") as report:
-        info = vms.create_vm(cspec, spec, host=host, start=start, report=report)
+        info = vms.create_vm(cspec, spec, host=host, start=start, report=report,
+                             cpu_level=level.cpu if level else None)
     render(info, json_out)
 
 
@@ -313,3 +315,18 @@ def nic_remove(name: NameArg, mac: Annotated[str, typer.Argument(help="The NIC's
     """Remove a NIC (hot-unplugged when the VM runs)."""
     _, cspec = load(cluster)
     render(vms.remove_nic(cspec, name, mac), json_out)
+
+
+@app.command(name="cpu-check")
+def cpu_check(name: NameArg, cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
+    """Which hosts can run the VM's CPU (compareHypervisorCPU), what the others lack."""
+    _, cspec = load(cluster)
+    data = cpulevel.check_vm(cspec, name)
+    if json_out:
+        emit_json(data)
+        return
+    console.print(f"{name} ({data['host']}): CPU {data['cpu']['model']}", highlight=False)
+    rows = [[h, r["result"], ", ".join(r["missing"]) or ("" if r["compatible"]
+                                                          else r["message"] or "")]
+            for h, r in data["hosts"].items()]
+    console.print(table(f"hosts for {name}", ["host", "result", "missing"], rows))

@@ -16,8 +16,9 @@ from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.labels import DOMAIN_TYPE_LABEL
 from ahvlite.spec.network import NetworkSpec
 from ahvlite.spec.vm import DiskSpec, NicSpec, VmSpec
-from ahvlite.virt import designer, domains, storage
+from ahvlite.virt import cpu, designer, domains, storage
 from ahvlite.virt.conn import Connection, DomainHandle, StoragePool, close_quietly, open_connection
+from ahvlite.virt.cpu import CpuDef
 from ahvlite.virt.designer import Design, DiskPlacement, HostPolicy
 from ahvlite.virt.xml.domain import Domain, VmMeta
 
@@ -129,16 +130,33 @@ def shared_pool(cluster: ClusterSpec) -> str:
     return cluster.shared_pool
 
 
-def host_policy(hosts: Hosts, host: str) -> HostPolicy:
-    spec = hosts.cluster.host(host)
+def host_policy_domain_type(spec: HostSpec) -> str:
     domain_type = spec.labels.get(DOMAIN_TYPE_LABEL) or "kvm"
-    if domain_type not in ("kvm", "qemu"):
-        domain_type = "kvm"
+    return domain_type if domain_type in ("kvm", "qemu") else "kvm"
+
+
+def host_policy(hosts: Hosts, host: str, cpu_level: CpuDef | None = None) -> HostPolicy:
+    domain_type = host_policy_domain_type(hosts.cluster.host(host))
+    if cpu_level is not None:
+        return level_policy(hosts.conn(host), domain_type, cpu_level)
     usable = domains.usable_cpu_models(hosts.conn(host), domain_type)
     model = next((m for m in CPU_PREFERENCE if m in usable), None)
     if model is None:
         model = "qemu64"  # every QEMU runs it; drivers that cannot tell (test://) too
     return HostPolicy(domain_type=domain_type, cpu_model=model)
+
+
+def level_policy(conn: Connection, domain_type: str, level: CpuDef) -> HostPolicy:
+    """The cluster CPU level on one host; under TCG without what the emulator lacks."""
+    unusable: frozenset[str] = frozenset()
+    if domain_type == "qemu":
+        host_model = cpu.host_model_of(cpu.domain_capabilities(conn, domain_type))
+        if host_model is not None:
+            host = cpu.expanded(host_model, cpu.model_features(host_model.model))
+            unusable = cpu.expanded(level, cpu.model_features(level.model)) - host
+    return HostPolicy(domain_type=domain_type, cpu_model=level.model,
+                      cpu_features=level.features, cpu_disabled=level.disabled,
+                      cpu_unusable=unusable)
 
 
 def networks_of(cluster: ClusterSpec, host: str) -> NetworkSpec:
@@ -255,8 +273,11 @@ def check_new_vm(hosts: Hosts, spec: VmSpec, host: str) -> None:
 
 
 def create_vm(cluster: ClusterSpec, spec: VmSpec, *, host: str | None = None,
-              start: bool = False, report: Report = _quiet) -> VmInfo:
-    """Place, make volumes, define (and start) ``spec``; on failure undo all of it."""
+              start: bool = False, report: Report = _quiet,
+              cpu_level: CpuDef | None = None) -> VmInfo:
+    """Place, make volumes, define (and start) ``spec``; on failure undo all of it.
+
+    With ``cpu_level`` (the cluster's, see cluster.cpulevel) the VM gets that CPU."""
     spec = spec.with_macs()
     with connect(cluster) as hosts:
         if not hosts.conns:
@@ -270,11 +291,12 @@ def create_vm(cluster: ClusterSpec, spec: VmSpec, *, host: str | None = None,
         target = place(capacities(hosts), spec.memory_mib, requested=host,
                        need_free_mib=need if start else 0)
         report(f"placing {spec.name} on {target}")
-        return create_on_host(hosts, target, spec, start=start, report=report)
+        return create_on_host(hosts, target, spec, start=start, report=report,
+                              cpu_level=cpu_level)
 
 
 def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
-                   report: Report) -> VmInfo:
+                   report: Report, cpu_level: CpuDef | None = None) -> VmInfo:
     """Make ``spec``'s volumes on ``target``, define it (and start it); undo on failure.
 
     The caller has checked the spec (:func:`check_new_vm`) and placed it.
@@ -314,7 +336,7 @@ def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
         if spec.boot.firmware == "uefi":
             nvram = str(storage.pool_path(pool) / nvram_volume(spec.name))
         xml = designer.design_xml(spec, Design(
-            host=host_policy(hosts, target), disks=placements,
+            host=host_policy(hosts, target, cpu_level), disks=placements,
             networks=networks_of(hosts.cluster, target), nvram_path=nvram))
         report(f"defining {spec.name}")
         dom = domains.define_domain(conn, xml)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lxml import etree
+
 from ahvlite.errors import InvalidSpec
 from ahvlite.net.nic import VmNic, interface_element
 from ahvlite.spec.network import NetworkSpec
@@ -51,6 +53,11 @@ class HostPolicy:
 
     domain_type: str = "kvm"  # kvm, or qemu (TCG) where KVM does not work
     cpu_model: str = "qemu64"  # a named model the host supports
+    # With a cluster CPU level: its features (require / disable), and those of them
+    # this host's domain type cannot provide (see cpu_element).
+    cpu_features: tuple[str, ...] = ()
+    cpu_disabled: tuple[str, ...] = ()
+    cpu_unusable: frozenset[str] = frozenset()
     ovmf_code: str = OVMF_CODE
     ovmf_vars: str = OVMF_VARS
     ovmf_code_secboot: str = OVMF_CODE_SECBOOT
@@ -174,13 +181,7 @@ def design(spec: VmSpec, ctx: Design) -> Domain:
     features.acpi = True
     features.apic = True
     features.smm = spec.boot.secure_boot
-    cpu = dom.ensure_cpu()
-    cpu.mode = "custom"
-    cpu.match = "exact"
-    cpu.check = "partial"
-    cpu.model = ctx.host.cpu_model
-    cpu.model_fallback = "forbid"
-    cpu.sockets, cpu.dies, cpu.cores, cpu.threads = spec.vcpus, 1, 1, 1
+    cpu_element(dom, ctx.host, spec.vcpus)
     _clock(dom)
     dom.on_poweroff = "destroy"
     dom.on_reboot = "restart"
@@ -189,6 +190,34 @@ def design(spec: VmSpec, ctx: Design) -> Domain:
     _devices(dom, spec, ctx)
     _metadata(dom, spec, ctx)
     return dom
+
+
+def cpu_element(dom: Domain, host: HostPolicy, vcpus: int) -> None:
+    """Set the guest CPU: the host's model, or the cluster level with its features.
+
+    Used for new domains and to redefine existing ones (``cluster cpu apply``); any
+    earlier model and features are replaced, so applying twice changes nothing.
+    """
+    cpu = dom.ensure_cpu()
+    cpu.mode = "custom"
+    cpu.match = "exact"
+    cpu.check = "partial"
+    cpu.model = host.cpu_model
+    cpu.model_fallback = "forbid"
+    cpu.sockets, cpu.dies, cpu.cores, cpu.threads = vcpus, 1, 1, 1
+    cpu.remove_child("feature")
+    # Under TCG (domain type qemu) the emulator's CPU is what QEMU implements, not the
+    # silicon: the qemu domain capabilities list the level's model as usable='no' and
+    # their host-model disables what TCG lacks (vme, rdseed, xsavec on the lab). The
+    # caller passes those level features as cpu_unusable; requiring them would make
+    # libvirt/QEMU refuse to start the guest, so they are disabled instead. The guest
+    # sees a little less than the level, which only matters to a TCG lab, never to
+    # KVM hosts (the caller leaves cpu_unusable empty for kvm).
+    for name in host.cpu_features:
+        if name not in host.cpu_unusable:
+            etree.SubElement(cpu.el, "feature", policy="require", name=name)
+    for name in sorted(set(host.cpu_disabled) | host.cpu_unusable):
+        etree.SubElement(cpu.el, "feature", policy="disable", name=name)
 
 
 def design_xml(spec: VmSpec, ctx: Design) -> str:

@@ -1,0 +1,142 @@
+"""The cluster CPU level on a 2-host lab (TCG): baseline, apply, a VM that boots with
+it and runs on both hosts, a newer CPU reported as incompatible, a refused override."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from ahvlite.cluster import vms
+from ahvlite.errors import OperationTimeout
+from ahvlite.lab import lab
+from ahvlite.lab.layout import OVS_BRIDGE
+from ahvlite.spec.cluster import load_cluster
+from ahvlite.spec.lab import LabSpec
+from ahvlite.virt import designer, domains, guest
+from ahvlite.virt.conn import connection
+from ahvlite.virt.designer import HostPolicy
+from ahvlite.virt.xml.domain import Domain
+
+NAME = "tcpu"
+SUBNET = "10.213.247.0/26"
+
+
+@pytest.fixture(scope="module")
+def cpulab():
+    status = lab.up(LabSpec(name=NAME, hosts=2, subnet=SUBNET))
+    cluster = load_cluster(Path(status["cluster_file"]))
+    vms.import_image(cluster, Path(status["guest"]["disk"]), "guest")
+    yield status, cluster
+    if NAME in lab.list_labs():
+        lab.down(NAME)
+
+
+def cli(status, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AHVLITE_CLUSTER": status["cluster_file"], "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def ok_json(result: subprocess.CompletedProcess[str]):
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_show_has_each_hosts_model_and_a_baseline(cpulab):
+    status, _ = cpulab
+    shown = ok_json(cli(status, "cluster", "cpu", "show", "--json"))
+    assert [h["name"] for h in shown["hosts"]] == ["h1", "h2"]
+    assert all(h["model"] and h["domain_type"] == status["domain_type"]
+               for h in shown["hosts"])
+    assert shown["baseline"]["model"] and shown["baseline"]["features"]
+    # Identical lab hosts: the baseline is their host-model, nothing is given up.
+    assert shown["given_up"] == {"h1": [], "h2": []}
+    assert shown["level"] is None
+    print(f"baseline of 2 hosts in {shown['took_s']} s", file=sys.stderr)
+
+
+def test_apply_then_a_new_vm_boots_with_the_level_and_runs_on_both_hosts(cpulab):
+    status, cluster = cpulab
+    before = ok_json(cli(status, "vm", "create", "pre", "--memory-mib", "128", "--disk",
+                         "guest", "--host", "h2", "--start", "--json"))
+    assert before["state"] == "running"
+    applied = ok_json(cli(status, "cluster", "cpu", "apply", "--json"))
+    level = applied["level"]
+    assert level["source"] == "baseline" and level["model"]
+    assert applied["next_power_cycle"] == ["pre"]
+    assert Path(status["cluster_file"]).with_name("cluster-cpu.json").exists()
+    again = ok_json(cli(status, "cluster", "cpu", "apply", "--json"))
+    assert again["redefined"] == []  # applying twice changes nothing
+    assert cli(status, "vm", "stop", "pre", "--force").returncode == 0  # 2 cores: free one
+
+    # A NIC with a fixed address: the test guest then opens its shell at once.
+    vm = ok_json(cli(status, "vm", "create", "lvl", "--memory-mib", "128", "--disk",
+                     "guest", "--nic", OVS_BRIDGE, "--fw-cfg",
+                     f"opt/ahvlite/ip={status['guest_addresses'][0]}", "--host", "h1",
+                     "--start", "--json"))
+    assert vm["state"] == "running"
+    with connection(cluster.host("h1").uri) as conn:
+        xml = domains.domain_xml(conn.lookupByName("lvl"))
+    el = etree.fromstring(xml.encode()).find("cpu")
+    assert (el.get("mode"), el.get("match")) == ("custom", "exact")
+    assert el.findtext("model") == level["model"]
+    required = {f.get("name") for f in el.findall("feature") if f.get("policy") == "require"}
+    assert required and required <= set(level["features"])
+    # It booted: the guest answers on its console. Input typed while the guest still
+    # boots is partly lost, so ask again until its shell answers.
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            status_code, out = vms.console_run(cluster, "lvl", "grep -m1 'model name' "
+                                               "/proc/cpuinfo", timeout_s=10)
+            break
+        except OperationTimeout:
+            assert time.monotonic() < deadline, "lvl did not answer on its console"
+    assert status_code == 0 and "model name" in out, out
+
+    check = ok_json(cli(status, "vm", "cpu-check", "lvl", "--json"))
+    assert check["can_run_on"] == ["h1", "h2"]
+    assert all(r["compatible"] and not r["missing"] for r in check["hosts"].values())
+
+
+def test_a_vm_with_a_newer_cpu_is_reported_incompatible(cpulab):
+    status, cluster = cpulab
+    name = "newer"
+    with connection(cluster.host("h2").uri) as conn:
+        d = Domain.parse(guest.simple_domain_xml(guest.SimpleGuest(
+            name=name, uuid=str(uuid.uuid4()), domain_type=status["domain_type"],
+            kernel=Path(status["guest"]["kernel"]), initrd=Path(status["guest"]["initrd"]),
+            cmdline="console=ttyS0")))
+        designer.cpu_element(d, HostPolicy(cpu_model="Icelake-Server"), 1)
+        domains.define_domain(conn, d.to_xml())
+        try:
+            check = ok_json(cli(status, "vm", "cpu-check", name, "--json"))
+        finally:
+            conn.lookupByName(name).undefine()
+    assert check["can_run_on"] == []
+    for host in ("h1", "h2"):
+        assert "avx512f" in check["hosts"][host]["missing"]
+
+
+def test_set_refuses_a_model_no_host_runs_and_unknown_names(cpulab):
+    status, _ = cpulab
+    path = Path(status["cluster_file"]).with_name("cluster-cpu.json")
+    before = path.read_text() if path.exists() else None
+    r = cli(status, "cluster", "cpu", "set", "Icelake-Server")
+    assert r.returncode == 4, r.stderr
+    assert "cannot run on every host" in r.stderr and "avx512f" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = cli(status, "cluster", "cpu", "set", "Nosuch-CPU")
+    assert r.returncode == 2 and "Nosuch-CPU" in r.stderr, r.stderr
+    assert (path.read_text() if path.exists() else None) == before
+    # An older model every host runs is accepted and becomes the (manual) level.
+    done = ok_json(cli(status, "cluster", "cpu", "set", "Westmere", "--json"))
+    assert done["level"]["model"] == "Westmere" and done["level"]["source"] == "manual"
