@@ -178,6 +178,17 @@ def connection(uri: str, *, timeout_s: float = 10,
             conn.close()
 
 
+def or_none(call: Callable[[], T], *, missing: int, context: str) -> T | None:
+    """Run a libvirt lookup: None when the object does not exist (error ``missing``),
+    any other libvirt error translated into ahvlite's hierarchy."""
+    try:
+        return call()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == missing:
+            return None
+        raise translate(exc, context) from None
+
+
 def close_quietly(conn: libvirt.virConnect) -> None:
     """Close a connection whose work is done; a failing close has nothing to report."""
     try:

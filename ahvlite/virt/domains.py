@@ -13,8 +13,8 @@ import libvirt
 from lxml import etree
 
 from ahvlite.errors import Conflict, OperationTimeout
-from ahvlite.virt.conn import libvirt_errors
-from ahvlite.virt.guest import STATE_NAMES
+from ahvlite.virt import guest
+from ahvlite.virt.conn import libvirt_errors, or_none
 from ahvlite.virt.xml.domain import AHV_NS, VmMeta
 
 ACTIVE_STATES = ("running", "paused", "blocked", "shutdown", "suspended")
@@ -31,28 +31,16 @@ def all_domains(conn: libvirt.virConnect) -> list[libvirt.virDomain]:
 
 
 def find_domain(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
-    try:
-        return conn.lookupByName(name)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return None
-        with libvirt_errors(f"look up {name}"):
-            raise
+    return or_none(lambda: conn.lookupByName(name), missing=libvirt.VIR_ERR_NO_DOMAIN,
+                   context=f"look up {name}")
 
 
 def find_domain_by_uuid(conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain | None:
-    try:
-        return conn.lookupByUUIDString(uuid)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return None
-        with libvirt_errors(f"look up {uuid}"):
-            raise
+    return or_none(lambda: conn.lookupByUUIDString(uuid), missing=libvirt.VIR_ERR_NO_DOMAIN,
+                   context=f"look up {uuid}")
 
 
-def domain_state(dom: libvirt.virDomain) -> str:
-    with libvirt_errors(f"state of {dom.name()}"):
-        return STATE_NAMES.get(dom.state()[0], "unknown")
+domain_state = guest.state  # one definition of a domain's state name
 
 
 def domain_xml(dom: libvirt.virDomain, *, inactive: bool = False) -> str:

@@ -17,7 +17,7 @@ import libvirt
 from lxml import etree
 
 from ahvlite.errors import OperationFailed, OperationTimeout
-from ahvlite.virt.conn import libvirt_errors
+from ahvlite.virt.conn import libvirt_errors, or_none
 
 STATE_NAMES = {
     libvirt.VIR_DOMAIN_NOSTATE: "nostate", libvirt.VIR_DOMAIN_RUNNING: "running",
@@ -119,12 +119,10 @@ def state(dom: libvirt.virDomain) -> str:
 
 def destroy_and_undefine(conn: libvirt.virConnect, name: str) -> bool:
     """Power off and undefine ``name`` if it exists; True when something was removed."""
-    try:
-        dom = conn.lookupByName(name)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return False
-        raise
+    dom = or_none(lambda: conn.lookupByName(name), missing=libvirt.VIR_ERR_NO_DOMAIN,
+                  context=f"look up {name}")
+    if dom is None:
+        return False
     with libvirt_errors(f"remove {name}"):
         if dom.isActive():
             dom.destroy()

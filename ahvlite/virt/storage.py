@@ -12,7 +12,7 @@ import libvirt
 from lxml import etree
 
 from ahvlite.errors import Conflict, NotFound, OperationFailed
-from ahvlite.virt.conn import libvirt_errors
+from ahvlite.virt.conn import libvirt_errors, or_none
 
 
 def dir_pool_xml(name: str, path: Path) -> str:
@@ -26,11 +26,9 @@ def dir_pool_xml(name: str, path: Path) -> str:
 def ensure_dir_pool(conn: libvirt.virConnect, name: str, path: Path) -> libvirt.virStoragePool:
     """Define, autostart and start a directory pool; a no-op when it already runs."""
     with libvirt_errors(f"storage pool {name}"):
-        try:
-            pool = conn.storagePoolLookupByName(name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
-                raise
+        pool = or_none(lambda: conn.storagePoolLookupByName(name),
+                       missing=libvirt.VIR_ERR_NO_STORAGE_POOL, context=f"storage pool {name}")
+        if pool is None:
             pool = conn.storagePoolDefineXML(dir_pool_xml(name, path), 0)
         if not pool.isActive():
             pool.create(0)
@@ -57,12 +55,10 @@ def create_overlay(pool: libvirt.virStoragePool, name: str, backing: Path,
     etree.SubElement(store, "path").text = str(backing)
     etree.SubElement(store, "format", type="qcow2")
     refresh(pool)  # waits out volume builds of concurrent callers
+    stale = find_volume(pool, name)
     with libvirt_errors(f"volume {name}"):
-        try:
-            pool.storageVolLookupByName(name).delete(0)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                raise
+        if stale is not None:
+            stale.delete(0)
         created = pool.createXML(etree.tostring(vol, encoding="unicode"), 0)
         return Path(created.path())
 
@@ -107,13 +103,8 @@ def refresh(pool: libvirt.virStoragePool, *, timeout_s: float = 60) -> None:
 
 
 def find_volume(pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | None:
-    try:
-        return pool.storageVolLookupByName(name)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-            return None
-        with libvirt_errors(f"volume {name}"):
-            raise
+    return or_none(lambda: pool.storageVolLookupByName(name),
+                   missing=libvirt.VIR_ERR_NO_STORAGE_VOL, context=f"volume {name}")
 
 
 def volume_info(vol: libvirt.virStorageVol) -> VolumeInfo:
