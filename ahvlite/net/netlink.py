@@ -6,6 +6,7 @@ become OperationFailed with the kernel's message and the object involved.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import time
@@ -104,10 +105,19 @@ def create_veth_into(root_end: str, ns_end: str, ns: str, *, bridge: str) -> Non
 
 
 def delete_link(ifname: str, *, ns: str | None = None) -> None:
+    """Delete ``ifname``; a link that is already gone is not an error."""
     with _socket(ns) as sock, _translated(f"delete {ifname}"):
         idx = _index(sock, ifname)
-        if idx is not None:
+        if idx is None:
+            return
+        try:
             sock.link("del", index=idx)
+        except NetlinkError as exc:
+            # A veth vanishes by itself when the namespace holding its peer is
+            # destroyed, which the kernel does asynchronously: it can go between our
+            # lookup and the delete.
+            if exc.code != errno.ENODEV:
+                raise
 
 
 def set_link_up(ifname: str, *, ns: str | None = None) -> None:
