@@ -199,7 +199,7 @@ def _build(layout: LabLayout, state: LabState, images: GuestImages, report: Repo
         _start(state, layout, host, "sshd", [find_program("sshd") or "/usr/sbin/sshd", "-D",
                                              "-e", "-f", "/etc/ssh/sshd_config"])
     for host in layout.hosts:
-        _wait_for_tls(layout, host)
+        _wait_for_tls(layout, state, host)
     state.timings_s["daemons"] = round(time.monotonic() - t0, 2)
 
     report(f"shared storage pool {SHARED_POOL} on every host")
@@ -300,19 +300,36 @@ def _wait_for_path(path: Path, what: str, timeout_s: float = 20) -> None:
         time.sleep(0.05)
 
 
-def _wait_for_tls(layout: LabLayout, host: HostLayout, timeout_s: float = 45) -> None:
-    deadline = time.monotonic() + timeout_s
+def _wait_for_tls(layout: LabLayout, state: LabState, host: HostLayout,
+                  timeout_s: float = 45, restart_after_s: float = 15) -> None:
+    """Wait until the host's libvirtd answers over TLS.
+
+    A libvirtd that neither answers nor stays alive within ``restart_after_s`` (seen
+    rarely, right after clearing a killed lab) is started once more from its recorded
+    argv; a second failure is reported with the tail of its log.
+    """
+    started = time.monotonic()
+    restarted = False
     while True:
         try:
-            with connection(layout.libvirt_uri(host)) as conn:
+            with connection(layout.libvirt_uri(host), timeout_s=5) as conn:
                 conn.getHostname()
                 return
         except Exception as exc:
-            if time.monotonic() > deadline:
-                log = host.state_dir / "logs" / "libvirtd.log"
+            waited = time.monotonic() - started
+            log = host.state_dir / "logs" / "libvirtd.log"
+            if not restarted and waited > restart_after_s:
+                record = _daemon_record(layout, state, host.name, "libvirtd")
+                processes.stop([record])
+                fresh = processes.spawn(record.argv, log=log, host=host.name, role="libvirtd")
+                state.processes = [p for p in state.processes if p is not record] + [fresh]
+                state.save(layout.state_file)
+                restarted = True
+            elif waited > timeout_s:
+                tail = log.read_text(errors="replace")[-600:] if log.exists() else ""
                 raise OperationTimeout(
                     f"{host.name}: libvirtd did not answer over TLS at "
-                    f"{host.libvirt_tls_uri} in {timeout_s:.0f} s ({exc})",
+                    f"{host.libvirt_tls_uri} in {timeout_s:.0f} s ({exc}); log ends: {tail}",
                     hint=f"see {log}") from None
             time.sleep(0.25)
 
