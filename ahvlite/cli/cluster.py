@@ -8,7 +8,7 @@ import typer
 
 from ahvlite.cli.context import ClusterOpt, load
 from ahvlite.cli.output import console, emit_json, progress, table
-from ahvlite.cluster import cpulevel
+from ahvlite.cluster import cpulevel, cpustore
 
 app = typer.Typer(no_args_is_help=True, help="Cluster-wide settings: cpu.")
 cpu_app = typer.Typer(no_args_is_help=True,
@@ -29,7 +29,7 @@ def show(cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
     """Each host's CPU, the baseline of all hosts, the stored level, what hosts give up."""
     path, spec = load(cluster)
     with progress(not json_out, "reading host CPUs"):
-        data = cpulevel.show(spec, cpulevel.store_for(path))
+        data = cpulevel.show(spec, cpustore.store_for(path))
     if json_out:
         emit_json(data)
         return
@@ -54,7 +54,7 @@ def apply(cluster: ClusterOpt = None, json_out: JsonOpt = False,
     """Store the baseline as the level and redefine every VM's CPU to it."""
     path, spec = load(cluster)
     with progress(not json_out, "applying the CPU level"):
-        data = cpulevel.apply(spec, cpulevel.store_for(path), recompute=recompute)
+        data = cpulevel.apply(spec, cpustore.store_for(path), recompute=recompute)
     if json_out:
         emit_json(data)
         return
@@ -66,11 +66,12 @@ def apply(cluster: ClusterOpt = None, json_out: JsonOpt = False,
 
 
 @cpu_app.command(name="set")
-def set_(model: Annotated[str, typer.Argument(help="A libvirt CPU model, e.g. Westmere.")],
+def set_(model: Annotated[str, typer.Argument(
+        help="A libvirt CPU model (e.g. Westmere) or x86-64-v2, x86-64-v3, x86-64-v4.")],
          cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
     """Set the level by hand; refused if any host cannot run MODEL. `apply` uses it."""
     path, spec = load(cluster)
-    data = cpulevel.set_level(spec, cpulevel.store_for(path), model)
+    data = cpulevel.set_level(spec, cpustore.store_for(path), model)
     if json_out:
         emit_json(data)
         return

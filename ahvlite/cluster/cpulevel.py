@@ -1,82 +1,23 @@
 """The cluster CPU level (like AHV's processor compatibility): one guest CPU every host
-can run, so any VM can live-migrate to any host.
-
-The level is cluster state behind :class:`CpuLevelStore`; today a JSON file next to
-the cluster file, later the controller store.
+can run, so any VM can live-migrate to any host. Stored through
+:mod:`ahvlite.cluster.cpustore`; computed here over the hosts.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ahvlite.cluster import vms
+from ahvlite.cluster.cpustore import CpuLevel, CpuLevelStore
 from ahvlite.cluster.inventory import parallel
 from ahvlite.errors import Conflict, HostUnreachable, InvalidSpec
-from ahvlite.spec.cluster import ClusterSpec
+from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.virt import cpu, designer, domains
 from ahvlite.virt.conn import Connection
 from ahvlite.virt.cpu import Comparison, CpuDef, HypervisorTarget
 from ahvlite.virt.xml.domain import Domain
-
-LEVEL_FILE = "cluster-cpu.json"
-
-
-@dataclass(frozen=True)
-class CpuLevel:
-    cpu: CpuDef
-    source: str  # baseline | manual
-    set_at: float  # Unix time
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.cpu.to_dict(), "source": self.source, "set_at": self.set_at}
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> CpuLevel:
-        return cls(CpuDef(model=raw["model"], vendor=raw.get("vendor"),
-                          features=tuple(raw.get("features", ())),
-                          disabled=tuple(raw.get("disabled", ()))),
-                   source=raw.get("source", "baseline"), set_at=float(raw.get("set_at", 0)))
-
-
-class CpuLevelStore(Protocol):
-    """Where the cluster keeps its CPU level."""
-
-    def load(self) -> CpuLevel | None: ...
-
-    def save(self, level: CpuLevel) -> None: ...
-
-
-class FileCpuLevelStore:
-    """The level as JSON next to the cluster file, written atomically."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> CpuLevel | None:
-        try:
-            raw = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return None
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise InvalidSpec("cluster CPU level", str(self.path),
-                              f"JSON with model and features ({exc})",
-                              hint="`ahvlite cluster cpu apply` writes it anew") from None
-        return CpuLevel.from_dict(raw)
-
-    def save(self, level: CpuLevel) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(level.to_dict(), indent=2) + "\n")
-        os.replace(tmp, self.path)
-
-
-def store_for(cluster_file: Path) -> FileCpuLevelStore:
-    return FileCpuLevelStore(cluster_file.with_name(LEVEL_FILE))
-
 
 # -- per-host CPUs ------------------------------------------------------------------
 
@@ -102,6 +43,9 @@ def host_cpu(cluster: ClusterSpec, name: str, conn: Connection) -> HostCpu:
 
 
 def _all_host_cpus(hosts: vms.Hosts) -> list[HostCpu]:
+    if not hosts.cluster.hosts:
+        raise InvalidSpec("hosts", [], "a cluster with at least one host for a CPU level",
+                          hint="`ahvlite host add` one")
     if hosts.errors:
         raise HostUnreachable("the CPU level needs every host: "
                               + "; ".join(f"{h}: {e}" for h, e in hosts.errors.items()),
@@ -183,8 +127,12 @@ def apply(cluster: ClusterSpec, store: CpuLevelStore, *,
 
 
 def set_level(cluster: ClusterSpec, store: CpuLevelStore, model: str) -> dict[str, Any]:
-    """A manual level: ``model`` with its own features; refused if a host cannot run it."""
-    wanted = CpuDef(model=model)
+    """A manual level: a libvirt ``model`` with its own features, or ``x86-64-v2/v3/v4``
+    (kvm64 plus the level's features); refused if a host cannot run it."""
+    wanted = cpu.microarch_level(model) or CpuDef(model=model)
+    if not wanted.features and not cpu.model_features(model):
+        raise InvalidSpec("model", model, "a libvirt CPU model name or x86-64-v2/v3/v4 "
+                          "(see /usr/share/libvirt/cpu_map or `virsh cpu-models x86_64`)")
     with vms.connect(cluster) as hosts:
         cpus = _all_host_cpus(hosts)
         _check_one_vendor(cpus)
@@ -196,20 +144,13 @@ def set_level(cluster: ClusterSpec, store: CpuLevelStore, model: str) -> dict[st
         raise Conflict(f"CPU model {model} cannot run on every host: {why}",
                        hint="`ahvlite cluster cpu show` lists the hosts' models and the "
                             "baseline; pick an older model")
-    level = CpuLevel(wanted, "manual", time.time())
+    level = CpuLevel(wanted, "manual", time.time(), name=model)
     store.save(level)
     return {"level": level.to_dict(),
             "hosts": {h: asdict(r) for h, r in results.items()}}
 
 
 def _compare(hosts: vms.Hosts, c: HostCpu, wanted: CpuDef) -> Comparison:
-    if c.usable_models and wanted.model not in c.usable_models and not wanted.features:
-        # compareHypervisorCPU of a bare model checks the model's features against the
-        # host; the domain capabilities also know which models the emulator runs.
-        known = cpu.model_features(wanted.model)
-        if not known:
-            raise InvalidSpec("model", wanted.model, "a libvirt CPU model name (see "
-                              "/usr/share/libvirt/cpu_map or `virsh cpu-models x86_64`)")
     return cpu.compare_cpu(hosts.conns[c.name], c.target, wanted)
 
 
@@ -226,3 +167,71 @@ def check_vm(cluster: ClusterSpec, name: str) -> dict[str, Any]:
     return {"name": name, "host": where, "cpu": vm_cpu.to_dict(),
             "hosts": {h: asdict(r) for h, r in results.items()},
             "can_run_on": sorted(h for h, r in results.items() if r.compatible)}
+
+
+# -- adding a host --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HostAddPlan:
+    """What adding a host does to the level: nothing stored, keep it, or lower it."""
+
+    host: str
+    action: str  # none | keep | lower
+    level: CpuDef | None  # the level after the add
+    missing: list[str] = field(default_factory=list)  # of the old level, on the new host
+
+
+def decide_host_add(host: str, level: CpuLevel | None, runs: Comparison | None,
+                    lowered: CpuDef | None, *, strict: bool) -> HostAddPlan:
+    """Pure: a host that runs the level keeps it (a newer host never raises it); one
+    that cannot lowers it to the new baseline, or is refused with ``strict``."""
+    if level is None:
+        return HostAddPlan(host, "none", None)
+    if runs is None or runs.compatible:
+        return HostAddPlan(host, "keep", level.cpu)
+    lacks = ", ".join(runs.missing) or (runs.message or "features")
+    if strict:
+        raise Conflict(f"host {host} cannot run the cluster CPU level {level.cpu.model} "
+                       f"(it lacks {lacks}); --strict refuses to lower the level",
+                       hint="add it without --strict to lower the level (running VMs "
+                            "take it at their next power cycle), or use a newer host")
+    if lowered is None:
+        raise Conflict(f"host {host} cannot run the cluster CPU level {level.cpu.model} "
+                       "and no lower level was computed")
+    return HostAddPlan(host, "lower", lowered, list(runs.missing))
+
+
+def plan_host_add(cluster: ClusterSpec, store: CpuLevelStore, new: HostSpec, *,
+                  strict: bool = False) -> HostAddPlan:
+    """Before ``new`` joins: can it run the stored level, and if not, the lower level
+    over all hosts with it (refused with ``strict``, or when vendors would mix)."""
+    level = store.load()
+    if level is None:
+        return HostAddPlan(new.name, "none", None)
+    joined = cluster.model_copy(update={"hosts": [*cluster.hosts, new]})
+    with vms.connect(joined) as hosts:
+        cpus = _all_host_cpus(hosts)
+        _check_one_vendor(cpus)
+        mine = next(c for c in cpus if c.name == new.name)
+        if level.cpu.vendor and mine.host_model.vendor not in (None, level.cpu.vendor):
+            raise Conflict(f"host {new.name} has a {mine.host_model.vendor} CPU and the "
+                           f"cluster CPU level is {level.cpu.vendor} ({level.cpu.model}); "
+                           "live migration between Intel and AMD processors is impossible",
+                           hint="keep one vendor per cluster")
+        runs = cpu.compare_cpu(hosts.conns[new.name], mine.target, level.cpu)
+        lowered = None if runs.compatible else _baseline(hosts, cpus)
+    return decide_host_add(new.name, level, runs, lowered, strict=strict)
+
+
+def finish_host_add(cluster: ClusterSpec, store: CpuLevelStore,
+                    plan: HostAddPlan) -> dict[str, Any]:
+    """After the host joined: store a lowered level and redefine the VMs to it."""
+    out: dict[str, Any] = {"action": plan.action, "missing": plan.missing,
+                           "level": plan.level.to_dict() if plan.level else None,
+                           "redefined": [], "next_power_cycle": []}
+    if plan.action != "lower" or plan.level is None:
+        return out
+    store.save(CpuLevel(plan.level, "baseline", time.time()))
+    applied = apply(cluster, store)
+    out.update(redefined=applied["redefined"], next_power_cycle=applied["next_power_cycle"])
+    return out

@@ -99,11 +99,12 @@ def save_cluster(path: Path, spec: ClusterSpec) -> None:
     os.replace(tmp, path)
 
 
-def add_host(path: Path, cluster: ClusterSpec, *, name: str, uri: str,
-             ssh: str | None = None, key: Path | None = None,
-             known_hosts: Path | None = None, insecure_tcp: bool = False,
-             trust_on_first_use: bool = False) -> HostSpec:
-    """Check that the host answers (libvirt, and SSH when given), then record it."""
+def check_new_host(cluster: ClusterSpec, *, name: str, uri: str, ssh: str | None = None,
+                   key: Path | None = None, known_hosts: Path | None = None,
+                   insecure_tcp: bool = False, trust_on_first_use: bool = False,
+                   labels: dict[str, str] | None = None) -> HostSpec:
+    """The entry for a new host, after checking it answers (libvirt, and SSH when
+    given); nothing is written."""
     if any(h.name == name for h in cluster.hosts):
         raise Conflict(f"host {name!r} is already in cluster {cluster.name!r}",
                        hint="pick another name, or `ahvlite host remove` it first")
@@ -117,15 +118,20 @@ def add_host(path: Path, cluster: ClusterSpec, *, name: str, uri: str,
         if not addr:
             raise InvalidSpec("ssh", ssh, "USER@HOST or HOST")
         ssh_spec = SshSpec(host=addr, user=user or "root", key=key, known_hosts=known_hosts)
-    spec = HostSpec(name=name, uri=uri, ssh=ssh_spec)
+    spec = HostSpec(name=name, uri=uri, ssh=ssh_spec, labels=labels or {})
     with connection(uri, insecure_tcp=insecure_tcp) as conn:
         conn.getHostname()
     target = ssh_target(spec, trust_on_first_use=trust_on_first_use)
     if target is not None:
         ssh_run(target, ["true"], timeout_s=10)
-    updated = cluster.model_copy(update={"hosts": [*cluster.hosts, spec]})
-    save_cluster(path, updated)
     return spec
+
+
+def add_host(path: Path, cluster: ClusterSpec, host: HostSpec) -> ClusterSpec:
+    """Record a checked host (:func:`check_new_host`) in the cluster file."""
+    updated = cluster.model_copy(update={"hosts": [*cluster.hosts, host]})
+    save_cluster(path, updated)
+    return updated
 
 
 def remove_host(path: Path, cluster: ClusterSpec, name: str, *, force: bool = False) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from ahvlite.errors import InvalidSpec, NotFound
 from ahvlite.spec.errors import build
@@ -44,6 +44,13 @@ class ClusterSpec(BaseModel):
     shared_pool: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     network: NetworkSpec = Field(default_factory=NetworkSpec)  # cluster-wide defaults
+    # The file this spec was loaded from: cluster state (CPU level, maintenance ...)
+    # lives beside it. Not part of the file itself.
+    _source: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> Path | None:
+        return self._source
 
     def dump_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
@@ -66,4 +73,6 @@ def load_cluster(path: Path) -> ClusterSpec:
         raise InvalidSpec("cluster file", str(path), f"YAML that parses ({exc})") from None
     if not isinstance(raw, dict):
         raise InvalidSpec("cluster file", str(path), "a YAML mapping with name and hosts")
-    return build(ClusterSpec, **raw)
+    spec = build(ClusterSpec, **raw)
+    spec._source = path.resolve()
+    return spec

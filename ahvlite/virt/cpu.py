@@ -67,6 +67,24 @@ class Comparison:
     message: str | None = None
 
 
+# The x86-64 psABI microarchitecture levels as a vendor-neutral libvirt model plus the
+# features each level adds (lzcnt is libvirt's "abm"; osxsave is the OS's, not settable).
+# kvm64 already has the v1 set (cmov cx8 fpu fxsr mmx syscall sse sse2 lm) and cx16, pni.
+_V2 = ("lahf_lm", "popcnt", "sse4.1", "sse4.2", "ssse3")
+_V3 = (*_V2, "abm", "avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "xsave")
+_V4 = (*_V3, "avx512bw", "avx512cd", "avx512dq", "avx512f", "avx512vl")
+MICROARCH_LEVELS = {"x86-64-v2": _V2, "x86-64-v3": _V3, "x86-64-v4": _V4}
+MICROARCH_BASE_MODEL = "kvm64"
+
+
+def microarch_level(name: str) -> CpuDef | None:
+    """``x86-64-v2/v3/v4`` as kvm64 plus the level's features; None for other names."""
+    feats = MICROARCH_LEVELS.get(name)
+    if feats is None:
+        return None
+    return CpuDef(model=MICROARCH_BASE_MODEL, features=tuple(sorted(feats)))
+
+
 def parse_cpu(el: etree._Element) -> CpuDef:
     """A ``<cpu>`` (or domain capabilities ``<mode name='host-model'>``) element."""
     feats = [(f.get("policy") or "require", f.get("name", "")) for f in el.findall("feature")]
@@ -130,6 +148,29 @@ def features_given_up(host: frozenset[str], baseline: frozenset[str]) -> list[st
     return sorted(host - baseline)
 
 
+def compare_features(wanted: frozenset[str], host: frozenset[str]) -> Comparison:
+    """Whether a host with ``host`` features runs a CPU needing ``wanted`` (both fully
+    expanded, e.g. by :func:`features_from_cpu_map`): the offline twin of
+    :func:`compare_cpu` for recorded CPUs of machines not at hand."""
+    missing = sorted(wanted - host)
+    if missing:
+        return Comparison(False, "incompatible", missing)
+    return Comparison(True, "identical" if wanted == host else "superset")
+
+
+def host_cpu_xml(cpu: CpuDef, arch: str = "x86_64") -> str:
+    """``cpu`` as a host CPU (what ``virConnectBaselineCPU`` takes: an arch, no mode,
+    no policies); disabled features are left out."""
+    el = etree.Element("cpu")
+    etree.SubElement(el, "arch").text = arch
+    etree.SubElement(el, "model").text = cpu.model
+    if cpu.vendor:
+        etree.SubElement(el, "vendor").text = cpu.vendor
+    for name in cpu.features:
+        etree.SubElement(el, "feature", name=name)
+    return etree.tostring(el, encoding="unicode")
+
+
 # -- libvirt ------------------------------------------------------------------------
 
 def domain_capabilities(conn: libvirt.virConnect, domain_type: str, *, arch: str = "x86_64",
@@ -146,6 +187,29 @@ def baseline_cpu(conn: libvirt.virConnect, target: HypervisorTarget,
                                          target.domain_type, [c.to_xml() for c in cpus],
                                          libvirt.VIR_CONNECT_BASELINE_CPU_MIGRATABLE)
     return parse_cpu_xml(xml)
+
+
+def baseline_from_cpu_map(conn: libvirt.virConnect, cpus: list[CpuDef],
+                          arch: str = "x86_64") -> CpuDef:
+    """libvirt's baseline of ``cpus`` from its CPU map alone (``virConnectBaselineCPU``).
+
+    Unlike :func:`baseline_cpu` it needs no hypervisor, so it works on any connection,
+    ``test:///default`` included: recorded host CPUs of other machines are baselined for
+    real. Different vendors fail inside libvirt ("vendors do not match").
+    """
+    with libvirt_errors("CPU baseline from the CPU map"):
+        xml = conn.baselineCPU([host_cpu_xml(c, arch) for c in cpus], 0)
+    return parse_cpu_xml(xml)
+
+
+def features_from_cpu_map(conn: libvirt.virConnect, cpu: CpuDef,
+                          arch: str = "x86_64") -> frozenset[str]:
+    """Every feature ``cpu`` has (its model's plus its own, minus disabled), expanded by
+    libvirt from its CPU map; any connection, ``test:///default`` included."""
+    with libvirt_errors(f"expand CPU {cpu.model}"):
+        xml = conn.baselineCPU([host_cpu_xml(cpu, arch)],
+                               libvirt.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES)
+    return frozenset(parse_cpu_xml(xml).features) - frozenset(cpu.disabled)
 
 
 _RESULTS = {libvirt.VIR_CPU_COMPARE_IDENTICAL: "identical",

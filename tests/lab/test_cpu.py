@@ -140,3 +140,61 @@ def test_set_refuses_a_model_no_host_runs_and_unknown_names(cpulab):
     # An older model every host runs is accepted and becomes the (manual) level.
     done = ok_json(cli(status, "cluster", "cpu", "set", "Westmere", "--json"))
     assert done["level"]["model"] == "Westmere" and done["level"]["source"] == "manual"
+
+
+def test_microarchitecture_level_reaches_vms_of_template_deploys(cpulab):
+    status, cluster = cpulab
+    done = ok_json(cli(status, "cluster", "cpu", "set", "x86-64-v2", "--json"))
+    assert done["level"]["model"] == "kvm64" and done["level"]["name"] == "x86-64-v2"
+    assert "sse4.2" in done["level"]["features"]
+    # A template deploy (not only `vm create`) defines its VMs with the stored level.
+    ok_json(cli(status, "vm", "create", "tsrc", "--memory-mib", "128", "--disk", "guest",
+                "--host", "h1", "--json"))
+    assert cli(status, "template", "create", "tcpu-tp", "--from-vm", "tsrc").returncode == 0
+    r = cli(status, "template", "deploy", "tcpu-tp", "--count", "1", "--prefix", "tdep-")
+    assert r.returncode == 0, r.stderr
+    shown = ok_json(cli(status, "vm", "show", "tdep-1", "--json"))
+    with connection(cluster.host(shown["host"]).uri) as conn:
+        el = etree.fromstring(domains.domain_xml(conn.lookupByName("tdep-1")).encode())
+    assert el.findtext("cpu/model") == "kvm64"
+    required = {f.get("name") for f in el.findall("cpu/feature")
+                if f.get("policy") == "require"}
+    assert {"popcnt", "sse4.2", "ssse3"} <= required
+
+
+def test_adding_an_older_host_lowers_the_level_or_is_refused_with_strict(cpulab, tmp_path):
+    """A cluster of h1 whose stored level h2 cannot run (as if h1 were a newer machine):
+    --strict refuses h2 and changes nothing; without it the level drops to the
+    baseline of both hosts and the VMs are redefined to it."""
+    status, cluster = cpulab
+    h1, h2 = cluster.host("h1"), cluster.host("h2")
+    small = tmp_path / "cluster.yaml"
+    small.write_text(cluster.model_copy(update={"hosts": [h1]}).dump_yaml())
+    level_file = small.with_name("cluster-cpu.json")
+    level_file.write_text(json.dumps({"model": "Icelake-Server", "vendor": None,
+                                      "features": [], "disabled": [],
+                                      "source": "baseline", "set_at": 0}))
+    labels = [a for k, v in h2.labels.items() for a in ("--label", f"{k}={v}")]
+    add = ["host", "add", "h2", "--uri", h2.uri, *labels, "--cluster", str(small)]
+    r = cli(status, *add, "--strict")
+    assert r.returncode == 4, r.stderr
+    assert "h2 cannot run the cluster CPU level Icelake-Server" in r.stderr
+    assert "avx512f" in r.stderr and "Traceback" not in r.stderr
+    assert [h.name for h in load_cluster(small).hosts] == ["h1"]
+    assert json.loads(level_file.read_text())["model"] == "Icelake-Server"
+
+    out = ok_json(cli(status, *add, "--json"))
+    level = out["cpu_level"]
+    assert level["action"] == "lower" and "avx512f" in level["missing"]
+    assert level["level"]["model"] != "Icelake-Server"
+    assert [h.name for h in load_cluster(small).hosts] == ["h1", "h2"]
+    stored = json.loads(level_file.read_text())
+    assert stored["model"] == level["level"]["model"] and stored["source"] == "baseline"
+    # The x86-64-v2 VMs of the test before are on the hosts: redefined to the new level.
+    assert "tdep-1" in level["redefined"]
+    # Removed and added again, h2 runs the level now: it stays as it is.
+    assert cli(status, "host", "remove", "h2", "--force", "--cluster",
+               str(small)).returncode == 0
+    again = ok_json(cli(status, *add, "--strict", "--json"))
+    assert again["cpu_level"]["action"] == "keep"
+    assert json.loads(level_file.read_text()) == stored

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from ahvlite.cluster.cpulevel import CpuLevel, FileCpuLevelStore, store_for
+from ahvlite.cluster.cpustore import CpuLevel, FileCpuLevelStore, store_for
 from ahvlite.errors import InvalidSpec
 from ahvlite.spec.vm import DiskSpec, VmSpec
 from ahvlite.virt import cpu, designer
