@@ -124,11 +124,18 @@ def test_guest_live_migrates_h1_to_h2_and_still_answers(two_hosts, guest_on_h1):
     h1, h2 = layout.host("h1"), layout.host("h2")
     with connection(layout.libvirt_uri(h1)) as conn:
         dom = guest.lookup(conn, guest_on_h1.name)
-        result = migration.live_migrate(dom, dest_uri=h2.libvirt_tls_uri,
-                                        migrate_uri=f"tcp://{h2.ip}",
-                                        same_kernel_storage=True)
+        job = migration.MigrationJob(
+            dom, dest_uri=h2.libvirt_tls_uri, migrate_uri=f"tcp://{h2.ip}",
+            options=migration.MigrationOptions(auto_converge=False,
+                                               same_kernel_storage=True))
+        job.start()
+        while not job.wait(0.5):
+            pass
+        assert job.error is None, job.error
         assert guest_on_h1.name not in [n for n, _ in guest.list_domains(conn)]
     with connection(layout.libvirt_uri(h2)) as conn:
+        result = migration.completed_stats(conn, guest_on_h1.name)
+        assert result.get("downtime") is not None  # QEMU's measured downtime
         dom = guest.lookup(conn, guest_on_h1.name)
         assert guest.state(dom) == "running"
         assert dom.isPersistent()
