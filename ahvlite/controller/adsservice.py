@@ -1,0 +1,121 @@
+"""The leader's ADS loop: every ``interval_s`` plan on the collected stats, then run the
+plan's migrations as ``vm.migrate`` tasks, one after another.
+
+The moves of a plan are ordered (a later one may need the room an earlier one frees),
+so the next task is submitted only when the previous one succeeded; a failed or
+cancelled move drops the rest of the plan, and the next round plans afresh from what
+the cluster is then. Each round's plan goes to ``ads/last-plan`` through the fence, and
+one with moves also to ``ads/last-moving-plan`` (what ``ads effectiveness`` checks).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ahvlite.controller.ads.model import Problem
+from ahvlite.controller.ads.plan import Move, Plan, SolverChoice, make_plan
+from ahvlite.controller.coord.api import Coordinator, NotLeader, Op, Put
+from ahvlite.controller.tasks import TaskState, TaskStore
+from ahvlite.errors import AhvliteError, NotFound
+
+log = logging.getLogger(__name__)
+
+LAST_PLAN_KEY = "ads/last-plan"  # every round's plan
+LAST_MOVING_KEY = "ads/last-moving-plan"  # the newest plan that moved VMs
+MIGRATE_KIND = "vm.migrate"
+
+
+class AdsService:
+    def __init__(self, coord: Coordinator, snapshot: Callable[[], Problem], *,
+                 interval_s: float = 900.0, first_delay_s: float | None = None,
+                 poll_s: float = 2.0, clock: Callable[[], float] = time.time,
+                 cluster_file: Path | None = None, solver: SolverChoice = "auto",
+                 time_limit_s: float = 5.0) -> None:
+        self.coord = coord
+        self.snapshot = snapshot
+        self.interval_s = interval_s
+        self.poll_s = poll_s
+        self.clock = clock
+        self.cluster_file = cluster_file
+        self.solver: SolverChoice = solver
+        self.time_limit_s = time_limit_s
+        self.store = TaskStore(coord, clock)
+        # The first round waits (default: one interval) so the stats have a history.
+        self.next_run = clock() + (interval_s if first_delay_s is None else first_delay_s)
+        self.queue: list[Move] = []
+        self.current: str | None = None  # id of the vm.migrate task in flight
+        self.last_plan: Plan | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="ads")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except NotLeader:
+                return
+            except AhvliteError as exc:
+                log.warning("ads: %s", exc.message)
+            except Exception:  # a bug or a surprise must not end ADS while we lead
+                log.exception("ads: round failed; trying again in %g s", self.poll_s)
+            self._stop.wait(self.poll_s)
+
+    def step(self) -> None:
+        """Advance: watch the move in flight, submit the next, or plan when it is time."""
+        if self.current is not None:
+            try:
+                task, _ = self.store.load(self.current)
+            except NotFound:
+                # Deleted under us: its outcome is unknown, so the rest of the plan
+                # (ordered on it) is dropped and the next round plans afresh.
+                log.warning("ads: move task %s is gone; the rest of the plan is dropped",
+                            self.current)
+                self.current = None
+                self.queue.clear()
+                return
+            if not task.terminal:
+                return
+            self.current = None
+            if task.state != TaskState.SUCCEEDED:
+                log.warning("ads: move %s %s (%s); the rest of the plan is dropped",
+                            task.params.get("name"), task.state, task.error or task.message)
+                self.queue.clear()
+        if self.queue:
+            self._submit(self.queue.pop(0))
+            return
+        if self.clock() < self.next_run:
+            return
+        self.next_run = self.clock() + self.interval_s
+        plan = make_plan(self.snapshot(), solver=self.solver, time_limit_s=self.time_limit_s)
+        self.last_plan = plan
+        record = json.dumps({"at": self.clock(), **plan.to_dict()}).encode()
+        puts: list[Op] = [Put(LAST_PLAN_KEY, record)]
+        if plan.moves:
+            puts.append(Put(LAST_MOVING_KEY, record))
+        self.coord.fenced(puts)
+        if plan.moves:
+            log.warning("ads: %d hotspot(s); %d move(s), cost %d MiB (%s)",
+                        len(plan.hotspots), len(plan.moves), plan.cost_mib, plan.solver)
+            self.queue = list(plan.moves)
+            self._submit(self.queue.pop(0))
+
+    def _submit(self, move: Move) -> None:
+        params: dict[str, Any] = {"name": move.vm, "to": move.target}
+        if self.cluster_file is not None:
+            params["cluster"] = str(self.cluster_file)
+        self.current = self.store.submit(MIGRATE_KIND, params).id

@@ -1,0 +1,149 @@
+"""The leader's ADS service on the real SQLite coordinator with a fake clock: it plans
+every interval, submits the plan's moves as vm.migrate tasks strictly one after the
+other, drops the rest of a plan when a move fails, and stops when deposed."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ahvlite.controller.adsservice import LAST_MOVING_KEY, LAST_PLAN_KEY, AdsService
+from ahvlite.controller.coord.api import NotLeader
+from ahvlite.controller.coord.sqlite import SqliteCoordinator
+from ahvlite.controller.kinds import registry
+from ahvlite.controller.tasks import TaskState, TaskStore
+from tests.unit.test_ads_planner import ahv_doc_example
+
+pytestmark = pytest.mark.functional
+
+
+@pytest.fixture
+def leader(tmp_path):
+    coord = SqliteCoordinator(tmp_path / "c.db")
+    elected = threading.Event()
+    coord.campaign("me", lambda t: elected.set(), lambda r: None)
+    assert elected.wait(5)
+    yield coord
+    coord.close()
+
+
+def tasks(coord) -> list:
+    return [t for t, _ in TaskStore(coord, lambda: 0.0).all()]
+
+
+def finish(coord, task_id: str, state: TaskState) -> None:
+    store = TaskStore(coord, lambda: 0.0)
+    task, version = store.load(task_id)
+    store.write(replace(task, state=state), version, fenced=True)
+
+
+def test_moves_run_in_order_one_task_at_a_time(leader):
+    now = [1000.0]
+    svc = AdsService(leader, ahv_doc_example, interval_s=900, first_delay_s=0,
+                     clock=lambda: now[0], cluster_file=Path("/etc/ahvlite/cluster.yaml"))
+    svc.step()
+    first = tasks(leader)
+    assert [(t.kind, t.params["name"], t.params["to"]) for t in first] == [
+        ("vm.migrate", "h3-8g", "host2")]
+    # What the controller will run is a valid vm.migrate.
+    assert registry()["vm.migrate"].validate(first[0].params)["cluster"] == \
+        "/etc/ahvlite/cluster.yaml"
+    stored = json.loads(leader.get(LAST_PLAN_KEY).value)
+    assert [m["vm"] for m in stored["moves"]] == ["h3-8g", "h1-small"]
+    assert stored["at"] == 1000.0 and stored["solver"] == "cpsat"
+    assert json.loads(leader.get(LAST_MOVING_KEY).value) == stored
+
+    svc.step()  # the first move still runs: nothing else is submitted
+    assert len(tasks(leader)) == 1
+    finish(leader, first[0].id, TaskState.SUCCEEDED)
+    svc.step()
+    second = [t for t in tasks(leader) if t.id != first[0].id]
+    assert [(t.params["name"], t.params["to"]) for t in second] == [("h1-small", "host3")]
+
+    # A failed move drops the rest; no new plan before the interval is up.
+    finish(leader, second[0].id, TaskState.FAILED)
+    now[0] += 899
+    svc.step()
+    assert len(tasks(leader)) == 2 and svc.queue == [] and svc.current is None
+    now[0] += 1
+    svc.step()  # a new round: the same hot cluster, the same first move
+    assert len(tasks(leader)) == 3
+    assert json.loads(leader.get(LAST_PLAN_KEY).value)["at"] == 1900.0
+
+
+def test_failed_first_move_drops_the_plan(leader):
+    now = [0.0]
+    svc = AdsService(leader, ahv_doc_example, interval_s=900, first_delay_s=0,
+                     clock=lambda: now[0])
+    svc.step()
+    (task,) = tasks(leader)
+    assert "cluster" not in task.params  # the controller's own cluster file then
+    finish(leader, task.id, TaskState.CANCELLED)
+    svc.step()
+    assert len(tasks(leader)) == 1 and svc.queue == []
+
+
+def test_no_hotspot_no_tasks_and_a_deposed_leader_stops(leader):
+    calm = ahv_doc_example()
+    calm = calm.with_vms(tuple(replace(v, cpu_history_pct=(10.0,)) for v in calm.vms))
+    now = [0.0]
+    svc = AdsService(leader, lambda: calm, interval_s=60, first_delay_s=30,
+                     clock=lambda: now[0])
+    svc.step()
+    assert leader.get(LAST_PLAN_KEY) is None  # the first round waits for stats
+    now[0] = 30
+    svc.step()
+    assert tasks(leader) == []
+    assert json.loads(leader.get(LAST_PLAN_KEY).value)["status"] == "no-hotspot"
+    assert leader.get(LAST_MOVING_KEY) is None  # effectiveness keeps the last real plan
+    leader.resign()
+    now[0] = 100
+    with pytest.raises(NotLeader):
+        svc.step()
+    # The thread form ends by itself at its next round's fenced write.
+    now[0] = 1000
+    svc.poll_s = 0.01
+    svc.start()
+    svc._thread.join(timeout=5)  # type: ignore[union-attr]
+    assert not svc._thread.is_alive()  # type: ignore[union-attr]
+
+
+def test_a_deleted_move_task_clears_the_plan_and_the_next_round_plans(leader):
+    now = [0.0]
+    svc = AdsService(leader, ahv_doc_example, interval_s=900, first_delay_s=0,
+                     clock=lambda: now[0])
+    svc.step()
+    (task,) = tasks(leader)
+    assert svc.current == task.id and len(svc.queue) == 1
+    leader.delete(TaskStore(leader, lambda: 0.0).key(task.id))  # e.g. a task purge
+    svc.step()  # no NotFound on every poll: the move in flight and the rest are dropped
+    assert svc.current is None and svc.queue == [] and tasks(leader) == []
+    now[0] = 900
+    svc.step()  # the next round plans afresh and submits its first move
+    assert [t.params["name"] for t in tasks(leader)] == ["h3-8g"]
+
+
+def test_an_unexpected_error_does_not_end_the_ads_thread(leader):
+    calls = {"n": 0}
+    second_round = threading.Event()
+
+    def snapshot():
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyError("a bug in the snapshot")  # not an AhvliteError
+        second_round.set()
+        return ahv_doc_example()
+
+    now = [0.0]
+    svc = AdsService(leader, snapshot, interval_s=0, first_delay_s=0, poll_s=0.01,
+                     clock=lambda: now[0])
+    svc.start()
+    try:
+        assert second_round.wait(5), "the ADS thread died on the first error"
+        assert svc._thread.is_alive()  # type: ignore[union-attr]
+    finally:
+        svc.stop()

@@ -1,0 +1,156 @@
+"""Live-cluster input for ADS: stats records -> Problem, rules in cluster state, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ahvlite.cluster.adsinput import add_rule, load_rules, problem_from, remove_rule
+from ahvlite.cluster.vms import VmInfo
+from ahvlite.controller.ads.model import AntiAffinityGroup, VmHostAffinity
+from ahvlite.controller.ads.plan import make_plan
+from ahvlite.errors import Conflict, InvalidSpec, NotFound
+from ahvlite.spec.cluster import load_cluster
+from tests.unit.test_ads_planner import ahv_doc_example
+
+
+def info(name: str, host: str, *, vcpus: int = 2, mem: int = 2048, state: str = "running",
+         labels: dict[str, str] | None = None, pinned: bool = False) -> VmInfo:
+    return VmInfo(name=name, uuid=name, host=host, state=state, vcpus=vcpus, memory_mib=mem,
+                  current_memory_mib=mem, overcommit=False, genid=None, firmware="bios",
+                  vtpm=False, labels=labels or {}, pinned=pinned)
+
+
+def record(host: str, vms: list[tuple[str, float, int, float]]) -> dict:
+    """A stats record: (name, cpu % of its vCPUs, vcpus, disk bytes/s)."""
+    return {"host": host, "cpus": 4, "vms": [
+        {"name": n, "cpu_pct": c, "vcpus": k, "disk_read_bytes_per_s": io,
+         "disk_write_bytes_per_s": 0.0} for n, c, k, io in vms]}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text("name: c1\nhosts:\n  - name: h1\n    uri: test:///default\n"
+                    "  - name: h2\n    uri: test:///default\n")
+    return path, load_cluster(path)
+
+
+def test_records_become_demand_history_and_storage_load(cluster):
+    _, spec = cluster
+    infos = [info("cvm1", "h1", vcpus=2, labels={"ahvlite.io/role": "cvm"}),
+             info("db", "h1", vcpus=2), info("web", "h1", vcpus=1),
+             info("off", "h2", state="shutoff"), info("gpu", "h2", pinned=True)]
+    records = {"h1": [record("h1", [("cvm1", 50, 2, 0), ("db", 80, 2, 300), ("web", 40, 1, 100)]),
+                      record("h1", [("cvm1", 25, 2, 0), ("db", 90, 2, 100), ("web", 20, 1, 100)])],
+               "h2": [record("h2", [("gpu", 10, 2, 0)])]}
+    p = problem_from(spec, infos, records, memory_mib={"h1": 8192, "h2": 8192},
+                     closed={"h2"}, rules=load_rules(None))
+    h1, h2 = p.hosts
+    assert (h1.cpu_capacity_pct, h1.memory_mib, h1.schedulable) == (400.0, 8192, True)
+    assert h1.storage_cpu_alloc_pct == 200.0 and h1.storage_cpu_history_pct == (100.0, 50.0)
+    assert not h2.schedulable  # in maintenance
+    vms = {v.name: v for v in p.vms}
+    assert "off" not in vms  # a stopped VM holds nothing on a host
+    assert vms["db"].cpu_history_pct == (160.0, 180.0)  # % of its vCPUs x vCPUs
+    # The CVM's load split by disk bytes: db 300 of 400, then 100 of 200.
+    assert vms["db"].storage_history_pct == (75.0, 25.0)
+    assert vms["cvm1"].pinned and vms["gpu"].pinned and not vms["db"].pinned
+
+
+def test_rules_are_stored_validated_and_removed(cluster):
+    path, spec = cluster
+    add_rule(spec, path, VmHostAffinity("db-on-h1", ("db",), ("h1",)))
+    add_rule(spec, path, AntiAffinityGroup("spread", ("a", "b")))
+    rules = load_rules(path)
+    assert rules.names() == ["db-on-h1", "spread"]
+    with pytest.raises(Conflict):
+        add_rule(spec, path, AntiAffinityGroup("spread", ("c", "d")))
+    with pytest.raises(InvalidSpec) as e:
+        add_rule(spec, path, VmHostAffinity("bad", ("db",), ("h7",)))
+    assert e.value.field == "hosts" and e.value.value == "h7"
+    assert load_rules(path).names() == ["db-on-h1", "spread"]  # nothing half-made
+    assert remove_rule(path, "spread").names() == ["db-on-h1"]
+    with pytest.raises(NotFound):
+        remove_rule(path, "spread")
+
+
+def ahvlite(*args: str, env_cluster: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args],
+                          capture_output=True, text=True, timeout=60,
+                          env={"AHVLITE_CLUSTER": str(env_cluster), "PATH": "/usr/bin:/bin"})
+
+
+def test_cli_plans_on_a_snapshot_and_refuses_bad_input(cluster, tmp_path):
+    path, _ = cluster
+    snap = tmp_path / "snap.json"
+    snap.write_text(json.dumps(ahv_doc_example().to_dict()))
+    out = ahvlite("ads", "plan", "--snapshot", str(snap), "--json", env_cluster=path)
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert plan == json.loads(json.dumps(make_plan(ahv_doc_example()).to_dict()))
+    bad = tmp_path / "bad.json"
+    raw = ahv_doc_example().to_dict()
+    raw["thresholds"]["cpu_pct"] = 140
+    bad.write_text(json.dumps(raw))
+    out = ahvlite("ads", "plan", "--snapshot", str(bad), env_cluster=path)
+    assert out.returncode == 2 and "thresholds.cpu_pct=140" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = ahvlite("ads", "rules", "add", "x", "--kind", "anti", "--vms", "a", env_cluster=path)
+    assert out.returncode == 2 and "--vms" in out.stderr and "Traceback" not in out.stderr
+    assert load_rules(path).names() == []
+
+
+def test_cli_refuses_an_unreadable_snapshot_naming_the_option(cluster, tmp_path):
+    path, _ = cluster
+    binary = tmp_path / "latin1.json"
+    binary.write_bytes(b'{"hosts": "\xff\xfe"}')
+    for bad in (tmp_path, binary):  # a directory; not UTF-8
+        out = ahvlite("ads", "plan", "--snapshot", str(bad), env_cluster=path)
+        assert out.returncode == 2, out.stderr
+        assert "--snapshot" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_checks_the_solver_before_reading_anything(tmp_path):
+    # The cluster file does not exist: a solver check after reading it never runs.
+    out = ahvlite("ads", "plan", "--solver", "magic", env_cluster=tmp_path / "none.yaml")
+    assert out.returncode == 2 and "--solver" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_rule_on_an_empty_cluster_says_it_has_no_hosts(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text("name: empty\nhosts: []\n")
+    with pytest.raises(InvalidSpec) as e:
+        add_rule(load_cluster(path), path, VmHostAffinity("r", ("db",), ("h9",)))
+    assert e.value.allowed == "the cluster empty has no hosts"
+
+
+def test_rules_list_flags_rules_naming_removed_hosts(cluster):
+    path, spec = cluster
+    add_rule(spec, path, VmHostAffinity("db-on-h1", ("db",), ("h1", "h2")))
+    add_rule(spec, path, VmHostAffinity("web-on-h2", ("web",), ("h2",)))
+    path.write_text("name: c1\nhosts:\n  - name: h2\n    uri: test:///default\n")
+    out = ahvlite("ads", "rules", "list", "--json", env_cluster=path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["stale"] == {"db-on-h1": ["h1"]}
+    out = ahvlite("ads", "rules", "list", env_cluster=path)
+    assert out.returncode == 0 and "hosts gone: h1" in out.stdout, out.stdout
+
+
+def test_vm_migrate_task_kind_checks_its_params():
+    from ahvlite.controller.kinds import registry
+
+    kind = registry()["vm.migrate"]
+    assert kind.validate({"name": "web1", "to": "h2"}) == {"name": "web1", "to": "h2",
+                                                           "cluster": None}
+    with pytest.raises(InvalidSpec) as e:
+        kind.validate({"name": "web1"})
+    assert e.value.field == "to"
+    with pytest.raises(InvalidSpec) as e:
+        kind.validate({"name": "bad name!", "to": "h2"})
+    assert e.value.field == "name"
