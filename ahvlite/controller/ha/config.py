@@ -1,0 +1,51 @@
+"""Reading and writing the HA settings (cluster state key ``ha``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ahvlite.cluster.state import ClusterState
+from ahvlite.controller.ha.settings import STATE_KEY, HaSettings
+from ahvlite.errors import AhvliteError
+
+log = logging.getLogger(__name__)
+
+
+def load_settings(cluster_file: Path) -> HaSettings:
+    return HaSettings.from_doc(ClusterState.for_cluster_file(cluster_file).get(STATE_KEY))
+
+
+def change_settings(cluster_file: Path, **changes: Any) -> HaSettings:
+    """Validate and store ``changes`` (None values are left as they are)."""
+    result: dict[str, HaSettings] = {}
+
+    def change(doc: dict[str, Any]) -> dict[str, Any]:
+        result["new"] = HaSettings.from_doc(doc).with_changes(**changes)
+        return result["new"].to_doc()
+
+    ClusterState.for_cluster_file(cluster_file).update(STATE_KEY, change)
+    return result["new"]
+
+
+def settings_loader(cluster_file: Path | None, *, ttl_s: float = 2.0) -> Callable[[], HaSettings]:
+    """A cached reader for daemons: the last good settings when the file is unreadable."""
+    cache: dict[str, Any] = {"at": -1e9, "value": HaSettings()}
+
+    def read() -> HaSettings:
+        if cluster_file is None:
+            return HaSettings()
+        now = time.monotonic()
+        if now - cache["at"] >= ttl_s:
+            cache["at"] = now
+            try:
+                cache["value"] = load_settings(cluster_file)
+            except AhvliteError as exc:
+                log.warning("ha settings: %s (keeping the last good ones)", exc.message)
+        value: HaSettings = cache["value"]
+        return value
+
+    return read

@@ -1,0 +1,102 @@
+"""The cluster as HA sees it (hosts' memory, running VMs) and admission checks at
+power-on. I/O through ``cluster.vms``; the maths is in ``reservation``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ahvlite.cluster import vms
+from ahvlite.controller.ha.config import load_settings
+from ahvlite.controller.ha.reservation import HostMem, VmLoad, admit, reservation
+from ahvlite.controller.ha.restart import VmRecord
+from ahvlite.controller.ha.settings import HaSettings
+from ahvlite.errors import Conflict
+from ahvlite.spec.cluster import ClusterSpec
+from ahvlite.virt.domains import ACTIVE_STATES
+
+
+def _gather(cluster: ClusterSpec) -> tuple[list[HostMem], list[VmLoad], list[vms.VmInfo],
+                                          dict[str, str]]:
+    with vms.connect(cluster) as hosts:
+        caps = vms.capacities(hosts)
+        unreachable = dict(hosts.errors)
+    found, errors = vms.list_vms(cluster)
+    unreachable.update(errors)
+    host_mem = [HostMem(c.name, c.total_mib) for c in caps if c.reachable]
+    loads = [VmLoad(v.name, v.host, v.current_memory_mib or v.memory_mib,
+                    VmRecord(v.name, v.host, v.memory_mib, True, v.labels,
+                             getattr(v, "pinned", False)).protected)
+             for v in found if v.state in ACTIVE_STATES]
+    return host_mem, loads, found, unreachable
+
+
+def show(cluster_file: Path, cluster: ClusterSpec) -> dict[str, Any]:
+    """Mode, reservation per host, protected VMs and failover capacity."""
+    settings = load_settings(cluster_file)
+    host_mem, loads, found, unreachable = _gather(cluster)
+    res = reservation(settings, host_mem, loads)
+    protected = []
+    for v in found:
+        rec = VmRecord(v.name, v.host, v.memory_mib, v.state in ACTIVE_STATES, v.labels,
+                       getattr(v, "pinned", False))
+        protected.append({"name": v.name, "host": v.host, "state": v.state,
+                          "memory_mib": v.memory_mib, "priority": rec.priority,
+                          "protected": rec.protected,
+                          "why_not": "" if rec.protected else
+                          ("CVM" if rec.is_cvm else "pinned")})
+    used = {h.name: sum(x.memory_mib for x in loads if x.host == h.name) for h in host_mem}
+    return {"settings": settings.to_doc(),
+            "hosts": [{"name": h.name, "total_mib": h.total_mib, "used_mib": used[h.name],
+                       "reserved_mib": res.per_host_mib.get(h.name, 0),
+                       "segments_mib": list(res.segments_mib.get(h.name, ()))}
+                      for h in host_mem],
+            "reservation": res.to_dict(), "vms": protected, "unreachable": unreachable}
+
+
+def check_power_on(cluster_file: Path, cluster: ClusterSpec, name: str, *,
+                   memory_mib: int | None = None, host: str | None = None,
+                   labels: dict[str, str] | None = None,
+                   settings: HaSettings | None = None) -> str | None:
+    """In guarantee mode: the host the VM may run on, or Conflict saying what is missing.
+
+    For an existing VM pass only ``name``; for a new one its memory, labels and maybe
+    ``host``. Default mode: None (no check; placement decides).
+    """
+    settings = settings or load_settings(cluster_file)
+    if settings.mode != "guarantee":
+        return None
+    host_mem, loads, found, _ = _gather(cluster)
+    if memory_mib is None:
+        match = [v for v in found if v.name == name]
+        if not match:
+            return None  # the start itself reports the missing VM
+        v = match[0]
+        if v.state in ACTIVE_STATES:
+            return v.host
+        memory_mib, host, labels = v.memory_mib, v.host, v.labels
+        pinned = bool(getattr(v, "pinned", False))
+    else:
+        pinned = False
+    protected = VmRecord(name, host or "", memory_mib, True, labels or {}, pinned).protected
+    verdict = admit(settings, host_mem, loads, name=name, memory_mib=memory_mib, host=host,
+                    protected=protected)
+    if not verdict.ok:
+        raise Conflict(verdict.message,
+                       hint="stop other VMs, add a host, or `ahvlite ha set --mode default`")
+    return verdict.host
+
+
+def leader_view(store_url: str) -> dict[str, Any] | None:
+    """What the leader's HA service last published (``ha/status``), if anything."""
+    import json
+
+    from ahvlite.controller.coord import open_store
+    from ahvlite.controller.ha.records import STATUS_KEY
+
+    coord = open_store(store_url)
+    try:
+        raw = coord.get(STATUS_KEY)
+    finally:
+        coord.close()
+    return json.loads(raw.value) if raw is not None else None

@@ -1,0 +1,70 @@
+"""Failure drills for HA: a host's power loss, and its network cut at the rack.
+
+``kill`` ends every process of a lab host at once with SIGKILL (its recorded daemons,
+plus what lives in its network namespace: QEMUs, ZooKeeper, the controller), as losing
+power would: no daemon gets to clean up. ``partition`` sets both of its uplinks down at
+the top-of-rack side (the veth ends in the lab bridge), so the host keeps running
+but hears nothing and is heard by nobody; ``heal`` sets them up again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from typing import Any
+
+from ahvlite.lab import lab, processes
+from ahvlite.lab.state import ProcessRecord
+from ahvlite.net import netlink
+
+
+def _victims(name: str, host: str) -> list[ProcessRecord]:
+    layout, state = lab.layout_of(name), lab.state_of(name)
+    h = layout.host(host)  # unknown host -> InvalidSpec naming the known ones
+    recorded = [p for p in state.processes if p.host == h.name]
+    found = processes.pids_in_netns(netlink.netns_path(h.netns))
+    by_pid = {p.pid: p for p in [*found, *recorded]}  # recorded roles win
+    return [p for p in by_pid.values() if p.pid != os.getpid()]
+
+
+def kill(name: str, host: str) -> dict[str, Any]:
+    """SIGKILL every process of ``host`` (recorded PIDs + its namespace); power loss."""
+    victims = [p for p in _victims(name, host) if processes.is_alive(p)]
+    for p in victims:
+        # The start time check makes sure the PID is still the process we mean.
+        if processes.starttime(p.pid) == p.starttime:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    live = victims
+    while live and time.monotonic() < deadline:
+        for p in live:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(p.pid, os.WNOHANG)
+        live = [p for p in live if processes.is_alive(p)]
+        if live:
+            time.sleep(0.02)
+    return {"host": host, "killed": sorted(f"{p.role}:{p.pid}" for p in victims),
+            "survivors": sorted(f"{p.role}:{p.pid}" for p in live)}
+
+
+def _uplinks(name: str, host: str) -> tuple[str, str]:
+    return lab.layout_of(name).host(host).veths
+
+
+def partition(name: str, host: str) -> dict[str, Any]:
+    """Cut both uplinks of ``host`` at the top-of-rack side."""
+    links = _uplinks(name, host)
+    for link in links:
+        netlink.set_link_down(link)
+    return {"host": host, "links": list(links), "state": "down"}
+
+
+def heal(name: str, host: str) -> dict[str, Any]:
+    """Restore both uplinks of ``host``."""
+    links = _uplinks(name, host)
+    for link in links:
+        netlink.set_link_up(link)
+    return {"host": host, "links": list(links), "state": "up"}

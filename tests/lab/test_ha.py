@@ -1,0 +1,231 @@
+"""HA on a 3-host lab with ZooKeeper and a controller (+ host agent) on every host.
+
+Partition a host: its agent powers its VM off before the leader restarts it elsewhere,
+and the returned host's stale definition is removed. Kill a host (power loss): its VM
+runs on another host and answers ping. Throughout, a watcher reads every host's
+running domains (over each host's local libvirt socket, which a partition does not
+cut) and records any VM seen running on two hosts at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from ahvlite.controller.coord import open_store
+from ahvlite.controller.daemon import LEADER_KEY
+from ahvlite.controller.ha.records import StoredVm, key
+from ahvlite.lab import faults, guests, lab, processes
+from ahvlite.lab.layout import LabLayout
+from ahvlite.lab.services import lab_store_url, lab_zk_members, member_mode
+from ahvlite.spec.lab import LabSpec
+from ahvlite.spec.labels import HA_PRIORITY_LABEL
+from ahvlite.virt import guest
+from ahvlite.virt.conn import connection
+from tests.lab.conftest import assert_gone, in_host
+from tests.waiting import wait_for
+
+NAME = "tha"
+SUBNET = "10.213.253.0/26"
+
+
+def running_on(layout: LabLayout, host: str) -> set[str] | None:
+    """Running domains of a lab host through its local socket; None if libvirtd is gone."""
+    sock = layout.host(host).libvirt_sock
+    try:
+        with connection(f"qemu+unix:///system?socket={sock}", timeout_s=3) as conn:
+            return {n for n, st in guest.list_domains(conn) if st == "running"}
+    except Exception:
+        return None
+
+
+def defined_on(layout: LabLayout, host: str) -> dict[str, str]:
+    sock = layout.host(host).libvirt_sock
+    with connection(f"qemu+unix:///system?socket={sock}", timeout_s=3) as conn:
+        return dict(guest.list_domains(conn))
+
+
+class TwinWatch:
+    """Polls every host; remembers each moment a VM ran on two hosts."""
+
+    def __init__(self, layout: LabLayout) -> None:
+        self.layout = layout
+        self.twins: list[tuple[float, str, list[str]]] = []
+        self.polls = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            where: dict[str, list[str]] = {}
+            for h in self.layout.hosts:
+                for vm in running_on(self.layout, h.name) or ():
+                    where.setdefault(vm, []).append(h.name)
+            self.twins += [(time.time(), vm, hs) for vm, hs in where.items() if len(hs) > 1]
+            self.polls += 1
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> TwinWatch:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ha_lab(tmp_path_factory):
+    lab.up(LabSpec(name=NAME, hosts=3, subnet=SUBNET, zk=True, controllers=True))
+    layout = lab.layout_of(NAME)
+    coord = open_store(lab_store_url(layout))
+    try:
+        wait_for(lambda: coord.get(LEADER_KEY), 60, 0.2)
+        yield layout, coord
+    finally:
+        coord.close()
+        # The controllers' logs say what HA decided and when; lab down removes them.
+        keep = tmp_path_factory.mktemp("tha-logs")
+        for h in layout.hosts:
+            for log in ("controller.log", "zookeeper.log"):
+                src = h.state_dir / "logs" / log
+                if src.exists():
+                    shutil.copyfile(src, keep / f"{h.name}-{log}")
+        pids = list(lab.state_of(NAME).processes)
+        lab.down(NAME)
+        assert_gone(NAME, pids)
+
+
+def whole(layout: LabLayout, coord) -> tuple[bool, str]:
+    """Every ZooKeeper member serves and every controller is a member: the cluster can
+    lose any one host again. (ok, what was seen)"""
+    modes = [member_mode(m) for m in lab_zk_members(layout)]
+    members = sorted(coord.members())
+    return all(modes) and len(members) == len(layout.hosts), f"zk {modes}, members {members}"
+
+
+def wait_whole(layout: LabLayout, coord, timeout_s: float = 90) -> None:
+    seen = wait_for(lambda: (r := whole(layout, coord))[0] and r, timeout_s, 0.5)
+    assert seen, f"the cluster did not become whole again: {whole(layout, coord)[1]}"
+
+
+def leader(coord) -> str:
+    return json.loads(coord.get(LEADER_KEY).value)["name"]
+
+
+def boot(layout: LabLayout, host: str, name: str, index: int) -> guests.LabGuest:
+    state = lab.state_of(NAME)
+    g = guests.boot_from_disk(layout, state, layout.host(host), name,
+                              str(layout.guest_addresses[index]))
+    guests.record(layout, state, [g])
+    guests.wait_ready(layout, g, timeout_s=240)
+    return g
+
+
+def recorded_on(coord, vm: str) -> str | None:
+    raw = coord.get(key(vm))
+    if raw is None:
+        return None
+    rec = StoredVm.from_bytes(raw.value)
+    return rec.host if rec.running else None
+
+
+def pings(layout: LabLayout, from_host: str, ip: str) -> bool:
+    return in_host(layout.host(from_host), "ping", "-c", "1", "-W", "1", ip).returncode == 0
+
+
+def test_partitioned_host_fences_itself_before_the_restart_elsewhere(ha_lab):
+    layout, coord = ha_lab
+    lead = leader(coord)
+    victim = next(h.name for h in layout.hosts if h.name != lead)
+    g = boot(layout, victim, "hapart", 0)
+    assert wait_for(lambda: recorded_on(coord, "hapart") == victim, 30, 0.2)
+    with TwinWatch(layout) as watch:
+        faults.partition(NAME, victim)
+        try:
+            moved = wait_for(lambda: next((h.name for h in layout.hosts if h.name != victim
+                                           and "hapart" in (running_on(layout, h.name)
+                                                            or ())), None), 90, 0.2)
+            assert moved, "the VM was not restarted on another host"
+            # The isolated host's own agent powered its copy off (its definition stays
+            # until the leader sees the host again).
+            assert "hapart" not in (running_on(layout, victim) or set())
+            assert defined_on(layout, victim).get("hapart") == "shutoff"
+            assert wait_for(lambda: pings(layout, moved, g.ip), 120, 0.5)
+        finally:
+            faults.heal(NAME, victim)
+        # Back: its stale definition is removed, not started.
+        assert wait_for(lambda: "hapart" not in defined_on(layout, victim), 60, 0.5)
+        assert recorded_on(coord, "hapart") == moved
+        wait_whole(layout, coord)
+    assert watch.polls > 20 and watch.twins == []
+
+
+def cli(*argv: str, cluster) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *argv, "--cluster",
+                           str(cluster)], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "AHVLITE_STORE"})
+
+
+def test_priority_label_and_guarantee_admission(ha_lab):
+    layout, coord = ha_lab
+    cluster = layout.cluster_file
+    # The HA priority lands in the VM's metadata, and the leader's record follows it.
+    where = recorded_on(coord, "hapart")
+    up = cli("vm", "update", "hapart", "--ha-priority", "7", "--json", cluster=cluster)
+    assert up.returncode == 0, up.stderr + up.stdout
+    assert json.loads(up.stdout)["labels"] == {HA_PRIORITY_LABEL: "7"}
+    assert wait_for(lambda: StoredVm.from_bytes(coord.get(key("hapart")).value).labels
+                    .get(HA_PRIORITY_LABEL) == "7", 30, 0.2)
+    bad = cli("ha", "set", "--mode", "always", cluster=cluster)
+    assert bad.returncode == 2 and "mode" in bad.stderr
+    on = cli("ha", "set", "--mode", "guarantee", "--rf", "3", "--reservation", "segment",
+             "--json", cluster=cluster)
+    assert on.returncode == 0 and json.loads(on.stdout)["mode"] == "guarantee", on.stderr
+    shown = json.loads(cli("ha", "show", "--json", cluster=cluster).stdout)
+    assert shown["settings"]["mode"] == "guarantee" and shown["reservation"]["ok"]
+    protected = {v["name"]: v for v in shown["vms"]}
+    assert protected["hapart"]["protected"] and protected["hapart"]["priority"] == 7
+    assert protected["hapart"]["host"] == where
+    # RF3 on 3 hosts: after losing any two, the third must take all their VMs. A VM
+    # nearly a host's size cannot fit beside another VM: refused, memory named.
+    total = min(h["total_mib"] for h in shown["hosts"])
+    refused = cli("vm", "create", "toobig", "--memory-mib", str(total - 64), "--start",
+                  "--json", cluster=cluster)
+    assert refused.returncode == 4, refused.stderr + refused.stdout
+    err = json.loads(refused.stdout)
+    assert "would break the HA guarantee" in err["message"] and "MiB missing" in err["message"]
+    listed = json.loads(cli("vm", "list", "--json", cluster=cluster).stdout)
+    assert "toobig" not in {v["name"] for v in listed}  # nothing half-created
+    cli("ha", "set", "--mode", "default", cluster=cluster)
+
+
+def test_killed_host_vm_restarts_elsewhere_and_answers(ha_lab):
+    layout, coord = ha_lab
+    wait_whole(layout, coord)
+    lead = leader(coord)
+    victim = next(h.name for h in reversed(layout.hosts) if h.name != lead)
+    g = boot(layout, victim, "hakill", 1)
+    assert wait_for(lambda: recorded_on(coord, "hakill") == victim, 30, 0.2)
+    with TwinWatch(layout) as watch:
+        result = faults.kill(NAME, victim)
+        assert result["survivors"] == []
+        assert any(k.startswith("libvirtd:") for k in result["killed"])
+        assert not any(processes.is_alive(p) for p in lab.state_of(NAME).processes
+                       if p.host == victim)
+        moved = wait_for(lambda: recorded_on(coord, "hakill") not in (None, victim)
+                         and recorded_on(coord, "hakill"), 90, 0.2)
+        assert moved, "the leader did not restart the VM"
+        assert "hakill" in (running_on(layout, moved) or set())
+        assert wait_for(lambda: pings(layout, moved, g.ip), 120, 0.5)
+    assert watch.twins == []
+    status = json.loads(coord.get("ha/status").value)
+    assert status["hosts"][victim]["verdict"] == "down"
+    assert any(r["vm"] == "hakill" and r["from"] == victim for r in status["restarts"])
