@@ -1,0 +1,164 @@
+"""`ahvlite host provision` runs playbooks/host.yml over SSH against a lab host.
+
+A lab host shares this machine's root filesystem except its private directories, so
+the run uses the lab profile (packages only verified, no bootloader, no systemd) and
+the test checks that nothing outside the host's private directories changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ahvlite.lab import lab
+from ahvlite.spec.lab import LabSpec
+from ahvlite.virt.conn import connection
+from tests.lab.conftest import in_host
+
+NAME = "tprov"
+SUBNET = "10.213.252.0/26"
+# What the play would touch on a real host and must never touch here (this machine).
+ROOT_PATHS = ("/etc/default", "/etc/modules-load.d", "/etc/libvirt", "/etc/systemd",
+              "/etc/pki", "/etc/openvswitch", "/etc/zookeeper", "/etc/ahvlite",
+              "/usr/local/bin", "/opt/ahvlite")
+
+
+def tree_digest(paths=ROOT_PATHS) -> dict[str, str]:
+    """Path -> mode + content digest of every file and link under ``paths``."""
+    out: dict[str, str] = {}
+    for top in paths:
+        for dirpath, dirnames, filenames in os.walk(top):
+            for name in filenames + [d for d in dirnames if os.path.islink(
+                    os.path.join(dirpath, d))]:
+                p = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(p)
+                    if os.path.islink(p):
+                        out[p] = f"link {os.readlink(p)}"
+                    else:
+                        out[p] = f"{st.st_mode:o} " + hashlib.sha256(
+                            Path(p).read_bytes()).hexdigest()
+                except OSError as exc:
+                    out[p] = f"unreadable {exc.errno}"
+    return out
+
+
+def cli(cluster_file: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AHVLITE_CLUSTER": cluster_file, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def provision(cluster_file: str, *args: str) -> dict:
+    r = cli(cluster_file, "host", "provision", "h1", "--json", *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def break_host(host) -> None:
+    """Undo two things the play owns: virbr0, and a line of libvirtd.conf."""
+    assert in_host(host, "ip", "link", "del", "virbr0").returncode == 0
+    assert in_host(host, "sed", "-i", "/^listen_tcp/d", "/etc/libvirt/libvirtd.conf"
+                   ).returncode == 0
+
+
+def virbr0(host) -> str:
+    r = in_host(host, "ip", "-4", "-o", "addr", "show", "dev", "virbr0")
+    return r.stdout if r.returncode == 0 else ""
+
+
+def listen_tcp_lines(host) -> list[str]:
+    r = in_host(host, "grep", "^listen_tcp", "/etc/libvirt/libvirtd.conf")
+    return r.stdout.splitlines()
+
+
+@pytest.fixture(scope="module")
+def provlab():
+    status = lab.up(LabSpec(name=NAME, hosts=1, subnet=SUBNET))
+    layout = lab.plan_layout(LabSpec(name=NAME, hosts=1, subnet=SUBNET), lab.lab_root(NAME))
+    yield status, layout.host("h1")
+    if NAME in lab.list_labs():
+        lab.down(NAME)
+
+
+@pytest.fixture(scope="module")
+def first_run(provlab):
+    status, host = provlab
+    break_host(host)
+    before = tree_digest()
+    result = provision(status["cluster_file"])
+    return status, host, result, before, tree_digest()
+
+
+def test_first_run_configures_the_host(first_run):
+    status, host, result, _, _ = first_run
+    assert result["status"] == "successful" and result["failures"] == []
+    changed = {c["task"]: c["detail"] or "" for c in result["changes"]}
+    assert "virbr0" in changed["Bridges, uplink bond and virbr0 from the cluster file"]
+    assert "listen_tcp" in changed["Configure libvirtd to listen with TLS on the management "
+                                   "address"]
+    # libvirtd answers over TLS, verified with the cluster CA from the root namespace.
+    cluster = yaml.safe_load(Path(status["cluster_file"]).read_text())
+    with connection(cluster["hosts"][0]["uri"], timeout_s=20) as conn:
+        assert conn.getHostname() == host.hostname
+    assert listen_tcp_lines(host) == ["listen_tcp = 0"]
+    assert "192.168.5.1/24" in virbr0(host)
+    # br0 with its bond, as ahvlite's own network code reports it.
+    shown = cli(status["cluster_file"], "net", "show", "h1", "--json")
+    assert shown.returncode == 0, shown.stderr
+    (br0,) = [b for b in json.loads(shown.stdout)[0]["bridges"] if b["name"] == "br0"]
+    (bond,) = br0["bonds"]
+    assert bond["name"] == "br0-up"
+    assert sorted(m["name"] for m in bond["members"]) == ["eth0", "eth1"]
+
+
+def test_nothing_outside_the_lab_hosts_private_directories_changed(first_run):
+    *_, before, after = first_run
+    assert before, "the snapshot saw no files at all"
+    changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+    assert changed == set()
+
+
+def test_second_run_changes_nothing(first_run):
+    status, *_ = first_run
+    again = provision(status["cluster_file"])
+    assert again["changed"] == 0, again["changes"]
+    assert again["stats"]["h1"]["ok"] > 10
+
+
+def test_check_reports_what_would_change_and_changes_nothing(first_run):
+    status, host, *_ = first_run
+    break_host(host)
+    checked = provision(status["cluster_file"], "--check", "--tags", "network,libvirt")
+    assert checked["check"] is True
+    tasks = {c["task"]: c["detail"] or "" for c in checked["changes"]}
+    assert "create Linux bridge virbr0" in tasks[
+        "Bridges, uplink bond and virbr0 from the cluster file"]
+    assert "listen_tcp" in tasks["Configure libvirtd to listen with TLS on the management "
+                                 "address"]
+    assert len(tasks) == 2, tasks
+    # ... and nothing was done.
+    assert virbr0(host) == ""
+    assert listen_tcp_lines(host) == []
+
+
+def test_a_host_key_nobody_vouches_for_fails_with_host_task_and_message(first_run, tmp_path):
+    status, *_ = first_run
+    cluster = yaml.safe_load(Path(status["cluster_file"]).read_text())
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    cluster["hosts"][0]["ssh"]["known_hosts"] = str(empty)
+    cf = tmp_path / "cluster.yaml"
+    cf.write_text(yaml.safe_dump(cluster))
+    r = cli(str(cf), "host", "provision", "h1")
+    assert r.returncode == 6, r.stdout + r.stderr  # HostUnreachable
+    assert "host h1" in r.stderr and "Gathering Facts" in r.stderr
+    assert "Host key verification failed" in r.stderr
+    assert "Traceback" not in r.stdout + r.stderr

@@ -1,0 +1,265 @@
+"""The provisioning inventory (pure) and what real ansible makes of it and of host.yml."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ahvlite.cluster import provision
+from ahvlite.errors import InvalidSpec, NotFound
+from ahvlite.spec.cluster import ClusterSpec
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def cluster(**extra) -> ClusterSpec:
+    return ClusterSpec.model_validate({
+        "name": "c1",
+        "hosts": [
+            {"name": "h1", "uri": "qemu+tls://10.0.0.11/system",
+             "ssh": {"host": "10.0.0.11", "key": "/k/id", "known_hosts": "/k/known_hosts"}},
+            {"name": "h2", "uri": "qemu+tls://10.0.0.12/system",
+             "ssh": {"host": "h2.example", "user": "ops", "port": 2222}},
+        ], **extra})
+
+
+def inventory(names=(), profile=None, **kw):
+    return provision.build_inventory(cluster(), list(names), cluster_file=Path("/c/cluster.yaml"),
+                                     pki_dir=Path("/c/pki"),
+                                     profile=profile or provision.Profile(), **kw)
+
+
+def group(inv):
+    return inv["all"]["children"][provision.GROUP]
+
+
+def test_host_vars_come_from_the_ssh_section():
+    hosts = group(inventory())["hosts"]
+    h1, h2 = hosts["h1"], hosts["h2"]
+    assert (h1["ansible_host"], h1["ansible_port"], h1["ansible_user"]) == ("10.0.0.11", 22,
+                                                                            "root")
+    assert h1["ansible_ssh_private_key_file"] == "/k/id"
+    # The cluster's known_hosts decides; nothing is accepted on first sight.
+    assert "UserKnownHostsFile=/k/known_hosts" in h1["ansible_ssh_common_args"]
+    assert "StrictHostKeyChecking=yes" in h1["ansible_ssh_common_args"]
+    assert "ansible_become" not in h1
+    assert (h2["ansible_host"], h2["ansible_port"], h2["ansible_user"]) == ("h2.example", 2222,
+                                                                            "ops")
+    assert h2["ansible_become"] is True and "ansible_ssh_private_key_file" not in h2
+    # libvirtd listens on the URI's address, which need not be the SSH name.
+    assert h2["ahvlite_mgmt_ip"] == "10.0.0.12"
+
+
+def test_real_host_profile_reaches_everything_and_lab_profile_does_not():
+    real = group(inventory())["vars"]
+    assert real["ahvlite_service_manager"] == "systemd"
+    assert real["ahvlite_packages_mode"] == "install"
+    assert real["ahvlite_manage_boot"] is True and real["ahvlite_reboot_allowed"] is False
+    assert "ansible_remote_tmp" not in real
+    lab = group(inventory(profile=provision.lab_profile(lockspace_dir=Path("/s/.lock"))))["vars"]
+    assert lab["ahvlite_service_manager"] == "external"
+    assert lab["ahvlite_packages_mode"] == "verify"
+    assert lab["ahvlite_manage_boot"] is False and lab["ahvlite_reboot_allowed"] is False
+    assert lab["ansible_remote_tmp"].startswith("/run/")  # /run is private per lab host
+    assert lab["ahvlite_lockspace_dir"] == "/s/.lock"
+    assert lab["ahvlite_cluster_file"] == "/c/cluster.yaml"
+    assert lab["ahvlite_pki_dir"] == "/c/pki"
+
+
+def test_per_host_vars_override_and_limit():
+    inv = inventory(["h2"], per_host={"h2": {"libvirt_tls_source_dir": "/x"}})
+    assert group(inv)["hosts"]["h2"]["libvirt_tls_source_dir"] == "/x"
+    # Every host with SSH stays listed (ZooKeeper's ensemble needs them all) ...
+    assert set(group(inv)["hosts"]) == {"h1", "h2"}
+    # ... and the run is limited to the ones asked for.
+    assert provision.limit(["h2"]) == "h2"
+    assert provision.limit([]) is None
+
+
+def test_host_without_ssh_is_refused_naming_the_field():
+    spec = ClusterSpec.model_validate({"name": "c", "hosts": [
+        {"name": "h9", "uri": "qemu+tls://10.0.0.9/system"}]})
+    with pytest.raises(InvalidSpec) as exc:
+        provision.build_inventory(spec, ["h9"], cluster_file=Path("/c"), pki_dir=Path("/p"),
+                                  profile=provision.Profile())
+    assert exc.value.field == "hosts[h9].ssh"
+    assert "ssh section" in exc.value.message
+
+
+def test_unknown_host_and_empty_cluster():
+    with pytest.raises(NotFound, match="'nope'"):
+        inventory(["nope"])
+    with pytest.raises(InvalidSpec, match="at least one host"):
+        provision.build_inventory(ClusterSpec(name="e"), [], cluster_file=Path("/c"),
+                                  pki_dir=Path("/p"), profile=provision.Profile())
+
+
+def test_tags_are_split_and_checked():
+    assert provision.check_tags("--tags", ["network,libvirt", "checks"]) == [
+        "network", "libvirt", "checks"]
+    with pytest.raises(InvalidSpec) as exc:
+        provision.check_tags("--skip-tags", ["network,netwrok"])
+    assert exc.value.field == "--skip-tags" and exc.value.value == "netwrok"
+
+
+def test_lab_cluster_is_recognised_by_its_label():
+    assert provision.is_lab(cluster(labels={"ahvlite.lab": "tprov"})) == "tprov"
+    assert provision.is_lab(cluster()) is None
+
+
+def _ansible_env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
+            "ANSIBLE_HOME": str(tmp_path / "home"), "ANSIBLE_LOCAL_TEMP": str(tmp_path / "t"),
+            "ANSIBLE_ROLES_PATH": str(REPO / "playbooks" / "roles"),
+            "ANSIBLE_LIBRARY": str(REPO / "playbooks" / "library"), "ANSIBLE_NOCOLOR": "1"}
+
+
+def test_real_ansible_reads_the_inventory(tmp_path):
+    path = tmp_path / "inventory.json"
+    path.write_text(json.dumps(inventory()))
+    out = subprocess.run([str(VENV_BIN / "ansible-inventory"), "-i", str(path), "--list"],
+                         capture_output=True, text=True, env=_ansible_env(tmp_path), timeout=120)
+    assert out.returncode == 0, out.stderr
+    listed = json.loads(out.stdout)
+    assert sorted(listed[provision.GROUP]["hosts"]) == ["h1", "h2"]
+    h2 = listed["_meta"]["hostvars"]["h2"]
+    assert h2["ansible_port"] == 2222 and h2["ahvlite_service_manager"] == "systemd"
+
+
+def test_host_playbook_passes_ansible_syntax_check_and_lists_every_role(tmp_path):
+    path = tmp_path / "inventory.json"
+    path.write_text(json.dumps(inventory()))
+    env = _ansible_env(tmp_path)
+    play = str(REPO / "playbooks" / "host.yml")
+    out = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(path), "--syntax-check",
+                          play], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    tags = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", str(path), "--list-tags",
+                           play], capture_output=True, text=True, env=env, timeout=120)
+    assert tags.returncode == 0, tags.stderr
+    # Every tag the CLI accepts exists in the play (a typo there would select nothing).
+    for tag in provision.TAGS:
+        assert tag in tags.stdout, tag
+
+
+# --- the controllers' ZooKeeper secret (generated once, kept beside the CA) ---
+
+def _cluster_file(tmp_path: Path) -> Path:
+    cf = tmp_path / "cluster.yaml"
+    cf.write_text(yaml.safe_dump(cluster().model_dump(mode="json", exclude_none=True)))
+    return cf
+
+
+def test_zk_secret_is_generated_once_kept_0600_and_passed_as_extra_var(tmp_path):
+    from ahvlite.cli.provision import provision_inputs
+
+    cf = _cluster_file(tmp_path)
+    inv, extra = provision_inputs(["h1"], cluster=cf, check=False)
+    secret = extra[provision.ZK_SECRET_VAR]
+    assert len(secret) >= provision.ZK_SECRET_MIN_CHARS
+    kept = tmp_path / "pki" / provision.ZK_SECRET_FILE
+    assert kept.read_text().strip() == secret
+    assert kept.stat().st_mode & 0o777 == 0o600
+    # Not in the inventory (its vars end up in events and `ansible-inventory` output).
+    assert secret not in json.dumps(inv)
+    # Stable: a second run (another host, too) gets the same one, so nothing changes.
+    _, again = provision_inputs(["h2"], cluster=cf, check=False)
+    assert again == extra
+    # Loosened permissions are tightened again.
+    kept.chmod(0o644)
+    provision_inputs([], cluster=cf, check=True)
+    assert kept.stat().st_mode & 0o777 == 0o600
+
+
+def test_check_mode_writes_no_secret_and_a_bad_one_is_refused(tmp_path):
+    from ahvlite.cli.provision import provision_inputs
+
+    cf = _cluster_file(tmp_path)
+    _, extra = provision_inputs([], cluster=cf, check=True)
+    assert len(extra[provision.ZK_SECRET_VAR]) >= provision.ZK_SECRET_MIN_CHARS
+    assert not (tmp_path / "pki").exists()
+    (tmp_path / "pki").mkdir()
+    (tmp_path / "pki" / provision.ZK_SECRET_FILE).write_text("short\n")
+    with pytest.raises(InvalidSpec) as exc:
+        provision_inputs([], cluster=cf, check=False)
+    assert exc.value.field.endswith("zk-secret") and "16 or more" in exc.value.allowed
+    assert "short" not in exc.value.message  # never echoed
+
+
+def test_controller_env_carries_the_secret_in_the_store_url_the_controller_parses(tmp_path):
+    import jinja2
+
+    from ahvlite.cli.provision import provision_inputs
+    from ahvlite.controller.coord.url import ZkUrl, parse_store_url
+
+    cf = _cluster_file(tmp_path)
+    inv, extra = provision_inputs([], cluster=cf, check=False)
+    role = REPO / "playbooks" / "roles" / "controller"
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    hostvars = group(inv)["hosts"]
+    text = jinja2.Template((role / "templates" / "controller.env.j2").read_text()).render(
+        ansible_managed="managed", groups={provision.GROUP: list(hostvars)},
+        hostvars=hostvars, **defaults, **extra)
+    line = next(x for x in text.splitlines() if x.startswith("AHVLITE_STORE="))
+    url = parse_store_url(line.partition("=")[2], env={})
+    assert isinstance(url, ZkUrl)
+    assert (url.user, url.secret) == ("ahvlite", extra[provision.ZK_SECRET_VAR])
+    assert url.hosts == (("10.0.0.11", 2181), ("10.0.0.12", 2181))
+    assert url.chroot == "/ahvlite"
+
+
+# --- the IOMMU reboot handler refuses while VMs run ---
+
+def _reboot_play(tmp_path: Path, uri: str, allowed: bool) -> subprocess.CompletedProcess[str]:
+    """The iommu role's real handlers, notified on this machine (local connection).
+
+    Safe: ansible's reboot action refuses a local connection ("would reboot the control
+    node"), so reaching it shows up as that error instead of a reboot.
+    """
+    src = REPO / "playbooks" / "roles" / "iommu"
+    role = tmp_path / "roles" / "iommu"
+    for sub in ("defaults/main.yml", "handlers/main.yml", "tasks/reboot_guard.yml"):
+        (role / sub).parent.mkdir(parents=True, exist_ok=True)
+        (role / sub).write_text((src / sub).read_text())
+    (role / "tasks" / "main.yml").write_text(
+        "- name: Pretend the kernel arguments changed\n"
+        "  ansible.builtin.debug: {msg: changed}\n"
+        "  changed_when: true\n"
+        "  notify: Reboot needed for the IOMMU\n")
+    play = tmp_path / "play.yml"
+    play.write_text("- name: Reboot guard\n  hosts: all\n  gather_facts: false\n"
+                    "  roles: [iommu]\n")
+    env = {**_ansible_env(tmp_path), "ANSIBLE_ROLES_PATH": str(tmp_path / "roles")}
+    extra = json.dumps({"ahvlite_reboot_allowed": allowed, "iommu_libvirt_uri": uri,
+                        "ansible_connection": "local",
+                        "ansible_python_interpreter": sys.executable})
+    return subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-e", extra,
+                           str(play)], capture_output=True, text=True, env=env, timeout=180)
+
+
+def test_reboot_handler_refuses_while_vms_run(tmp_path):
+    # libvirt's test driver starts with one running domain, "test".
+    out = _reboot_play(tmp_path, "test:///default", allowed=True)
+    assert out.returncode != 0
+    assert "runs VMs (test)" in out.stdout
+    assert "ahvlite host maintenance enter localhost --wait" in out.stdout
+    assert "would reboot the control node" not in out.stdout  # the reboot was not reached
+
+
+def test_reboot_handler_goes_on_to_the_reboot_with_no_vm_running(tmp_path):
+    node = tmp_path / "node.xml"
+    node.write_text("<node>\n</node>\n")  # a test-driver host without domains
+    out = _reboot_play(tmp_path, f"test://{node}", allowed=True)
+    assert "runs VMs" not in out.stdout
+    assert "would reboot the control node" in out.stdout, out.stdout
+    # Not allowed: no guard and no reboot, only the notice.
+    quiet = _reboot_play(tmp_path, "test:///default", allowed=False)
+    assert quiet.returncode == 0, quiet.stdout
+    assert "needs a reboot for the IOMMU" in quiet.stdout and "runs VMs" not in quiet.stdout
