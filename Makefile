@@ -14,7 +14,7 @@ DEBS := libvirt-daemon-system libvirt-clients libvirt-dev pkg-config \
 	qemu-system-x86 qemu-utils openvswitch-switch openvswitch-common \
 	swtpm swtpm-tools ovmf zookeeper openssh-server openssh-client \
 	iproute2 ethtool util-linux kmod procps iputils-ping cpio busybox-static \
-	mtools dosfstools syslinux syslinux-common libxml2-utils \
+	mtools dosfstools syslinux syslinux-common libxml2-utils ruby \
 	python3 python3-venv python3-dev gcc make
 
 .PHONY: help setup debs venv guest demo test test-unit test-functional test-lab lint bench clean
@@ -23,7 +23,7 @@ help:
 	@echo "make demo   - install what is missing, build a 3-host lab, boot guests, ping across hosts"
 	@echo "make test   - install what is missing, run the whole test suite (unit, functional, lab)"
 	@echo "make setup  - only install (Debian packages, .venv, lab guest image)"
-	@echo "make lint   - ruff and mypy"
+	@echo "make lint   - ruff, mypy and ansible-lint"
 	@echo "make bench  - benchmarks (ratios against a peer measured in the same run)"
 
 setup: debs venv guest
@@ -61,7 +61,15 @@ demo: setup
 	$(AHV) vm create demo-src --memory-mib 128 --disk guest --nic br0; \
 	$(AHV) template create demo-tp --from-vm demo-src; \
 	$(AHV) template deploy demo-tp --count 3 --prefix demo-vm; \
-	$(AHV) vm list
+	$(AHV) vm list; \
+	echo "== live migration with its progress bar, then maintenance mode"; \
+	$(AHV) vm create demo-mig --memory-mib 128 --disk guest --nic br0 --start; \
+	$(AHV) vm migrate demo-mig; \
+	mhost=$$($(AHV) vm show demo-mig --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["host"])'); \
+	$(AHV) host maintenance enter "$$mhost" --wait; \
+	$(AHV) host maintenance show; \
+	$(AHV) vm list; \
+	$(AHV) host maintenance exit "$$mhost" --restore
 	@echo "The lab keeps running: '$(AHV) lab status --name $(DEMO_LAB)'," \
 	      "'$(AHV) lab exec h1 --name $(DEMO_LAB) -- virsh list'; remove it with" \
 	      "'$(AHV) lab down --name $(DEMO_LAB)'."
@@ -81,6 +89,7 @@ test-lab: setup
 lint: venv
 	$(BIN)/ruff check ahvlite tests bench
 	$(BIN)/mypy ahvlite
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint -q -c playbooks/.ansible-lint playbooks/
 
 bench: setup
 	$(BIN)/python -m bench

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from bench import controller_failover, facts_parallel, lab_wiring, ovs_ports, vm_deploy
+from bench import (
+    ads,
+    controller_failover,
+    facts_parallel,
+    ha,
+    lab_wiring,
+    migration,
+    ovs_ports,
+    vm_deploy,
+)
 
 if __name__ == "__main__":
     lab_wiring.main()
@@ -10,3 +19,6 @@ if __name__ == "__main__":
     facts_parallel.main()
     controller_failover.main()
     vm_deploy.main()
+    ads.main()
+    migration.main()
+    ha.main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -49,6 +50,14 @@ def run(
     stats_interval_s: Annotated[float, typer.Option(
         "--stats-interval", help="Seconds between stats rounds (leader, with a cluster file).",
         min=1, max=3600)] = 10.0,
+    host_agent: Annotated[bool, typer.Option(
+        "--host-agent", help="Also be this host's HA agent: power off its protected VMs "
+        "when the store stays unreachable longer than the HA isolation timeout.")] = False,
+    libvirt_uri: Annotated[str, typer.Option(
+        "--libvirt-uri", help="This host's libvirt, for --host-agent.")] = "qemu:///system",
+    ads_interval_s: Annotated[float, typer.Option(
+        "--ads-interval", help="Seconds between ADS rounds (leader, with a cluster file).",
+        min=10, max=86400)] = 900.0,
 ) -> None:
     """Run a controller in the foreground until SIGTERM/SIGINT (then leave cleanly)."""
     from ahvlite.controller.coord import open_store
@@ -57,6 +66,9 @@ def run(
 
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # `kill -USR1 PID` writes every thread's stack to the log: how to see a stuck loop.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    faulthandler.enable(all_threads=True)  # a crash in a C library leaves its stacks too
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -70,10 +82,28 @@ def run(
 
         spec = load_cluster(path)
 
-        def services() -> list[Any]:
-            links = [HostConnection(h.name, h.uri) for h in spec.hosts]
-            return [HostMonitor(coord, links, interval_s=stats_interval_s)]  # type: ignore[arg-type]
+        from ahvlite.cluster.adsinput import load_rules
+        from ahvlite.controller.ha.adsplace import ads_place
+        from ahvlite.controller.ha.config import settings_loader
+        from ahvlite.controller.ha.service import HaService
 
+        ha_settings = settings_loader(path)
+
+        def services() -> list[Any]:
+            # Short keepalive: a silent host's libvirt link drops in ~4-6 s (HA's
+            # first signal); HA also needs its controller gone before acting.
+            links = [HostConnection(h.name, h.uri, keepalive_interval_s=2, keepalive_count=2)
+                     for h in spec.hosts]
+            monitor = HostMonitor(coord, links, interval_s=stats_interval_s)  # type: ignore[arg-type]
+            place_fn = ads_place(lambda: load_rules(path))
+            return [monitor, HaService(coord, monitor, ha_settings, place_fn=place_fn),
+                    ads_service(coord, spec, monitor, ads_interval_s)]
+
+    if host_agent:
+        from ahvlite.controller.ha.agent import HostAgent
+        from ahvlite.controller.ha.config import settings_loader as agent_settings
+
+        HostAgent(coord, Identity.here(name).name, libvirt_uri, agent_settings(path)).start()
     Controller(coord, Identity.here(name), registry(path), workers=workers,
                leader_services=services).run(stop)
     # We have resigned and left. A task step still sleeping in a worker thread must not
@@ -81,6 +111,15 @@ def run(
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def ads_service(coord: Any, spec: Any, monitor: Any, interval_s: float) -> Any:
+    """ADS on the monitor's stats history; its moves become vm.migrate tasks."""
+    from ahvlite.cluster.adsinput import records_of, snapshot
+    from ahvlite.controller.adsservice import AdsService
+
+    return AdsService(coord, lambda: snapshot(spec, records=records_of(monitor.history, spec)),
+                      interval_s=interval_s, cluster_file=spec.source)
 
 
 def _when(ts: float | None) -> str:

@@ -9,12 +9,17 @@ from typing import Annotated
 
 import typer
 
+from ahvlite.cli import maintenance as maintenance_cli
 from ahvlite.cli.context import ClusterOpt, load
 from ahvlite.cli.output import console, emit_json, err_console, progress, table
-from ahvlite.cluster import inventory
+from ahvlite.cli.provision import provision_cmd
+from ahvlite.cluster import cpulevel, cpustore, inventory
+from ahvlite.errors import InvalidSpec
 from ahvlite.spec.facts import HostFacts
 
 app = typer.Typer(no_args_is_help=True, help="Hosts: list, show, facts, add, remove.")
+app.command(name="provision")(provision_cmd)
+app.add_typer(maintenance_cli.app, name="maintenance")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
@@ -97,6 +102,16 @@ def facts(host: Annotated[str | None, typer.Argument(help="Host (default: all)."
     err_console.print(f"{len(result)} host(s) in {time.monotonic() - t0:.2f} s")
 
 
+def _labels(values: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidSpec("--label", item, "KEY=VALUE, e.g. ahvlite.io/domain-type=qemu")
+        out[key] = value
+    return out
+
+
 @app.command()
 def add(
     name: Annotated[str, typer.Argument(help="Name for the host in the cluster.")],
@@ -110,21 +125,45 @@ def add(
     trust_on_first_use: Annotated[bool, typer.Option(
         "--trust-on-first-use", help="Record an unknown SSH host key instead of refusing.")]
         = False,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", help="KEY=VALUE label for the host (repeatable).")] = None,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Refuse a host that would lower the cluster CPU level.")] = False,
     cluster: ClusterOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Add a host after checking that libvirt (and SSH, if given) answer."""
+    """Add a host after checking that libvirt (and SSH, if given) answer.
+
+    With a cluster CPU level stored, a host that cannot run it lowers the level (VMs
+    take it at their next power cycle), or is refused with --strict.
+    """
     path, spec = load(cluster)
     if insecure_tcp and uri.startswith("qemu+tcp"):
         err_console.print("[bold yellow]warning:[/] qemu+tcp is neither authenticated nor "
                           "encrypted; anyone on the network can control this host's VMs")
-    h = inventory.add_host(path, spec, name=name, uri=uri, ssh=ssh, key=key,
-                           known_hosts=known_hosts, insecure_tcp=insecure_tcp,
-                           trust_on_first_use=trust_on_first_use)
+    with progress(not json_out, f"checking {name}"):
+        h = inventory.check_new_host(spec, name=name, uri=uri, ssh=ssh, key=key,
+                                     known_hosts=known_hosts, insecure_tcp=insecure_tcp,
+                                     trust_on_first_use=trust_on_first_use,
+                                     labels=_labels(label))
+        store = cpustore.store_for(path)
+        plan = cpulevel.plan_host_add(spec, store, h, strict=strict)
+    joined = inventory.add_host(path, spec, h)
+    with progress(not json_out and plan.action == "lower", "lowering the CPU level"):
+        level = cpulevel.finish_host_add(joined, store, plan)
     if json_out:
-        emit_json(h.model_dump(mode="json"))
-    else:
-        console.print(f"added {name} ({uri}) to {path}")
+        emit_json({**h.model_dump(mode="json"), "cpu_level": level})
+        return
+    console.print(f"added {name} ({uri}) to {path}")
+    if plan.action == "lower" and plan.level is not None:
+        console.print(f"[yellow]cluster CPU level lowered[/] to {plan.level.model} "
+                      f"({name} lacks {', '.join(plan.missing) or 'features of the old level'})",
+                      highlight=False)
+        for vm in level["next_power_cycle"]:
+            console.print(f"{vm}: takes effect at next power cycle", highlight=False)
+    elif plan.action == "keep" and plan.level is not None:
+        console.print(f"{name} runs the cluster CPU level {plan.level.model}; unchanged",
+                      highlight=False)
 
 
 @app.command()

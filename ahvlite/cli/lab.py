@@ -175,3 +175,52 @@ def daemon(
         emit_json({"host": host, "role": role, "action": action, "pid": pid})
     else:
         console.print(f"{role} on {host}: {action} (PID {pid})")
+
+
+@app.command()
+def kill(
+    host: Annotated[str, typer.Argument(help="Lab host, e.g. h2.")],
+    name: NameOpt = "lab",
+    json_out: JsonOpt = False,
+) -> None:
+    """Power loss: SIGKILL every daemon and QEMU of a lab host (by recorded PID/netns)."""
+    from ahvlite.lab import faults
+
+    result = faults.kill(name, host)
+    if json_out:
+        emit_json(result)
+    else:
+        console.print(f"{host}: killed {len(result['killed'])} processes "
+                      f"({', '.join(result['killed'])})", highlight=False)
+
+
+@app.command()
+def partition(
+    host: Annotated[str, typer.Argument(help="Lab host, e.g. h2.")],
+    name: NameOpt = "lab",
+    json_out: JsonOpt = False,
+) -> None:
+    """Cut both uplinks of a lab host at the top-of-rack side (it keeps running)."""
+    from ahvlite.lab import faults
+
+    result = faults.partition(name, host)
+    if json_out:
+        emit_json(result)
+    else:
+        console.print(f"{host}: uplinks {', '.join(result['links'])} down")
+
+
+@app.command()
+def heal(
+    host: Annotated[str, typer.Argument(help="Lab host, e.g. h2.")],
+    name: NameOpt = "lab",
+    json_out: JsonOpt = False,
+) -> None:
+    """Restore both uplinks of a partitioned lab host."""
+    from ahvlite.lab import faults
+
+    result = faults.heal(name, host)
+    if json_out:
+        emit_json(result)
+    else:
+        console.print(f"{host}: uplinks {', '.join(result['links'])} up")

@@ -7,8 +7,11 @@ import sys
 import typer
 
 from ahvlite import __version__
+from ahvlite.cli import ads as ads_cli
 from ahvlite.cli import cluster as cluster_cli
 from ahvlite.cli import controller as controller_cli
+from ahvlite.cli import cvm as cvm_cli
+from ahvlite.cli import ha as ha_cli
 from ahvlite.cli import host as host_cli
 from ahvlite.cli import image as image_cli
 from ahvlite.cli import lab as lab_cli
@@ -36,6 +39,9 @@ app.add_typer(vm_cli.app, name="vm")
 app.add_typer(image_cli.app, name="image")
 app.add_typer(template_cli.app, name="template")
 app.add_typer(cluster_cli.app, name="cluster")
+app.add_typer(ads_cli.app, name="ads")
+app.add_typer(cvm_cli.app, name="cvm")
+app.add_typer(ha_cli.app, name="ha")
 
 
 @app.command()

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ahvlite.cli import migrate as migrate_cli
 from ahvlite.cli.context import ENV_VAR, ClusterOpt, load
 from ahvlite.cli.controller import StoreOpt
 from ahvlite.cli.output import console, emit_json, err_console, progress, table
@@ -31,6 +32,7 @@ disk_app = typer.Typer(no_args_is_help=True, help="A VM's disks.")
 nic_app = typer.Typer(no_args_is_help=True, help="A VM's NICs.")
 app.add_typer(disk_app, name="disk")
 app.add_typer(nic_app, name="nic")
+app.command(name="migrate")(migrate_cli.migrate)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 NameArg = Annotated[str, typer.Argument(help="VM name.")]
@@ -135,6 +137,9 @@ def create(
     spec = build(VmSpec, **values)
     for warning in spec.warnings():
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if start:
+        host = _ha_admit(cluster, name, memory_mib=memory_mib, host=host,
+                         labels=spec.labels) or host
     if url:
         submit_and_report(url, "vm.spec.create",
                           {"spec": spec.model_dump(mode="json"), "host": host,
@@ -142,11 +147,38 @@ def create(
                           wait=wait, json_out=json_out)
         return
     assert cspec is not None
-    level = cpulevel.store_for(load(cluster)[0]).load()
     with progress(not json_out, f"creating {name}") as report:
-        info = vms.create_vm(cspec, spec, host=host, start=start, report=report,
-                             cpu_level=level.cpu if level else None)
+        info = vms.create_vm(cspec, spec, host=host, start=start, report=report)
     render(info, json_out)
+
+
+def _ha_admit(cluster: Path | None, name: str, **new_vm: Any) -> str | None:
+    """HA admission control (guarantee mode): the host to use, or Conflict saying how
+    much memory is missing. Needs the cluster file (where the HA settings live)."""
+    if cluster is None and not os.environ.get(ENV_VAR):
+        return None
+    from ahvlite.controller.ha.inventory import check_power_on
+
+    path, cspec = load(cluster)
+    return check_power_on(path, cspec, name, **new_vm)
+
+
+@app.command()
+def update(
+    name: NameArg,
+    ha_priority: Annotated[int | None, typer.Option(
+        "--ha-priority", help="HA restart priority (higher restarts first).",
+        min=-1000, max=1000)] = None,
+    cluster: ClusterOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Change a VM's settings kept in its metadata (HA priority)."""
+    from ahvlite.errors import InvalidSpec
+    from ahvlite.spec.labels import HA_PRIORITY_LABEL
+
+    if ha_priority is None:
+        raise InvalidSpec("options", None, "at least one of --ha-priority")
+    _, cspec = load(cluster)
+    render(vms.set_labels(cspec, name, {HA_PRIORITY_LABEL: str(ha_priority)}), json_out)
 
 
 def _pairs(option: str, items: list[str] | None) -> list[tuple[str, str]]:
@@ -188,7 +220,8 @@ def show(name: NameArg, cluster: ClusterOpt = None, json_out: JsonOpt = False) -
 @app.command()
 def start(name: NameArg, cluster: ClusterOpt = None, json_out: JsonOpt = False,
           store: StoreOpt = None, wait: WaitOpt = False) -> None:
-    """Power on."""
+    """Power on (in HA guarantee mode only if the reservation still holds)."""
+    _ha_admit(cluster, name)
     if url := configured_store(store):
         return _lifecycle(url, "start", name, cluster, wait=wait, json_out=json_out)
     _, cspec = load(cluster)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ahvlite.cluster import vms
+from ahvlite.cluster import schedulable, vms
 from ahvlite.cluster.inventory import parallel
 from ahvlite.cluster.placement import place
 from ahvlite.errors import AhvliteError, Conflict, InvalidSpec, NotFound, OperationFailed
@@ -208,7 +208,9 @@ def deploy(cluster_file: Path, cluster: ClusterSpec, name: str, *, count: int,
         for s in specs:
             no_seed = s.model_copy(update={"disks": [d for d in s.disks if not d.cdrom]})
             vms.check_new_vm(hosts, no_seed, host or next(iter(hosts.conns), ""))
-        capacity = vms.capacities(hosts)
+        # Hosts in maintenance take no new VMs; named by --host, say so.
+        closed = schedulable.closed_hosts(cluster, host)
+        capacity = [c for c in vms.capacities(hosts) if c.name not in closed]
         need = chosen.memory_mib
         if chosen.overcommit:
             need = chosen.memory_mib * designer.OVERCOMMIT_START_PERCENT // 100

@@ -9,11 +9,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ahvlite.cluster import cpustore, schedulable
 from ahvlite.cluster.inventory import parallel
 from ahvlite.cluster.placement import HostCapacity, place
 from ahvlite.errors import AhvliteError, Conflict, HostUnreachable, InvalidSpec, NotFound
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
-from ahvlite.spec.labels import DOMAIN_TYPE_LABEL
+from ahvlite.spec.labels import DOMAIN_TYPE_LABEL, is_pinned
 from ahvlite.spec.network import NetworkSpec
 from ahvlite.spec.vm import DiskSpec, NicSpec, VmSpec
 from ahvlite.virt import cpu, designer, domains, storage
@@ -52,6 +53,7 @@ class VmInfo:
     ips: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     template: str | None = None
+    pinned: bool = False  # stays on its host: pinned label or a PCI host device
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -205,7 +207,9 @@ def info_of(host: str, dom: DomainHandle) -> VmInfo:
         firmware="uefi" if os_ is not None and os_.loader else "bios",
         vtpm=bool(devs and len(devs.tpms)), disks=disks, nics=nics,
         ips=[fw["opt/ahvlite/ip"]] if fw.get("opt/ahvlite/ip") else [],
-        labels=meta.labels, template=meta.labels.get("ahvlite.io/template"))
+        labels=meta.labels, template=meta.labels.get("ahvlite.io/template"),
+        pinned=is_pinned(meta.labels, has_pci_hostdev=bool(
+            d.el.findall("devices/hostdev[@type='pci']"))))
 
 
 def list_vms(cluster: ClusterSpec) -> tuple[list[VmInfo], dict[str, str]]:
@@ -287,8 +291,17 @@ def create_vm(cluster: ClusterSpec, spec: VmSpec, *, host: str | None = None,
         need = spec.memory_mib
         if spec.overcommit:
             need = spec.memory_mib * designer.OVERCOMMIT_START_PERCENT // 100
+        # Hosts in maintenance take no new VMs (asked for by name: say so).
+        closed = schedulable.closed_hosts(cluster, host)
+        if host is None:
+            # ADS power-on placement (its rules, CPU balance). None: memory is short
+            # everywhere, and place() below says so as it always has.
+            from ahvlite.cluster.adsinput import initial_host
+
+            host = initial_host(hosts, spec, need if start else 0, closed)
         # A VM that is only defined holds no memory yet: free memory matters at start.
-        target = place(capacities(hosts), spec.memory_mib, requested=host,
+        target = place([c for c in capacities(hosts) if c.name not in closed],
+                       spec.memory_mib, requested=host,
                        need_free_mib=need if start else 0)
         report(f"placing {spec.name} on {target}")
         return create_on_host(hosts, target, spec, start=start, report=report,
@@ -299,7 +312,9 @@ def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
                    report: Report, cpu_level: CpuDef | None = None) -> VmInfo:
     """Make ``spec``'s volumes on ``target``, define it (and start it); undo on failure.
 
-    The caller has checked the spec (:func:`check_new_vm`) and placed it.
+    The caller has checked the spec (:func:`check_new_vm`) and placed it. The VM gets
+    ``cpu_level``, else the cluster's stored CPU level (every path that creates VMs —
+    CLI, controller tasks, template deploys — comes through here).
     """
     conn = hosts.conn(target)
     pool = hosts.pool(target)
@@ -336,7 +351,8 @@ def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
         if spec.boot.firmware == "uefi":
             nvram = str(storage.pool_path(pool) / nvram_volume(spec.name))
         xml = designer.design_xml(spec, Design(
-            host=host_policy(hosts, target, cpu_level), disks=placements,
+            host=host_policy(hosts, target, cpu_level or cpustore.level_of(hosts.cluster)),
+            disks=placements,
             networks=networks_of(hosts.cluster, target), nvram_path=nvram))
         report(f"defining {spec.name}")
         dom = domains.define_domain(conn, xml)
@@ -531,3 +547,20 @@ def import_image(cluster: ClusterSpec, path: Path, name: str,
         found = storage.find_volume(pool, vol)
         assert found is not None
         return storage.volume_info(found)
+
+
+def set_labels(cluster: ClusterSpec, name: str, changes: dict[str, str | None]) -> VmInfo:
+    """Set (or with None remove) labels in the VM's metadata, live and persistent."""
+    with connect(cluster) as hosts:
+        host, dom = hosts.find(name)
+        d = Domain.parse(domains.domain_xml(dom, inactive=True))
+        meta = d.meta or d.ensure_meta()
+        labels = dict(meta.labels)
+        for k, v in changes.items():
+            if v is None:
+                labels.pop(k, None)
+            else:
+                labels[k] = v
+        meta.labels = labels
+        domains.set_vm_metadata(dom, meta)
+        return info_of(host, dom)

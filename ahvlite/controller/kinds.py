@@ -271,8 +271,40 @@ def create_once(cluster: Any, spec: Any, *, host: str | None, start: bool,
     return vms.create_vm(cluster, spec, host=host, start=start).to_dict()
 
 
+class VmMigrate(_ClusterKind):
+    """``vm.migrate``: live-migrate one VM to ``to`` (ADS submits its moves as these).
+
+    A resumed attempt whose VM already runs on ``to`` counts as done: the dead leader's
+    migration finished."""
+
+    resumable = True
+
+    def validate(self, params: dict[str, Any]) -> dict[str, Any]:
+        to = params.get("to")
+        if not isinstance(to, str) or not to:
+            raise InvalidSpec("to", to, "the destination host's name")
+        return {"name": _vm_name(params), "to": to, "cluster": _cluster_param(params)}
+
+    def run(self, ctx: TaskContext) -> dict[str, Any]:
+        from ahvlite.cluster import vms
+        from ahvlite.cluster.migrate import migrate_vm
+
+        p = ctx.params
+        cspec = self.cluster(p)
+
+        def act() -> dict[str, Any]:
+            if ctx.task.attempts > 1 and vms.show_vm(cspec, p["name"]).host == p["to"]:
+                return {"vm": p["name"], "destination": p["to"], "note": "already there"}
+            return migrate_vm(cspec, p["name"], to=p["to"],
+                              cluster_file=cspec.source).to_dict()
+
+        ctx.progress(10, f"migrating {p['name']} to {p['to']}")
+        return dict(ctx.step("migrate", act))
+
+
 def registry(cluster_file: Path | None = None) -> dict[str, Handler]:
     """Every kind; ``cluster_file`` is the controller's own (``--cluster``)."""
     return {"sleep": Sleep(), "vm.create": VmCreate(),
             "vm.lifecycle": VmLifecycle(cluster_file),
-            "vm.spec.create": VmSpecCreate(cluster_file)}
+            "vm.spec.create": VmSpecCreate(cluster_file),
+            "vm.migrate": VmMigrate(cluster_file)}

@@ -489,6 +489,7 @@ def teardown(name: str, *, keep: bool) -> dict[str, Any]:
     for ns in netns_names:
         victims += processes.pids_in_netns(netlink.netns_path(ns))
     processes.stop(victims)
+    removed["loops"] = _detach_loops(root)
     by_pid = {p.pid: p for p in reversed(victims)}  # recorded roles win over "leftover"
     removed["processes"] = [f"{p.role}:{p.pid}" for p in sorted(by_pid.values(),
                                                                 key=lambda p: p.pid)]
@@ -541,6 +542,22 @@ def _destroy_guests(root: Path) -> None:
         except Exception:
             # A dead libvirtd cannot help; its QEMUs are ended by PID below.
             continue
+
+
+def _detach_loops(root: Path) -> list[str]:
+    """Loop devices backed by files of this lab (CVM lab LUNs), and only those."""
+    if find_program("losetup") is None:
+        return []
+    listed = namespaces.run(["losetup", "--list", "--noheadings", "--raw",
+                             "--output", "NAME,BACK-FILE"], check=False)
+    detached = []
+    for line in listed.stdout.splitlines():
+        device, _, backing = line.partition(" ")
+        backing = backing.strip().removesuffix(" (deleted)")
+        if backing.startswith(f"{root}/"):
+            namespaces.run(["losetup", "--detach", device], check=False)
+            detached.append(device)
+    return detached
 
 
 def _verify_gone(name: str, netns_names: list[str]) -> None:

@@ -220,5 +220,7 @@ def start_lab_services(layout: LabLayout, *, zk: bool, controllers: bool,
         report(f"a controller on every host ({len(layout.hosts)})")
         for host in layout.hosts:
             start(host, "controller", controller_argv(
-                host.name, url, extra=["--cluster", str(layout.cluster_file)]))
+                host.name, url, extra=["--cluster", str(layout.cluster_file),
+                                       # HA self-fence against this host's own libvirtd
+                                       "--host-agent", "--libvirt-uri", "qemu:///system"]))
     return url

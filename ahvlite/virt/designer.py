@@ -28,6 +28,7 @@ from ahvlite.virt.xml.devices import (
     Video,
 )
 from ahvlite.virt.xml.domain import Clock, Domain, FwCfgEntry, SysInfo, Timer
+from ahvlite.virt.xml.hostdev import CpuTune, MemoryBacking, MemTune, PciHostdev, VcpuPin
 
 # Debian's OVMF build (package ovmf): 4 MiB flash images.
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
@@ -340,3 +341,62 @@ def _metadata(dom: Domain, spec: VmSpec, ctx: Design) -> None:
     for nic in spec.nics:
         assert nic.mac is not None
         meta.set_nic(nic.mac, nic.network)
+
+
+# -- passthrough VMs (the CVM) --------------------------------------------------------
+
+def bridge_interface(mac: str, bridge: str) -> Interface:
+    """A NIC on a plain Linux bridge (virbr0: host <-> CVM only, no OVS port)."""
+    iface = Interface(etree.Element("interface", type="bridge"))
+    etree.SubElement(iface.el, "mac", address=mac.lower())
+    etree.SubElement(iface.el, "source", bridge=bridge)
+    etree.SubElement(iface.el, "model", type="virtio")
+    return iface
+
+
+def block_disk(source_dev: str, dev: str, *, serial: str, scsi_passthrough: bool) -> Disk:
+    """A host block device on the virtio-scsi bus.
+
+    ``scsi_passthrough``: ``device='lun'`` (QEMU scsi-block), so the guest's SCSI
+    commands reach the disk itself, as a CVM wants for real disks. That needs a device
+    that answers SG_IO (sd, not loop devices: QEMU refuses "Is this a SCSI device?"),
+    so file-backed lab LUNs are plain ``device='disk'`` over the same bus.
+    """
+    disk = Disk()
+    disk.type = "block"
+    disk.device = "lun" if scsi_passthrough else "disk"
+    disk.driver_name, disk.driver_type, disk.driver_cache = "qemu", "raw", "none"
+    disk.source_dev = source_dev
+    disk.target_dev, disk.target_bus = dev, "scsi"
+    if scsi_passthrough:
+        disk.sgio = "filtered"  # only commands the kernel deems safe reach the disk
+    else:
+        disk.serial = serial  # a LUN reports the disk's own serial
+    return disk
+
+
+def pin_vcpus(dom: Domain, host_cpus: list[int]) -> None:
+    """vCPU i runs only on ``host_cpus[i]``; QEMU's own threads on the same set."""
+    tune = dom.ensure(CpuTune)
+    tune.remove_child("vcpupin")
+    for vcpu, cpu in enumerate(host_cpus):
+        pin = VcpuPin()
+        pin.vcpu, pin.cpuset = vcpu, str(cpu)
+        tune.vcpupins.append(pin)
+    tune.emulatorpin = ",".join(str(c) for c in sorted(host_cpus))
+
+
+def lock_memory(dom: Domain, hard_limit_mib: int | None) -> None:
+    """Keep the guest's memory resident (``<memoryBacking><locked/>``).
+
+    libvirt then lifts QEMU's locked-memory limit to ``hard_limit`` or, without one,
+    removes it altogether, which lets a runaway QEMU pin all host memory; so a hard
+    limit is set wherever libvirt has the memory cgroup to enforce it.
+    """
+    dom.ensure(MemoryBacking).locked = True
+    if hard_limit_mib is not None:
+        dom.ensure(MemTune).hard_limit_mib = hard_limit_mib
+
+
+def pci_hostdev(address: str) -> PciHostdev:
+    return PciHostdev.for_address(address, managed=True)

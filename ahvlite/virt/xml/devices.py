@@ -5,6 +5,7 @@ from __future__ import annotations
 from lxml import etree
 
 from ahvlite.virt.xml.base import Children, FlagProp, Int, OnOff, Str, XmlObject, YesNo
+from ahvlite.virt.xml.hostdev import PciHostdev
 
 
 class Disk(XmlObject):
@@ -17,6 +18,8 @@ class Disk(XmlObject):
     driver_discard = Str("driver", attr="discard")
     driver_queues = Int("driver", attr="queues")
     source_file = Str("source", attr="file")
+    source_dev = Str("source", attr="dev")  # type='block' (CVM LUNs)
+    sgio = Str(attr="sgio")  # device='lun': which SCSI commands reach the device
     target_dev = Str("target", attr="dev")
     target_bus = Str("target", attr="bus")
     serial = Str("serial")
@@ -129,3 +132,4 @@ class Devices(XmlObject):
     tpms = Children(Tpm)
     rngs = Children(Rng)
     memballoons = Children(MemBalloon)
+    hostdevs = Children(PciHostdev)

@@ -15,6 +15,7 @@ from ahvlite.virt.xml.base import (
     YesNo,
 )
 from ahvlite.virt.xml.devices import Devices
+from ahvlite.virt.xml.hostdev import CpuTune, MemoryBacking, MemTune
 
 # Our own metadata namespace: what ahvlite knows about a VM beyond libvirt's view.
 AHV_NS = "https://ahvlite.io/xmlns/vm/1"
@@ -164,6 +165,9 @@ class Domain(XmlObject):
     clock = Child(Clock)
     sysinfo = Child(SysInfo)
     devices = Child(Devices)
+    cputune = Child(CpuTune)
+    memtune = Child(MemTune)
+    memory_backing = Child(MemoryBacking)
     meta = Child(VmMeta, f"metadata/{{{AHV_NS}}}vm")
 
     def ensure_os(self) -> Os:
