@@ -49,7 +49,7 @@ guest: venv
 	$(AHV) lab guest-image
 
 demo: setup
-	-@$(AHV) lab down --name $(DEMO_LAB) >/dev/null 2>&1
+	@$(AHV) lab down --name $(DEMO_LAB) >/dev/null 2>&1 || true
 	$(AHV) lab up --hosts 3 --name $(DEMO_LAB)
 	$(AHV) lab demo --name $(DEMO_LAB)
 	@set -e; \

@@ -331,12 +331,7 @@ def stop(cluster: ClusterSpec, cluster_file: Path, host: str, *, force: bool = F
     with connect(cluster) as hosts:
         conn = hosts.conn(host)
         dom = _find(conn, host)
-        try:
-            domains.acpi_shutdown(dom, timeout_s=timeout_s)
-        except AhvliteError:
-            if not force:
-                raise
-            domains.power_off(dom)
+        domains.shut_down(dom, timeout_s=timeout_s, force=force)
         return status_of(host, conn, ClusterState.for_cluster_file(cluster_file))
 
 

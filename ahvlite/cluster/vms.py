@@ -386,12 +386,7 @@ def shutdown_vm(cluster: ClusterSpec, name: str, *, timeout_s: float = 60,
     """ACPI shutdown; after ``timeout_s`` power off only when ``force``."""
     with connect(cluster) as hosts:
         host, dom = hosts.find(name)
-        try:
-            domains.acpi_shutdown(dom, timeout_s=timeout_s)
-        except AhvliteError:
-            if not force:
-                raise
-            domains.power_off(dom)
+        domains.shut_down(dom, timeout_s=timeout_s, force=force)
         return info_of(host, dom)
 
 

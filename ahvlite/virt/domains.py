@@ -12,7 +12,7 @@ from collections.abc import Callable
 import libvirt
 from lxml import etree
 
-from ahvlite.errors import Conflict, OperationTimeout
+from ahvlite.errors import AhvliteError, Conflict, OperationTimeout
 from ahvlite.virt import guest
 from ahvlite.virt.conn import libvirt_errors, or_none
 from ahvlite.virt.xml.domain import AHV_NS, VmMeta
@@ -79,6 +79,17 @@ def acpi_shutdown(dom: libvirt.virDomain, *, timeout_s: float,
         sleep(0.25)
     raise OperationTimeout(f"{name} did not shut down within {timeout_s:.0f} s",
                            hint="the guest may ignore ACPI; use --force to power it off")
+
+
+def shut_down(dom: libvirt.virDomain, *, timeout_s: float, force: bool) -> None:
+    """ACPI shutdown; when the guest ignores it for ``timeout_s``, power off only if
+    ``force`` (else the OperationTimeout stands)."""
+    try:
+        acpi_shutdown(dom, timeout_s=timeout_s)
+    except AhvliteError:
+        if not force:
+            raise
+        power_off(dom)
 
 
 def acpi_reboot(dom: libvirt.virDomain) -> None:

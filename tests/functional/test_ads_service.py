@@ -13,22 +13,11 @@ import pytest
 
 from ahvlite.controller.adsservice import LAST_MOVING_KEY, LAST_PLAN_KEY, AdsService
 from ahvlite.controller.coord.api import NotLeader
-from ahvlite.controller.coord.sqlite import SqliteCoordinator
 from ahvlite.controller.kinds import registry
 from ahvlite.controller.tasks import TaskState, TaskStore
 from tests.unit.test_ads_planner import ahv_doc_example
 
 pytestmark = pytest.mark.functional
-
-
-@pytest.fixture
-def leader(tmp_path):
-    coord = SqliteCoordinator(tmp_path / "c.db")
-    elected = threading.Event()
-    coord.campaign("me", lambda t: elected.set(), lambda r: None)
-    assert elected.wait(5)
-    yield coord
-    coord.close()
 
 
 def tasks(coord) -> list:

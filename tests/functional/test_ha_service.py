@@ -8,7 +8,6 @@ connection). The host monitor is replaced by a plain object with the same two fi
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,16 +77,6 @@ class Clock:
 
 def running(conn) -> set[str]:
     return {n for n, st in guest.list_domains(conn) if st == "running"}
-
-
-@pytest.fixture
-def leader(tmp_path):
-    coord = SqliteCoordinator(tmp_path / "c.db")
-    elected = threading.Event()
-    coord.campaign("me", lambda t: elected.set(), lambda r: None)
-    assert elected.wait(5)
-    yield coord
-    coord.close()
 
 
 def test_lost_host_vms_restart_by_priority_and_the_returned_host_is_cleaned(tmp_path, leader):
