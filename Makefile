@@ -20,7 +20,7 @@ DEBS := libvirt-daemon-system libvirt-clients libvirt-dev pkg-config \
 .PHONY: help setup debs venv guest demo test test-unit test-functional test-lab lint bench clean
 
 help:
-	@echo "make demo   - install what is missing, build a 3-host lab, boot guests, ping across hosts"
+	@echo "make demo   - install what is missing, build a 3-host lab, boot guests, ping across hosts, migrate, maintenance, HA after a host failure"
 	@echo "make test   - install what is missing, run the whole test suite (unit, functional, lab)"
 	@echo "make setup  - only install (Debian packages, .venv, lab guest image)"
 	@echo "make lint   - ruff, mypy and ansible-lint"
@@ -50,7 +50,7 @@ guest: venv
 
 demo: setup
 	@$(AHV) lab down --name $(DEMO_LAB) >/dev/null 2>&1 || true
-	$(AHV) lab up --hosts 3 --name $(DEMO_LAB)
+	$(AHV) lab up --hosts 3 --name $(DEMO_LAB) --zk --controllers
 	$(AHV) lab demo --name $(DEMO_LAB)
 	@set -e; \
 	status=$$($(AHV) lab status --name $(DEMO_LAB) --json); \
@@ -69,7 +69,10 @@ demo: setup
 	$(AHV) host maintenance enter "$$mhost" --wait; \
 	$(AHV) host maintenance show; \
 	$(AHV) vm list; \
-	$(AHV) host maintenance exit "$$mhost" --restore
+	$(AHV) host maintenance exit "$$mhost" --restore; \
+	echo "== HA: a host loses power; its VMs restart on the others"; \
+	$(AHV) ha show; \
+	$(AHV) lab kill --name $(DEMO_LAB) --watch-ha
 	@echo "The lab keeps running: '$(AHV) lab status --name $(DEMO_LAB)'," \
 	      "'$(AHV) lab exec h1 --name $(DEMO_LAB) -- virsh list'; remove it with" \
 	      "'$(AHV) lab down --name $(DEMO_LAB)'."

@@ -19,7 +19,6 @@ import ipaddress
 import json
 import os
 import statistics
-import subprocess
 import threading
 import time
 from typing import Any
@@ -27,7 +26,8 @@ from typing import Any
 from ahvlite.controller.coord import open_store
 from ahvlite.controller.daemon import LEADER_KEY
 from ahvlite.controller.ha.settings import HaSettings
-from ahvlite.lab import faults, guests, lab, namespaces
+from ahvlite.lab import faults, guests, lab
+from ahvlite.lab.drills import pings, running_on
 from ahvlite.lab.layout import LabLayout
 from ahvlite.lab.services import lab_store_url, lab_zk_members, member_mode
 from ahvlite.spec.lab import LabSpec
@@ -38,26 +38,10 @@ NAME = "bha"
 SUBNET = ipaddress.IPv4Network("10.213.254.0/26")
 
 
-def _running(layout: LabLayout, host: str) -> set[str]:
-    sock = layout.host(host).libvirt_sock
-    try:
-        with connection(f"qemu+unix:///system?socket={sock}", timeout_s=3) as conn:
-            return {n for n, st in guest.list_domains(conn) if st == "running"}
-    except Exception:
-        return set()
-
-
 def _defined(layout: LabLayout, host: str) -> set[str]:
     sock = layout.host(host).libvirt_sock
     with connection(f"qemu+unix:///system?socket={sock}", timeout_s=3) as conn:
         return {n for n, _ in guest.list_domains(conn)}
-
-
-def _pings(layout: LabLayout, host: str, ip: str) -> bool:
-    h = layout.host(host)
-    argv = [*namespaces.enter_argv(h.netns, h.mnt_ns_file, h.uts_ns_file),
-            "ping", "-c", "1", "-W", "1", ip]
-    return subprocess.run(argv, capture_output=True, timeout=10).returncode == 0
 
 
 def _until(pred: Any, timeout_s: float, what: str) -> Any:
@@ -82,7 +66,7 @@ class Twins:
         while not self._stop.is_set():
             where: dict[str, list[str]] = {}
             for h in self.layout.hosts:
-                for vm in _running(self.layout, h.name):
+                for vm in running_on(self.layout, h.name):
                     where.setdefault(vm, []).append(h.name)
             self.seen += [(vm, hs) for vm, hs in where.items() if len(hs) > 1]
             self.polls += 1
@@ -111,7 +95,7 @@ def _boot(layout: LabLayout, host: str, name: str) -> tuple[guests.LabGuest, flo
     g = guests.boot_from_disk(layout, state, layout.host(host), name,
                               str(layout.guest_addresses[0]))
     guests.record(layout, state, [g])
-    _until(lambda: _pings(layout, host, g.ip), 240, f"{name} never answered")
+    _until(lambda: pings(layout, host, g.ip), 240, f"{name} never answered")
     return g, time.monotonic() - t0
 
 
@@ -136,10 +120,10 @@ def kill_run() -> tuple[float, float, float]:
         t0 = time.monotonic()
         faults.kill(NAME, victim)
         moved = _until(lambda: next((h.name for h in layout.hosts if h.name != victim
-                                     and "hbvm" in _running(layout, h.name)), None),
+                                     and "hbvm" in running_on(layout, h.name)), None),
                        120, "not restarted")
         restarted = time.monotonic() - t0
-        _until(lambda: _pings(layout, moved, g.ip), 120, "restarted VM never answered")
+        _until(lambda: pings(layout, moved, g.ip), 120, "restarted VM never answered")
         answered = time.monotonic() - t0
         twins.stop()
         if twins.seen:
@@ -160,17 +144,17 @@ def partition_runs(n: int) -> tuple[list[float], list[float], int, list[Any]]:
                      "hbpart")
         for _ in range(n):
             where = _until(lambda: _recorded(coord, "hbpart"), 30, "no record")
-            _until(lambda w=where: "hbpart" in _running(layout, w), 60, "not running")
+            _until(lambda w=where: "hbpart" in running_on(layout, w), 60, "not running")
             t0 = time.monotonic()
             faults.partition(NAME, where)
             try:
                 moved = _until(lambda w=where: next(
                     (h.name for h in layout.hosts if h.name != w
-                     and "hbpart" in _running(layout, h.name)), None), 120, "not restarted")
+                     and "hbpart" in running_on(layout, h.name)), None), 120, "not restarted")
                 restart_s.append(time.monotonic() - t0)
-                if "hbpart" not in _running(layout, where):
+                if "hbpart" not in running_on(layout, where):
                     fenced_first += 1
-                _until(lambda m=moved: _pings(layout, m, g.ip), 120, "never answered")
+                _until(lambda m=moved: pings(layout, m, g.ip), 120, "never answered")
                 ping_s.append(time.monotonic() - t0)
             finally:
                 faults.heal(NAME, where)

@@ -179,13 +179,34 @@ def daemon(
 
 @app.command()
 def kill(
-    host: Annotated[str, typer.Argument(help="Lab host, e.g. h2.")],
+    host: Annotated[str | None, typer.Argument(
+        help="Lab host, e.g. h2 (with --watch-ha: default a non-leader host with VMs).")]
+        = None,
     name: NameOpt = "lab",
+    watch_ha: Annotated[bool, typer.Option(
+        "--watch-ha", help="Then time HA: each VM running elsewhere, and answering ping.")]
+        = False,
+    timeout_s: Annotated[float, typer.Option(
+        "--timeout-s", help="With --watch-ha: give up after this long.", min=10)] = 180,
     json_out: JsonOpt = False,
 ) -> None:
     """Power loss: SIGKILL every daemon and QEMU of a lab host (by recorded PID/netns)."""
-    from ahvlite.lab import faults
+    from ahvlite.lab import drills, faults
 
+    if watch_ha:
+        with progress(not json_out, "HA drill") as report:
+            result = drills.kill_and_watch(name, host, timeout_s=timeout_s, report=report)
+        if json_out:
+            emit_json(result)
+            return
+        rows = [[v["name"], v["to"], f"{v['restarted_s']} s",
+                 f"{v['answers_s']} s" if v["answers_s"] is not None else "(no address)"]
+                for v in result["vms"]]
+        console.print(table(f"HA after {result['host']} lost power", [
+            "VM", "restarted on", "running after", "answers ping after"], rows))
+        return
+    if host is None:
+        raise InvalidSpec("host", None, "a lab host name (or --watch-ha to pick one)")
     result = faults.kill(name, host)
     if json_out:
         emit_json(result)

@@ -14,12 +14,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ahvlite.controller.coord.api import Coordinator, NotLeader, Put
 from ahvlite.controller.stats import History, host_stats
-from ahvlite.errors import AhvliteError
+from ahvlite.errors import AhvliteError, OperationTimeout
 from ahvlite.virt.hostconn import DomainEvent, LinkState, StateChange
 from ahvlite.virt.stats import HostCounters, sample_host
 
@@ -67,7 +69,8 @@ def apply_event(vms: dict[str, str], event: str, domain: str) -> None:
 class HostMonitor:
     def __init__(self, coord: Coordinator, links: list[Link], *, interval_s: float = 10.0,
                  history: int = 360, clock: Callable[[], float] = time.time,
-                 sampler: Callable[[Any], HostCounters] = sample_host) -> None:
+                 sampler: Callable[[Any], HostCounters] = sample_host,
+                 call_timeout_s: float = 10.0) -> None:
         self.coord = coord
         self.links = {link.host: link for link in links}
         self.interval_s = interval_s
@@ -75,6 +78,9 @@ class HostMonitor:
         self.sampler = sampler
         self.history = History(history)
         self.hosts = {h: HostRecord(h, since=clock(), vms={}) for h in self.links}
+        self.call_timeout_s = call_timeout_s
+        self._workers: dict[str, ThreadPoolExecutor] = {}
+        self._pending: dict[str, Future[HostCounters]] = {}
         self._prev: dict[str, HostCounters] = {}
         self._mu = threading.Lock()
         self._stop = threading.Event()
@@ -94,6 +100,8 @@ class HostMonitor:
             link.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        for pool in self._workers.values():
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _maintenance(self, host: str) -> bool:
         try:
@@ -132,11 +140,11 @@ class HostMonitor:
     def collect_once(self) -> None:
         """One bulk stats call per connected host; refresh the cache, publish."""
         for host, link in self.links.items():
-            conn = link.conn
+            conn = link.conn  # None unless connected and alive
             if conn is None:
                 continue
             try:
-                counters = self.sampler(conn)
+                counters = self._sample(host, conn)
             except AhvliteError as exc:
                 log.warning("stats of %s: %s", host, exc.message)
                 continue
@@ -153,6 +161,28 @@ class HostMonitor:
             except AhvliteError as exc:
                 log.warning("publish stats of %s: %s", host, exc.message)
             self._publish(host)
+
+    def _sample(self, host: str, conn: Any) -> HostCounters:
+        """Run the stats call on ``host``'s own worker thread, waiting ``call_timeout_s``.
+
+        A call on a connection that breaks mid-call can block for good, and a second
+        call on it from another thread crashed libvirt's client in the lab. So each
+        host has one worker, a call still pending blocks the next one (the host is
+        skipped), and this loop never waits longer than the timeout.
+        """
+        pending = self._pending.get(host)
+        if pending is not None and not pending.done():
+            raise OperationTimeout(f"host {host}: an earlier stats call has not returned")
+        pool = self._workers.get(host)
+        if pool is None:
+            pool = self._workers[host] = ThreadPoolExecutor(
+                1, thread_name_prefix=f"hostmon-{host}")
+        future = self._pending[host] = pool.submit(self.sampler, conn)
+        try:
+            return future.result(timeout=self.call_timeout_s)
+        except FutureTimeout:
+            raise OperationTimeout(f"host {host}: stats call did not return in "
+                                   f"{self.call_timeout_s:g} s") from None
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -4,11 +4,22 @@ libvirt keepalive detects a silent host (interval x count), the close callback m
 the host disconnected the moment the connection drops, and a reconnect thread retries
 with backoff and jitter. Domain lifecycle events are re-subscribed after every
 reconnect, so subscribers see one continuous stream per host.
+
+The close callback alone is not enough: when keepalive expires inside an RPC call
+that another thread is waiting on, libvirt closes the socket but never calls it (seen
+in the lab: a partition with two callers left the link "connected" on a dead socket
+for good). So the link's own thread also checks ``isAlive()`` (a local check, no
+round trip) every ``check_interval_s``, and :attr:`HostConnection.conn` never hands
+out a connection that is not alive. A lost connection is abandoned, not closed:
+another thread may still be inside a call on it, and closing under a pending call
+crashed libvirt's client. Subscribers are called from a dispatcher thread, never from
+libvirt's event loop, so a slow subscriber cannot stall keepalive of every host.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -61,7 +72,8 @@ class HostConnection:
 
     def __init__(self, host: str, uri: str, *, keepalive_interval_s: int = 5,
                  keepalive_count: int = 3, connect_timeout_s: float = 10,
-                 backoff: Backoff | None = None, insecure_tcp: bool = False) -> None:
+                 backoff: Backoff | None = None, insecure_tcp: bool = False,
+                 check_interval_s: float | None = None) -> None:
         self.host = host
         self.uri = uri
         self.keepalive_interval_s = keepalive_interval_s
@@ -69,6 +81,7 @@ class HostConnection:
         self.connect_timeout_s = connect_timeout_s
         self.backoff = backoff or Backoff()
         self.insecure_tcp = insecure_tcp
+        self.check_interval_s = check_interval_s or max(0.5, keepalive_interval_s / 2)
         self.state = LinkState.CONNECTING
         self.last_error: str | None = None
         self._conn: libvirt.virConnect | None = None
@@ -76,6 +89,9 @@ class HostConnection:
         self._wake = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
+        self._abandoned: list[libvirt.virConnect] = []  # lost; kept, never used or closed
+        self._notes: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._dispatcher: threading.Thread | None = None
         self._state_subs: list[Callable[[StateChange], None]] = []
         self._event_subs: list[Callable[[DomainEvent], None]] = []
 
@@ -93,6 +109,9 @@ class HostConnection:
         """Connect in the background and keep connected until :meth:`close`."""
         self._thread = threading.Thread(target=self._run, name=f"hostconn-{self.host}",
                                         daemon=True)
+        self._dispatcher = threading.Thread(target=self._dispatch,
+                                            name=f"hostconn-{self.host}-notify", daemon=True)
+        self._dispatcher.start()
         self._thread.start()
 
     def wait_connected(self, timeout_s: float) -> bool:
@@ -115,27 +134,67 @@ class HostConnection:
             except libvirt.libvirtError:
                 pass
         self._set_state(LinkState.CLOSED, "closed by the client")
+        self._notes.put(None)  # the dispatcher delivers what is queued, then ends
+        dispatcher = self._dispatcher
+        if dispatcher is not None and dispatcher is not threading.current_thread():
+            dispatcher.join(timeout=5)  # callers see every notification before close returns
 
     @property
     def conn(self) -> libvirt.virConnect | None:
-        return self._conn if self.state == LinkState.CONNECTED else None
+        """The live connection, or None while the host is not reachable."""
+        conn = self._conn
+        if conn is None or self.state != LinkState.CONNECTED:
+            return None
+        if not _alive(conn):
+            self._wake.set()  # the link thread records the loss and reconnects
+            return None
+        return conn
 
     # -- internals --------------------------------------------------------------
 
     def _set_state(self, state: LinkState, reason: str) -> None:
-        if state == self.state and state != LinkState.CONNECTED:
-            return
-        self.state = state
-        change = StateChange(self.host, state, reason, time.monotonic())
-        for fn in list(self._state_subs):
-            try:
-                fn(change)
-            except Exception:  # a subscriber's bug must not kill the connection thread
-                log.exception("state subscriber failed")
+        with self._lock:
+            if state == self.state and state != LinkState.CONNECTED:
+                return
+            self.state = state
+            change = StateChange(self.host, state, reason, time.monotonic())
+        self._notify(self._state_subs, change)
+
+    def _notify(self, subs: list[Callable[..., None]], item: object) -> None:
+        def deliver() -> None:
+            for fn in list(subs):
+                try:
+                    fn(item)
+                except Exception:  # a subscriber's bug must not stop the others
+                    log.exception("subscriber of %s failed", self.host)
+
+        if self._dispatcher is None:
+            deliver()  # not started: no other thread to hand it to
+        else:
+            self._notes.put(deliver)
+
+    def _dispatch(self) -> None:
+        while (note := self._notes.get()) is not None:
+            note()
+
+    def _lost(self, conn: libvirt.virConnect, reason: str) -> None:
+        """Record the loss of ``conn`` once, whoever notices it first."""
+        with self._lock:
+            if self._conn is not conn:
+                return  # already recorded (close callback and liveness check both saw it)
+            self._conn = None
+            self._abandoned.append(conn)
+        if not self._stop:
+            self._set_state(LinkState.DISCONNECTED, reason)
+            self._wake.set()
 
     def _run(self) -> None:
         delays = self.backoff.delays()
         while not self._stop:
+            conn = self._conn
+            if conn is not None and not _alive(conn):
+                self._lost(conn, "connection lost (keepalive timed out or socket closed)")
+                continue
             if self._conn is None:
                 try:
                     self._connect()
@@ -146,7 +205,7 @@ class HostConnection:
                     self._wake.wait(next(delays))
                     self._wake.clear()
                     continue
-            self._wake.wait()
+            self._wake.wait(self.check_interval_s)
             self._wake.clear()
 
     def _connect(self) -> None:
@@ -154,7 +213,7 @@ class HostConnection:
                                keepalive_count=self.keepalive_count,
                                timeout_s=self.connect_timeout_s,
                                insecure_tcp=self.insecure_tcp)
-        conn.registerCloseCallback(self._closed, None)
+        conn.registerCloseCallback(self._closed, conn)
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                                     self._lifecycle, None)
         with self._lock:
@@ -162,25 +221,26 @@ class HostConnection:
         self.last_error = None
         self._set_state(LinkState.CONNECTED, "connected")
 
-    def _closed(self, _conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
+    def _closed(self, _conn: libvirt.virConnect, reason: int, opaque: object) -> None:
         # Runs on the event-loop thread: record and hand reconnecting to our thread.
+        # ``opaque`` is the connection the callback was registered on (not a newer one).
         why = {libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "I/O error",
                libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "the host closed the connection",
                libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timed out",
                libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "closed by the client",
                }.get(reason, f"reason {reason}")
-        with self._lock:
-            self._conn = None
-        if not self._stop:
-            self._set_state(LinkState.DISCONNECTED, why)
-            self._wake.set()
+        if isinstance(opaque, libvirt.virConnect):
+            self._lost(opaque, why)
 
     def _lifecycle(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int,
                    detail: int, _opaque: object) -> None:
         ev = DomainEvent(self.host, dom.name(), LIFECYCLE.get(event, str(event)), detail,
                          time.monotonic())
-        for fn in list(self._event_subs):
-            try:
-                fn(ev)
-            except Exception:
-                log.exception("event subscriber failed")
+        self._notify(self._event_subs, ev)
+
+
+def _alive(conn: libvirt.virConnect) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False

@@ -22,7 +22,7 @@ import pytest
 from ahvlite.controller.coord import open_store
 from ahvlite.controller.daemon import LEADER_KEY
 from ahvlite.controller.ha.records import StoredVm, key
-from ahvlite.lab import faults, guests, lab, processes
+from ahvlite.lab import drills, faults, guests, lab, processes
 from ahvlite.lab.layout import LabLayout
 from ahvlite.lab.services import lab_store_url, lab_zk_members, member_mode
 from ahvlite.spec.lab import LabSpec
@@ -215,16 +215,19 @@ def test_killed_host_vm_restarts_elsewhere_and_answers(ha_lab):
     g = boot(layout, victim, "hakill", 1)
     assert wait_for(lambda: recorded_on(coord, "hakill") == victim, 30, 0.2)
     with TwinWatch(layout) as watch:
-        result = faults.kill(NAME, victim)
-        assert result["survivors"] == []
+        # The drill `ahvlite lab kill --watch-ha` runs: power loss, then its own watch.
+        result = drills.kill_and_watch(NAME, victim, timeout_s=210)
         assert any(k.startswith("libvirtd:") for k in result["killed"])
         assert not any(processes.is_alive(p) for p in lab.state_of(NAME).processes
                        if p.host == victim)
-        moved = wait_for(lambda: recorded_on(coord, "hakill") not in (None, victim)
-                         and recorded_on(coord, "hakill"), 90, 0.2)
-        assert moved, "the leader did not restart the VM"
+        (vm,) = result["vms"]
+        moved = vm["to"]
+        assert vm["name"] == "hakill" and moved not in (None, victim)
+        assert 0 < vm["restarted_s"] <= vm["answers_s"]
+        assert result["double_starts"] == [] and result["leader"] == lead
+        assert wait_for(lambda: recorded_on(coord, "hakill") == moved, 30, 0.2)
         assert "hakill" in (running_on(layout, moved) or set())
-        assert wait_for(lambda: pings(layout, moved, g.ip), 120, 0.5)
+        assert pings(layout, moved, g.ip)
     assert watch.twins == []
     status = json.loads(coord.get("ha/status").value)
     assert status["hosts"][victim]["verdict"] == "down"
