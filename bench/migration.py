@@ -25,10 +25,9 @@ from typing import Any
 from ahvlite.cluster import maintenance, vms
 from ahvlite.cluster.convergence import ConvergenceSettings
 from ahvlite.cluster.migrate import MigrationAborted, migrate_vm
-from ahvlite.lab import lab, namespaces
+from ahvlite.lab import guests, lab, namespaces
 from ahvlite.spec.cluster import ClusterSpec, load_cluster
 from ahvlite.spec.lab import LabSpec
-from ahvlite.spec.vm import DiskSpec, NicSpec, VmSpec
 from ahvlite.virt.conn import parse_uri
 
 NAME = "bmig"
@@ -37,17 +36,6 @@ DIRTY_MIB_S = 40
 LINK_MIB_S = 20
 PEER_LIMIT_S = 90
 REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+)")
-
-
-def spec(name: str, ip: str | None = None, dirty: int = 0) -> VmSpec:
-    fw = {"opt/ahvlite/hostname": name}
-    if ip:
-        fw["opt/ahvlite/ip"] = ip
-    if dirty:
-        fw["opt/ahvlite/dirty"] = str(dirty)
-    return VmSpec(name=name, memory_mib=128, disks=[DiskSpec(image="guest")],
-                  nics=[NicSpec(network="br0")], fw_cfg=fw,
-                  serial_log=f"/var/log/libvirt/qemu/{name}-serial.log")
 
 
 def wait_line(layout: Any, host: str, name: str, text: str, timeout_s: float = 300) -> None:
@@ -157,10 +145,11 @@ def main() -> None:
         cluster = load_cluster(path)
         vms.import_image(cluster, Path(status["guest"]["disk"]), "guest")
         addrs = status["guest_addresses"]
-        vms.create_vm(cluster, spec("idle", addrs[0]), host="h1", start=True)
-        vms.create_vm(cluster, spec("dirty", addrs[1], DIRTY_MIB_S), host="h1", start=True)
+        vms.create_vm(cluster, guests.vm_spec("idle", addrs[0]), host="h1", start=True)
+        vms.create_vm(cluster, guests.vm_spec("dirty", addrs[1], dirty_mib_s=DIRTY_MIB_S),
+                      host="h1", start=True)
         for i in range(4):
-            vms.create_vm(cluster, spec(f"m{i}"), host="h3", start=True)
+            vms.create_vm(cluster, guests.vm_spec(f"m{i}"), host="h3", start=True)
         wait_line(layout, "h1", "idle", "AHVLITE-GUEST-READY")
         wait_line(layout, "h1", "dirty", "AHVLITE-GUEST-READY")
         for i in range(4):

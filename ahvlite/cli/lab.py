@@ -215,6 +215,16 @@ def kill(
                       f"({', '.join(result['killed'])})", highlight=False)
 
 
+def _uplinks(action: str, host: str, name: str, json_out: bool) -> None:
+    from ahvlite.lab import faults
+
+    result = (faults.partition if action == "down" else faults.heal)(name, host)
+    if json_out:
+        emit_json(result)
+    else:
+        console.print(f"{host}: uplinks {', '.join(result['links'])} {action}")
+
+
 @app.command()
 def partition(
     host: Annotated[str, typer.Argument(help="Lab host, e.g. h2.")],
@@ -222,13 +232,7 @@ def partition(
     json_out: JsonOpt = False,
 ) -> None:
     """Cut both uplinks of a lab host at the top-of-rack side (it keeps running)."""
-    from ahvlite.lab import faults
-
-    result = faults.partition(name, host)
-    if json_out:
-        emit_json(result)
-    else:
-        console.print(f"{host}: uplinks {', '.join(result['links'])} down")
+    _uplinks("down", host, name, json_out)
 
 
 @app.command()
@@ -238,10 +242,4 @@ def heal(
     json_out: JsonOpt = False,
 ) -> None:
     """Restore both uplinks of a partitioned lab host."""
-    from ahvlite.lab import faults
-
-    result = faults.heal(name, host)
-    if json_out:
-        emit_json(result)
-    else:
-        console.print(f"{host}: uplinks {', '.join(result['links'])} up")
+    _uplinks("up", host, name, json_out)

@@ -12,6 +12,7 @@ from pathlib import Path
 from ahvlite.errors import OperationFailed, OperationTimeout
 from ahvlite.lab.layout import OVS_BRIDGE, SHARED_POOL, HostLayout, LabLayout
 from ahvlite.lab.state import LabState
+from ahvlite.spec.vm import DiskSpec, NicSpec, VmSpec
 from ahvlite.virt import guest, storage
 from ahvlite.virt.conn import connection
 
@@ -104,3 +105,24 @@ def console_run(layout: LabLayout, g: LabGuest, command: str, *,
         dom = guest.lookup(conn, g.name)
         with guest.Console(conn, dom) as con:
             return con.run(command, timeout_s=timeout_s)
+
+
+def serial_log_path(name: str) -> str:
+    """Where a lab guest created through the VM layer logs its serial console (inside
+    its host; the host's state dir holds it in the root namespace)."""
+    return f"/var/log/libvirt/qemu/{name}-serial.log"
+
+
+def vm_spec(name: str, ip: str | None = None, *, dirty_mib_s: int = 0,
+            labels: dict[str, str] | None = None) -> VmSpec:
+    """The test guest as a VM spec for ``vm create``: 128 MiB, the shared ``guest``
+    image, one NIC on br0; ``ip`` (CIDR) fixed through fw_cfg, and ``dirty_mib_s`` the
+    guest's memory-dirtying workload (``opt/ahvlite/dirty``)."""
+    fw = {"opt/ahvlite/hostname": name}
+    if ip:
+        fw["opt/ahvlite/ip"] = ip
+    if dirty_mib_s:
+        fw["opt/ahvlite/dirty"] = str(dirty_mib_s)
+    return VmSpec(name=name, memory_mib=128, disks=[DiskSpec(image="guest")],
+                  nics=[NicSpec(network=OVS_BRIDGE)], fw_cfg=fw,
+                  serial_log=serial_log_path(name), labels=labels or {})

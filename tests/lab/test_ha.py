@@ -23,27 +23,18 @@ from ahvlite.controller.coord import open_store
 from ahvlite.controller.daemon import LEADER_KEY
 from ahvlite.controller.ha.records import StoredVm, key
 from ahvlite.lab import drills, faults, guests, lab, processes
+from ahvlite.lab.drills import pings, running_on
 from ahvlite.lab.layout import LabLayout
 from ahvlite.lab.services import lab_store_url, lab_zk_members, member_mode
 from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.labels import HA_PRIORITY_LABEL
 from ahvlite.virt import guest
 from ahvlite.virt.conn import connection
-from tests.lab.conftest import assert_gone, in_host
+from tests.lab.conftest import assert_gone
 from tests.waiting import wait_for
 
 NAME = "tha"
 SUBNET = "10.213.253.0/26"
-
-
-def running_on(layout: LabLayout, host: str) -> set[str] | None:
-    """Running domains of a lab host through its local socket; None if libvirtd is gone."""
-    sock = layout.host(host).libvirt_sock
-    try:
-        with connection(f"qemu+unix:///system?socket={sock}", timeout_s=3) as conn:
-            return {n for n, st in guest.list_domains(conn) if st == "running"}
-    except Exception:
-        return None
 
 
 def defined_on(layout: LabLayout, host: str) -> dict[str, str]:
@@ -135,10 +126,6 @@ def recorded_on(coord, vm: str) -> str | None:
         return None
     rec = StoredVm.from_bytes(raw.value)
     return rec.host if rec.running else None
-
-
-def pings(layout: LabLayout, from_host: str, ip: str) -> bool:
-    return in_host(layout.host(from_host), "ping", "-c", "1", "-W", "1", ip).returncode == 0
 
 
 def test_partitioned_host_fences_itself_before_the_restart_elsewhere(ha_lab):

@@ -19,10 +19,9 @@ from ahvlite.cluster import vms
 from ahvlite.cluster.convergence import ConvergenceSettings
 from ahvlite.cluster.migrate import migrate_vm
 from ahvlite.errors import Conflict
-from ahvlite.lab import lab
+from ahvlite.lab import guests, lab
 from ahvlite.spec.cluster import load_cluster
 from ahvlite.spec.lab import LabSpec
-from ahvlite.spec.vm import DiskSpec, NicSpec, VmSpec
 from ahvlite.virt import domains, migration
 
 from ..waiting import wait_for
@@ -33,24 +32,8 @@ SUBNET = "10.213.248.0/26"
 READY = re.compile(r"AHVLITE-GUEST-READY ip=(\S+)")
 
 
-def serial_log(name: str) -> str:
-    return f"/var/log/libvirt/qemu/{name}-serial.log"
-
-
-def guest_spec(name: str, ip: str | None = None, *, dirty_mib_s: int = 0,
-               labels: dict[str, str] | None = None) -> VmSpec:
-    fw = {"opt/ahvlite/hostname": name}
-    if ip:
-        fw["opt/ahvlite/ip"] = ip
-    if dirty_mib_s:
-        fw["opt/ahvlite/dirty"] = str(dirty_mib_s)
-    return VmSpec(name=name, memory_mib=128, disks=[DiskSpec(image="guest")],
-                  nics=[NicSpec(network="br0")], fw_cfg=fw, serial_log=serial_log(name),
-                  labels=labels or {})
-
-
 def ready(layout, host: str, name: str, pattern: str = "AHVLITE-GUEST-READY") -> bool:
-    log = layout.host(host).state_dir / serial_log(name).lstrip("/")
+    log = layout.host(host).state_dir / guests.serial_log_path(name).lstrip("/")
     return log.exists() and pattern in log.read_text(errors="replace")
 
 
@@ -62,9 +45,9 @@ def miglab():
     cluster = load_cluster(path)
     vms.import_image(cluster, Path(status["guest"]["disk"]), "guest")
     ips = [a.split("/")[0] for a in status["guest_addresses"]]
-    vms.create_vm(cluster, guest_spec("g1", status["guest_addresses"][0]), host="h1",
+    vms.create_vm(cluster, guests.vm_spec("g1", status["guest_addresses"][0]), host="h1",
                   start=True)
-    vms.create_vm(cluster, guest_spec("dirty", status["guest_addresses"][1], dirty_mib_s=40),
+    vms.create_vm(cluster, guests.vm_spec("dirty", status["guest_addresses"][1], dirty_mib_s=40),
                   host="h1", start=True)
     for name in ("g1", "dirty"):
         assert wait_for(lambda n=name: ready(layout, "h1", n), timeout_s=240,
@@ -149,12 +132,12 @@ def test_a_second_migration_of_the_same_vm_is_refused_not_raced(miglab):
 
 def test_pinned_and_stopped_vms_are_refused_before_anything_moves(miglab):
     _status, _layout, path, cluster, _ips = miglab
-    vms.create_vm(cluster, guest_spec("pinned", labels={"ahvlite.io/pinned": "true"}),
+    vms.create_vm(cluster, guests.vm_spec("pinned", labels={"ahvlite.io/pinned": "true"}),
                   host="h1")
     r = cli(path, "vm", "migrate", "pinned", "--json")
     assert r.returncode == 4, r.stdout
     assert "pinned" in json.loads(r.stdout)["message"]
-    vms.create_vm(cluster, guest_spec("stopped"), host="h1")
+    vms.create_vm(cluster, guests.vm_spec("stopped"), host="h1")
     r = cli(path, "vm", "migrate", "stopped")
     assert r.returncode == 4 and "shutoff" in r.stderr, r.stderr
     assert vms.show_vm(cluster, "pinned").pinned
@@ -185,7 +168,7 @@ def test_dirtying_guest_fails_to_converge_and_keeps_running_on_the_source(miglab
 
 def test_maintenance_empties_a_host_and_exit_restores_it(miglab):
     _status, layout, path, cluster, ips = miglab
-    vms.create_vm(cluster, guest_spec("m1"), host="h3", start=True)
+    vms.create_vm(cluster, guests.vm_spec("m1"), host="h3", start=True)
     # Without --wait: unschedulable at once, emptied by a detached `enter --wait`.
     r = cli(path, "host", "maintenance", "enter", "h3", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
