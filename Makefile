@@ -17,13 +17,14 @@ DEBS := libvirt-daemon-system libvirt-clients libvirt-dev pkg-config \
 	mtools dosfstools syslinux syslinux-common libxml2-utils ruby \
 	python3 python3-venv python3-dev gcc make
 
-.PHONY: help setup debs venv guest demo test test-unit test-functional test-lab lint bench clean
+.PHONY: help setup debs venv guest demo test test-unit explore test-functional test-lab lint bench clean
 
 help:
 	@echo "make demo   - install what is missing, build a 3-host lab, boot guests, ping across hosts, migrate, maintenance, HA after a host failure"
 	@echo "make test   - install what is missing, run the whole test suite (unit, functional, lab)"
 	@echo "make setup  - only install (Debian packages, .venv, lab guest image)"
 	@echo "make lint   - ruff, mypy and ansible-lint"
+	@echo "make explore - property tests on fresh random examples (EXPLORE_ROUNDS=10)"
 	@echo "make bench  - benchmarks (ratios against a peer measured in the same run)"
 
 setup: debs venv guest
@@ -82,6 +83,13 @@ test: setup
 
 test-unit: venv
 	$(BIN)/pytest tests/unit
+
+# Property tests on fresh random examples, several rounds (the gate runs fixed ones).
+EXPLORE_ROUNDS ?= 10
+explore: venv
+	for i in $$(seq $(EXPLORE_ROUNDS)); do \
+	  HYPOTHESIS_PROFILE=explore $(BIN)/pytest -q -p no:cacheprovider tests/unit || exit 1; \
+	done
 
 test-functional: setup
 	$(BIN)/pytest tests/functional
