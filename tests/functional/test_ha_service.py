@@ -184,6 +184,14 @@ def test_agent_fences_protected_vms_only_when_isolated(tmp_path):
             clock.now = HaSettings().isolation_timeout_s - 0.1
             assert agent.check() == [] and "ha-agent-vm" in running(conn)
             clock.now = HaSettings().isolation_timeout_s + 0.1
+            # Other store members still answer: the store is down for everyone (an
+            # election), not this host cut off. Nothing is powered off.
+            agent.peers = lambda: ["10.0.0.2:2181"]
+            assert agent.check() == [] and agent.check() == []
+            assert not agent.isolated and agent.store_down_seen == 1
+            assert {"ha-agent-vm", "ha-agent-cvm"} <= running(conn)
+            # Nobody answers: isolated.
+            agent.peers = list
             fenced = agent.check()
             assert "ha-agent-vm" in fenced and "ha-agent-cvm" not in fenced
             assert "ha-agent-vm" not in running(conn) and "ha-agent-cvm" in running(conn)

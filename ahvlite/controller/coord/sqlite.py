@@ -230,6 +230,9 @@ class SqliteCoordinator:
         with self._write() as cur:
             cur.execute("DELETE FROM members WHERE name=? AND session=?", (member, self.session))
 
+    def other_members_answering(self, timeout_s: float = 0.5) -> list[str]:
+        return []  # one file on this host: no other members
+
     def members(self) -> dict[str, bytes]:
         rows = self._read("SELECT name, data FROM members WHERE expires_at > ?", (time.time(),))
         return {str(n): bytes(d) for n, d in rows}

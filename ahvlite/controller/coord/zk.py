@@ -38,6 +38,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry, RetryFailedError
 from kazoo.security import make_acl, make_digest_acl
 
+from ahvlite.controller.coord import reach
 from ahvlite.controller.coord.api import (
     MUST_NOT_EXIST,
     Delete,
@@ -130,6 +131,7 @@ class ZkCoordinator:
         self.url = url.redacted()
         self.session_timeout_s = session_timeout_s
         self.root = url.chroot
+        self._members = url.hosts
         self._retry_s = max(2 * session_timeout_s, 10.0)
         auth = f"{url.user}:{url.secret}"
         self._acl = [make_digest_acl(url.user, url.secret, all=True),
@@ -201,6 +203,10 @@ class ZkCoordinator:
         return f"{self.root}/kv/{check_key(key)}"
 
     # -- keys -------------------------------------------------------------------
+
+    def other_members_answering(self, timeout_s: float = 0.5) -> list[str]:
+        """Ensemble members not on this host that accept a TCP connection."""
+        return reach.answering(self._members, timeout_s)
 
     @_op("get")
     def get(self, key: str) -> Versioned | None:

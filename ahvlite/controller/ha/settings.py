@@ -7,8 +7,11 @@ host's VMs only ``countdown_s`` (8 s) after it saw both signals of the loss, and
 view of the loss starts no earlier than the agent's own last contact with the store. So
 a countdown of at least the isolation timeout plus a margin (3 s by default: the agent's
 0.5 s check period, a destroy call, a busy scheduler) means the old copy is gone before
-a new one starts. 5 s keeps false isolation rare (a ZooKeeper leader election takes
-about 1 s with our 500 ms tick); 8 s keeps failure-to-restart well under 25 s.
+a new one starts (the agent's 0.5 s check whether other store members answer fits in
+the margin too). A store that is down for everyone is not isolation: the agent fences
+only when no other member answers (``agent.py``), because a ZooKeeper leader's power
+loss leaves every host without the store for about 6 s with our 500 ms tick. 8 s keeps
+failure-to-restart under 25 s.
 """
 
 from __future__ import annotations
