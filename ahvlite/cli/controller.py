@@ -83,6 +83,7 @@ def run(
         spec = load_cluster(path)
 
         from ahvlite.cluster.adsinput import load_rules
+        from ahvlite.cluster.schedulable import unschedulable_hosts
         from ahvlite.controller.ha.adsplace import ads_place
         from ahvlite.controller.ha.config import settings_loader
         from ahvlite.controller.ha.service import HaService
@@ -94,9 +95,15 @@ def run(
             # first signal); HA also needs its controller gone before acting.
             links = [HostConnection(h.name, h.uri, keepalive_interval_s=2, keepalive_count=2)
                      for h in spec.hosts]
-            monitor = HostMonitor(coord, links, interval_s=stats_interval_s)  # type: ignore[arg-type]
+            # Maintenance is cluster state beside the cluster file, written by `host
+            # maintenance`; the controller reads the same documents (no second copy).
+            def closed() -> set[str]:
+                return unschedulable_hosts(path)
+            monitor = HostMonitor(coord, links, interval_s=stats_interval_s,  # type: ignore[arg-type]
+                                  closed=closed)
             place_fn = ads_place(lambda: load_rules(path))
-            return [monitor, HaService(coord, monitor, ha_settings, place_fn=place_fn),
+            return [monitor, HaService(coord, monitor, ha_settings, place_fn=place_fn,
+                                       closed=closed),
                     ads_service(coord, spec, monitor, ads_interval_s)]
 
     if host_agent:

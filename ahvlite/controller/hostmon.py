@@ -2,9 +2,10 @@
 
 One :class:`~ahvlite.virt.hostconn.HostConnection` per host (keepalive, close callback,
 reconnect). Link changes and domain lifecycle events update the cache at once; every
-``interval_s`` one bulk stats call per host refreshes it and yields rates. Host state
-goes to ``hosts/NAME`` and the newest stats to ``stats/NAME``, both through the fence:
-a deposed leader's monitor cannot publish.
+``interval_s`` one bulk stats call per host refreshes it and yields rates, and the
+maintenance state (``closed``: the cluster state ``host maintenance`` writes) is read
+again. Host state goes to ``hosts/NAME`` and the newest stats to ``stats/NAME``, both
+through the fence: a deposed leader's monitor cannot publish.
 """
 
 from __future__ import annotations
@@ -70,8 +71,11 @@ class HostMonitor:
     def __init__(self, coord: Coordinator, links: list[Link], *, interval_s: float = 10.0,
                  history: int = 360, clock: Callable[[], float] = time.time,
                  sampler: Callable[[Any], HostCounters] = sample_host,
-                 call_timeout_s: float = 10.0) -> None:
+                 call_timeout_s: float = 10.0,
+                 closed: Callable[[], set[str]] = set) -> None:
         self.coord = coord
+        self.closed = closed  # hosts in maintenance (the cluster state the CLI writes)
+        self._link_state: dict[str, str] = {}  # last link state, under maintenance too
         self.links = {link.host: link for link in links}
         self.interval_s = interval_s
         self.clock = clock
@@ -105,8 +109,9 @@ class HostMonitor:
 
     def _maintenance(self, host: str) -> bool:
         try:
-            return self.coord.get(f"maintenance/{host}") is not None
-        except AhvliteError:
+            return host in self.closed()
+        except AhvliteError as exc:
+            log.warning("maintenance state: %s", exc.message)
             return False
 
     def _publish(self, host: str) -> None:
@@ -125,12 +130,30 @@ class HostMonitor:
             return
         with self._mu:
             rec = self.hosts[change.host]
+            self._link_state[change.host] = change.state.value
             state = ("maintenance" if self._maintenance(change.host)
                      else change.state.value)
             if state != rec.state:
                 rec.state, rec.since = state, self.clock()
             rec.reason = change.reason
         self._publish(change.host)
+
+    def _refresh_maintenance(self) -> None:
+        """Maintenance is entered and left without any link change: look every round."""
+        try:
+            closed = self.closed()
+        except AhvliteError as exc:
+            log.warning("maintenance state: %s", exc.message)
+            return
+        for host, rec in self.hosts.items():
+            with self._mu:
+                state = ("maintenance" if host in closed
+                         else self._link_state.get(host, rec.state))
+                changed = state != rec.state
+                if changed:
+                    rec.state, rec.since = state, self.clock()
+            if changed:
+                self._publish(host)
 
     def _on_event(self, ev: DomainEvent) -> None:
         with self._mu:
@@ -139,6 +162,7 @@ class HostMonitor:
 
     def collect_once(self) -> None:
         """One bulk stats call per connected host; refresh the cache, publish."""
+        self._refresh_maintenance()
         for host, link in self.links.items():
             conn = link.conn  # None unless connected and alive
             if conn is None:

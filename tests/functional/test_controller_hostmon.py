@@ -64,3 +64,28 @@ def test_monitor_tracks_links_events_and_stats(tmp_path):
     finally:
         mon.stop()
         coord.close()
+
+
+def state(coord) -> str | None:
+    hosts = read_hosts(coord)
+    return hosts[0]["state"] if hosts else None
+
+
+def test_maintenance_state_follows_the_cluster_state_without_a_link_change(tmp_path):
+    coord = SqliteCoordinator(tmp_path / "c.db")
+    elected = threading.Event()
+    coord.campaign("me", lambda t: elected.set(), lambda r: None)
+    assert elected.wait(5)
+    closed: set[str] = set()
+    link = HostConnection("h1", "test:///default")
+    mon = HostMonitor(coord, [link], interval_s=0.2, closed=lambda: set(closed))
+    mon.start()
+    try:
+        assert wait_for(lambda: state(coord) == "connected")
+        closed.add("h1")
+        assert wait_for(lambda: state(coord) == "maintenance")
+        closed.clear()
+        assert wait_for(lambda: state(coord) == "connected")
+    finally:
+        mon.stop()
+        coord.close()

@@ -162,6 +162,45 @@ def test_a_start_that_fails_is_retried_not_forced(tmp_path, leader):
     assert running(b) == {"app"}
 
 
+def test_hosts_in_maintenance_take_no_restarts_but_their_own_loss_counts(tmp_path, leader):
+    coord = leader
+    a = open_connection(node_file(tmp_path, "a", 4096, [("app", 256, {})]))
+    b = open_connection(node_file(tmp_path, "b", 4096, []))
+    c = open_connection(node_file(tmp_path, "c", 4096, [("late", 256, {})]))
+    conns = {"a": a, "b": b, "c": c}
+    mon = Monitor(conns)
+    clock = Clock()
+    closed = {"b"}  # b is in maintenance: the cluster state `host maintenance` writes
+    svc = HaService(coord, mon, HaSettings, clock=clock, retry_s=1.0,
+                    open_conn=conns.__getitem__, closed=lambda: set(closed))
+    for h in conns:
+        coord.join(h, json.dumps({"name": h}).encode())
+    svc.round()
+    # a is lost: b has room but is in maintenance, so app goes to c.
+    mon.links["a"].conn = None
+    coord.leave("a")
+    clock.now = 1.0
+    svc.round()
+    clock.now += HaSettings().countdown_s
+    svc.round()
+    assert running(b) == set() and running(c) == {"app", "late"}
+    # c, entering maintenance, dies with VMs still on it. They are not forgotten: with
+    # b still in maintenance they wait, and once b leaves it they restart there.
+    closed.add("c")
+    mon.links["c"].conn = None
+    coord.leave("c")
+    svc.round()
+    clock.now += HaSettings().countdown_s
+    svc.round()
+    assert running(b) == set()
+    assert json.loads(coord.get(STATUS_KEY).value)["hosts"]["c"]["verdict"] == "down"
+    assert "not placed" in svc.failures["app"]
+    closed.discard("b")
+    clock.now += 1.5
+    svc.round()
+    assert running(b) == {"app", "late"}
+
+
 def test_agent_fences_protected_vms_only_when_isolated(tmp_path):
     # test:///default is shared by all connections in a process: the agent's own
     # connection sees what we define here. Other tests rely on its "test" domain.

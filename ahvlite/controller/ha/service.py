@@ -45,9 +45,13 @@ class HaService:
                  clock: Callable[[], float] = time.monotonic, interval_s: float = 0.5,
                  inventory_s: float = 1.0, retry_s: float = 2.0,
                  call_timeout_s: float = 10.0,
-                 open_conn: Callable[[str], Any] | None = None) -> None:
+                 open_conn: Callable[[str], Any] | None = None,
+                 closed: Callable[[], set[str]] = set) -> None:
         self.coord = coord
-        self.monitor = monitor  # HostMonitor: .links[host].conn, .hosts[host].state
+        self.monitor = monitor  # HostMonitor: .links[host].conn, .hosts[host]
+        # Hosts in (or entering) maintenance: never restart targets. Their own loss is
+        # still acted on: a host that dies while entering still runs VMs.
+        self.closed = closed
         self.settings = settings
         self.place_fn = place_fn
         self.clock = clock
@@ -144,9 +148,7 @@ class HaService:
             except ValueError:
                 pass
         out = {}
-        for host, rec in self.monitor.hosts.items():
-            if rec.state == "maintenance":
-                continue  # evacuated on purpose; HA does not act on it
+        for host in self.monitor.hosts:
             out[host] = Signals(libvirt_connected=self._conn(host) is not None,
                                 present=host in present)
         return out
@@ -162,7 +164,13 @@ class HaService:
                     now - self._last_inventory.get(host, -1e9) >= self.inventory_s):
                 self._inventory(host, conn)
                 self._last_inventory[host] = now
-        healthy = [h for h, v in views.items() if v.verdict == Verdict.HEALTHY]
+        try:
+            closed = self.closed()
+        except AhvliteError as exc:
+            log.warning("ha: reading maintenance state: %s", exc.message)
+            closed = set()
+        healthy = [h for h, v in views.items()
+                   if v.verdict == Verdict.HEALTHY and h not in closed]
         for host, view in views.items():
             due = now - self._last_try.get(host, -1e9) >= self.retry_s
             if view.verdict == Verdict.DOWN and due:
