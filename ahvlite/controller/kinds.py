@@ -195,6 +195,9 @@ class VmLifecycle(_ClusterKind):
                             "note": "already gone"}
                 raise
 
+        if action == "start":
+            # HA admission here too, not only in the CLI: a task may come from anywhere.
+            _ha_admit(cspec, name)
         ctx.progress(10, f"{action} {name}")
         return dict(ctx.step(action, act))
 
@@ -233,10 +236,26 @@ class VmSpecCreate(_ClusterKind):
         spec = VmSpec(**{"uuid": str(uuid.uuid5(VM_UUID_NAMESPACE, ctx.task.id)),
                          **p["spec"]})
         cspec = self.cluster(p)
+        host = p["host"]
+        if p["start"] and ctx.task.attempts == 1:
+            # A resumed attempt may find its VM already running; admission then would
+            # count it twice. The first attempt checked before anything was made.
+            host = _ha_admit(cspec, spec.name, memory_mib=spec.memory_mib, host=host,
+                             labels=spec.labels) or host
         ctx.progress(10, f"creating {spec.name}")
         info = ctx.step("create", lambda: create_once(
-            cspec, spec, host=p["host"], start=p["start"], resumed=ctx.task.attempts > 1))
+            cspec, spec, host=host, start=p["start"], resumed=ctx.task.attempts > 1))
         return dict(info)
+
+
+def _ha_admit(cluster: Any, name: str, **new_vm: Any) -> str | None:
+    """HA admission (guarantee mode) for a power-on: the host to use, or Conflict with
+    the missing memory. Needs the cluster file, where the HA settings live."""
+    if cluster.source is None:
+        return None
+    from ahvlite.controller.ha.inventory import check_power_on
+
+    return check_power_on(cluster.source, cluster, name, **new_vm)
 
 
 def create_once(cluster: Any, spec: Any, *, host: str | None, start: bool,

@@ -228,3 +228,57 @@ def _create_twice() -> None:
     for name in ("fv-once", "fv-half"):
         vms.delete_vm(CLUSTER, name, force=True)
     assert leftover not in volumes()
+
+
+class _Task:
+    id = "0001"
+    attempts = 1
+
+
+class _Ctx:
+    """The slice of TaskContext the VM kinds use (our own interface)."""
+
+    def __init__(self, params):
+        self.params = params
+        self.task = _Task()
+
+    def progress(self, pct, message):
+        pass
+
+    def step(self, name, fn):
+        return fn()
+
+
+def test_leader_side_tasks_check_ha_admission(tmp_path, image):
+    # A task can be submitted by anything, not only the CLI (which checks first): the
+    # leader checks again when it runs a power-on. One host in guarantee mode (RF2) has
+    # nowhere to restart anything, so every protected power-on must be refused.
+    from ahvlite.cluster.inventory import save_cluster
+    from ahvlite.controller.ha.config import change_settings
+    from ahvlite.controller.kinds import registry
+
+    path = tmp_path / "cluster.yaml"
+    save_cluster(path, CLUSTER)
+    change_settings(path, mode="guarantee")
+    kinds = registry()
+    create = kinds["vm.spec.create"]
+    params = create.validate({"spec": spec("adm1").model_dump(mode="json"), "start": True,
+                              "cluster": str(path)})
+    with pytest.raises(Conflict) as exc:
+        create.run(_Ctx(params))
+    assert "HA guarantee" in exc.value.message and "MiB missing" in exc.value.message
+    assert "adm1" not in domain_names()  # refused before anything was made
+    # Created stopped, then a start task: refused too, and it stays off.
+    made = create.run(_Ctx(create.validate({"spec": spec("adm1").model_dump(mode="json"),
+                                            "cluster": str(path)})))
+    try:
+        assert made["state"] == "shutoff"
+        life = kinds["vm.lifecycle"]
+        with pytest.raises(Conflict):
+            life.run(_Ctx(life.validate({"action": "start", "name": "adm1",
+                                         "cluster": str(path)})))
+        change_settings(path, mode="default")
+        assert life.run(_Ctx(life.validate({"action": "start", "name": "adm1",
+                                            "cluster": str(path)})))["state"] == "running"
+    finally:
+        vms.delete_vm(CLUSTER, "adm1", force=True)
