@@ -1,5 +1,5 @@
 """A host link through a network partition: noticed, reconnected after heal, and the
-host monitor neither hangs nor shares a broken connection between threads."""
+host monitor does not hang on the cut-off host."""
 
 from __future__ import annotations
 
@@ -41,28 +41,13 @@ def test_a_partitioned_host_is_noticed_and_reconnected_after_heal(cluster, tmp_p
     h2.on_state(changes.append)
     mon = HostMonitor(coord, links, interval_s=0.5, call_timeout_s=3)  # type: ignore[arg-type]
     mon.start()
-    stop = threading.Event()
-    calls = {"ok": 0, "failed": 0}
-
-    def second_caller() -> None:
-        # Another user of the same link, as HA once was: two threads on one connection
-        # when it breaks is what left the link "connected" on a dead socket.
-        while not stop.is_set():
-            conn = h2.conn
-            if conn is not None:
-                try:
-                    conn.listAllDomains()
-                    calls["ok"] += 1
-                except Exception:
-                    calls["failed"] += 1
-            stop.wait(0.1)
-
-    caller = threading.Thread(target=second_caller, daemon=True)
-    caller.start()
+    # No second thread calls through the link's connection: two threads on one
+    # connection that breaks mid-call can crash libvirt's client (a segfault took this
+    # whole test run down once), which is why HA opens its own connections. The
+    # monitor's one worker per host is the link's only caller, as in the controller.
     try:
         assert wait_for(lambda: [h["state"] for h in read_hosts(coord)]
                         == ["connected", "connected"], timeout_s=30)
-        assert wait_for(lambda: calls["ok"] > 0)
         cut_at = time.monotonic()
         faults.partition(NAME, "h2")
         try:
@@ -89,6 +74,5 @@ def test_a_partitioned_host_is_noticed_and_reconnected_after_heal(cluster, tmp_p
         sampled = len(mon.history.series("h2"))
         assert wait_for(lambda: len(mon.history.series("h2")) > sampled, timeout_s=30)
     finally:
-        stop.set()
         mon.stop()
         coord.close()
