@@ -75,7 +75,8 @@ class HostMonitor:
                  closed: Callable[[], set[str]] = set) -> None:
         self.coord = coord
         self.closed = closed  # hosts in maintenance (the cluster state the CLI writes)
-        self._link_state: dict[str, str] = {}  # last link state, under maintenance too
+        # The last link state, kept under maintenance too (what the host shows after it).
+        self._link_state: dict[str, str] = {link.host: "connecting" for link in links}
         self.links = {link.host: link for link in links}
         self.interval_s = interval_s
         self.clock = clock
@@ -147,8 +148,7 @@ class HostMonitor:
             return
         for host, rec in self.hosts.items():
             with self._mu:
-                state = ("maintenance" if host in closed
-                         else self._link_state.get(host, rec.state))
+                state = "maintenance" if host in closed else self._link_state[host]
                 changed = state != rec.state
                 if changed:
                     rec.state, rec.since = state, self.clock()

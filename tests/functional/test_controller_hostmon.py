@@ -71,6 +71,10 @@ def state(coord) -> str | None:
     return hosts[0]["state"] if hosts else None
 
 
+def states(coord) -> dict[str, str]:
+    return {h["name"]: h["state"] for h in read_hosts(coord)}
+
+
 def test_maintenance_state_follows_the_cluster_state_without_a_link_change(tmp_path):
     coord = SqliteCoordinator(tmp_path / "c.db")
     elected = threading.Event()
@@ -78,14 +82,19 @@ def test_maintenance_state_follows_the_cluster_state_without_a_link_change(tmp_p
     assert elected.wait(5)
     closed: set[str] = set()
     link = HostConnection("h1", "test:///default")
-    mon = HostMonitor(coord, [link], interval_s=0.2, closed=lambda: set(closed))
+    # A host whose link never comes up: after maintenance it shows its link's state
+    # again, not "maintenance" for good.
+    dead = HostConnection("h9", f"test://{tmp_path}/no-such-node.xml")
+    mon = HostMonitor(coord, [link, dead], interval_s=0.2, closed=lambda: set(closed))
     mon.start()
     try:
         assert wait_for(lambda: state(coord) == "connected")
-        closed.add("h1")
-        assert wait_for(lambda: state(coord) == "maintenance")
+        closed.update({"h1", "h9"})
+        assert wait_for(lambda: states(coord) == {"h1": "maintenance", "h9": "maintenance"})
         closed.clear()
-        assert wait_for(lambda: state(coord) == "connected")
+        assert wait_for(lambda: states(coord) == {"h1": "connected",
+                                                  "h9": dead.state.value})
+        assert states(coord)["h9"] in ("connecting", "disconnected")
     finally:
         mon.stop()
         coord.close()
