@@ -20,13 +20,21 @@ NameOpt = Annotated[str, typer.Option("--name", help="Lab name (a-z0-9, at most 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
+def _segment(bridge: str | None, main: str) -> str:
+    if bridge is None:
+        return "(no uplinks)"
+    return "main" if bridge == main else bridge
+
+
 def _show_status(st: dict[str, Any]) -> None:
     console.print(f"lab [bold]{st['name']}[/] ({st['phase']}): subnet {st['subnet']} on "
                   f"{st['bridge']}, domain type [bold]{st['domain_type']}[/]"
                   f" — {st['domain_type_reason']}")
     rows = [[h["name"], h["hostname"], h["address"], "up" if h["up"] else "DOWN",
-             h["libvirt_uri"].split("?")[0]] for h in st["hosts"]]
-    console.print(table("hosts", ["host", "hostname", "address", "daemons", "libvirt"], rows))
+             _segment(h["segment"], st["bridge"]), h["libvirt_uri"].split("?")[0]]
+            for h in st["hosts"]]
+    console.print(table("hosts", ["host", "hostname", "address", "daemons", "segment",
+                                  "libvirt"], rows))
     console.print(f"cluster file: {st['cluster_file']}")
     console.print(f"shared pool:  {st['pool']['name']} at {st['pool']['path']}")
     if st["timings_s"]:
@@ -215,31 +223,43 @@ def kill(
                       f"({', '.join(result['killed'])})", highlight=False)
 
 
-def _uplinks(action: str, host: str, name: str, json_out: bool) -> None:
-    from ahvlite.lab import faults
-
-    result = (faults.partition if action == "down" else faults.heal)(name, host)
-    if json_out:
-        emit_json(result)
-    else:
-        console.print(f"{host}: uplinks {', '.join(result['links'])} {action}")
-
-
 @app.command()
 def partition(
-    host: Annotated[str, typer.Argument(help="Lab host, e.g. h2.")],
+    hosts: Annotated[list[str], typer.Argument(
+        help="Lab hosts to split off together, e.g. h3 h4.")],
     name: NameOpt = "lab",
     json_out: JsonOpt = False,
 ) -> None:
-    """Cut both uplinks of a lab host at the top-of-rack side (it keeps running)."""
-    _uplinks("down", host, name, json_out)
+    """Split hosts off as a group on a new segment: they keep running and reach each
+    other, nobody else reaches them (nor this machine) until `lab heal`. A host already
+    partitioned moves to the new group."""
+    from ahvlite.lab import faults
+
+    result = faults.partition(name, *hosts)
+    if json_out:
+        emit_json(result)
+        return
+    console.print(f"{', '.join(result['hosts'])}: on segment {result['segment']}, cut off "
+                  "from the other hosts", highlight=False)
+    if result["removed_segments"]:
+        console.print(f"removed empty segments: {', '.join(result['removed_segments'])}")
 
 
 @app.command()
 def heal(
-    host: Annotated[str, typer.Argument(help="Lab host, e.g. h2.")],
+    hosts: Annotated[list[str] | None, typer.Argument(
+        help="Lab hosts to put back on the main segment (default: all).")] = None,
     name: NameOpt = "lab",
     json_out: JsonOpt = False,
 ) -> None:
-    """Restore both uplinks of a partitioned lab host."""
-    _uplinks("up", host, name, json_out)
+    """Put partitioned hosts back on the main segment; remove segments left empty."""
+    from ahvlite.lab import faults
+
+    result = faults.heal(name, *(hosts or []))
+    if json_out:
+        emit_json(result)
+        return
+    console.print(f"{', '.join(result['hosts'])}: on the main segment "
+                  f"{result['segment']}", highlight=False)
+    if result["removed_segments"]:
+        console.print(f"removed empty segments: {', '.join(result['removed_segments'])}")

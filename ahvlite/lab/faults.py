@@ -1,10 +1,11 @@
-"""Failure drills for HA: a host's power loss, and its network cut at the rack.
+"""Failure drills for HA: a host's power loss, and a network split at the rack.
 
 ``kill`` ends every process of a lab host at once with SIGKILL (its recorded daemons,
 plus what lives in its network namespace: QEMUs, ZooKeeper, the controller), as losing
-power would: no daemon gets to clean up. ``partition`` sets both of its uplinks down at
-the top-of-rack side (the veth ends in the lab bridge), so the host keeps running
-but hears nothing and is heard by nobody; ``heal`` sets them up again.
+power would: no daemon gets to clean up. ``partition`` moves a group of hosts onto a
+top-of-rack segment of their own (see segments.py): they keep running and reach each
+other, but nobody else; a group of one hears nothing and is heard by nobody. ``heal``
+puts hosts back on the main segment.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import signal
 import time
 from typing import Any
 
-from ahvlite.lab import lab, processes
+from ahvlite.lab import lab, processes, segments
 from ahvlite.lab.state import ProcessRecord
 from ahvlite.net import netlink
 
@@ -50,21 +51,13 @@ def kill(name: str, host: str) -> dict[str, Any]:
             "survivors": sorted(f"{p.role}:{p.pid}" for p in live)}
 
 
-def _uplinks(name: str, host: str) -> tuple[str, str]:
-    return lab.layout_of(name).host(host).veths
+def partition(name: str, *hosts: str) -> dict[str, Any]:
+    """Split ``hosts`` off as one group on a new segment (they still reach each other)."""
+    layout, state = lab.layout_of(name), lab.state_of(name)
+    return segments.split(layout, state, hosts)
 
 
-def partition(name: str, host: str) -> dict[str, Any]:
-    """Cut both uplinks of ``host`` at the top-of-rack side."""
-    links = _uplinks(name, host)
-    for link in links:
-        netlink.set_link_down(link)
-    return {"host": host, "links": list(links), "state": "down"}
-
-
-def heal(name: str, host: str) -> dict[str, Any]:
-    """Restore both uplinks of ``host``."""
-    links = _uplinks(name, host)
-    for link in links:
-        netlink.set_link_up(link)
-    return {"host": host, "links": list(links), "state": "up"}
+def heal(name: str, *hosts: str) -> dict[str, Any]:
+    """Put ``hosts`` (default: every host) back on the main segment."""
+    layout, state = lab.layout_of(name), lab.state_of(name)
+    return segments.rejoin(layout, state, hosts)

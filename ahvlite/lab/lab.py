@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ahvlite.errors import Conflict, NotFound, OperationFailed, OperationTimeout, UnsafeNetwork
-from ahvlite.lab import hostconfig, namespaces, processes, services
+from ahvlite.lab import hostconfig, namespaces, processes, segments, services
 from ahvlite.lab.guest import GuestImages, build_guest
 from ahvlite.lab.guests import GUEST_BASE
 from ahvlite.lab.layout import (
@@ -30,6 +30,7 @@ from ahvlite.lab.layout import (
     bridge_name,
     netns_prefix,
     plan_layout,
+    segment_prefix,
     veth_prefix,
 )
 from ahvlite.lab.paths import cache_dir, lab_root, labs_dir
@@ -389,6 +390,8 @@ def status(name: str) -> dict[str, Any]:
                     "known_hosts": str(layout.known_hosts)},
             "daemons": procs,
             "up": bool(procs) and all(p["alive"] for p in procs.values()),
+            # The bridge its uplinks are on: the lab bridge, or a partition's segment.
+            "segment": segments.host_segment(layout, h),
         })
     return {
         "name": name,
@@ -465,6 +468,7 @@ def _daemon_record(layout: LabLayout, state: LabState, host: str, role: str) -> 
 def _leftovers(name: str) -> bool:
     return (netlink.link_exists(bridge_name(name))
             or bool(netlink.links_with_prefix(veth_prefix(name)))
+            or bool(netlink.links_with_prefix(segment_prefix(name)))
             or any(n.startswith(netns_prefix(name)) for n in netlink.list_netns()))
 
 
@@ -507,6 +511,11 @@ def teardown(name: str, *, keep: bool) -> dict[str, Any]:
     for link in sorted(links):
         netlink.delete_link(link)
         removed["links"].append(link)
+    for seg in sorted(set(state.segments) | set(netlink.links_with_prefix(
+            segment_prefix(name)))):
+        if netlink.link_exists(seg):
+            netlink.delete_link(seg)
+            removed["links"].append(seg)
     bridge = state.bridge or bridge_name(name)
     if netlink.link_exists(bridge):
         netlink.delete_link(bridge)
@@ -517,6 +526,7 @@ def teardown(name: str, *, keep: bool) -> dict[str, Any]:
     if keep:
         state.phase = "down"
         state.processes = []
+        state.segments = []
         state.save(root / "state.json")
     elif root.exists():
         shutil.rmtree(root, ignore_errors=False)
@@ -564,5 +574,6 @@ def _verify_gone(name: str, netns_names: list[str]) -> None:
     left = [n for n in netns_names if (netlink.NETNS_DIR / n).exists()]
     if netlink.link_exists(bridge_name(name)):
         left.append(bridge_name(name))
+    left += netlink.links_with_prefix(segment_prefix(name))
     if left:
         raise OperationFailed(f"lab {name!r}: could not remove {', '.join(left)}")

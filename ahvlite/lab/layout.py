@@ -7,7 +7,9 @@ clear the leftovers of an earlier run even when its state file was lost.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +142,28 @@ def veth_prefix(lab: str) -> str:
     # The dash ends the lab name: without it, lab "tnet" would match "tnetx"'s veths
     # in the name-based sweep and take them down with it.
     return f"v{lab}-"
+
+
+def segment_prefix(lab: str) -> str:
+    # Like the veths', the dash ends the lab name for the name-based sweep; "s" keeps a
+    # segment apart from every lab's veths ("v") and main bridge ("ahvl-").
+    return f"s{lab}-"
+
+
+def segment_name(lab: str, number: int) -> str:
+    """A partition's top-of-rack segment bridge: ``s<lab>-<number>`` (number >= 1)."""
+    return f"{segment_prefix(lab)}{number}"
+
+
+def next_segment(lab: str, taken: Iterable[str]) -> str:
+    """The lowest-numbered segment name of ``lab`` not in ``taken``.
+
+    Reusing the lowest free number keeps names short: a lab never has more non-empty
+    segments than hosts, so the name stays far inside the kernel's 15 bytes.
+    """
+    used = set(taken)
+    return next(segment_name(lab, n) for n in itertools.count(1)
+                if segment_name(lab, n) not in used)
 
 
 def plan_layout(spec: LabSpec, root: Path) -> LabLayout:

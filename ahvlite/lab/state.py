@@ -33,6 +33,7 @@ class LabState:
     bridge: str | None = None
     netns: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
+    segments: list[str] = field(default_factory=list)  # partition bridges (lab partition)
     mounts: list[str] = field(default_factory=list)
     processes: list[ProcessRecord] = field(default_factory=list)
     guests: list[dict[str, Any]] = field(default_factory=list)

@@ -19,6 +19,7 @@ from pyroute2 import IPRoute, NetlinkError, NetNS, netns
 from ahvlite.errors import OperationFailed, OperationTimeout
 
 NETNS_DIR = Path("/run/netns")
+IN6_ADDR_GEN_MODE_NONE = 1  # linux/if_link.h: no IPv6 link-local address on the link
 
 
 @contextmanager
@@ -92,6 +93,41 @@ def create_bridge(name: str, *, ns: str | None = None) -> None:
         if _index(sock, name) is None:
             sock.link("add", ifname=name, kind="bridge", br_stp_state=0,
                       br_forward_delay=0)
+
+
+def create_isolated_bridge(name: str) -> None:
+    """A bridge in the root namespace that only carries frames between its ports.
+
+    No IPv4 address is ever added, and IPv6 address generation is off (no link-local
+    address either), so the root namespace has no route onto it and nothing on it can
+    leave the machine. Created if missing, then set up.
+    """
+    create_bridge(name)
+    with IPRoute() as ipr, _translated(f"isolate bridge {name}"):
+        idx = _require_index(ipr, name, None)
+        ipr.link("set", index=idx, IFLA_AF_SPEC={"attrs": [
+            ("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", IN6_ADDR_GEN_MODE_NONE)]})]})
+        ipr.link("set", index=idx, state="up")
+
+
+def move_to_bridge(ifname: str, bridge: str) -> None:
+    """Make root-namespace link ``ifname`` a port of ``bridge`` (leaving its old one), up."""
+    with IPRoute() as ipr, _translated(f"move {ifname} onto bridge {bridge}"):
+        br = _require_index(ipr, bridge, None)
+        ipr.link("set", index=_require_index(ipr, ifname, None), master=br, state="up")
+
+
+def link_master(ifname: str, *, ns: str | None = None) -> str | None:
+    """The bridge (or bond) ``ifname`` is a port of; None if none or no such link."""
+    with _socket(ns) as sock:
+        idx = _index(sock, ifname)
+        if idx is None:
+            return None
+        master = sock.get_links(idx)[0].get_attr("IFLA_MASTER")
+        if not master:
+            return None
+        found = sock.get_links(master)
+        return found[0].get_attr("IFLA_IFNAME") if found else None
 
 
 def create_veth_into(root_end: str, ns_end: str, ns: str, *, bridge: str) -> None:

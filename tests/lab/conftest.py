@@ -36,10 +36,11 @@ def in_host(host: HostLayout, *argv: str, timeout_s: float = 30) -> subprocess.C
 
 def lab_leftovers(name: str) -> dict[str, list[str]]:
     """What of lab ``name`` still exists on this machine."""
-    from ahvlite.lab.layout import bridge_name, netns_prefix, veth_prefix
+    from ahvlite.lab.layout import bridge_name, netns_prefix, segment_prefix, veth_prefix
     from ahvlite.net import netlink
 
     links = netlink.links_with_prefix(veth_prefix(name))
+    links += netlink.links_with_prefix(segment_prefix(name))
     if netlink.link_exists(bridge_name(name)):
         links.append(bridge_name(name))
     mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()

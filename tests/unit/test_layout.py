@@ -84,11 +84,39 @@ def test_lookup_of_unknown_host_lists_the_known_ones():
 @given(a=st.from_regex(r"^[a-z][a-z0-9]{0,7}$", fullmatch=True),
        b=st.from_regex(r"^[a-z][a-z0-9]{0,7}$", fullmatch=True))
 def test_one_labs_name_sweep_never_matches_another_labs_objects(a, b):
-    from ahvlite.lab.layout import netns_prefix, veth_prefix
+    from ahvlite.lab.layout import netns_prefix, segment_name, segment_prefix, veth_prefix
 
     if a == b:
         return
     other = plan_layout(LabSpec(name=b, hosts=2), ROOT)
     assert not any(v.startswith(veth_prefix(a)) for h in other.hosts for v in h.veths)
     assert not any(h.netns.startswith(netns_prefix(a)) for h in other.hosts)
+    # A's segment sweep takes none of B's links, and B's segments are none of A's.
+    others = [other.bridge, segment_name(b, 1), segment_name(b, 16)]
+    others += [v for h in other.hosts for v in h.veths]
+    assert not any(n.startswith(segment_prefix(a)) for n in others)
+    mine = plan_layout(LabSpec(name=a, hosts=2), ROOT)
+    assert not any(v.startswith(segment_prefix(a)) for h in mine.hosts for v in h.veths)
+    assert not mine.bridge.startswith(segment_prefix(a))
     assert other.bridge != plan_layout(LabSpec(name=a, hosts=1), ROOT).bridge
+
+
+@given(name=st.from_regex(r"^[a-z][a-z0-9]{0,7}$", fullmatch=True),
+       taken=st.sets(st.integers(1, 20), max_size=16))
+def test_next_segment_takes_the_lowest_free_number_and_fits_the_kernel(name, taken):
+    from ahvlite.lab.layout import next_segment, segment_name, segment_prefix
+
+    names = {segment_name(name, n) for n in taken} | {f"v{name}-1a", "ahvl-x"}
+    seg = next_segment(name, names)
+    assert seg not in names
+    assert seg.startswith(segment_prefix(name))
+    number = int(seg.removeprefix(segment_prefix(name)))
+    assert number == min(set(range(1, 22)) - taken)
+    assert len(seg) <= 15  # IFNAMSIZ - 1: at most 16 hosts, so at most 17 is ever needed
+
+
+def test_next_segment_ignores_other_labs_segments():
+    from ahvlite.lab.layout import next_segment
+
+    assert next_segment("lab", ["slab1-1", "slab-2", "sla-1"]) == "slab-1"
+    assert next_segment("lab", ["slab-1", "slab-2"]) == "slab-3"
