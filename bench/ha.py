@@ -179,8 +179,9 @@ def main() -> None:
     runs = int(os.environ.get("AHVLITE_BENCH_HA_RUNS", "3"))
     parts = int(os.environ.get("AHVLITE_BENCH_HA_PARTITIONS", "3"))
     s = HaSettings()
-    print(f"HA, 3-host lab, isolation {s.isolation_timeout_s:g} s, countdown "
-          f"{s.countdown_s:g} s, controller session 3 s:")
+    print(f"HA, 3-host lab, agent lease {s.lease_s:g} s, watchdog {s.watchdog_s:g} s, "
+          f"margin {s.margin_s:g} s (restart after {s.restart_after_s:g} s without a "
+          f"heartbeat), controller session 3 s:")
     kills = [kill_run() for _ in range(runs)]
     if kills:
         restarted = [k[0] for k in kills]

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import faulthandler
-import logging
 import os
-import signal
-import sys
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -50,83 +45,18 @@ def run(
     stats_interval_s: Annotated[float, typer.Option(
         "--stats-interval", help="Seconds between stats rounds (leader, with a cluster file).",
         min=1, max=3600)] = 10.0,
-    host_agent: Annotated[bool, typer.Option(
-        "--host-agent", help="Also be this host's HA agent: power off its protected VMs "
-        "when the store stays unreachable longer than the HA isolation timeout.")] = False,
-    libvirt_uri: Annotated[str, typer.Option(
-        "--libvirt-uri", help="This host's libvirt, for --host-agent.")] = "qemu:///system",
     ads_interval_s: Annotated[float, typer.Option(
         "--ads-interval", help="Seconds between ADS rounds (leader, with a cluster file).",
         min=10, max=86400)] = 900.0,
 ) -> None:
     """Run a controller in the foreground until SIGTERM/SIGINT (then leave cleanly)."""
-    from ahvlite.controller.coord import open_store
-    from ahvlite.controller.daemon import Controller, Identity
-    from ahvlite.controller.kinds import registry
+    from ahvlite.controller.wiring import ControllerConfig, run_controller
 
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # `kill -USR1 PID` writes every thread's stack to the log: how to see a stuck loop.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
-    faulthandler.enable(all_threads=True)  # a crash in a C library leaves its stacks too
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    coord = open_store(store_url(store), session_timeout_s=session_timeout_s)
-    services = None
     path = cluster or (Path(os.environ[ENV_VAR]) if os.environ.get(ENV_VAR) else None)
-    if path is not None:
-        from ahvlite.controller.hostmon import HostMonitor
-        from ahvlite.spec.cluster import load_cluster
-        from ahvlite.virt.hostconn import HostConnection
-
-        spec = load_cluster(path)
-
-        from ahvlite.cluster.adsinput import load_rules
-        from ahvlite.cluster.schedulable import unschedulable_hosts
-        from ahvlite.controller.ha.adsplace import ads_place
-        from ahvlite.controller.ha.config import settings_loader
-        from ahvlite.controller.ha.service import HaService
-
-        ha_settings = settings_loader(path)
-
-        def services() -> list[Any]:
-            # Short keepalive: a silent host's libvirt link drops in ~4-6 s (HA's
-            # first signal); HA also needs its controller gone before acting.
-            links = [HostConnection(h.name, h.uri, keepalive_interval_s=2, keepalive_count=2)
-                     for h in spec.hosts]
-            # Maintenance is cluster state beside the cluster file, written by `host
-            # maintenance`; the controller reads the same documents (no second copy).
-            def closed() -> set[str]:
-                return unschedulable_hosts(path)
-            monitor = HostMonitor(coord, links, interval_s=stats_interval_s,  # type: ignore[arg-type]
-                                  closed=closed)
-            place_fn = ads_place(lambda: load_rules(path))
-            return [monitor, HaService(coord, monitor, ha_settings, place_fn=place_fn,
-                                       closed=closed),
-                    ads_service(coord, spec, monitor, ads_interval_s)]
-
-    if host_agent:
-        from ahvlite.controller.ha.agent import HostAgent
-        from ahvlite.controller.ha.config import settings_loader as agent_settings
-
-        HostAgent(coord, Identity.here(name).name, libvirt_uri, agent_settings(path)).start()
-    Controller(coord, Identity.here(name), registry(path), workers=workers,
-               leader_services=services).run(stop)
-    # We have resigned and left. A task step still sleeping in a worker thread must not
-    # hold the exit (its task stays running under our token: the next leader resumes it).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def ads_service(coord: Any, spec: Any, monitor: Any, interval_s: float) -> Any:
-    """ADS on the monitor's stats history; its moves become vm.migrate tasks."""
-    from ahvlite.cluster.adsinput import records_of, snapshot
-    from ahvlite.controller.adsservice import AdsService
-
-    return AdsService(coord, lambda: snapshot(spec, records=records_of(monitor.history, spec)),
-                      interval_s=interval_s, cluster_file=spec.source)
+    run_controller(ControllerConfig(
+        store=store_url(store), name=name, session_timeout_s=session_timeout_s,
+        workers=workers, cluster_file=path, stats_interval_s=stats_interval_s,
+        ads_interval_s=ads_interval_s))
 
 
 def _when(ts: float | None) -> str:

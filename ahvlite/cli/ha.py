@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -34,7 +34,8 @@ def show(cluster: ClusterOpt = None, json_out: JsonOpt = False,
     s, res = data["settings"], data["reservation"]
     console.print(f"mode [bold]{s['mode']}[/], RF{s['rf']} (survives {s['rf'] - 1} host "
                   f"loss{'es' if s['rf'] > 2 else ''}), {s['reservation']} reservation; "
-                  f"isolation {s['isolation_timeout_s']:g} s, countdown {s['countdown_s']:g} s",
+                  f"lease {s['lease_s']:g} s, watchdog {s['watchdog_s']:g} s, margin "
+                  f"{s['margin_s']:g} s",
                   highlight=False)
     console.print(table("hosts", ["host", "total MiB", "used MiB", "reserved MiB", "segments"],
                         [[h["name"], h["total_mib"], h["used_mib"], h["reserved_mib"],
@@ -56,9 +57,17 @@ def show(cluster: ClusterOpt = None, json_out: JsonOpt = False,
                       f"({res['detail']})", highlight=False)
     view = data["leader_view"]
     if view:
-        console.print(table("leader's view", ["host", "verdict", "countdown left s"],
-                            [[h, v["verdict"], v["remaining_s"] or ""]
+        console.print(table("leader's view", ["host", "verdict", "libvirt",
+                                              "heartbeat still s", "restart in s",
+                                              "last fence"],
+                            [[h, v["verdict"], "up" if v.get("libvirt") else "lost",
+                              v.get("heartbeat_still_s", ""),
+                              v["remaining_s"] if v["verdict"] == "suspect" else "",
+                              _last_fence(v.get("fences") or [])]
                              for h, v in sorted(view["hosts"].items())]))
+        for t in view.get("twins_resolved", [])[-5:]:
+            err_console.print(f"[red]{t['vm']} ran twice:[/] kept on {t['kept']}, powered "
+                              f"off on {t['destroyed']}", highlight=False)
         for r in view["restarts"][-10:]:
             console.print(f"restarted {r['vm']}: {r['from']} -> {r['to']}", highlight=False)
         for vm, why in sorted(view["failures"].items()):
@@ -68,6 +77,13 @@ def show(cluster: ClusterOpt = None, json_out: JsonOpt = False,
                           highlight=False)
 
 
+def _last_fence(fences: list[dict[str, Any]]) -> str:
+    if not fences:
+        return ""
+    f = fences[-1]
+    return f"{f.get('vm')} {'off' if f.get('ok') else 'NOT confirmed'}"
+
+
 @app.command(name="set")
 def set_(
     mode: Annotated[str | None, typer.Option("--mode", help="default or guarantee.")] = None,
@@ -75,10 +91,14 @@ def set_(
         "--rf", help="2 (survive 1 host loss) or 3 (survive 2).")] = None,
     reservation: Annotated[str | None, typer.Option(
         "--reservation", help="host (whole hosts free) or segment (spread).")] = None,
-    isolation_timeout_s: Annotated[float | None, typer.Option(
-        "--isolation-timeout", help="Seconds without the store before a host fences.")] = None,
-    countdown_s: Annotated[float | None, typer.Option(
-        "--countdown", help="Seconds after both signals are lost before restarting.")] = None,
+    lease_s: Annotated[float | None, typer.Option(
+        "--lease", help="Seconds a host agent keeps its VMs after its last acknowledged "
+        "heartbeat (applies when agents restart).")] = None,
+    watchdog_s: Annotated[float | None, typer.Option(
+        "--watchdog", help="Host watchdog timeout in seconds (applies when agents "
+        "restart).")] = None,
+    margin_s: Annotated[float | None, typer.Option(
+        "--margin", help="Extra seconds the leader waits before restarting.")] = None,
     cluster: ClusterOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -86,11 +106,12 @@ def set_(
     from ahvlite.controller.ha.config import change_settings
 
     path, _ = load(cluster)
-    new = change_settings(path, mode=mode, rf=rf, reservation=reservation,
-                          isolation_timeout_s=isolation_timeout_s, countdown_s=countdown_s)
+    new = change_settings(path, mode=mode, rf=rf, reservation=reservation, lease_s=lease_s,
+                          watchdog_s=watchdog_s, margin_s=margin_s)
     if json_out:
         emit_json(new.to_doc())
     else:
         console.print(f"HA: mode {new.mode}, RF{new.rf}, {new.reservation} reservation, "
-                      f"isolation {new.isolation_timeout_s:g} s, countdown {new.countdown_s:g} s",
+                      f"lease {new.lease_s:g} s, watchdog {new.watchdog_s:g} s, restart "
+                      f"after {new.restart_after_s:g} s without a heartbeat",
                       highlight=False)

@@ -8,6 +8,7 @@ import typer
 
 from ahvlite import __version__
 from ahvlite.cli import ads as ads_cli
+from ahvlite.cli import agent as agent_cli
 from ahvlite.cli import cluster as cluster_cli
 from ahvlite.cli import controller as controller_cli
 from ahvlite.cli import cvm as cvm_cli
@@ -32,6 +33,7 @@ app = typer.Typer(
 app.add_typer(lab_cli.app, name="lab")
 app.add_typer(host_cli.app, name="host")
 app.add_typer(controller_cli.app, name="controller")
+app.add_typer(agent_cli.app, name="agent")
 app.add_typer(task_cli.app, name="task")
 app.command(name="stats")(stats_cli.stats)
 app.add_typer(net_cli.app, name="net")

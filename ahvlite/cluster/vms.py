@@ -3,6 +3,7 @@ list, show, delete. libvirt only through ``ahvlite.virt``."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
@@ -57,6 +58,22 @@ class VmInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# Host files a spec may name besides the shared pool (kernels, ISOs a host keeps).
+IMAGE_DIR = Path("/var/lib/ahvlite/images")
+
+
+def confined_path(field: str, path: str, roots: list[Path]) -> str:
+    """``path`` if it resolves (symlinks followed) inside one of ``roots`` or the image
+    directory; else InvalidSpec. Specs come from users and from the store: a spec must
+    not hand QEMU (and libvirt's relabelling) a host file like /etc/shadow."""
+    allowed = [*roots, IMAGE_DIR]
+    real = Path(os.path.realpath(path))
+    if not any(real == r or r in real.parents for r in
+               (Path(os.path.realpath(a)) for a in allowed)):
+        raise InvalidSpec(field, path, "a file inside " + " or ".join(str(a) for a in allowed))
+    return path
 
 
 def vm_volume(vm: str, disk: str) -> str:
@@ -138,10 +155,16 @@ def host_policy_domain_type(spec: HostSpec) -> str:
 
 
 def host_policy(hosts: Hosts, host: str, cpu_level: CpuDef | None = None) -> HostPolicy:
-    domain_type = host_policy_domain_type(hosts.cluster.host(host))
+    return policy_on(hosts.conn(host), hosts.cluster, host, cpu_level)
+
+
+def policy_on(conn: Connection, cluster: ClusterSpec, host: str,
+              cpu_level: CpuDef | None = None) -> HostPolicy:
+    """The designer's view of ``host`` (reached through ``conn``)."""
+    domain_type = host_policy_domain_type(cluster.host(host))
     if cpu_level is not None:
-        return level_policy(hosts.conn(host), domain_type, cpu_level)
-    usable = domains.usable_cpu_models(hosts.conn(host), domain_type)
+        return level_policy(conn, domain_type, cpu_level)
+    usable = domains.usable_cpu_models(conn, domain_type)
     model = next((m for m in CPU_PREFERENCE if m in usable), None)
     if model is None:
         model = "qemu64"  # every QEMU runs it; drivers that cannot tell (test://) too
@@ -370,6 +393,50 @@ def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
             with suppress(AhvliteError):
                 storage.delete_volume(pool, vol)
         raise
+
+
+def render_on_host(conn: Connection, cluster: ClusterSpec, host: str, spec_doc: dict[str, Any],
+                   nvram_volume: str | None, epoch: int) -> str:
+    """The domain XML of a VM kept as its rendered spec (HA's record), for ``host``.
+
+    The spec came from the store, so it is checked like any user input: it must be a
+    valid VmSpec, its disks volumes of the shared pool (or files in the places a spec
+    may name), its NVRAM a volume of that pool. Raw XML from the store is never used.
+    """
+    from ahvlite.spec.errors import build
+
+    spec = build(VmSpec, **spec_doc)
+    pool = storage.lookup_pool(conn, shared_pool(cluster))
+    pool_dir = storage.pool_path(pool)
+    placements: dict[str, DiskPlacement] = {}
+    for name, d in zip(spec.disk_names(), spec.disks, strict=True):
+        if d.volume is not None:
+            found = storage.find_volume(pool, d.volume)
+            if found is None:
+                raise NotFound(f"{spec.name}: volume {d.volume} is not in pool "
+                               f"{cluster.shared_pool} on {host}")
+            info = storage.volume_info(found)
+            placements[name] = DiskPlacement(
+                info.path, d.volume, format="qcow2" if info.format == "qcow2" else "raw")
+        elif d.path is not None:
+            placements[name] = DiskPlacement(confined_path(f"disks.{name}.path", d.path,
+                                                           [pool_dir]),
+                                             format="raw" if d.cdrom else "qcow2")
+        else:
+            raise InvalidSpec(f"disks.{name}", d.model_dump(exclude_none=True),
+                              "a volume or a file (a rendered spec makes no new disks)")
+    for field_name, value in (("boot.kernel", spec.boot.kernel),
+                              ("boot.initrd", spec.boot.initrd)):
+        if value is not None:
+            confined_path(field_name, value, [pool_dir])
+    nvram = None
+    if spec.boot.firmware == "uefi":
+        if not nvram_volume or "/" in nvram_volume or nvram_volume in (".", ".."):
+            raise InvalidSpec("nvram_volume", nvram_volume, "a volume name of the shared pool")
+        nvram = str(pool_dir / nvram_volume)
+    return designer.design_xml(spec, Design(
+        host=policy_on(conn, cluster, host, cpustore.level_of(cluster)), disks=placements,
+        networks=networks_of(cluster, host), nvram_path=nvram, epoch=epoch))
 
 
 # -- power --------------------------------------------------------------------------

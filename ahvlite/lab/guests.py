@@ -7,7 +7,6 @@ import re
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from ahvlite.errors import OperationFailed, OperationTimeout
 from ahvlite.lab.layout import OVS_BRIDGE, SHARED_POOL, HostLayout, LabLayout
@@ -44,21 +43,31 @@ def boot_from_disk(layout: LabLayout, state: LabState, host: HostLayout, name: s
     """Define and start ``name`` on ``host``, booting a fresh overlay of the base image.
 
     The guest learns its address from QEMU fw_cfg, so one disk image serves all guests.
-    Safe to call from several threads at once; :func:`record` the results afterwards.
+    It is rendered by the designer like every VM (its spec travels in its metadata, so
+    HA can render it again on another host). Safe to call from several threads at once;
+    :func:`record` the results afterwards.
     """
-    serial_log = f"/var/log/libvirt/qemu/{name}-serial.log"
+    from ahvlite.cluster import vms
+    from ahvlite.spec.cluster import load_cluster
+
+    serial_log = serial_log_path(name)
     mac = guest_mac(layout.name, name)
     if state.domain_type is None:
         raise OperationFailed(f"lab {layout.name} has no domain type yet (lab up unfinished)")
+    cluster = load_cluster(layout.cluster_file)
+    volume = f"{name}.qcow2"
+    spec = VmSpec(name=name, uuid=str(uuid.uuid5(uuid.NAMESPACE_URL,
+                                                 f"ahvlite:{layout.name}:{name}")),
+                  memory_mib=128, disks=[DiskSpec(name="disk0", volume=volume)],
+                  nics=[NicSpec(network=OVS_BRIDGE, mac=mac)],
+                  fw_cfg={"opt/ahvlite/ip": address, "opt/ahvlite/hostname": name},
+                  serial_log=serial_log)
     with connection(layout.libvirt_uri(host)) as conn:
         guest.destroy_and_undefine(conn, name)
         pool = storage.ensure_dir_pool(conn, SHARED_POOL, layout.shared_dir)
-        disk = storage.create_overlay(pool, f"{name}.qcow2", layout.shared_dir / GUEST_BASE)
-        xml = guest.simple_domain_xml(guest.SimpleGuest(
-            name=name, uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"ahvlite:{layout.name}:{name}")),
-            domain_type=state.domain_type, disk=disk, bridge=OVS_BRIDGE, mac=mac,
-            fw_cfg={"opt/ahvlite/ip": address, "opt/ahvlite/hostname": name},
-            serial_log=Path(serial_log)))
+        disk = storage.create_overlay(pool, volume, layout.shared_dir / GUEST_BASE)
+        xml = vms.render_on_host(conn, cluster, host.name, spec.model_dump(mode="json"),
+                                 None, 0)
         (host.state_dir / serial_log.lstrip("/")).unlink(missing_ok=True)
         dom = guest.define(conn, xml)
         guest.start(dom)

@@ -217,10 +217,25 @@ def start_lab_services(layout: LabLayout, *, zk: bool, controllers: bool,
     url = lab_store_url(layout)
     (layout.root / "controller.env").write_text(f"AHVLITE_STORE={url}\n")
     if controllers:
-        report(f"a controller on every host ({len(layout.hosts)})")
+        report(f"a controller, a host agent and a watchdog on every host "
+               f"({len(layout.hosts)})")
         for host in layout.hosts:
+            start(host, "watchdog", watchdog_argv())
             start(host, "controller", controller_argv(
-                host.name, url, extra=["--cluster", str(layout.cluster_file),
-                                       # HA self-fence against this host's own libvirtd
-                                       "--host-agent", "--libvirt-uri", "qemu:///system"]))
+                host.name, url, extra=["--cluster", str(layout.cluster_file)]))
+            start(host, "agent", agent_argv(host.name, url, layout.cluster_file))
     return url
+
+
+LAB_WATCHDOG = "/run/ahvlite/watchdog.sock"  # inside each host (its own /run)
+
+
+def watchdog_argv() -> list[str]:
+    return [sys.executable, "-m", "ahvlite.lab.watchdogd", "--socket", LAB_WATCHDOG]
+
+
+def agent_argv(host: str, store: str, cluster_file: Path) -> list[str]:
+    """The host agent against this host's own libvirtd, fed to the lab's watchdog."""
+    return [sys.executable, "-m", "ahvlite.cli.main", "agent", "run", "--store", store,
+            "--host", host, "--cluster", str(cluster_file), "--libvirt-uri",
+            "qemu:///system", "--watchdog", f"unix:{LAB_WATCHDOG}"]

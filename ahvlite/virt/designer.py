@@ -7,14 +7,16 @@ cluster's networks, and where the UEFI variable store goes.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 from lxml import etree
 
 from ahvlite.errors import InvalidSpec
 from ahvlite.net.nic import VmNic, interface_element
 from ahvlite.spec.network import NetworkSpec
-from ahvlite.spec.vm import MIN_MEMORY_MIB, NicSpec, VmSpec
+from ahvlite.spec.vm import MIN_MEMORY_MIB, DiskSpec, NicSpec, VmSpec
 from ahvlite.virt.xml.devices import (
     Console,
     Controller,
@@ -80,6 +82,20 @@ class Design:
     disks: dict[str, DiskPlacement]  # disk name -> where it lives
     networks: NetworkSpec = field(default_factory=NetworkSpec)
     nvram_path: str | None = None  # UEFI variable store for this VM
+    epoch: int = 0  # the HA incarnation (bumped by every restart on another host)
+
+
+def rendered_spec(spec: VmSpec, ctx: Design) -> VmSpec:
+    """``spec`` as it stands once its disks exist: each disk is the pool volume (or the
+    file) it now lives in. What HA keeps, and renders again on another host."""
+    disks = []
+    for name, d in zip(spec.disk_names(), spec.disks, strict=True):
+        place = ctx.disks[name]
+        if place.volume is not None:
+            disks.append(DiskSpec(name=name, volume=place.volume, bus=d.bus, cdrom=d.cdrom))
+        else:
+            disks.append(DiskSpec(name=name, path=place.path, bus=d.bus, cdrom=d.cdrom))
+    return spec.model_copy(update={"disks": disks})
 
 
 def target_dev(bus: str, index: int) -> str:
@@ -333,6 +349,11 @@ def _devices(dom: Domain, spec: VmSpec, ctx: Design) -> None:
 def _metadata(dom: Domain, spec: VmSpec, ctx: Design) -> None:
     meta = dom.ensure_meta()
     meta.overcommit = spec.overcommit
+    meta.epoch = ctx.epoch
+    meta.spec_json = json.dumps(rendered_spec(spec, ctx).model_dump(mode="json"),
+                                sort_keys=True, separators=(",", ":"))
+    if ctx.nvram_path:
+        meta.nvram_volume = PurePosixPath(ctx.nvram_path).name
     if spec.labels:
         meta.labels = dict(spec.labels)
     devs = {d.serial: d.target_dev for d in dom.devices.disks} if dom.devices else {}

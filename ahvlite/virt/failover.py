@@ -1,15 +1,22 @@
-"""libvirt intents for HA: what runs on a host, restart from a saved definition, fence,
-and drop a stale definition. Used by ``controller/ha`` (service and host agent)."""
+"""libvirt intents for HA: what runs on a host, restart from a rendered definition,
+fence (many at once, bounded), and drop a stale definition. Used by ``controller/ha``
+(the leader's service and the host agent)."""
 
 from __future__ import annotations
 
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
 
 import libvirt
 
 from ahvlite.errors import AhvliteError
 from ahvlite.virt.conn import libvirt_errors, or_none
 from ahvlite.virt.xml.domain import Domain
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -20,27 +27,79 @@ class DomainFacts:
     memory_mib: int
     labels: dict[str, str]
     has_pci_hostdev: bool
-    xml: str  # the persistent (inactive) definition: what a restart defines elsewhere
+    epoch: int = 0  # the HA incarnation in the domain's metadata
+    spec: dict[str, Any] | None = None  # the designer's spec in the metadata, if any
+    nvram_volume: str | None = None
+    shut_down: bool = False  # off because its guest shut down (not destroyed or crashed)
+
+
+def _facts(dom: libvirt.virDomain, flags: int) -> DomainFacts | None:
+    try:
+        with libvirt_errors(f"facts of {dom.name()}"):
+            xml = dom.XMLDesc(flags)
+            state, reason = dom.state()
+            active = bool(dom.isActive())
+            memory_mib = int(dom.info()[1]) // 1024
+    except AhvliteError:
+        return None  # undefined meanwhile
+    parsed = Domain.parse(xml)
+    meta = parsed.meta
+    labels = meta.labels if meta is not None else {}
+    epoch, spec, nvram = 0, None, None
+    if meta is not None:
+        # Metadata anyone with libvirt access could have written: junk is no spec.
+        try:
+            epoch = int(meta.epoch or 0)
+        except ValueError:
+            epoch = 0
+        try:
+            raw = json.loads(meta.spec_json) if meta.spec_json else None
+            spec = raw if isinstance(raw, dict) else None
+        except ValueError:
+            spec = None
+        nvram = meta.nvram_volume or None
+    shut_down = (state == libvirt.VIR_DOMAIN_SHUTOFF
+                 and reason == libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
+    return DomainFacts(dom.name(), dom.UUIDString(), active, memory_mib, labels,
+                       bool(parsed.el.findall("devices/hostdev[@type='pci']")), epoch, spec,
+                       nvram, shut_down)
 
 
 def domain_facts(conn: libvirt.virConnect) -> list[DomainFacts]:
-    """Every persistent domain of the host with its definition."""
-    out = []
+    """Every persistent domain of the host, with what its metadata says."""
     with libvirt_errors("list domains"):
         doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT)
-    for dom in doms:
+    found = (_facts(d, libvirt.VIR_DOMAIN_XML_INACTIVE) for d in doms)
+    return [f for f in found if f is not None]
+
+
+def running_facts(conn: libvirt.virConnect) -> list[DomainFacts]:
+    """The running domains (their live definitions)."""
+    with libvirt_errors("list running domains"):
+        doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+    found = (_facts(d, 0) for d in doms)
+    return [f for f in found if f is not None and f.active]
+
+
+def power_off_many(conn: libvirt.virConnect, names: list[str], deadline_s: float) -> set[str]:
+    """Destroy ``names`` at once (a libvirt connection serves several threads); the names
+    known to be off within ``deadline_s``. A destroy still pending then is abandoned to
+    its thread: the caller's watchdog covers it."""
+    def one(name: str) -> str | None:
         try:
-            with libvirt_errors(f"facts of {dom.name()}"):
-                xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-                active = bool(dom.isActive())
-                memory_mib = int(dom.info()[1]) // 1024
-        except AhvliteError:
-            continue  # undefined meanwhile
-        parsed = Domain.parse(xml)
-        labels = parsed.meta.labels if parsed.meta is not None else {}
-        out.append(DomainFacts(dom.name(), dom.UUIDString(), active, memory_mib, labels,
-                               "<hostdev" in xml, xml))
-    return out
+            power_off(conn, name)
+            return name
+        except AhvliteError as exc:
+            log.error("fence: %s", exc.message)
+            return None
+
+    if not names:
+        return set()
+    pool = ThreadPoolExecutor(len(names), thread_name_prefix="fence")
+    futures = [pool.submit(one, n) for n in names]
+    wait(futures, timeout=deadline_s)
+    pool.shutdown(wait=False)
+    return {name for f in futures if f.done() and (name := f.result()) is not None}
 
 
 def is_alive(conn: libvirt.virConnect) -> bool:

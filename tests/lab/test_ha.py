@@ -256,5 +256,5 @@ def test_killed_host_vm_restarts_elsewhere_and_answers(ha_lab):
         now = domain_ids(layout, h)
         assert {n: now.get(n) for n in before} == before, (h, before, now)
     status = json.loads(coord.get("ha/status").value)
-    assert status["hosts"][victim]["verdict"] == "down"
+    assert status["hosts"][victim]["verdict"] == "fenced"
     assert any(r["vm"] == "hakill" and r["from"] == victim for r in status["restarts"])

@@ -40,14 +40,15 @@ def test_set_stores_and_defaults_stay(cluster):
     s = load_settings(cluster)
     assert (s.mode, s.rf, s.reservation) == ("guarantee", 2, "host")
     stored = json.loads((cluster.parent / "cluster-state" / "ha.json").read_text())
-    assert stored["countdown_s"] == s.countdown_s
+    assert stored["lease_s"] == s.lease_s
 
 
 @pytest.mark.parametrize(("args", "needle"), [
     (["--mode", "always"], "mode='always'"),
     (["--rf", "4"], "rf=4"),
     (["--reservation", "pool"], "reservation='pool'"),
-    (["--countdown", "3"], "countdown_s=3.0"),
+    (["--lease", "1"], "lease_s=1.0"),
+    (["--watchdog", "0.2"], "watchdog_s=0.2"),
 ])
 def test_bad_settings_are_refused_and_nothing_is_stored(cluster, args, needle):
     out = ahvlite("ha", "set", *args, "--cluster", str(cluster))

@@ -51,7 +51,26 @@ class Delete:
     expected_version: int | None = None
 
 
-Op = Put | Delete
+@dataclass(frozen=True)
+class Check:
+    """In a transaction: ``key`` must be at ``version`` (writes nothing). HA uses it to
+    act only while a host agent's heartbeat is still the one it timed."""
+
+    key: str
+    version: int
+
+
+Op = Put | Delete | Check
+
+
+@dataclass(frozen=True)
+class MemberState:
+    """One store member as seen from this host: ``serving`` (part of a quorum),
+    ``electing`` (answers, but says it is not serving: a leader election is under way)
+    or ``unreachable``."""
+
+    member: str
+    state: str
 
 MUST_NOT_EXIST = -1
 
@@ -91,10 +110,16 @@ class Coordinator(Protocol):
     def update_member(self, member: str, data: bytes) -> None: ...
     def leave(self, member: str) -> None: ...
     def members(self) -> dict[str, bytes]: ...
-    def other_members_answering(self, timeout_s: float = 0.5) -> list[str]:
-        """Store members on other hosts that accept a connection (TCP only): while the
-        store does not answer, these say whether this host is cut off or the store is
-        down for everyone. An embedded store has none."""
+    def ensemble(self, timeout_s: float = 0.5) -> list[MemberState]:
+        """Every configured store member's own word on whether it serves, asked in
+        parallel and bounded by ``timeout_s`` (an embedded store: one member, serving)."""
+        ...
+    def sync(self, key: str) -> None:
+        """Make the next reads of ``key`` (and below) see every write committed before."""
+        ...
+    def generation(self) -> int:
+        """Grows each time this client's connection to the store was interrupted; a
+        reader timing others by what it sees must start over when it changes."""
         ...
 
     # -- leadership -------------------------------------------------------------

@@ -25,8 +25,10 @@ from typing import Any
 
 from ahvlite.controller.coord.api import (
     MUST_NOT_EXIST,
+    Check,
     Delete,
     Leadership,
+    MemberState,
     NotLeader,
     Op,
     Put,
@@ -140,6 +142,10 @@ class SqliteCoordinator:
             check_key(op.key)
             row = cur.execute("SELECT version FROM kv WHERE key=?", (op.key,)).fetchone()
             have = None if row is None else int(row[0])
+            if isinstance(op, Check):
+                if have != op.version:
+                    raise VersionMismatch(f"key {op.key}: version {have}, expected {op.version}")
+                continue
             want = op.expected_version
             if want is not None and ((want == MUST_NOT_EXIST and have is not None)
                                      or (want != MUST_NOT_EXIST and have != want)):
@@ -230,8 +236,14 @@ class SqliteCoordinator:
         with self._write() as cur:
             cur.execute("DELETE FROM members WHERE name=? AND session=?", (member, self.session))
 
-    def other_members_answering(self, timeout_s: float = 0.5) -> list[str]:
-        return []  # one file on this host: no other members
+    def ensemble(self, timeout_s: float = 0.5) -> list[MemberState]:
+        return [MemberState(self.url, "serving")]  # one file on this host
+
+    def sync(self, key: str) -> None:
+        pass  # one database: every read sees every committed write
+
+    def generation(self) -> int:
+        return 0  # a local file is never "disconnected"
 
     def members(self) -> dict[str, bytes]:
         rows = self._read("SELECT name, data FROM members WHERE expires_at > ?", (time.time(),))

@@ -38,11 +38,13 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry, RetryFailedError
 from kazoo.security import make_acl, make_digest_acl
 
-from ahvlite.controller.coord import reach
+from ahvlite.controller.coord import ensemble
 from ahvlite.controller.coord.api import (
     MUST_NOT_EXIST,
+    Check,
     Delete,
     Leadership,
+    MemberState,
     NotLeader,
     Op,
     Put,
@@ -148,6 +150,7 @@ class ZkCoordinator:
         self._token: int | None = None
         self._node: str | None = None  # our election znode, while we lead
         self._suspended = False
+        self._generation = 0  # bumped on every reconnect (see generation())
         self._closed = False
         self._resigned = threading.Event()
         self._stand_down = threading.Event()
@@ -182,6 +185,8 @@ class ZkCoordinator:
                 self._token = None
                 self._stand_down.set()
         elif state == KazooState.CONNECTED:
+            if self._suspended:
+                self._generation += 1
             self._suspended = False
             self._rejoin.set()
 
@@ -204,9 +209,19 @@ class ZkCoordinator:
 
     # -- keys -------------------------------------------------------------------
 
-    def other_members_answering(self, timeout_s: float = 0.5) -> list[str]:
-        """Ensemble members not on this host that accept a TCP connection."""
-        return reach.answering(self._members, timeout_s)
+    def ensemble(self, timeout_s: float = 0.5) -> list[MemberState]:
+        """Every ensemble member's ``srvr`` answer (see coord/ensemble.py)."""
+        return ensemble.probe(self._members, timeout_s)
+
+    @_op("sync")
+    def sync(self, key: str) -> None:
+        self._client.sync(self._path(key))
+
+    def generation(self) -> int:
+        # Every interruption counts, even one that kept the session: while we were
+        # away a store election may have run, and whoever timed a host agent's
+        # heartbeat across it must start timing again (docs/ha.md).
+        return self._generation + (1 if self._suspended else 0)
 
     @_op("get")
     def get(self, key: str) -> Versioned | None:
@@ -287,6 +302,8 @@ class ZkCoordinator:
             elif isinstance(op, Delete):
                 t.delete(path, version=-1 if op.expected_version is None
                          else op.expected_version)
+            elif isinstance(op, Check):
+                t.check(path, op.version)
         results = t.commit()
         failed = [(i, r) for i, r in enumerate(results)
                   if isinstance(r, Exception) and not isinstance(r, RolledBackError)]

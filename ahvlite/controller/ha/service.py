@@ -1,14 +1,27 @@
-"""The leader's HA service: watch hosts, declare one down, restart its VMs elsewhere.
+"""The leader's HA service: time every host agent's heartbeat, and restart the VMs of a
+host only once its old copies are surely off.
 
-Every ``interval_s`` it reads both signals of every host (the host monitor's libvirt
-connection state and the controller membership in the store) into the
-:class:`~ahvlite.controller.ha.detection.DownDetector`. It keeps the definition of every
-VM it sees (``ha/vms/NAME``), so after a host is declared down it can define and start
-that host's running, protected VMs on healthy hosts, by priority, placed by an injected
-``place`` function. A restart that fails (virtlockd still holds the disk: the old copy
-may live) is retried on a later round, never forced; VMs that fit nowhere are reported
-in ``ha/status`` and planned again each round. When a host comes back, shut-off
-definitions of VMs HA moved away from it are removed, never started.
+Each round (``interval_s``):
+
+1. Heartbeats: every host agent's ``agents/HOST`` key is timed by a
+   :class:`~ahvlite.controller.ha.lease.FenceClock`. A host whose heartbeat stood still
+   for its agent's ``lease_s + watchdog_s`` plus ``margin_s`` is *fenced*: its agent
+   powered its VMs off, or its watchdog reset it. A host whose agent's lease is surely
+   over but whose libvirt still answers is fenced by the leader itself: it powers the
+   VMs off there and sees them off. A host without any agent heartbeat is never fenced:
+   its VMs are not protected (``ha show`` says so).
+2. Inventory: what every reachable host runs, with the epoch in each domain's metadata,
+   updates the VM records (``ha/vms/NAME``, compare-and-set through the fence). Two
+   running copies of one VM are resolved: the copy with the older epoch goes (equal
+   epochs: the one the record does not name).
+3. Restarts: for each VM of a fenced host, placed by ``place_fn`` on healthy hosts (not
+   in maintenance), the leader first writes the *intent* ("epoch E starts on T") in one
+   fenced transaction that also checks the lost host's heartbeat is still the version
+   it timed; then it renders the VM from its stored spec on T and starts it. An intent
+   is finished on its target only (by this leader or the next); it is re-planned only
+   when the target itself is fenced.
+
+A bug or a store error in one round is logged and the next round starts afresh.
 """
 
 from __future__ import annotations
@@ -18,307 +31,478 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import replace
-from typing import Any, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any
 
 from ahvlite.cluster.placement import HostCapacity
-from ahvlite.controller.coord.api import Coordinator, Delete, NotLeader, Put
-from ahvlite.controller.ha.detection import DownDetector, Signals, Verdict
-from ahvlite.controller.ha.records import PREFIX, STATUS_KEY, StoredVm, key
-from ahvlite.controller.ha.restart import Place, by_memory, plan_restarts
+from ahvlite.controller.coord.api import (
+    MUST_NOT_EXIST,
+    Check,
+    Coordinator,
+    Delete,
+    NotLeader,
+    Put,
+    VersionMismatch,
+)
+from ahvlite.controller.ha.hostops import HostOps
+from ahvlite.controller.ha.lease import FenceClock
+from ahvlite.controller.ha.records import (
+    AGENTS,
+    PREFIX,
+    STATUS_KEY,
+    AgentDoc,
+    BadRecord,
+    Intent,
+    StoredVm,
+    agent_key,
+    key,
+)
+from ahvlite.controller.ha.restart import Place, VmRecord, by_memory, plan_restarts
 from ahvlite.controller.ha.settings import HaSettings
-from ahvlite.errors import AhvliteError, OperationTimeout
-from ahvlite.virt import domains, failover
-from ahvlite.virt.conn import close_quietly, open_connection
+from ahvlite.errors import AhvliteError
+from ahvlite.virt.failover import DomainFacts
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class HostView:
+    verdict: str  # healthy, degraded, suspect, fenced, unprotected
+    remaining_s: float  # until fenced, while suspect
+    reachable: bool  # libvirt answers
 
 
 class HaService:
     """Leader-only (a :class:`~ahvlite.controller.daemon.Service`)."""
 
-    def __init__(self, coord: Coordinator, monitor: Any,
+    def __init__(self, coord: Coordinator, hosts: Callable[[], list[str]], ops: HostOps,
                  settings: Callable[[], HaSettings], *, place_fn: Place = by_memory,
-                 clock: Callable[[], float] = time.monotonic, interval_s: float = 0.5,
-                 inventory_s: float = 1.0, retry_s: float = 2.0,
-                 call_timeout_s: float = 10.0,
-                 open_conn: Callable[[str], Any] | None = None,
-                 closed: Callable[[], set[str]] = set) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time, interval_s: float = 0.5,
+                 retry_s: float = 2.0, closed: Callable[[], set[str]] = set) -> None:
         self.coord = coord
-        self.monitor = monitor  # HostMonitor: .links[host].conn, .hosts[host]
-        # Hosts in (or entering) maintenance: never restart targets. Their own loss is
-        # still acted on: a host that dies while entering still runs VMs.
-        self.closed = closed
+        self.hosts = hosts  # the cluster's host names (read every round)
+        self.ops = ops
         self.settings = settings
         self.place_fn = place_fn
         self.clock = clock
+        self.wall = wall
         self.interval_s = interval_s
-        self.inventory_s = inventory_s
         self.retry_s = retry_s
-        self.detector = DownDetector(settings().countdown_s)
-        self.records: dict[str, StoredVm] = {}
+        # Hosts in (or entering) maintenance: never restart targets. Their own loss is
+        # still acted on: a host that dies while entering still runs VMs.
+        self.closed = closed
+        self.fence = FenceClock(settings().margin_s)
+        self._generation: int | None = None
         self.failures: dict[str, str] = {}
         self.restarts: list[dict[str, Any]] = []
-        self._last_inventory: dict[str, float] = {}
+        self.resolved: list[dict[str, Any]] = []  # twins resolved
         self._last_try: dict[str, float] = {}
-        self.call_timeout_s = call_timeout_s
-        self.open_conn = open_conn or self._open_link
-        self._own: dict[str, Any] = {}
-        self._abandoned: list[Any] = []  # stuck connections: kept, never used or closed
-        self._workers: dict[str, ThreadPoolExecutor] = {}
-        self._busy_since: dict[str, float] = {}
-        self._status: bytes = b""
+        self._stopped: dict[str, float] = {}  # desired running, seen off since
+        self._in_place: set[str] = set()  # to start again on their own (healthy) host
+        self._status = b""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    # -- the daemon's Service -----------------------------------------------------------
+
     def start(self) -> None:
-        for name, v in self.coord.children(PREFIX).items():
-            try:
-                self.records[name] = StoredVm.from_bytes(v.value)
-            except (ValueError, TypeError, KeyError):
-                log.warning("ha: unreadable record %s", name)
         self._thread = threading.Thread(target=self._loop, daemon=True, name="ha")
         self._thread.start()
-
-    def _open_link(self, host: str) -> Any:
-        uri = self.monitor.links[host].uri
-        return open_connection(uri, keepalive_interval_s=2, keepalive_count=2, timeout_s=5)
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        for pool in self._workers.values():
-            pool.shutdown(wait=False, cancel_futures=True)
-        for host, conn in list(self._own.items()):
-            if host not in self._busy_since:
-                close_quietly(conn)
-        self._own.clear()
-
-    def _on(self, host: str, fn: Callable[..., T], *args: Any) -> T:
-        """Run a libvirt call for ``host`` on that host's own worker thread.
-
-        A call to a host that went silent can block far longer than keepalive promises
-        (seen in the lab: listAllDomains on a cut-off host never returned). Waiting at
-        most ``call_timeout_s``, and refusing new calls while one is stuck, keeps the
-        HA loop (and every other host) going; a stuck host also counts as lost.
-        """
-        if host in self._busy_since:
-            raise OperationTimeout(f"host {host}: an earlier libvirt call has not returned")
-        pool = self._workers.get(host)
-        if pool is None:
-            pool = self._workers[host] = ThreadPoolExecutor(1, thread_name_prefix=f"ha-{host}")
-        self._busy_since[host] = time.monotonic()
-        future = pool.submit(fn, *args)
-        future.add_done_callback(lambda _f: self._busy_since.pop(host, None))
-        try:
-            return future.result(timeout=self.call_timeout_s)
-        except FutureTimeout:
-            if host in self._own:
-                self._abandoned.append(self._own.pop(host))
-            raise OperationTimeout(f"host {host}: libvirt did not answer in "
-                                   f"{self.call_timeout_s:g} s") from None
+        close = getattr(self.ops, "close", None)
+        if close is not None:
+            close()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                if self.coord.is_leader():
-                    self.round()
-            except NotLeader:
-                # A session in doubt (a ZooKeeper member went away): skip this round.
-                # Real loss of leadership stops this service through the daemon.
-                pass
-            except AhvliteError as exc:
-                log.warning("ha round: %s", exc.message)
-            except Exception:  # a bug must not end HA for the rest of the term
-                log.exception("ha round failed")
+            self.tick()
             self._stop.wait(self.interval_s)
 
-    # -- one round ----------------------------------------------------------------
+    def tick(self) -> None:
+        """One round while we lead; whatever goes wrong is logged, never raised."""
+        try:
+            if self.coord.is_leader():
+                self.round()
+        except NotLeader:
+            pass  # a session in doubt; real loss of leadership stops us via the daemon
+        except AhvliteError as exc:
+            log.warning("ha round: %s", exc.message)
+        except Exception:  # a bug must not end HA for the rest of the term
+            log.exception("ha round failed")
 
-    def _signals(self) -> dict[str, Signals]:
-        members = self.coord.members()
-        present = set(members)
-        for data in members.values():
-            try:
-                present.add(str(json.loads(data).get("name", "")))
-            except ValueError:
-                pass
-        out = {}
-        for host in self.monitor.hosts:
-            out[host] = Signals(libvirt_connected=self._conn(host) is not None,
-                                present=host in present)
-        return out
+    # -- one round ----------------------------------------------------------------------
 
     def round(self) -> None:
-        settings = self.settings()
-        self.detector.countdown_s = settings.countdown_s
         now = self.clock()
-        views = self.detector.update(now, self._signals())
-        for host, view in views.items():
-            conn = self._conn(host)
-            if conn is not None and view.verdict != Verdict.DOWN and (
-                    now - self._last_inventory.get(host, -1e9) >= self.inventory_s):
-                self._inventory(host, conn)
-                self._last_inventory[host] = now
+        settings = self.settings()
+        self.fence.margin_s = settings.margin_s
+        generation = self.coord.generation()
+        if generation != self._generation:
+            # Our store connection was interrupted: a store election may have run, and
+            # agents may have stretched their leases across it. Time everyone afresh.
+            self.fence.restart(now)
+            self._generation = generation
+        hosts = list(self.hosts())
+        agents = self._agents(hosts)
+        for host in hosts:
+            got = agents.get(host)
+            self.fence.observe(now, host, got[0].beat(got[1]) if got else None)
+        facts = {}
+        for host in hosts:
+            if self.ops.reachable(host):
+                try:
+                    facts[host] = self.ops.facts(host)
+                except AhvliteError as exc:
+                    log.warning("ha: inventory of %s: %s", host, exc.message)
+        views = {h: self._view(now, h, h in facts, h in agents) for h in hosts}
+        records = self._records()
+        self._in_place = set()
+        self._inventory(facts, records, agents, views)
+        records = self._records()
+        self._stopped = {n: t for n, t in self._stopped.items()
+                         if n in records and records[n][0].running}
         try:
             closed = self.closed()
         except AhvliteError as exc:
             log.warning("ha: reading maintenance state: %s", exc.message)
             closed = set()
-        healthy = [h for h, v in views.items()
-                   if v.verdict == Verdict.HEALTHY and h not in closed]
-        for host, view in views.items():
-            due = now - self._last_try.get(host, -1e9) >= self.retry_s
-            if view.verdict == Verdict.DOWN and due:
-                self._last_try[host] = now
-                self._restart_from(host, healthy)
-        self._publish(views)
+        targets = [h for h in hosts if views[h].verdict == "healthy" and h not in closed]
+        self._finish_intents(now, records, facts, views, targets)
+        self._restart_in_place(now, records, views)
+        for host in hosts:
+            if self._released(now, host, facts):
+                self._restart_from(now, host, records, facts, targets)
+        self._publish(views, agents)
 
-    def _conn(self, host: str) -> Any:
-        """HA's own libvirt connection to ``host`` while the host is reachable, else None.
+    def _view(self, now: float, host: str, reachable: bool, has_agent: bool) -> HostView:
+        if not has_agent:
+            return HostView("unprotected", 0.0, reachable)
+        if self.fence.fresh(now, host):
+            return HostView("healthy" if reachable else "degraded", 0.0, reachable)
+        remaining = self.fence.remaining_s(now, host)
+        return HostView("fenced" if remaining == 0 else "suspect", remaining, reachable)
 
-        Reachable: the monitor's link is up and alive (a connection libvirt closed on a
-        keepalive timeout counts as lost even before its close callback ran), and no HA
-        call to the host is stuck. HA never calls through the monitor's connection: two
-        threads on one connection that breaks mid-call crashed libvirt's client in the
-        lab (a partition, then heal). Its own connection has one user, the host worker,
-        and is abandoned (never closed under a pending call) when a call gets stuck.
-        """
-        link = self.monitor.links[host].conn
-        busy = self._busy_since.get(host)
-        if link is None or (busy is not None and time.monotonic() - busy > self.call_timeout_s):
-            return None
-        if not failover.is_alive(link):
-            return None
-        own = self._own.get(host)
-        if own is not None and busy is None and not failover.is_alive(own):
-            self._abandoned.append(self._own.pop(host))
-            own = None
-        if own is None:
+    def _released(self, now: float, host: str, facts: dict[str, list[DomainFacts]]) -> bool:
+        """The host's protected VMs may start elsewhere: its agent's lease is over and
+        either its watchdog surely fired, or its libvirt answers (we fence through it)."""
+        if self.fence.fenced(now, host):
+            return True
+        return self.fence.lease_over(now, host) and host in facts
+
+    # -- reading the store --------------------------------------------------------------
+
+    def _agents(self, hosts: list[str]) -> dict[str, tuple[AgentDoc, int]]:
+        out = {}
+        for host, v in self.coord.children(AGENTS).items():
             try:
-                own = self._own[host] = self.open_conn(host)
-            except AhvliteError as exc:
-                log.warning("ha: connecting to %s: %s", host, exc.message)
-                return None
-        return own
-
-    def _put(self, vm: StoredVm) -> None:
-        self.coord.fenced([Put(key(vm.name), vm.to_bytes())])
-        self.records[vm.name] = vm
-
-    def _inventory(self, host: str, conn: Any) -> None:
-        try:
-            facts = self._on(host, failover.domain_facts, conn)
-        except AhvliteError as exc:
-            log.warning("ha: inventory of %s: %s", host, exc.message)
-            return
-        seen = set()
-        for f in facts:
-            seen.add(f.name)
-            rec = self.records.get(f.name)
-            if rec is not None and rec.host != host and rec.uuid != f.uuid:
-                # Another VM of the same name: VM names are unique in the cluster, so
-                # this is an operator's mistake; keep what we knew and say so.
-                log.error("ha: %s on %s has uuid %s, the one on %s has %s", f.name, host,
-                          f.uuid, rec.host, rec.uuid)
+                doc = AgentDoc.from_bytes(v.value)
+            except BadRecord as exc:
+                log.warning("ha: skipping heartbeat of %s: %s", host, exc)
                 continue
-            if rec is not None and rec.host != host:
-                if not f.active:
-                    # The host is back with the definition of a VM that now runs
-                    # elsewhere: remove it so nobody starts the old copy.
-                    if host in rec.restarted_from and self._on(
-                            host, failover.remove_stale, conn, f.name, f.uuid):
-                        log.warning("ha: removed stale definition of %s from %s "
-                                    "(it runs on %s)", f.name, host, rec.host)
-                    continue
-                other = self._conn(rec.host) if rec.host in self.monitor.links else None
-                if rec.running and other is not None and (
-                        f.name in self._on(rec.host, failover.running_names, other)):
-                    log.error("ha: %s runs on both %s and %s", f.name, rec.host, host)
-                    continue
-                # Running here now (live migration, or a restart by an earlier leader).
-            new = StoredVm(f.name, f.uuid, host, f.memory_mib, f.active, f.labels,
-                           f.has_pci_hostdev, f.xml,
-                           rec.restarted_from if rec is not None else ())
-            if new != rec:
-                self._put(new)
-        for name, rec in list(self.records.items()):
-            if rec.host == host and name not in seen:
-                self.coord.fenced([Delete(key(name))])
-                del self.records[name]
-
-    def _capacities(self, healthy: list[str]) -> list[HostCapacity]:
-        out = []
-        for host in healthy:
-            conn = self._conn(host)
-            if conn is None:
-                continue
-            try:
-                total, _ = self._on(host, domains.memory_mib, conn)
-                used = self._on(host, domains.reserved_memory_mib, conn)
-            except AhvliteError:
-                continue
-            out.append(HostCapacity(host, total, total - used))
+            if doc.host == host and host in hosts:
+                out[host] = (doc, v.version)
         return out
 
-    def _running_anywhere(self, name: str, hosts: list[str]) -> str | None:
-        for host in hosts:
-            conn = self._conn(host)
+    def _records(self) -> dict[str, tuple[StoredVm, int]]:
+        out = {}
+        for name, v in self.coord.children(PREFIX).items():
             try:
-                if conn is not None and name in self._on(host, failover.running_names, conn):
-                    return host
+                rec = StoredVm.from_bytes(v.value)
+            except BadRecord as exc:
+                self.failures[name] = f"record unreadable: {exc}"
+                continue
+            if rec.name == name:
+                out[name] = (rec, v.version)
+        return out
+
+    def _write(self, ops: list[Any]) -> bool:
+        """A fenced compare-and-set; False when someone else wrote first."""
+        try:
+            self.coord.fenced(ops)
+            return True
+        except VersionMismatch as exc:
+            log.info("ha: %s (will look again)", exc.message)
+            return False
+
+    # -- inventory ----------------------------------------------------------------------
+
+    def _inventory(self, facts: dict[str, list[DomainFacts]],
+                   records: dict[str, tuple[StoredVm, int]],
+                   agents: dict[str, tuple[AgentDoc, int]], views: dict[str, HostView]) -> None:
+        running: dict[str, list[tuple[str, DomainFacts]]] = {}
+        defined: dict[str, list[tuple[str, DomainFacts]]] = {}
+        for host, fs in facts.items():
+            for f in fs:
+                defined.setdefault(f.name, []).append((host, f))
+                if f.active:
+                    running.setdefault(f.name, []).append((host, f))
+        for name in sorted(set(records) | set(defined)):
+            rec, version = records.get(name, (None, -1))
+            copies = [(h, f) for h, f in running.get(name, [])
+                      if rec is None or f.uuid == rec.uuid]
+            if len(copies) > 1:
+                self._resolve_twins(name, rec, copies)
+            elif copies:
+                self._seen_running(name, rec, version, *copies[0])
+            elif rec is None:
+                host, f = defined[name][0]
+                self._write([Put(key(name), _new_record(host, f, False).to_bytes(),
+                                 MUST_NOT_EXIST)])
+            else:
+                self._seen_stopped(rec, version, defined.get(name, []), facts, agents, views)
+        for host, fs in facts.items():
+            for f in fs:
+                got = records.get(f.name)
+                rec = got[0] if got else None
+                if (rec is not None and not f.active and rec.host != host
+                        and host in rec.restarted_from and f.uuid == rec.uuid
+                        and self.ops.remove_stale(host, f.name, f.uuid)):
+                    log.warning("ha: removed stale definition of %s from %s (it runs on %s)",
+                                f.name, host, rec.host)
+
+    def _resolve_twins(self, name: str, rec: StoredVm | None,
+                       copies: list[tuple[str, DomainFacts]]) -> None:
+        """One VM running on several hosts: the newest epoch stays; on equal epochs the
+        copy on the host the record names (or the first) stays. The rest are destroyed."""
+        owner = rec.host if rec is not None else None
+        keep = max(copies, key=lambda hf: (hf[1].epoch, hf[0] == owner))
+        for host, f in copies:
+            if host == keep[0]:
+                continue
+            log.error("ha: %s runs on %s (epoch %d) and %s (epoch %d): powering off the "
+                      "copy on %s", name, keep[0], keep[1].epoch, host, f.epoch, host)
+            try:
+                self.ops.destroy(host, name)
+                self.resolved.append({"vm": name, "kept": keep[0], "destroyed": host,
+                                      "at": self.wall()})
+                del self.resolved[:-20]
+            except AhvliteError as exc:
+                log.error("ha: could not power off %s on %s: %s", name, host, exc.message)
+
+    def _seen_running(self, name: str, rec: StoredVm | None, version: int, host: str,
+                      f: DomainFacts) -> None:
+        if rec is None:
+            self._write([Put(key(name), _new_record(host, f, True).to_bytes(), MUST_NOT_EXIST)])
+            return
+        newest = max(rec.epoch, rec.intent.epoch if rec.intent else 0)
+        if f.epoch < newest:
+            # An older incarnation (a stale definition started by hand, say): HA has a
+            # newer one, so this copy goes, even while the new one is not up yet.
+            log.error("ha: %s runs on %s as epoch %d, older than %d: powering it off",
+                      name, host, f.epoch, newest)
+            try:
+                self.ops.destroy(host, name)
+            except AhvliteError as exc:
+                log.error("ha: could not power off %s on %s: %s", name, host, exc.message)
+            return
+        if host != rec.host or rec.intent is not None:
+            new = rec.moved_to(host, f.epoch)  # migrated, or our restart came up
+            if rec.intent is not None and rec.intent.target == host:
+                self.failures.pop(name, None)
+        else:
+            new = rec
+        new = replace(new, running=True, memory_mib=f.memory_mib, labels=f.labels,
+                      has_pci_hostdev=f.has_pci_hostdev, spec=f.spec or rec.spec,
+                      nvram_volume=f.nvram_volume or rec.nvram_volume)
+        if new != rec:
+            self._write([Put(key(name), new.to_bytes(), version)])
+
+    def _seen_stopped(self, rec: StoredVm, version: int, defined: list[tuple[str, DomainFacts]],
+                      facts: dict[str, list[DomainFacts]],
+                      agents: dict[str, tuple[AgentDoc, int]],
+                      views: dict[str, HostView]) -> None:
+        if rec.intent is not None or rec.host not in facts:
+            return  # a restart under way, or we cannot see the owner
+        here = [f for h, f in defined if h == rec.host and f.uuid == rec.uuid]
+        if not here:
+            # Gone from its owner and running nowhere we see: deleted.
+            self._write([Delete(key(rec.name), version)])
+            return
+        if not rec.running:
+            return
+        if here[0].shut_down:
+            # Its guest shut down: what the VM's owner wanted, not HA's to undo.
+            self._write([Put(key(rec.name), replace(rec, running=False).to_bytes(), version)])
+            return
+        agent = agents.get(rec.host)
+        if views[rec.host].verdict != "healthy" or agent is None or rec.name in agent[0].pending:
+            return  # its agent fenced it and will start it again, or the host is in doubt
+        # Off on a healthy host without having shut down: its host was reset, or it was
+        # fenced by an agent that has restarted since. Start it again where it is.
+        self._stopped.setdefault(rec.name, self.clock())
+        if self.clock() - self._stopped[rec.name] >= self.retry_s:
+            self._in_place.add(rec.name)
+
+    # -- restarts -----------------------------------------------------------------------
+
+    def _capacities(self, targets: list[str]) -> list[HostCapacity]:
+        out = []
+        for host in targets:
+            try:
+                total, free = self.ops.capacity(host)
             except AhvliteError:
                 continue
-        return None
+            out.append(HostCapacity(host, total, free))
+        return out
 
-    def _restart_from(self, dead: str, healthy: list[str]) -> None:
-        lost = [r for r in self.records.values() if r.host == dead and r.running]
-        if not lost:
+    def _restart_from(self, now: float, lost: str, records: dict[str, tuple[StoredVm, int]],
+                      facts: dict[str, list[DomainFacts]], targets: list[str]) -> None:
+        mine = [(r, v) for r, v in records.values()
+                if r.host == lost and r.running and r.intent is None]
+        if not mine or now - self._last_try.get(lost, -1e9) < self.retry_s:
             return
-        running = {r.name: r.host for r in self.records.values()
-                   if r.running and r.host in healthy}
-        plan = plan_restarts([r.record() for r in lost], self._capacities(healthy),
-                             place_fn=self.place_fn, running=running)
+        self._last_try[lost] = now
+        # Its agent's lease is over, its watchdog may not have fired, but its libvirt
+        # answers: power the VMs off there ourselves and see them off.
+        if not self.fence.fenced(now, lost) and not self._fence_through_libvirt(
+                lost, [r for r, _ in mine]):
+            return
+        version = self.fence.version(lost)
+        if version is None:
+            return
+        norestart = [(r, v) for r, v in mine if r.spec is None]
+        for r, _ in norestart:
+            self.failures[r.name] = ("not restarted: no stored spec (not made by ahvlite's "
+                                     "designer)")
+        restartable = {r.name: (r, v) for r, v in mine if r.spec is not None}
+        placed = {r.name: r.host for r, _ in records.values()
+                  if r.running and r.host in targets}
+        plan = plan_restarts([r.record() for r, _ in restartable.values()],
+                             self._capacities(targets), place_fn=self.place_fn,
+                             running=placed)
         for vm, why in plan.unplaced:
             self.failures[vm] = f"not placed: {why}"
-            log.warning("ha: %s from %s not placed: %s", vm, dead, why)
+            log.warning("ha: %s from %s not placed: %s", vm, lost, why)
         for vm, why in plan.skipped:
             self.failures[vm] = f"not restarted: {why}"
         for vm, target in plan.steps:
-            self.coord.check_leader()
-            rec = self.records[vm]
-            elsewhere = self._running_anywhere(vm, healthy)
-            if elsewhere is not None:
-                self._put(replace(rec.moved_to(elsewhere)))
-                continue
-            conn = self._conn(target)
-            if conn is None:
-                continue
-            t0 = time.monotonic()
-            try:
-                self._on(target, failover.define_and_start, conn, rec.xml, vm)
-            except AhvliteError as exc:
-                # A held disk lease means the old copy may still run: try again later.
-                self.failures[vm] = f"start on {target} failed: {exc.message}"
-                log.warning("ha: restart of %s on %s failed (will retry): %s", vm, target,
-                            exc.message)
-                continue
-            self._put(rec.moved_to(target))
-            self.failures.pop(vm, None)
-            self.restarts.append({"vm": vm, "from": dead, "to": target, "at": time.time(),
-                                  "start_s": round(time.monotonic() - t0, 3)})
-            del self.restarts[:-50]
-            log.warning("ha: restarted %s from %s on %s", vm, dead, target)
+            rec, rv = restartable[vm]
+            intent = Intent(target, lost, rec.epoch + 1, self.wall(), self.coord.check_leader())
+            if not self._write([Check(agent_key(lost), version),
+                                Put(key(vm), rec.with_intent(intent).to_bytes(), rv)]):
+                # Its heartbeat moved (it is back) or the record changed: time it again.
+                self.fence.forget(lost)
+                return
+            self._start(now, rec.with_intent(intent), rv + 1, intent)
 
-    def _publish(self, views: dict[str, Any]) -> None:
-        doc = {"hosts": {h: {"verdict": v.verdict.value,
-                             "remaining_s": round(v.remaining_s, 1)} for h, v in views.items()},
-               "failures": self.failures, "restarts": self.restarts}
-        data = json.dumps(doc, sort_keys=True).encode()
+    def _fence_through_libvirt(self, host: str, vms: list[StoredVm]) -> bool:
+        try:
+            for vm in vms:
+                if VmRecord(vm.name, host, vm.memory_mib, True, vm.labels,
+                            vm.has_pci_hostdev).protected:
+                    self.ops.destroy(host, vm.name)
+            still = {f.name for f in self.ops.facts(host) if f.active}
+        except AhvliteError as exc:
+            log.warning("ha: fencing %s through libvirt: %s", host, exc.message)
+            return False
+        left = [vm.name for vm in vms if vm.name in still]
+        if left:
+            log.warning("ha: %s still runs %s after power off", host, ", ".join(left))
+            return False
+        log.warning("ha: %s's agent lost its lease; its VMs are off (seen through libvirt)",
+                    host)
+        return True
+
+    def _finish_intents(self, now: float, records: dict[str, tuple[StoredVm, int]],
+                        facts: dict[str, list[DomainFacts]], views: dict[str, HostView],
+                        targets: list[str]) -> None:
+        for rec, version in records.values():
+            intent = rec.intent
+            if intent is None:
+                continue
+            target_view = views.get(intent.target)
+            if target_view is not None and target_view.verdict == "healthy":
+                self._start(now, rec, version, intent)
+            elif intent.target not in views or self.fence.fenced(now, intent.target):
+                self._retarget(now, rec, version, intent, targets)
+
+    def _retarget(self, now: float, rec: StoredVm, version: int, intent: Intent,
+                  targets: list[str]) -> None:
+        """The intent's target is fenced (or gone): whatever started there is off."""
+        checks: list[Any] = []
+        if intent.target in self.hosts():
+            tv = self.fence.version(intent.target)
+            if tv is None:
+                return
+            checks.append(Check(agent_key(intent.target), tv))
+        others = [t for t in targets if t != intent.target]
+        plan = plan_restarts([replace(rec.record(), host=intent.target)],
+                             self._capacities(others), place_fn=self.place_fn)
+        if not plan.steps:
+            self.failures[rec.name] = f"not placed: {plan.unplaced[0][1] if plan.unplaced else ''}"
+            return
+        target = plan.steps[0][1]
+        new = Intent(target, intent.source, intent.epoch + 1, self.wall(),
+                     self.coord.check_leader())
+        if self._write([*checks, Put(key(rec.name), rec.with_intent(new).to_bytes(), version)]):
+            self._start(now, rec.with_intent(new), version + 1, new)
+
+    def _restart_in_place(self, now: float, records: dict[str, tuple[StoredVm, int]],
+                          views: dict[str, HostView]) -> None:
+        for name in sorted(self._in_place):
+            got = records.get(name)
+            if got is None:
+                continue
+            rec, version = got
+            if (rec.intent is not None or not rec.running or rec.spec is None
+                    or not rec.record().protected or views[rec.host].verdict != "healthy"):
+                continue
+            intent = Intent(rec.host, rec.host, rec.epoch + 1, self.wall(),
+                            self.coord.check_leader())
+            if self._write([Put(key(name), rec.with_intent(intent).to_bytes(), version)]):
+                log.warning("ha: %s is off on its healthy host %s without having shut "
+                            "down: starting it there again", name, rec.host)
+                self._start(now, rec.with_intent(intent), version + 1, intent)
+
+    def _start(self, now: float, rec: StoredVm, version: int, intent: Intent) -> None:
+        if now - self._last_try.get(f"vm:{rec.name}", -1e9) < self.retry_s:
+            return
+        self._last_try[f"vm:{rec.name}"] = now
+        # The side effect happens only right after a fenced check of the intent: a
+        # deposed leader (or one reading a stale store member) fails here.
+        if not self._write([Check(key(rec.name), version)]):
+            return
+        t0 = self.clock()
+        try:
+            self.ops.start(intent.target, rec, intent.epoch)
+        except AhvliteError as exc:
+            # A held disk lease means an old copy may still run: try again later, never
+            # forced; the intent stays, so only this target is ever tried.
+            self.failures[rec.name] = f"start on {intent.target} failed: {exc.message}"
+            log.warning("ha: restart of %s on %s failed (will retry): %s", rec.name,
+                        intent.target, exc.message)
+            return
+        self.failures.pop(rec.name, None)
+        self.restarts.append({"vm": rec.name, "from": intent.source, "to": intent.target,
+                              "epoch": intent.epoch, "at": self.wall(),
+                              "start_s": round(self.clock() - t0, 3)})
+        del self.restarts[:-50]
+        log.warning("ha: restarted %s from %s on %s (epoch %d)", rec.name, intent.source,
+                    intent.target, intent.epoch)
+
+    # -- status -------------------------------------------------------------------------
+
+    def _publish(self, views: dict[str, HostView],
+                 agents: dict[str, tuple[AgentDoc, int]]) -> None:
+        now = self.clock()
+        doc = {"hosts": {h: {"verdict": v.verdict, "remaining_s": round(v.remaining_s, 1),
+                             "libvirt": v.reachable,
+                             "heartbeat_still_s": round(self.fence.still_s(now, h), 1),
+                             "fences": list(agents[h][0].fenced) if h in agents else []}
+                         for h, v in views.items()},
+               "failures": self.failures, "restarts": self.restarts,
+               "twins_resolved": self.resolved}
+        data = json.dumps(doc, sort_keys=True, default=str).encode()
         if data != self._status:
             self.coord.fenced([Put(STATUS_KEY, data)])
             self._status = data
+
+
+def _new_record(host: str, f: DomainFacts, running: bool) -> StoredVm:
+    return StoredVm(f.name, f.uuid, host, f.memory_mib, running, f.labels, f.has_pci_hostdev,
+                    f.spec, f.nvram_volume, f.epoch)

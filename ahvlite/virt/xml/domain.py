@@ -92,6 +92,11 @@ class VmMeta(XmlObject):
 
     TAG = f"{{{AHV_NS}}}vm"
     overcommit = YesNo(f"{{{AHV_NS}}}overcommit")
+    # HA: which incarnation this definition is (bumped by every restart elsewhere), and
+    # the VM's spec as the designer rendered it (what a restart renders again).
+    epoch = Int(f"{{{AHV_NS}}}epoch")
+    spec_json = Str(f"{{{AHV_NS}}}spec")
+    nvram_volume = Str(f"{{{AHV_NS}}}nvram")
 
     @property
     def labels(self) -> dict[str, str]:

@@ -1,0 +1,148 @@
+"""The daemons' wiring: a controller (leader election, tasks, and the leader's
+services) and a host agent (HA fencing), each from its configuration. The CLI only
+parses options and calls :func:`run_controller` / :func:`run_agent`."""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ahvlite.controller.coord import open_store
+from ahvlite.controller.daemon import Controller, Identity
+from ahvlite.controller.kinds import registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    store: str
+    name: str | None = None
+    session_timeout_s: float = 3.0
+    workers: int = 4
+    cluster_file: Path | None = None
+    stats_interval_s: float = 10.0
+    ads_interval_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    store: str
+    host: str
+    libvirt_uri: str = "qemu:///system"
+    watchdog: str = "/dev/watchdog"
+    cluster_file: Path | None = None
+    session_timeout_s: float = 3.0
+
+
+def _daemon_setup() -> threading.Event:
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # `kill -USR1 PID` writes every thread's stack to the log: how to see a stuck loop.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    faulthandler.enable(all_threads=True)  # a crash in a C library leaves its stacks too
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def leader_services(coord: Any, cfg: ControllerConfig) -> Callable[[], list[Any]] | None:
+    """What only the leader runs (host monitor, HA, ADS), given a cluster file."""
+    path = cfg.cluster_file
+    if path is None:
+        return None
+    from ahvlite.cluster import vms
+    from ahvlite.cluster.adsinput import load_rules
+    from ahvlite.cluster.schedulable import unschedulable_hosts
+    from ahvlite.controller.ha.adsplace import ads_place
+    from ahvlite.controller.ha.config import settings_loader
+    from ahvlite.controller.ha.hostops import LibvirtHosts
+    from ahvlite.controller.ha.service import HaService
+    from ahvlite.controller.hostmon import HostMonitor
+    from ahvlite.spec.cluster import load_cluster
+    from ahvlite.virt.hostconn import HostConnection
+
+    spec = load_cluster(path)
+    ha_settings = settings_loader(path)
+
+    def services() -> list[Any]:
+        # Short keepalive: a silent host's libvirt link drops in ~4-6 s.
+        links = [HostConnection(h.name, h.uri, keepalive_interval_s=2, keepalive_count=2)
+                 for h in spec.hosts]
+
+        def closed() -> set[str]:
+            return unschedulable_hosts(path)
+
+        monitor = HostMonitor(coord, links, interval_s=cfg.stats_interval_s,  # type: ignore[arg-type]
+                              closed=closed)
+
+        def render(conn: Any, host: str, vm: Any, epoch: int) -> str:
+            return vms.render_on_host(conn, spec, host, vm.spec, vm.nvram_volume, epoch)
+
+        ha = HaService(coord, lambda: [h.name for h in spec.hosts],
+                       LibvirtHosts(monitor, render), ha_settings,
+                       place_fn=ads_place(lambda: load_rules(path)), closed=closed)
+        return [monitor, ha, ads_service(coord, spec, monitor, cfg.ads_interval_s)]
+
+    return services
+
+
+def ads_service(coord: Any, spec: Any, monitor: Any, interval_s: float) -> Any:
+    """ADS on the monitor's stats history; its moves become vm.migrate tasks."""
+    from ahvlite.cluster.adsinput import records_of, snapshot
+    from ahvlite.controller.adsservice import AdsService
+
+    return AdsService(coord, lambda: snapshot(spec, records=records_of(monitor.history, spec)),
+                      interval_s=interval_s, cluster_file=spec.source)
+
+
+def run_controller(cfg: ControllerConfig) -> None:
+    """Run a controller in the foreground until SIGTERM/SIGINT (then leave cleanly)."""
+    stop = _daemon_setup()
+    coord = open_store(cfg.store, session_timeout_s=cfg.session_timeout_s)
+    Controller(coord, Identity.here(cfg.name), registry(cfg.cluster_file), workers=cfg.workers,
+               leader_services=leader_services(coord, cfg)).run(stop)
+    _exit_now()
+
+
+def run_agent(cfg: AgentConfig) -> None:
+    """Run the host agent in the foreground until SIGTERM/SIGINT."""
+    from ahvlite.controller.ha.agent import HostAgent, LeaseFile
+    from ahvlite.controller.ha.config import settings_loader
+    from ahvlite.controller.ha.localvms import LibvirtLocal
+    from ahvlite.controller.ha.watchdog import open_watchdog
+
+    stop = _daemon_setup()
+    # The timings are fixed for the life of the process and published with every
+    # heartbeat: the leader times this host by what this agent really runs with.
+    settings = settings_loader(cfg.cluster_file)()
+    lease_file = LeaseFile()
+    coord = open_store(cfg.store, session_timeout_s=cfg.session_timeout_s)
+    agent = HostAgent(coord, cfg.host, LibvirtLocal(cfg.libvirt_uri),
+                      open_watchdog(cfg.watchdog, settings.watchdog_s),
+                      lease_s=settings.lease_s, heartbeat_s=settings.heartbeat_s,
+                      keep_until=lease_file.load(), save_lease=lease_file.save)
+    log.warning("agent %s: lease %g s, watchdog %g s (%s), heartbeat %g s", cfg.host,
+                settings.lease_s, settings.watchdog_s, cfg.watchdog, settings.heartbeat_s)
+    agent.start()
+    stop.wait()
+    agent.stop()
+    coord.close()
+    _exit_now()
+
+
+def _exit_now() -> None:
+    # A task step still sleeping in a worker thread must not hold the exit (its task
+    # stays running under our token: the next leader resumes it).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
