@@ -85,7 +85,7 @@ def test_the_simulator_catches_the_former_tcp_rule():
     w = world(agent_factory=LegacyAgent)
     w.partition({"h3", "h4"})
     w.run(40)
-    assert any(vm == "v4" and hosts == ["h1", "h4"] or "h4" in hosts for _, vm, hosts in w.twins)
+    assert any((vm == "v4" and hosts == ["h1", "h4"]) or "h4" in hosts for _, vm, hosts in w.twins)
 
 
 def test_a_store_election_powers_nothing_off():
