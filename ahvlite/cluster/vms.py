@@ -413,6 +413,10 @@ def render_on_host(conn: Connection, cluster: ClusterSpec, host: str, spec_doc: 
         if d.volume is not None:
             found = storage.find_volume(pool, d.volume)
             if found is None:
+                # A shared pool learns of volumes other hosts made only on a refresh.
+                storage.refresh(pool)
+                found = storage.find_volume(pool, d.volume)
+            if found is None:
                 raise NotFound(f"{spec.name}: volume {d.volume} is not in pool "
                                f"{cluster.shared_pool} on {host}")
             info = storage.volume_info(found)
@@ -444,6 +448,7 @@ def render_on_host(conn: Connection, cluster: ClusterSpec, host: str, spec_doc: 
 def start_vm(cluster: ClusterSpec, name: str) -> VmInfo:
     with connect(cluster) as hosts:
         host, dom = hosts.find(name)
+        domains.mark_power(dom, True)
         domains.power_on(dom)
         return info_of(host, dom)
 
@@ -453,6 +458,7 @@ def shutdown_vm(cluster: ClusterSpec, name: str, *, timeout_s: float = 60,
     """ACPI shutdown; after ``timeout_s`` power off only when ``force``."""
     with connect(cluster) as hosts:
         host, dom = hosts.find(name)
+        domains.mark_power(dom, False)  # before: HA must not take it for a lost VM
         domains.shut_down(dom, timeout_s=timeout_s, force=force)
         return info_of(host, dom)
 
@@ -463,6 +469,7 @@ def stop_vm(cluster: ClusterSpec, name: str, *, force: bool) -> VmInfo:
                           "the guest", hint="`ahvlite vm shutdown` asks the guest first")
     with connect(cluster) as hosts:
         host, dom = hosts.find(name)
+        domains.mark_power(dom, False)  # before: HA must not take it for a lost VM
         domains.power_off(dom)
         return info_of(host, dom)
 

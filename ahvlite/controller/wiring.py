@@ -126,7 +126,8 @@ def run_agent(cfg: AgentConfig) -> None:
     # heartbeat: the leader times this host by what this agent really runs with.
     settings = settings_loader(cfg.cluster_file)()
     lease_file = LeaseFile()
-    coord = open_store(cfg.store, session_timeout_s=cfg.session_timeout_s)
+    # Store calls give up after 2 s: the agent's tick must go on to fence.
+    coord = open_store(cfg.store, session_timeout_s=cfg.session_timeout_s, retry_s=2.0)
     agent = HostAgent(coord, cfg.host, LibvirtLocal(cfg.libvirt_uri),
                       open_watchdog(cfg.watchdog, settings.watchdog_s),
                       lease_s=settings.lease_s, heartbeat_s=settings.heartbeat_s,

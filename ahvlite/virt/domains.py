@@ -15,7 +15,7 @@ from lxml import etree
 from ahvlite.errors import AhvliteError, Conflict, OperationTimeout
 from ahvlite.virt import guest
 from ahvlite.virt.conn import libvirt_errors, or_none
-from ahvlite.virt.xml.domain import AHV_NS, VmMeta
+from ahvlite.virt.xml.domain import AHV_NS, Domain, VmMeta
 
 ACTIVE_STATES = ("running", "paused", "blocked", "shutdown", "suspended")
 
@@ -132,6 +132,17 @@ def attach_device(dom: libvirt.virDomain, device_xml: str) -> None:
 def detach_device(dom: libvirt.virDomain, device_xml: str) -> None:
     with libvirt_errors(f"detach a device from {dom.name()}"):
         dom.detachDeviceFlags(device_xml, _live_flags(dom))
+
+
+def mark_power(dom: libvirt.virDomain, on: bool) -> None:
+    """Record in the VM's metadata whether its owner wants it running: a VM powered off
+    through ahvlite stays off, one fenced or killed with its host is HA's to restart."""
+    d = Domain.parse(domain_xml(dom, inactive=True))
+    meta = d.ensure_meta()
+    want = "on" if on else "off"
+    if meta.power != want:
+        meta.power = want
+        set_vm_metadata(dom, meta)
 
 
 def set_vm_metadata(dom: libvirt.virDomain, meta: VmMeta) -> None:

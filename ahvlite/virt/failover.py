@@ -30,7 +30,9 @@ class DomainFacts:
     epoch: int = 0  # the HA incarnation in the domain's metadata
     spec: dict[str, Any] | None = None  # the designer's spec in the metadata, if any
     nvram_volume: str | None = None
-    shut_down: bool = False  # off because its guest shut down (not destroyed or crashed)
+    # Off because its guest shut down, or its owner powered it off through ahvlite (not
+    # destroyed by a fence, nor killed with its host): HA leaves it off.
+    shut_down: bool = False
 
 
 def _facts(dom: libvirt.virDomain, flags: int) -> DomainFacts | None:
@@ -58,8 +60,9 @@ def _facts(dom: libvirt.virDomain, flags: int) -> DomainFacts | None:
         except ValueError:
             spec = None
         nvram = meta.nvram_volume or None
-    shut_down = (state == libvirt.VIR_DOMAIN_SHUTOFF
-                 and reason == libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
+    shut_down = state == libvirt.VIR_DOMAIN_SHUTOFF and (
+        reason == libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN
+        or (meta is not None and meta.power == "off"))
     return DomainFacts(dom.name(), dom.UUIDString(), active, memory_mib, labels,
                        bool(parsed.el.findall("devices/hostdev[@type='pci']")), epoch, spec,
                        nvram, shut_down)

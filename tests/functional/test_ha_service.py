@@ -332,11 +332,15 @@ def test_agent_fences_without_its_lease_and_restores_if_nobody_moved(tmp_path, t
         clock.now = S.lease_s - 0.1
         assert not agent.heartbeat()
         agent.tick()
+        agent.feed()
         assert "ha-agent-vm" in running(conn) and wd.feeds == 2
         clock.now = S.lease_s + 0.1
+        agent.feed()
+        assert wd.feeds == 2  # no lease, nothing confirmed: the watchdog is not fed
         agent.tick()
         # Without the lease: the protected VM is off, the CVM is not; confirmed, so fed.
         assert "ha-agent-vm" not in running(conn) and "ha-agent-cvm" in running(conn)
+        agent.feed()
         assert wd.feeds == 3 and "ha-agent-vm" in agent.fenced  # ("test" too: the
         # driver's own domain is as protected as any)
         coord.off = False
@@ -454,3 +458,22 @@ def test_the_lab_watchdog_kills_the_agent_that_stopped_feeding_it(tmp_path):
             if p.poll() is None:
                 os.kill(p.pid, signal.SIGKILL)
                 p.wait()
+
+
+def test_a_vm_killed_on_a_healthy_host_starts_again_there_one_powered_off_stays_off(
+        tmp_path, leader):
+    c = Cluster(tmp_path, leader, {"a": (4096, [("crashed", 256, {}), ("stopped", 256, {})]),
+                                   "b": (4096, [])})
+    a = c.conns["a"]
+    c.step(0.5, {"a", "b"})
+    # One dies with its host's reset (or a fence whose agent restarted since); the other
+    # is powered off by its owner through ahvlite (the mark comes first).
+    domains.power_off(domains.find_domain(a, "crashed"))
+    dom = domains.find_domain(a, "stopped")
+    domains.mark_power(dom, False)
+    domains.power_off(dom)
+    for _ in range(4):
+        c.step(0.6, {"a", "b"})
+    assert running(a) == {"crashed"} and running(c.conns["b"]) == set()
+    assert StoredVm.from_bytes(leader.get(key("stopped")).value).running is False
+    assert StoredVm.from_bytes(leader.get(key("crashed")).value).epoch == 1

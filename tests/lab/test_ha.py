@@ -85,7 +85,7 @@ def ha_lab(tmp_path_factory):
         # The controllers' logs say what HA decided and when; lab down removes them.
         keep = tmp_path_factory.mktemp("tha-logs")
         for h in layout.hosts:
-            for log in ("controller.log", "zookeeper.log"):
+            for log in ("controller.log", "zookeeper.log", "agent.log", "watchdog.log"):
                 src = h.state_dir / "logs" / log
                 if src.exists():
                     shutil.copyfile(src, keep / f"{h.name}-{log}")

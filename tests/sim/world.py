@@ -532,6 +532,8 @@ class World:
                 a.probe()
             if self._due(f"tick-{host}", 0.25):
                 a.tick()
+            if self._due(f"feed-{host}", 0.25):
+                a.feed()
         for host, h in self.hosts.items():
             if h.powered and h.wd_armed and self.now - h.wd_fed > s.watchdog_s:
                 self.reset(host)

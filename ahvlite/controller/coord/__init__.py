@@ -19,7 +19,7 @@ DEFAULT_SESSION_TIMEOUT_S = 3.0
 
 
 def open_store(url: str, *, session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S,
-               connect_timeout_s: float = 5.0) -> Coordinator:
+               connect_timeout_s: float = 5.0, retry_s: float | None = None) -> Coordinator:
     """Open the store named by ``url`` (sqlite:///PATH or zk://HOSTS/CHROOT)."""
     parsed = parse_store_url(url)
     if isinstance(parsed, SqliteUrl):
@@ -29,7 +29,7 @@ def open_store(url: str, *, session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
     from ahvlite.controller.coord.zk import ZkCoordinator
 
     return ZkCoordinator(parsed, session_timeout_s=session_timeout_s,
-                         connect_timeout_s=connect_timeout_s)
+                         connect_timeout_s=connect_timeout_s, retry_s=retry_s)
 
 
 __all__ = ["DEFAULT_SESSION_TIMEOUT_S", "MUST_NOT_EXIST", "Coordinator", "Delete",

@@ -129,12 +129,14 @@ class ZkCoordinator:
     """:class:`~ahvlite.controller.coord.api.Coordinator` on a ZooKeeper ensemble."""
 
     def __init__(self, url: ZkUrl, *, session_timeout_s: float = 3.0,
-                 connect_timeout_s: float = 5.0) -> None:
+                 connect_timeout_s: float = 5.0, retry_s: float | None = None) -> None:
         self.url = url.redacted()
         self.session_timeout_s = session_timeout_s
         self.root = url.chroot
         self._members = url.hosts
-        self._retry_s = max(2 * session_timeout_s, 10.0)
+        # How long a command is retried across reconnects (a host agent wants to know
+        # soon: its tick must go on to fence; a controller can wait for an election).
+        self._retry_s = retry_s if retry_s is not None else max(2 * session_timeout_s, 10.0)
         auth = f"{url.user}:{url.secret}"
         self._acl = [make_digest_acl(url.user, url.secret, all=True),
                      make_acl("world", "anyone", read=True)]

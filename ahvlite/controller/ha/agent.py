@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 FENCE_DEADLINE_S = 2.0  # a destroy that takes longer is left to the watchdog
 PROBE_S = 0.25  # how often members are asked while heartbeats fail
+FEED_S = 0.25
 PROBE_TIMEOUT_S = 0.5
 RECONCILE_S = 2.0
 LEASE_FILE = Path("/run/ahvlite/agent-lease")
@@ -153,6 +154,10 @@ class HostAgent:
         self.seq = 0
         self.last_ack = -math.inf
         self.fenced: dict[str, LocalVm] = {}  # powered off by us, to restore if nobody moved
+        # When a tick without the lease last saw no protected VM running (after fencing
+        # them). Valid until the lease returns: nothing starts a VM on a host whose
+        # agent holds no lease (the leader only targets hosts whose heartbeat moves).
+        self.clear_at = -math.inf
         self.history: list[dict[str, object]] = []  # published: our last fences
         self._next_reconcile = -math.inf
         self._stop = threading.Event()
@@ -201,12 +206,23 @@ class HostAgent:
         else:
             self._fence()
 
+    def feed(self) -> None:
+        """Feed the watchdog while we hold the lease, or while nothing protected runs.
+
+        Its own step (and thread): a libvirt or store call that blocks the tick must not
+        starve the watchdog of a host that is fine, and this step calls nothing slow.
+        """
+        now = self.clock()
+        if self.watchdog.armed and (self.lease.holds(now)
+                                    or self.clear_at >= self.lease.keep_until):
+            self.watchdog.feed()
+
     # -- holding the lease ------------------------------------------------------------
 
     def _holding(self, now: float) -> None:
         running = self.local.running()
-        if self.watchdog.armed or running:
-            self.watchdog.feed()
+        if running and not self.watchdog.armed:
+            self.watchdog.feed()  # something to protect: arm it
         if self.fenced:
             self._restore()
         if now >= self._next_reconcile and running:
@@ -289,8 +305,7 @@ class HostAgent:
             del self.history[:-10]
             if off != set(names):
                 return  # not confirmed: no feed, the watchdog resets the host
-        if self.watchdog.armed:
-            self.watchdog.feed()  # confirmed: nothing protected runs here
+        self.clear_at = self.clock()  # confirmed: nothing protected runs, feeding is safe
 
     # -- process ----------------------------------------------------------------------
 
@@ -298,7 +313,7 @@ class HostAgent:
         # One heartbeat first: a restarted agent on a healthy host must not fence.
         self.heartbeat()
         for target, period in ((self.heartbeat, self.heartbeat_s), (self.probe, PROBE_S),
-                               (self.tick, tick_s)):
+                               (self.tick, tick_s), (self.feed, FEED_S)):
             threading.Thread(target=self._every, args=(target, period), daemon=True,
                              name=f"agent-{target.__name__}").start()
 

@@ -97,6 +97,8 @@ class VmMeta(XmlObject):
     epoch = Int(f"{{{AHV_NS}}}epoch")
     spec_json = Str(f"{{{AHV_NS}}}spec")
     nvram_volume = Str(f"{{{AHV_NS}}}nvram")
+    # "off" once the VM's owner powered it off through ahvlite: HA leaves it off.
+    power = Str(f"{{{AHV_NS}}}power")
 
     @property
     def labels(self) -> dict[str, str]:
