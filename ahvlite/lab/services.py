@@ -221,10 +221,15 @@ def start_lab_services(layout: LabLayout, *, zk: bool, controllers: bool,
                f"({len(layout.hosts)})")
         for host in layout.hosts:
             start(host, "watchdog", watchdog_argv())
-            start(host, "controller", controller_argv(
-                host.name, url, extra=["--cluster", str(layout.cluster_file)]))
-            start(host, "agent", agent_argv(host.name, url, layout.cluster_file))
+            start(host, "controller", supervised(controller_argv(
+                host.name, url, extra=["--cluster", str(layout.cluster_file)])))
+            start(host, "agent", supervised(agent_argv(host.name, url, layout.cluster_file)))
     return url
+
+
+def supervised(argv: list[str]) -> list[str]:
+    """Restarted when it dies, like the systemd units on a real host."""
+    return [sys.executable, "-m", "ahvlite.lab.supervise", "--", *argv]
 
 
 LAB_WATCHDOG = "/run/ahvlite/watchdog.sock"  # inside each host (its own /run)

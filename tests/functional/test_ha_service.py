@@ -348,6 +348,7 @@ def test_agent_fences_without_its_lease_and_restores_if_nobody_moved(tmp_path, t
         doc = AgentDoc.from_bytes(store.get(agent_key("h")).value)
         assert "ha-agent-vm" in doc.pending and all(f["ok"] for f in doc.fenced)
         agent.tick()
+        agent.reconcile()
         # Nobody restarted it elsewhere (its record still names h, same epoch): back on.
         assert "ha-agent-vm" in running(conn) and "ha-agent-vm" not in agent.fenced
     finally:
@@ -373,11 +374,11 @@ def test_agent_keeps_a_fenced_vm_off_once_a_restart_is_under_way(tmp_path, test_
         store.put(key("ha-agent-vm"), rec.with_intent(Intent("g", "h", 1, 0, 1)).to_bytes())
         coord.off = False
         agent.heartbeat()
-        agent.tick()
+        agent.reconcile()
         assert "ha-agent-vm" not in running(conn) and "ha-agent-vm" not in agent.fenced
         # And a copy started here by hand, older than the record's epoch, goes.
         guest.start(guest.lookup(conn, "ha-agent-vm"))
-        agent.tick()
+        agent.reconcile()
         assert "ha-agent-vm" not in running(conn)
     finally:
         store.close()

@@ -11,6 +11,7 @@ majority side. Five rounds.
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 
@@ -79,7 +80,7 @@ class Timeline:
 
 
 @pytest.fixture(scope="module")
-def split_lab():
+def split_lab(tmp_path_factory):
     lab.up(LabSpec(name=NAME, hosts=4, subnet=SUBNET, zk=True, controllers=True))
     layout = lab.layout_of(NAME)
     coord = open_store(lab_store_url(layout))
@@ -88,6 +89,13 @@ def split_lab():
         yield layout, coord
     finally:
         coord.close()
+        # What HA decided and when: lab down removes the logs.
+        keep = tmp_path_factory.mktemp("tsplit-logs")
+        for h in layout.hosts:
+            for log in ("controller", "agent", "watchdog", "zookeeper"):
+                src = h.state_dir / "logs" / f"{log}.log"
+                if src.exists():
+                    shutil.copyfile(src, keep / f"{h.name}-{log}.log")
         pids = list(lab.state_of(NAME).processes)
         lab.down(NAME)
         assert_gone(NAME, pids)

@@ -534,6 +534,8 @@ class World:
                 a.tick()
             if self._due(f"feed-{host}", 0.25):
                 a.feed()
+            if self._due(f"reconcile-{host}", 1.0):
+                a.reconcile()
         for host, h in self.hosts.items():
             if h.powered and h.wd_armed and self.now - h.wd_fed > s.watchdog_s:
                 self.reset(host)

@@ -131,9 +131,10 @@ class LeaseFile:
 
 
 class HostAgent:
-    """One host's agent. :meth:`heartbeat`, :meth:`probe` and :meth:`tick` are the three
-    steps; :meth:`start` runs each on its own thread (a heartbeat stuck in the store
-    must not stop fencing), a simulator calls them itself."""
+    """One host's agent. :meth:`heartbeat`, :meth:`probe`, :meth:`tick` (fencing: local
+    calls only), :meth:`feed` and :meth:`reconcile` are its steps; :meth:`start` runs
+    each on its own thread (a store call that blocks must not stop fencing or feeding),
+    a simulator calls them itself."""
 
     def __init__(self, coord: Coordinator, host: str, local: LocalVms, watchdog: Watchdog,
                  *, lease_s: float, heartbeat_s: float,
@@ -159,10 +160,9 @@ class HostAgent:
         # agent holds no lease (the leader only targets hosts whose heartbeat moves).
         self.clear_at = -math.inf
         self.history: list[dict[str, object]] = []  # published: our last fences
-        self._next_reconcile = -math.inf
         self._stop = threading.Event()
 
-    # -- the three steps --------------------------------------------------------------
+    # -- the steps --------------------------------------------------------------
 
     def heartbeat(self) -> bool:
         """Write our heartbeat; on success the lease runs from when we sent it."""
@@ -223,10 +223,16 @@ class HostAgent:
         running = self.local.running()
         if running and not self.watchdog.armed:
             self.watchdog.feed()  # something to protect: arm it
+
+    def reconcile(self) -> None:
+        """With the lease: start again what we fenced and nobody moved, and power off
+        older copies. Its own step: store calls may block, the tick (fencing) must not."""
+        if not self.lease.holds(self.clock()):
+            return
         if self.fenced:
             self._restore()
-        if now >= self._next_reconcile and running:
-            self._next_reconcile = now + RECONCILE_S
+        running = self.local.running()
+        if running:
             self._strays(running)
 
     def _records(self) -> dict[str, tuple[StoredVm, int]]:
@@ -313,7 +319,8 @@ class HostAgent:
         # One heartbeat first: a restarted agent on a healthy host must not fence.
         self.heartbeat()
         for target, period in ((self.heartbeat, self.heartbeat_s), (self.probe, PROBE_S),
-                               (self.tick, tick_s), (self.feed, FEED_S)):
+                               (self.tick, tick_s), (self.feed, FEED_S),
+                               (self.reconcile, RECONCILE_S)):
             threading.Thread(target=self._every, args=(target, period), daemon=True,
                              name=f"agent-{target.__name__}").start()
 
