@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from ahvlite.errors import InvalidSpec, NotFound
 from ahvlite.spec.errors import build
 from ahvlite.spec.network import HostNetworkSpec, NetworkSpec, OvsdbSpec
+from ahvlite.spec.uri import check_uri
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
@@ -34,6 +35,11 @@ class HostSpec(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     ovsdb: OvsdbSpec | None = None  # how `ahvlite net` reaches this host's OVSDB
     network: HostNetworkSpec | None = None  # per-host bridges / virbr0 (issue 4)
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _uri(cls, value: object) -> object:
+        return check_uri(value, "host.uri").uri
 
 
 class ClusterSpec(BaseModel):

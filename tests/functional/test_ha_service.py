@@ -22,7 +22,7 @@ from ahvlite.controller.ha.service import HaService
 from ahvlite.controller.ha.settings import HaSettings
 from ahvlite.spec.labels import HA_PRIORITY_LABEL, ROLE_LABEL
 from ahvlite.virt import domains, guest
-from ahvlite.virt.conn import connection, open_connection
+from ahvlite.virt.conn import connection, open_test_node
 from ahvlite.virt.xml.domain import Domain
 
 pytestmark = pytest.mark.functional
@@ -41,14 +41,14 @@ DOMAIN = """<domain type='test'>
 </domain>"""
 
 
-def node_file(tmp: Path, host: str, memory_mib: int, vms: list[tuple[str, int, dict]]) -> str:
+def node_file(tmp: Path, host: str, memory_mib: int, vms: list[tuple[str, int, dict]]) -> Path:
     doms = "".join(DOMAIN.format(
         name=n, uuid=uuid.uuid5(uuid.NAMESPACE_URL, n), mib=m,
         labels="".join(f'<ahv:label key="{k}" value="{v}"/>' for k, v in labels.items()))
         for n, m, labels in vms)
     path = tmp / f"{host}.xml"
     path.write_text(NODE.format(kib=memory_mib * 1024, domains=doms))
-    return f"test://{path}"
+    return path
 
 
 @dataclass
@@ -81,10 +81,10 @@ def running(conn) -> set[str]:
 
 def test_lost_host_vms_restart_by_priority_and_the_returned_host_is_cleaned(tmp_path, leader):
     coord = leader
-    a = open_connection(node_file(tmp_path, "a", 4096, [
+    a = open_test_node(node_file(tmp_path, "a", 4096, [
         ("web", 256, {HA_PRIORITY_LABEL: "1"}), ("db", 512, {HA_PRIORITY_LABEL: "9"}),
         ("cvm-a", 256, {ROLE_LABEL: "cvm"}), ("huge", 3900, {})]))
-    b = open_connection(node_file(tmp_path, "b", 2048, []))
+    b = open_test_node(node_file(tmp_path, "b", 2048, []))
     mon = Monitor({"a": a, "b": b})
     clock = Clock()
     settings = HaSettings()
@@ -136,8 +136,8 @@ def test_lost_host_vms_restart_by_priority_and_the_returned_host_is_cleaned(tmp_
 
 def test_a_start_that_fails_is_retried_not_forced(tmp_path, leader):
     coord = leader
-    a = open_connection(node_file(tmp_path, "a", 4096, [("app", 256, {})]))
-    b = open_connection(node_file(tmp_path, "b", 4096, []))
+    a = open_test_node(node_file(tmp_path, "a", 4096, [("app", 256, {})]))
+    b = open_test_node(node_file(tmp_path, "b", 4096, []))
     mon = Monitor({"a": a, "b": b})
     clock = Clock()
     svc = HaService(coord, mon, HaSettings, clock=clock, retry_s=1.0,
@@ -164,9 +164,9 @@ def test_a_start_that_fails_is_retried_not_forced(tmp_path, leader):
 
 def test_hosts_in_maintenance_take_no_restarts_but_their_own_loss_counts(tmp_path, leader):
     coord = leader
-    a = open_connection(node_file(tmp_path, "a", 4096, [("app", 256, {})]))
-    b = open_connection(node_file(tmp_path, "b", 4096, []))
-    c = open_connection(node_file(tmp_path, "c", 4096, [("late", 256, {})]))
+    a = open_test_node(node_file(tmp_path, "a", 4096, [("app", 256, {})]))
+    b = open_test_node(node_file(tmp_path, "b", 4096, []))
+    c = open_test_node(node_file(tmp_path, "c", 4096, [("late", 256, {})]))
     conns = {"a": a, "b": b, "c": c}
     mon = Monitor(conns)
     clock = Clock()
