@@ -126,7 +126,7 @@ def ads_service(coord: Any, spec: Any, monitor: Any, interval_s: float) -> Any:
     from ahvlite.controller.adsservice import AdsService
 
     return AdsService(coord, lambda: snapshot(spec, records=records_of(monitor.history, spec)),
-                      interval_s=interval_s, cluster_file=spec.source)
+                      interval_s=interval_s)
 
 
 def _when(ts: float | None) -> str:

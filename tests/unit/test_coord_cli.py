@@ -31,7 +31,7 @@ def test_store_mistakes(args, code, needle):
 def test_task_commands_on_an_embedded_store(tmp_path):
     store = f"sqlite://{tmp_path}/c.db"
     bad = ahvlite("task", "submit", "vm.create", "-p", "name=x", "--store", store)
-    assert bad.returncode == 2 and "uri=None" in bad.stderr
+    assert bad.returncode == 2 and "host=None" in bad.stderr
     sub = ahvlite("task", "submit", "sleep", "-p", "steps=2", "--store", store, "--json")
     task = json.loads(sub.stdout)
     assert task["state"] == "queued" and task["params"] == {"steps": 2, "step_s": 0.1}
