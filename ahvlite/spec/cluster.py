@@ -71,12 +71,23 @@ class ClusterSpec(BaseModel):
 
 def load_cluster(path: Path) -> ClusterSpec:
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise NotFound(f"cluster file {path} does not exist",
                        hint="pass --cluster PATH or set AHVLITE_CLUSTER") from None
+    except IsADirectoryError:
+        raise InvalidSpec("cluster file", str(path), "a file, not a directory") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidSpec("cluster file", str(path),
+                          f"UTF-8 text (byte {exc.start} is not: a binary file?)") from None
+    except OSError as exc:
+        raise InvalidSpec("cluster file", str(path),
+                          f"a readable file ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
-        raise InvalidSpec("cluster file", str(path), f"YAML that parses ({exc})") from None
+        where = " ".join(str(exc).split())  # pyyaml's message spans lines
+        raise InvalidSpec("cluster file", str(path), f"YAML that parses ({where})") from None
+    except RecursionError:
+        raise InvalidSpec("cluster file", str(path), "YAML nested less deeply") from None
     if not isinstance(raw, dict):
         raise InvalidSpec("cluster file", str(path), "a YAML mapping with name and hosts")
     spec = build(ClusterSpec, **raw)

@@ -169,6 +169,19 @@ def ahvlite(tmp_path, *args: str) -> subprocess.CompletedProcess[str]:
     (["vm", "show", "nosuch"], 3, "no VM named 'nosuch'"),
     (["vm", "stop", "test"], 2, "--force"),
     (["vm", "delete", "test"], 4, "is running"),
+    # host paths outside the cluster's pool and image directory
+    (["vm", "create", "v", "--kernel", "/etc/shadow"], 2, "boot.kernel='/etc/shadow'"),
+    (["vm", "create", "v", "--kernel", "/default-pool/k", "--initrd", "/root/.ssh/id_rsa"],
+     2, "boot.initrd='/root/.ssh/id_rsa'"),
+    # control characters (XML cannot carry them; a terminal would obey them)
+    (["vm", "create", "v", "--label", "k=a\x01b"], 2, "labels.k='a\\x01b'"),
+    (["vm", "create", "v", "--label", "k\x1b[2J=b"], 2, "labels (key)="),
+    (["vm", "create", "v", "--label", "k=\u0085"], 2, "labels.k="),
+    (["vm", "create", "v", "--fw-cfg", "opt/x=a\x07"], 2, "fw_cfg.opt/x="),
+    (["vm", "create", "v", "--kernel", "/default-pool/k", "--cmdline", "a\nb"], 2,
+     "boot.cmdline="),
+    # input that looks like the terminal renderer's markup is shown as it is
+    (["vm", "create", "a[/x]"], 2, "name='a[/x]'"),
 ])
 def test_cli_errors(tmp_path, args, code, needle):
     r = ahvlite(tmp_path, *args)
