@@ -60,7 +60,8 @@ def run(
         min=10, max=86400)] = 900.0,
 ) -> None:
     """Run a controller in the foreground until SIGTERM/SIGINT (then leave cleanly)."""
-    from ahvlite.controller.coord import open_store
+    from ahvlite.controller.coord import open_store, parse_store_url
+    from ahvlite.controller.coord.url import refuse_default_auth
     from ahvlite.controller.daemon import Controller, Identity
     from ahvlite.controller.kinds import registry
 
@@ -72,7 +73,9 @@ def run(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    coord = open_store(store_url(store), session_timeout_s=session_timeout_s)
+    url = store_url(store)
+    refuse_default_auth(parse_store_url(url))
+    coord = open_store(url, session_timeout_s=session_timeout_s)
     services = None
     path = cluster or (Path(os.environ[ENV_VAR]) if os.environ.get(ENV_VAR) else None)
     if path is not None:

@@ -21,11 +21,17 @@ def ahvlite(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     (["controller", "status", "--store", "etcd://h/x"], 2, "store='etcd://h/x'"),
     (["task", "list", "--store", "zk://h1:2181"], 2, "name a chroot"),
     (["stats", "--store", "sqlite:///nonexistent-dir/c.db"], 6, "does not exist"),
+    # a controller refuses the credential every ahvlite knows, and shows no secret
+    (["controller", "run", "--store", "zk://127.0.0.1:1/ahvlite"], 2, "credential of your own"),
+    (["controller", "run", "--store", "zk://ahvlite:ahvlite@127.0.0.1:1/a"], 2,
+     "zk://ahvlite:***@127.0.0.1:1/a"),
+    (["task", "list", "--store", "zk://me:hunter2@h1:x/a"], 2, "zk://me:***@h1:x/a"),
 ])
 def test_store_mistakes(args, code, needle):
-    r = ahvlite(*args)
+    r = ahvlite(*args, env={"COLUMNS": "300"})
     assert r.returncode == code, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr + r.stdout
+    assert "hunter2" not in r.stderr + r.stdout
 
 
 def test_task_commands_on_an_embedded_store(tmp_path):
