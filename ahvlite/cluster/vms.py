@@ -19,7 +19,7 @@ from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.labels import DOMAIN_TYPE_LABEL, is_pinned
 from ahvlite.spec.network import NetworkSpec
 from ahvlite.spec.vm import DiskSpec, NicSpec, VmSpec
-from ahvlite.virt import cpu, designer, domains, storage
+from ahvlite.virt import cpu, designer, domains, imageinfo, storage
 from ahvlite.virt.conn import Connection, DomainHandle, StoragePool, close_quietly, open_connection
 from ahvlite.virt.cpu import CpuDef
 from ahvlite.virt.designer import Design, DiskPlacement, HostPolicy
@@ -605,16 +605,24 @@ def import_image(cluster: ClusterSpec, path: Path, name: str,
     check_name("name", name)
     if not path.is_file():
         raise NotFound(f"{path} is not a file")
+    # Before anything is uploaded: raw or qcow2 that names no other file on the host.
+    image = imageinfo.inspect_image(path)
     with connect(cluster) as hosts:
         host, pool = hosts.any_pool()
         vol = image_volume_name(name)
-        storage.upload_volume(hosts.conn(host), pool, vol, path, report=report)
+        storage.upload_volume(hosts.conn(host), pool, vol, image.path, report=report,
+                              fmt=image.format)
+        found = storage.find_volume(pool, vol)
+        assert found is not None
+        info = storage.volume_info(found)
+        if info.backing:  # the file changed since it was inspected: never keep that
+            storage.delete_volume(pool, vol)
+            raise InvalidSpec("image", str(path), "an image without a backing file",
+                              hint=f"the uploaded copy names {info.backing!r}")
         for other in hosts.conns:
             if other != host:
                 storage.refresh(hosts.pool(other))
-        found = storage.find_volume(pool, vol)
-        assert found is not None
-        return storage.volume_info(found)
+        return info
 
 
 def set_labels(cluster: ClusterSpec, name: str, changes: dict[str, str | None]) -> VmInfo:
