@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from ahvlite import __version__
 from ahvlite.cli import ads as ads_cli
@@ -60,9 +61,10 @@ def main() -> None:
         if json_mode:
             emit_json(exc.to_dict())
         else:
-            err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            # Messages quote user input: never let it read as rich markup.
+            err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
             if exc.hint:
-                err_console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+                err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/]")

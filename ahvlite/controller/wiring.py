@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ahvlite.controller.coord import open_store
+from ahvlite.controller.coord import open_store, parse_store_url
+from ahvlite.controller.coord.url import refuse_default_auth
 from ahvlite.controller.daemon import Controller, Identity
 from ahvlite.controller.kinds import registry
 
@@ -102,11 +103,12 @@ def ads_service(coord: Any, spec: Any, monitor: Any, interval_s: float) -> Any:
     from ahvlite.controller.adsservice import AdsService
 
     return AdsService(coord, lambda: snapshot(spec, records=records_of(monitor.history, spec)),
-                      interval_s=interval_s, cluster_file=spec.source)
+                      interval_s=interval_s)
 
 
 def run_controller(cfg: ControllerConfig) -> None:
     """Run a controller in the foreground until SIGTERM/SIGINT (then leave cleanly)."""
+    refuse_default_auth(parse_store_url(cfg.store))
     stop = _daemon_setup()
     coord = open_store(cfg.store, session_timeout_s=cfg.session_timeout_s)
     Controller(coord, Identity.here(cfg.name), registry(cfg.cluster_file), workers=cfg.workers,
@@ -121,6 +123,7 @@ def run_agent(cfg: AgentConfig) -> None:
     from ahvlite.controller.ha.localvms import LibvirtLocal
     from ahvlite.controller.ha.watchdog import open_watchdog
 
+    refuse_default_auth(parse_store_url(cfg.store))
     stop = _daemon_setup()
     # The timings are fixed for the life of the process and published with every
     # heartbeat: the leader times this host by what this agent really runs with.
