@@ -58,6 +58,25 @@ def run(
     ads_interval_s: Annotated[float, typer.Option(
         "--ads-interval", help="Seconds between ADS rounds (leader, with a cluster file).",
         min=10, max=86400)] = 900.0,
+    api_listen: Annotated[str | None, typer.Option(
+        "--api-listen", envvar="AHVLITE_API_LISTEN", show_default=False,
+        help="Serve the HTTPS API on ADDR:PORT (port 9440 by convention); none without it.")
+    ] = None,
+    api_cert: Annotated[Path | None, typer.Option(
+        "--api-cert", envvar="AHVLITE_API_CERT", help="The API's server certificate (PEM).",
+        show_default=False)] = None,
+    api_key: Annotated[Path | None, typer.Option(
+        "--api-key", envvar="AHVLITE_API_KEY", help="Its private key (PEM).",
+        show_default=False)] = None,
+    api_ca: Annotated[Path | None, typer.Option(
+        "--api-ca", envvar="AHVLITE_API_CA", show_default=False,
+        help="The cluster CA: client certificates it issued are admins.")] = None,
+    api_url: Annotated[str | None, typer.Option(
+        "--api-url", envvar="AHVLITE_API_URL", show_default=False,
+        help="The URL others reach this API at (default https://LISTEN_ADDR:PORT).")] = None,
+    api_uploads: Annotated[Path | None, typer.Option(
+        "--api-uploads", envvar="AHVLITE_API_UPLOADS", show_default=False,
+        help="Where the leader stages uploads (default /var/lib/ahvlite/uploads).")] = None,
 ) -> None:
     """Run a controller in the foreground until SIGTERM/SIGINT (then leave cleanly)."""
     from ahvlite.controller.coord import open_store
@@ -72,8 +91,12 @@ def run(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    from ahvlite.controller.api.settings import api_settings
+
+    api = api_settings(api_listen, api_cert, api_key, api_ca, api_url, api_uploads)
     coord = open_store(store_url(store), session_timeout_s=session_timeout_s)
     services = None
+    cluster_name = None
     path = cluster or (Path(os.environ[ENV_VAR]) if os.environ.get(ENV_VAR) else None)
     if path is not None:
         from ahvlite.controller.hostmon import HostMonitor
@@ -81,6 +104,7 @@ def run(
         from ahvlite.virt.hostconn import HostConnection
 
         spec = load_cluster(path)
+        cluster_name = spec.name
 
         from ahvlite.cluster.adsinput import load_rules
         from ahvlite.cluster.schedulable import unschedulable_hosts
@@ -111,13 +135,30 @@ def run(
         from ahvlite.controller.ha.config import settings_loader as agent_settings
 
         HostAgent(coord, Identity.here(name).name, libvirt_uri, agent_settings(path)).start()
-    Controller(coord, Identity.here(name), registry(path), workers=workers,
-               leader_services=services).run(stop)
+    kinds = registry(path)
+    server, published = None, None
+    if api is not None:
+        from ahvlite.controller.api.settings import start_api
+
+        server, published = start_api(api, coord, Identity.here(name).name, kinds, cluster_name)
+        # Stop taking requests as soon as we are told to stop, while the controller
+        # resigns: a client then goes to another controller, not to a closed store.
+        threading.Thread(target=_stop_api_on, args=(stop, server), daemon=True,
+                         name="api-stop").start()
+    Controller(coord, Identity.here(name), kinds, workers=workers,
+               leader_services=services, api_url=published).run(stop)
+    if server is not None:
+        server.stop()
     # We have resigned and left. A task step still sleeping in a worker thread must not
     # hold the exit (its task stays running under our token: the next leader resumes it).
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _stop_api_on(stop: threading.Event, server: Any) -> None:
+    stop.wait()
+    server.stop()
 
 
 def ads_service(coord: Any, spec: Any, monitor: Any, interval_s: float) -> Any:
