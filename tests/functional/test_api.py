@@ -25,7 +25,8 @@ from ahvlite.controller.daemon import LEADER_KEY, Controller, Identity
 from ahvlite.controller.kinds import registry
 from ahvlite.controller.tasks import TaskStore
 from ahvlite.errors import Conflict, HostUnreachable, InvalidSpec, NotFound, Unauthorized
-from ahvlite.lab.services import free_ports
+from ahvlite.lab import processes
+from ahvlite.lab.services import controller_argv, free_ports, start_local_ensemble
 from ahvlite.pki import CertificateAuthority, write_secret
 from tests.waiting import wait_for
 
@@ -234,7 +235,7 @@ def test_long_poll_answers_at_the_change_or_after_wait_s(pki, cluster):
     c = cluster.coord()
     s = cluster.serve(c)
     with client(pki, s.url) as api:
-        task = api.submit("sleep", {})
+        task, other = api.submit("sleep", {}), api.submit("sleep", {})
         start = time.monotonic()
         same = api.get(f"/v1/tasks/{task.id}", wait_s=1, after_version=0)
         assert same["version"] == 0 and 0.9 <= time.monotonic() - start < 5
@@ -243,6 +244,19 @@ def test_long_poll_answers_at_the_change_or_after_wait_s(pki, cluster):
         got = api.get(f"/v1/tasks/{task.id}", wait_s=20, after_version=0)
         assert got["state"] == "cancelled" and got["version"] == 1
         assert time.monotonic() - start < 5
+        # Long-polls hold no server thread: more of them than the pool has threads
+        # (40) still leave room for everything else.
+        waiters = [threading.Thread(target=api.get, args=(f"/v1/tasks/{other.id}",),
+                                    kwargs={"wait_s": 4, "after_version": 0})
+                   for _ in range(45)]
+        for w in waiters:
+            w.start()
+        time.sleep(0.5)
+        start = time.monotonic()
+        assert api.whoami().principal == "cert:admin"
+        assert time.monotonic() - start < 1.5
+        for w in waiters:
+            w.join()
         start = time.monotonic()  # an ended task answers at once
         assert api.get(f"/v1/tasks/{task.id}", wait_s=20, after_version=5)["version"] == 1
         assert time.monotonic() - start < 2
@@ -331,3 +345,49 @@ def test_uploads_go_to_the_leader_with_their_checksum_and_within_the_cap(pki, cl
         r = http.post(f"{s1.url}/v1/uploads", content=iter([b"\0" * (1 << 20)] * 5))
         assert r.status_code == 413 and r.json()["field"] == "size"
     assert sorted(p.name for p in a1.directory.iterdir()) == [up.upload]  # no leftovers
+
+
+@pytest.fixture
+def zk(tmp_path):
+    ens = start_local_ensemble(tmp_path / "zk", 1)  # this test stops it: its own
+    yield ens
+    ens.stop()
+
+
+def test_over_zookeeper_a_call_survives_the_leader_dying_and_a_dead_store_is_reported(
+        pki, zk, tmp_path):
+    """Two controller processes configured as the systemd unit does (environment)."""
+    url = zk.url("api")
+    recs = {}
+    urls = {}
+    for name, port in zip(("ctl1", "ctl2"), free_ports(2), strict=True):
+        urls[name] = f"https://127.0.0.1:{port}"
+        env = [f"AHVLITE_API_LISTEN=127.0.0.1:{port}",
+               f"AHVLITE_API_CERT={pki.dir / 'server.pem'}",
+               f"AHVLITE_API_KEY={pki.dir / 'server-key.pem'}",
+               f"AHVLITE_API_CA={pki.ca}", f"AHVLITE_API_UPLOADS={tmp_path / name}"]
+        recs[name] = processes.spawn(["env", *env, *controller_argv(name, url)],
+                                     log=tmp_path / f"{name}.log", host="", role=name)
+    try:
+        with client(pki, *urls.values()) as probe:
+            lead = wait_for(lambda: probe.info().leader, 20)
+        assert lead.api == urls[lead.name]
+        other = next(u for n, u in urls.items() if n != lead.name)
+        with client(pki, lead.api, other, deadline_s=20) as api:  # the leader's API first
+            task = api.submit("sleep", {"steps": 8, "step_s": 0.5})
+            wait_for(lambda: api.task(task.id).state == "running", 10)
+            first = api.task(task.id).owner
+            processes.stop([recs[first]], grace_s=0)  # SIGKILL: no goodbye
+            done = api.wait(task.id, timeout_s=60)
+            assert done.state == "succeeded" and done.owner != first and done.attempts == 2
+            assert api.info().leader.name != first
+            assert api.endpoints[api._first] == other
+
+        zk.stop()
+        with client(pki, *urls.values(), deadline_s=4) as api:
+            start = time.monotonic()
+            with pytest.raises(HostUnreachable, match="within 4 s"):
+                api.tasks()
+            assert 4 <= time.monotonic() - start < 15
+    finally:
+        processes.stop(list(recs.values()), grace_s=2)

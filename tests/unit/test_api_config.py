@@ -100,3 +100,24 @@ def test_missing_config_says_how_to_make_one(tmp_path):
     assert "AHVLITE_API" in (exc.value.hint or "")
     with pytest.raises(NotFound):
         load_client_config({"AHVLITE_CONFIG": str(tmp_path / "nope.yaml")})
+
+
+def test_server_settings_name_what_is_missing(tmp_path):
+    from ahvlite.controller.api.server import parse_listen
+    from ahvlite.controller.api.settings import api_settings
+
+    assert api_settings(None, None, None, None) is None  # no listen address: no API
+    assert parse_listen("[::1]:9440") == ("::1", 9440)
+    for bad in ("9440", "host:", "h:70000", ":9440"):
+        with pytest.raises(InvalidSpec) as exc:
+            parse_listen(bad)
+        assert exc.value.field == "api-listen"
+    f = tmp_path / "x.pem"
+    with pytest.raises(InvalidSpec) as exc:
+        api_settings("0.0.0.0:9440", f, None, f)
+    assert exc.value.field == "api-key"
+    with pytest.raises(InvalidSpec) as exc:
+        api_settings("0.0.0.0:9440", f, f, f, url="http://h:9440")
+    assert exc.value.field == "api-url"
+    s = api_settings("10.0.0.5:9440", f, f, f)
+    assert s is not None and s.published_url(9440) == "https://10.0.0.5:9440"

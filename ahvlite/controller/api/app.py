@@ -2,7 +2,9 @@
 
 Every route but ``GET /v1/health`` needs a principal (mutual TLS or a bearer token).
 Endpoints that touch the store are plain ``def`` functions: FastAPI runs them in its
-thread pool, so the store's blocking calls never stall the event loop. Writes become
+thread pool, so the store's blocking calls never stall the event loop. The two that
+wait on the client or on the store (uploads, task long-polls) are ``async`` and hand
+each store call to the pool themselves, so waiting holds no thread. Writes become
 tasks in the store (any controller may submit; the leader runs them). Uploads are the
 leader's: a follower answers 307 to the leader's API. Errors are ahvlite's, mapped to
 HTTP statuses once, here, with a JSON body the client maps back.
@@ -15,7 +17,6 @@ import asyncio
 import inspect
 import json
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
@@ -158,17 +159,24 @@ def task_out(task: Task, version: int) -> TaskOut:
     return TaskOut(**asdict(task), version=version)
 
 
-def _wait_version(coord: Coordinator, key: str, after: int, timeout_s: float) -> None:
-    """Return once ``key``'s version is above ``after`` (or it is gone), or on timeout."""
-    changed = threading.Event()
+async def _wait_version(coord: Coordinator, key: str, after: int, timeout_s: float) -> None:
+    """Return once ``key``'s version is above ``after`` (or it is gone), or on timeout.
 
-    def seen(v: Versioned | None) -> None:
+    The wait itself holds no thread: a long-poll per CLI must not use up the thread
+    pool that every other request needs.
+    """
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+
+    def seen(v: Versioned | None) -> None:  # on the store's watch thread
         if v is None or v.version > after:
-            changed.set()
+            with suppress(RuntimeError):  # the loop has closed: nobody waits any more
+                loop.call_soon_threadsafe(changed.set)
 
-    cancel = coord.watch(key, seen)
+    cancel = await run_in_threadpool(coord.watch, key, seen)
     try:
-        changed.wait(timeout_s)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout_s)
     finally:
         cancel()
 
@@ -300,14 +308,14 @@ def create_app(backend: ApiBackend) -> FastAPI:
                 if (q.state is None or t.state == q.state) and (q.kind is None or t.kind == q.kind)]
 
     @api.get("/v1/tasks/{task_id}", response_model=TaskOut, tags=["tasks"])
-    def get_task(task_id: Annotated[str, Path(pattern=TASK_ID)],
-                 q: Annotated[TaskQuery, Query()]) -> TaskOut:
+    async def get_task(task_id: Annotated[str, Path(pattern=TASK_ID)],
+                       q: Annotated[TaskQuery, Query()]) -> TaskOut:
         """With ``wait_s``: a long-poll for the next change after ``after_version``."""
-        task, version = tasks.load(task_id)
+        task, version = await run_in_threadpool(tasks.load, task_id)
         if q.wait_s > 0 and version <= q.after_version and not task.terminal:
-            _wait_version(backend.coord, tasks.key(task_id), q.after_version,
-                          min(q.wait_s, MAX_WAIT_S))
-            task, version = tasks.load(task_id)
+            await _wait_version(backend.coord, tasks.key(task_id), q.after_version,
+                                min(q.wait_s, MAX_WAIT_S))
+            task, version = await run_in_threadpool(tasks.load, task_id)
         return task_out(task, version)
 
     @api.post("/v1/tasks/{task_id}/cancel", response_model=TaskOut, tags=["tasks"])

@@ -74,7 +74,7 @@ class UploadArea:
 
     def too_large(self, size: int) -> TooLarge:
         return TooLarge("size", size, f"at most {self.max_bytes} bytes",
-                        hint="the controller's upload cap (--api-upload-max-bytes)")
+                        hint="the leader's upload cap")
 
     def begin(self, declared_size: int | None = None) -> Staging:
         """Refuse a declared size over the cap at once; else open a staging file."""
