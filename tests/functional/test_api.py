@@ -246,9 +246,10 @@ def test_long_poll_answers_at_the_change_or_after_wait_s(pki, cluster):
         assert time.monotonic() - start < 5
         # Long-polls hold no server thread: more of them than the pool has threads
         # (40) still leave room for everything else.
-        waiters = [threading.Thread(target=api.get, args=(f"/v1/tasks/{other.id}",),
-                                    kwargs={"wait_s": 5, "after_version": 0})
-                   for _ in range(45)]
+        answers = []
+        waiters = [threading.Thread(target=lambda: answers.append(api.get(
+            f"/v1/tasks/{other.id}", wait_s=5, after_version=0)["version"]))
+            for _ in range(45)]
         for w in waiters:
             w.start()
         time.sleep(0.5)
@@ -257,6 +258,7 @@ def test_long_poll_answers_at_the_change_or_after_wait_s(pki, cluster):
         assert time.monotonic() - start < 2.5  # with the pool used up: ~4.5 s
         for w in waiters:
             w.join()
+        assert answers == [0] * 45  # each waited its 5 s and saw no change
         start = time.monotonic()  # an ended task answers at once
         assert api.get(f"/v1/tasks/{task.id}", wait_s=20, after_version=5)["version"] == 1
         assert time.monotonic() - start < 2

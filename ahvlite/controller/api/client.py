@@ -219,9 +219,12 @@ class ApiClient:
     # -- calls -----------------------------------------------------------------------
 
     def get(self, path: str, **params: Any) -> Any:
-        """``GET path?params`` -> the decoded JSON body (None-valued params are left out)."""
+        """``GET path?params`` -> the decoded JSON body (None-valued params are left out).
+        A ``wait_s`` parameter (a long-poll) extends the read timeout by that much."""
         query = {k: v for k, v in params.items() if v is not None}
-        return self.request("GET", path, params=query).json()
+        wait = query.get("wait_s")
+        timeout_s = float(wait) + READ_TIMEOUT_S if isinstance(wait, int | float) else None
+        return self.request("GET", path, params=query, timeout_s=timeout_s).json()
 
     def info(self) -> Info:
         return Info(**self.get("/v1/info"))
