@@ -58,8 +58,10 @@ class Controller:
     def __init__(self, coord: Coordinator, identity: Identity, registry: dict[str, Handler],
                  *, workers: int = 4, heartbeat_s: float = 1.0, poll_s: float = 0.2,
                  clock: Callable[[], float] = time.time,
-                 leader_services: Callable[[], list[Service]] | None = None) -> None:
+                 leader_services: Callable[[], list[Service]] | None = None,
+                 api_url: str | None = None) -> None:
         self.coord = coord
+        self.api_url = api_url  # where this controller serves the API, if it does
         self.leader_services = leader_services
         self._services: list[Service] = []
         self.identity = identity
@@ -75,10 +77,12 @@ class Controller:
         self._failures = 0  # leader loop rounds in a row that failed: the loop backs off
 
     def _member_data(self) -> bytes:
-        return json.dumps({"name": self.identity.name, "host": self.identity.host,
-                           "pid": self.identity.pid, "started_at": self.started_at,
-                           "heartbeat_at": self.clock(),
-                           "leader": self._acting is not None}).encode()
+        data = {"name": self.identity.name, "host": self.identity.host,
+                "pid": self.identity.pid, "started_at": self.started_at,
+                "heartbeat_at": self.clock(), "leader": self._acting is not None}
+        if self.api_url is not None:
+            data["api"] = self.api_url
+        return json.dumps(data).encode()
 
     def _on_elected(self, token: int) -> None:
         self._elected = token
@@ -172,4 +176,6 @@ class Controller:
         record: dict[str, Any] = {"name": self.identity.name, "host": self.identity.host,
                                   "pid": self.identity.pid, "token": token,
                                   "acted_at": self.clock()}
+        if self.api_url is not None:  # clients and followers send uploads here
+            record["api"] = self.api_url
         self.coord.fenced([Put(LEADER_KEY, json.dumps(record).encode())])

@@ -76,6 +76,7 @@ class Task:
     finished_at: float | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
+    submitted_by: str | None = None  # the API principal (cert:CN, token:NAME)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -169,13 +170,15 @@ class TaskStore:
         return f"{PREFIX}/{task_id}"
 
     def submit(self, kind: str, params: dict[str, Any],
-               registry: dict[str, Handler] | None = None) -> Task:
+               registry: dict[str, Handler] | None = None, *,
+               submitted_by: str | None = None) -> Task:
         if registry is not None:
             if kind not in registry:
                 raise InvalidSpec("kind", kind, ", ".join(sorted(registry)))
             params = registry[kind].validate(params)
         now = self.clock()
-        task = Task(id=new_task_id(now), kind=kind, params=params, created_at=now)
+        task = Task(id=new_task_id(now), kind=kind, params=params, created_at=now,
+                    submitted_by=submitted_by)
         self.coord.put(self.key(task.id), task.to_json(), MUST_NOT_EXIST)
         return task
 

@@ -32,6 +32,7 @@ class ControllerConfig:
     cluster_file: Path | None = None
     stats_interval_s: float = 10.0
     ads_interval_s: float = 900.0
+    api: Any = None  # controller.api.settings.ApiSettings: serve the HTTPS API
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,29 @@ def run_controller(cfg: ControllerConfig) -> None:
     refuse_default_auth(parse_store_url(cfg.store))
     stop = _daemon_setup()
     coord = open_store(cfg.store, session_timeout_s=cfg.session_timeout_s)
-    Controller(coord, Identity.here(cfg.name), registry(cfg.cluster_file), workers=cfg.workers,
-               leader_services=leader_services(coord, cfg)).run(stop)
+    kinds = registry(cfg.cluster_file)
+    name = Identity.here(cfg.name).name
+    server, published = None, None
+    if cfg.api is not None:
+        from ahvlite.controller.api.settings import start_api
+        from ahvlite.spec.cluster import load_cluster
+
+        cluster_name = load_cluster(cfg.cluster_file).name if cfg.cluster_file else None
+        server, published = start_api(cfg.api, coord, name, kinds, cluster_name)
+        # Stop taking requests as soon as we are told to stop, while the controller
+        # resigns: a client then goes to another controller, not to a closed store.
+        threading.Thread(target=_stop_api_on, args=(stop, server), daemon=True,
+                         name="api-stop").start()
+    Controller(coord, Identity.here(cfg.name), kinds, workers=cfg.workers,
+               leader_services=leader_services(coord, cfg), api_url=published).run(stop)
+    if server is not None:
+        server.stop()
     _exit_now()
+
+
+def _stop_api_on(stop: threading.Event, server: Any) -> None:
+    stop.wait()
+    server.stop()
 
 
 def run_agent(cfg: AgentConfig) -> None:
