@@ -79,6 +79,13 @@ class OperationFailed(AhvliteError):
     kind = "failed"
 
 
+class Unauthorized(AhvliteError):
+    """The API refused our credentials (none, unknown, expired, or not allowed this)."""
+
+    exit_code = 11
+    kind = "unauthorized"
+
+
 class UnsafeNetwork(AhvliteError):
     """The lab would send packets off this machine; it refuses instead."""
 

@@ -32,7 +32,7 @@ from ahvlite.lab.layout import LabLayout
 from ahvlite.lab.services import lab_store_url, lab_zk_members, member_mode
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest
-from ahvlite.virt.conn import connection
+from ahvlite.virt.conn import local_socket_connection
 
 NAME = "bha"
 SUBNET = ipaddress.IPv4Network("10.213.254.0/26")
@@ -40,7 +40,7 @@ SUBNET = ipaddress.IPv4Network("10.213.254.0/26")
 
 def _defined(layout: LabLayout, host: str) -> set[str]:
     sock = layout.host(host).libvirt_sock
-    with connection(f"qemu+unix:///system?socket={sock}", timeout_s=3) as conn:
+    with local_socket_connection(sock, timeout_s=3) as conn:
         return {n for n, _ in guest.list_domains(conn)}
 
 
@@ -116,7 +116,7 @@ def kill_run() -> tuple[float, float, float]:
         # peer host would keep the peer's MAC for that address in its neighbour table,
         # and a restart onto that host would wait for the stale entry to fail (~10 s).
         _, boot_s = _boot(layout, peer, "hbpeer", index=1)
-        with connection(f"qemu+unix:///system?socket={layout.host(peer).libvirt_sock}") as c:
+        with local_socket_connection(layout.host(peer).libvirt_sock) as c:
             guest.destroy_and_undefine(c, "hbpeer")
         g, _ = _boot(layout, victim, "hbvm")
         _until(lambda: _recorded(coord, "hbvm") == victim, 30, "leader never saw the VM")

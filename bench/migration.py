@@ -28,7 +28,7 @@ from ahvlite.cluster.migrate import MigrationAborted, migrate_vm
 from ahvlite.lab import guests, lab, namespaces
 from ahvlite.spec.cluster import ClusterSpec, load_cluster
 from ahvlite.spec.lab import LabSpec
-from ahvlite.virt.conn import parse_uri
+from ahvlite.spec.uri import check_uri
 
 NAME = "bmig"
 SUBNET = "10.213.251.0/26"
@@ -87,7 +87,7 @@ def virsh_peer(cluster: ClusterSpec, name: str, to: str) -> dict[str, Any]:
     """Plain virsh p2p live migration, default settings but the same link limit; aborted
     (domjobabort) when not done in PEER_LIMIT_S."""
     src = cluster.host(host_of(cluster, name)).uri
-    dst_ip = parse_uri(cluster.host(to).uri).host
+    dst_ip = check_uri(cluster.host(to).uri).host
     argv = ["virsh", "-c", src, "migrate", "--live", "--p2p", "--persistent",
             "--undefinesource", "--unsafe", "--bandwidth", str(LINK_MIB_S), name,
             f"qemu+tls://{dst_ip}/system", f"tcp://{dst_ip}"]

@@ -241,8 +241,7 @@ def _migrate_by_task(url: str, vm: str, to: str, cluster_file: Path) -> dict[str
 
     ts = TaskStore(open_store(url), time.time)
     try:
-        task = ts.submit("vm.migrate", {"name": vm, "to": to,
-                                        "cluster": str(cluster_file.resolve())}, registry())
+        task = ts.submit("vm.migrate", {"name": vm, "to": to}, registry(cluster_file))
         task = ts.wait(task.id, 3600.0, time.sleep, time.monotonic)
     finally:
         ts.coord.close()

@@ -48,15 +48,36 @@ def run(
     ads_interval_s: Annotated[float, typer.Option(
         "--ads-interval", help="Seconds between ADS rounds (leader, with a cluster file).",
         min=10, max=86400)] = 900.0,
+    api_listen: Annotated[str | None, typer.Option(
+        "--api-listen", envvar="AHVLITE_API_LISTEN", show_default=False,
+        help="Serve the HTTPS API on ADDR:PORT (port 9440 by convention); none without it.")
+    ] = None,
+    api_cert: Annotated[Path | None, typer.Option(
+        "--api-cert", envvar="AHVLITE_API_CERT", help="The API's server certificate (PEM).",
+        show_default=False)] = None,
+    api_key: Annotated[Path | None, typer.Option(
+        "--api-key", envvar="AHVLITE_API_KEY", help="Its private key (PEM).",
+        show_default=False)] = None,
+    api_ca: Annotated[Path | None, typer.Option(
+        "--api-ca", envvar="AHVLITE_API_CA", show_default=False,
+        help="The cluster CA: client certificates it issued are admins.")] = None,
+    api_url: Annotated[str | None, typer.Option(
+        "--api-url", envvar="AHVLITE_API_URL", show_default=False,
+        help="The URL others reach this API at (default https://LISTEN_ADDR:PORT).")] = None,
+    api_uploads: Annotated[Path | None, typer.Option(
+        "--api-uploads", envvar="AHVLITE_API_UPLOADS", show_default=False,
+        help="Where the leader stages uploads (default /var/lib/ahvlite/uploads).")] = None,
 ) -> None:
     """Run a controller in the foreground until SIGTERM/SIGINT (then leave cleanly)."""
+    from ahvlite.controller.api.settings import api_settings
     from ahvlite.controller.wiring import ControllerConfig, run_controller
 
+    api = api_settings(api_listen, api_cert, api_key, api_ca, api_url, api_uploads)
     path = cluster or (Path(os.environ[ENV_VAR]) if os.environ.get(ENV_VAR) else None)
     run_controller(ControllerConfig(
         store=store_url(store), name=name, session_timeout_s=session_timeout_s,
         workers=workers, cluster_file=path, stats_interval_s=stats_interval_s,
-        ads_interval_s=ads_interval_s))
+        ads_interval_s=ads_interval_s, api=api))
 
 
 def _when(ts: float | None) -> str:

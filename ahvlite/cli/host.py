@@ -16,6 +16,7 @@ from ahvlite.cli.provision import provision_cmd
 from ahvlite.cluster import cpulevel, cpustore, inventory
 from ahvlite.errors import InvalidSpec
 from ahvlite.spec.facts import HostFacts
+from ahvlite.spec.uri import check_uri
 
 app = typer.Typer(no_args_is_help=True, help="Hosts: list, show, facts, add, remove.")
 app.command(name="provision")(provision_cmd)
@@ -115,13 +116,13 @@ def _labels(values: list[str] | None) -> dict[str, str]:
 @app.command()
 def add(
     name: Annotated[str, typer.Argument(help="Name for the host in the cluster.")],
-    uri: Annotated[str, typer.Option("--uri", help="libvirt URI, e.g. qemu+tls://ADDR/system")],
+    uri: Annotated[str, typer.Option(
+        "--uri", help="libvirt URI: qemu+tls://ADDR/system[?pkipath=DIR], "
+                      "qemu+ssh://[USER@]ADDR/system or qemu:///system")],
     ssh: Annotated[str | None, typer.Option("--ssh", help="USER@HOST for SSH.")] = None,
     key: Annotated[Path | None, typer.Option("--key", help="SSH private key.")] = None,
     known_hosts: Annotated[Path | None, typer.Option(
         "--known-hosts", help="known_hosts file that vouches for the host key.")] = None,
-    insecure_tcp: Annotated[bool, typer.Option(
-        "--insecure-tcp", help="Allow qemu+tcp:// (no authentication, no encryption).")] = False,
     trust_on_first_use: Annotated[bool, typer.Option(
         "--trust-on-first-use", help="Record an unknown SSH host key instead of refusing.")]
         = False,
@@ -137,13 +138,11 @@ def add(
     With a cluster CPU level stored, a host that cannot run it lowers the level (VMs
     take it at their next power cycle), or is refused with --strict.
     """
+    check_uri(uri, "--uri")  # before anything else: no connection to a refused URI
     path, spec = load(cluster)
-    if insecure_tcp and uri.startswith("qemu+tcp"):
-        err_console.print("[bold yellow]warning:[/] qemu+tcp is neither authenticated nor "
-                          "encrypted; anyone on the network can control this host's VMs")
     with progress(not json_out, f"checking {name}"):
         h = inventory.check_new_host(spec, name=name, uri=uri, ssh=ssh, key=key,
-                                     known_hosts=known_hosts, insecure_tcp=insecure_tcp,
+                                     known_hosts=known_hosts,
                                      trust_on_first_use=trust_on_first_use,
                                      labels=_labels(label))
         store = cpustore.store_for(path)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from ahvlite import __version__
 from ahvlite.cli import ads as ads_cli
 from ahvlite.cli import agent as agent_cli
+from ahvlite.cli import auth as auth_cli
 from ahvlite.cli import cluster as cluster_cli
 from ahvlite.cli import controller as controller_cli
 from ahvlite.cli import cvm as cvm_cli
@@ -17,6 +19,7 @@ from ahvlite.cli import host as host_cli
 from ahvlite.cli import image as image_cli
 from ahvlite.cli import lab as lab_cli
 from ahvlite.cli import net as net_cli
+from ahvlite.cli import pki as pki_cli
 from ahvlite.cli import stats as stats_cli
 from ahvlite.cli import task as task_cli
 from ahvlite.cli import template as template_cli
@@ -44,6 +47,8 @@ app.add_typer(cluster_cli.app, name="cluster")
 app.add_typer(ads_cli.app, name="ads")
 app.add_typer(cvm_cli.app, name="cvm")
 app.add_typer(ha_cli.app, name="ha")
+app.add_typer(auth_cli.app, name="auth")
+app.add_typer(pki_cli.app, name="pki")
 
 
 @app.command()
@@ -60,9 +65,10 @@ def main() -> None:
         if json_mode:
             emit_json(exc.to_dict())
         else:
-            err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            # Messages quote user input: never let it read as rich markup.
+            err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
             if exc.hint:
-                err_console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+                err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/]")

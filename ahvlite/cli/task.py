@@ -11,6 +11,7 @@ import json
 import os
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -33,13 +34,14 @@ def configured_store(store: str | None) -> str | None:
 
 
 def submit_and_report(store: str, kind: str, params: dict[str, Any], *, wait: bool,
-                      json_out: bool) -> None:
-    """Submit ``kind`` (params validated first), print its id; with ``wait``, its end."""
+                      json_out: bool, cluster: Path | None = None) -> None:
+    """Submit ``kind`` (params validated first, host names against ``cluster`` when
+    given), print its id; with ``wait``, its end."""
     from ahvlite.controller.kinds import registry
 
     ts = _store(store)
     try:
-        task = ts.submit(kind, params, registry())
+        task = ts.submit(kind, params, registry(cluster))
         if not wait:
             if json_out:
                 emit_json({"task": task.id})

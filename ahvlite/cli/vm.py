@@ -55,20 +55,20 @@ def parse_disk(text: str, bus: str = "scsi", full: bool = False) -> DiskSpec:
     return build(DiskSpec, image=source, bus=bus, full_clone=full)
 
 
-def _task_cluster(cluster: Path | None) -> str | None:
-    """The cluster file a task names: ours when we have one (checked here), else none
-    and the controller uses its own."""
+def _lifecycle(store: str, action: str, name: str, cluster: Path | None, *, wait: bool,
+               json_out: bool, **extra: Any) -> None:
+    """Submit a ``vm.lifecycle`` task: it acts on the controller's own cluster; a
+    cluster file given here only serves the checks made before submitting."""
+    submit_and_report(store, "vm.lifecycle", {"action": action, "name": name, **extra},
+                      wait=wait, json_out=json_out, cluster=_cluster_if_any(cluster))
+
+
+def _cluster_if_any(cluster: Path | None) -> Path | None:
+    """Our cluster file when we have one (then task hosts are checked against it)."""
     if cluster is None and not os.environ.get(ENV_VAR):
         return None
     path, _ = load(cluster)
-    return str(path.resolve())
-
-
-def _lifecycle(store: str, action: str, name: str, cluster: Path | None, *, wait: bool,
-               json_out: bool, **extra: Any) -> None:
-    submit_and_report(store, "vm.lifecycle",
-                      {"action": action, "name": name, "cluster": _task_cluster(cluster),
-                       **extra}, wait=wait, json_out=json_out)
+    return path
 
 
 def render(info: vms.VmInfo, json_out: bool) -> None:
@@ -120,7 +120,7 @@ def create(
 ) -> None:
     """Create a VM (placed on the host with most free memory unless --host)."""
     url = configured_store(store)
-    task_cluster = _task_cluster(cluster) if url else None
+    task_cluster = _cluster_if_any(cluster) if url else None
     cspec = None if url else load(cluster)[1]
     values: dict[str, Any] = {
         "name": name, "vcpus": cpus, "memory_mib": memory_mib, "vtpm": vtpm,
@@ -143,8 +143,8 @@ def create(
     if url:
         submit_and_report(url, "vm.spec.create",
                           {"spec": spec.model_dump(mode="json"), "host": host,
-                           "start": start, "cluster": task_cluster},
-                          wait=wait, json_out=json_out)
+                           "start": start}, wait=wait, json_out=json_out,
+                          cluster=task_cluster)
         return
     assert cspec is not None
     with progress(not json_out, f"creating {name}") as report:

@@ -32,7 +32,7 @@ from ahvlite.remote.ssh import run as ssh_run
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.labels import is_pinned
 from ahvlite.spec.vm import new_uuid
-from ahvlite.virt import cvmhost, domains, nodedev, storage
+from ahvlite.virt import cvmhost, domains, imageinfo, nodedev, storage
 from ahvlite.virt.conn import Connection
 from ahvlite.virt.designer import DiskPlacement
 from ahvlite.virt.nodedev import HostSysView, PciFunction
@@ -154,6 +154,7 @@ def deploy(cluster: ClusterSpec, cluster_file: Path, host: str, *, image: Path,
     name = cvmplan.cvm_name(host)
     if not image.is_file():
         raise InvalidSpec("image", str(image), "an existing disk image file (qcow2 or raw)")
+    image_fmt = imageinfo.inspect_image(image).format  # no backing or data file
     state = ClusterState.for_cluster_file(cluster_file)
     with connect(cluster) as hosts:
         conn = hosts.conn(host)
@@ -169,7 +170,7 @@ def deploy(cluster: ClusterSpec, cluster_file: Path, host: str, *, image: Path,
         if target is not None:
             _check_lun_files(target, host, list(lab_luns))
         policy = host_policy(hosts, host)
-        fmt = storage.detect_format(image)
+        fmt = image_fmt
         boot_vol, seed_vol = _volume_names(host, fmt)
         uuid = new_uuid()
 
@@ -200,7 +201,7 @@ def deploy(cluster: ClusterSpec, cluster_file: Path, host: str, *, image: Path,
                 if storage.find_volume(pool, stale) is not None:
                     raise Conflict(f"volume {stale} is left over from an earlier CVM on {host}",
                                    hint=f"`ahvlite cvm remove {host}` removes it")
-            boot_path = storage.upload_volume(conn, pool, boot_vol, image)
+            boot_path = storage.upload_volume(conn, pool, boot_vol, image, fmt=fmt)
             made_vols.append(boot_vol)
             seed_path = storage.upload_bytes(conn, pool, seed_vol,
                                              build_iso(cvmplan.seed_files(host)))

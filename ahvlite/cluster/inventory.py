@@ -17,9 +17,10 @@ from ahvlite.remote.ssh import run as ssh_run
 from ahvlite.spec.cluster import ClusterSpec, HostSpec, SshSpec
 from ahvlite.spec.facts import HostFacts
 from ahvlite.spec.labels import DOMAIN_TYPE_LABEL
+from ahvlite.spec.uri import check_uri
 from ahvlite.virt import facts as virt_facts
 from ahvlite.virt import guest
-from ahvlite.virt.conn import connection, parse_uri
+from ahvlite.virt.conn import connection
 
 T = TypeVar("T")
 RUNNING_STATES = ("running", "paused", "blocked")  # a QEMU process exists for these
@@ -101,7 +102,7 @@ def save_cluster(path: Path, spec: ClusterSpec) -> None:
 
 def check_new_host(cluster: ClusterSpec, *, name: str, uri: str, ssh: str | None = None,
                    key: Path | None = None, known_hosts: Path | None = None,
-                   insecure_tcp: bool = False, trust_on_first_use: bool = False,
+                   trust_on_first_use: bool = False,
                    labels: dict[str, str] | None = None) -> HostSpec:
     """The entry for a new host, after checking it answers (libvirt, and SSH when
     given); nothing is written."""
@@ -111,7 +112,7 @@ def check_new_host(cluster: ClusterSpec, *, name: str, uri: str, ssh: str | None
     if any(h.uri == uri for h in cluster.hosts):
         other = next(h.name for h in cluster.hosts if h.uri == uri)
         raise Conflict(f"{uri} is already host {other!r}")
-    parse_uri(uri, insecure_tcp=insecure_tcp)
+    check_uri(uri)
     ssh_spec = None
     if ssh:
         user, _, addr = ssh.rpartition("@")
@@ -119,7 +120,7 @@ def check_new_host(cluster: ClusterSpec, *, name: str, uri: str, ssh: str | None
             raise InvalidSpec("ssh", ssh, "USER@HOST or HOST")
         ssh_spec = SshSpec(host=addr, user=user or "root", key=key, known_hosts=known_hosts)
     spec = HostSpec(name=name, uri=uri, ssh=ssh_spec, labels=labels or {})
-    with connection(uri, insecure_tcp=insecure_tcp) as conn:
+    with connection(uri) as conn:
         conn.getHostname()
     target = ssh_target(spec, trust_on_first_use=trust_on_first_use)
     if target is not None:

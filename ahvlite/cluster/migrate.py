@@ -23,9 +23,10 @@ from ahvlite.cluster.state import ClusterState
 from ahvlite.errors import AhvliteError, Conflict, InvalidSpec, OperationFailed
 from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.spec.labels import PINNED_LABEL, is_pinned
+from ahvlite.spec.uri import check_uri
 from ahvlite.spec.vm import check_name
 from ahvlite.virt import cpu, domains, migration, storage
-from ahvlite.virt.conn import DomainHandle, parse_uri
+from ahvlite.virt.conn import DomainHandle
 from ahvlite.virt.migration import JobSample, MigrationJob
 from ahvlite.virt.xml.domain import Domain
 
@@ -257,7 +258,7 @@ def choose_target(hosts: vms.Hosts, vm: _Vm, *, maintenance: set[str],
 
 def _dest_uris(cluster: ClusterSpec, dest: str) -> tuple[str, str]:
     uri = cluster.host(dest).uri
-    info = parse_uri(uri)
+    info = check_uri(uri)
     if not info.host:
         raise InvalidSpec(f"hosts[{dest}].uri", uri, "a remote URI (qemu+tls://ADDR/system "
                           "or qemu+ssh://...) for a migration destination")

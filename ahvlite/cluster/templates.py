@@ -197,10 +197,11 @@ def deploy(cluster_file: Path, cluster: ClusterSpec, name: str, *, count: int,
     chosen = template.version(version)
     base = prefix if prefix is not None else f"{name}-"
     specs = [vm_spec_from(template, chosen, f"{base}{i}") for i in range(1, count + 1)]
+    tags = {s.name: vms.new_tag() for s in specs}  # each VM's volumes, its seed included
     for s in specs:
         if s.disks:
             seed = DiskSpec(name="seed", bus="sata", cdrom=True,
-                            volume=vms.vm_volume(s.name, "seed").replace(".qcow2", ".iso"))
+                            volume=vms.seed_volume(s.name, tags[s.name]))
             specs[specs.index(s)] = s.model_copy(update={"disks": [*s.disks, seed]})
     with vms.connect(cluster) as hosts:
         # Everything that can be wrong with the batch, before anything is made.
@@ -232,7 +233,8 @@ def deploy(cluster_file: Path, cluster: ClusterSpec, name: str, *, count: int,
                     data = seediso.nocloud_seed(instance_id=s.uuid, hostname=s.name,
                                                 user_data=user_data)
                     storage.upload_bytes(hosts.conn(target), hosts.pool(target), vol, data)
-                return vms.create_on_host(hosts, target, s, start=start, report=report)
+                return vms.create_on_host(hosts, target, s, start=start, report=report,
+                                          tag=tags[s.name])
             except AhvliteError as exc:
                 if vol:
                     try:

@@ -3,7 +3,7 @@ list, show, delete. libvirt only through ``ahvlite.virt``."""
 
 from __future__ import annotations
 
-import os
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
@@ -12,19 +12,21 @@ from typing import Any
 
 from ahvlite.cluster import cpustore, schedulable
 from ahvlite.cluster.inventory import parallel
+from ahvlite.cluster.paths import check_spec_paths
 from ahvlite.cluster.placement import HostCapacity, place
 from ahvlite.errors import AhvliteError, Conflict, HostUnreachable, InvalidSpec, NotFound
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.labels import DOMAIN_TYPE_LABEL, is_pinned
 from ahvlite.spec.network import NetworkSpec
 from ahvlite.spec.vm import DiskSpec, NicSpec, VmSpec
-from ahvlite.virt import cpu, designer, domains, storage
+from ahvlite.virt import cpu, designer, domains, imageinfo, storage
 from ahvlite.virt.conn import Connection, DomainHandle, StoragePool, close_quietly, open_connection
 from ahvlite.virt.cpu import CpuDef
 from ahvlite.virt.designer import Design, DiskPlacement, HostPolicy
 from ahvlite.virt.xml.domain import Domain, VmMeta
 
 Report = Callable[[str], None]
+Guard = Callable[[], object]
 IMAGE_PREFIX = "image-"
 # Preferred named CPU models, most capable first; the first one the host can run wins
 # (until the cluster CPU baseline exists).
@@ -60,28 +62,35 @@ class VmInfo:
         return asdict(self)
 
 
-# Host files a spec may name besides the shared pool (kernels, ISOs a host keeps).
-IMAGE_DIR = Path("/var/lib/ahvlite/images")
+def _no_guard() -> None:
+    pass
 
 
-def confined_path(field: str, path: str, roots: list[Path]) -> str:
-    """``path`` if it resolves (symlinks followed) inside one of ``roots`` or the image
-    directory; else InvalidSpec. Specs come from users and from the store: a spec must
-    not hand QEMU (and libvirt's relabelling) a host file like /etc/shadow."""
-    allowed = [*roots, IMAGE_DIR]
-    real = Path(os.path.realpath(path))
-    if not any(real == r or r in real.parents for r in
-               (Path(os.path.realpath(a)) for a in allowed)):
-        raise InvalidSpec(field, path, "a file inside " + " or ".join(str(a) for a in allowed))
-    return path
+# Volume names carry a tag of the attempt that made them (a task's attempt, or a random
+# one in process): two attempts at one VM, or two VMs of one name, never share a name,
+# so an undo can only ever delete its own. Anything that later needs a VM's volumes
+# reads them from its metadata (VmMeta.volumes, os/nvram), never from these names.
+
+def new_tag() -> str:
+    return secrets.token_hex(4)
 
 
-def vm_volume(vm: str, disk: str) -> str:
-    return f"vm-{vm}-{disk}.qcow2"
+def vm_volume(vm: str, disk: str, tag: str) -> str:
+    return f"vm-{vm}-{disk}-{tag}.qcow2"
 
 
-def nvram_volume(vm: str) -> str:
-    return f"vm-{vm}-VARS.fd"
+def nvram_volume(vm: str, tag: str) -> str:
+    return f"vm-{vm}-VARS-{tag}.fd"
+
+
+def seed_volume(vm: str, tag: str) -> str:
+    return f"vm-{vm}-seed-{tag}.iso"
+
+
+def tagged_volumes(spec: VmSpec, tag: str) -> list[str]:
+    """Every volume name :func:`create_on_host` may make for ``spec`` with ``tag``."""
+    return [*(vm_volume(spec.name, n, tag) for n in spec.disk_names()),
+            nvram_volume(spec.name, tag)]
 
 
 def image_volume_name(image: str) -> str:
@@ -140,6 +149,21 @@ def connect(cluster: ClusterSpec, *, timeout_s: float = 10) -> Iterator[Hosts]:
     finally:
         for c in conns.values():
             close_quietly(c)
+
+
+def volumes_in_use(hosts: Hosts) -> set[str]:
+    """File names of every volume a VM on a reachable host refers to (its disks, its
+    metadata's volumes, its NVRAM): what a cleanup must never delete."""
+    used: set[str] = set()
+    for conn in hosts.conns.values():
+        for dom in domains.all_domains(conn):
+            d = Domain.parse(domains.domain_xml(dom, inactive=True))
+            used |= set((d.meta or VmMeta()).volumes.values())
+            used |= {Path(x.source_file).name for x in (d.devices.disks if d.devices else [])
+                     if x.source_file}
+            if d.os is not None and d.os.nvram:
+                used.add(Path(d.os.nvram).name)
+    return used
 
 
 def shared_pool(cluster: ClusterSpec) -> str:
@@ -278,6 +302,7 @@ def check_new_vm(hosts: Hosts, spec: VmSpec, host: str) -> None:
         if domains.find_domain_by_uuid(conn, spec.uuid) is not None:
             raise Conflict(f"uuid {spec.uuid} is already used (on {h})")
     _, pool = hosts.any_pool()
+    check_spec_paths(spec, storage.pool_path(pool))
     storage.refresh(pool)
     vols = {v.name: v for v in storage.list_volumes(pool)}
     for d in spec.disks:
@@ -286,11 +311,6 @@ def check_new_vm(hosts: Hosts, spec: VmSpec, host: str) -> None:
         for volume in (d.clone_of, d.volume):
             if volume is not None and volume not in vols:
                 raise InvalidSpec("disk.volume", volume, "a volume of the shared pool")
-    for name in spec.disk_names():
-        if vm_volume(spec.name, name) in vols:
-            raise Conflict(f"volume {vm_volume(spec.name, name)} already exists",
-                           hint="a VM of that name was deleted without its disks; "
-                                "delete the volume or pick another name")
     # A dry run of the designer: bad networks and combinations fail here.
     placements = {n: DiskPlacement(f"/dev/null/{n}") for n in spec.disk_names()}
     designer.design(spec, Design(host=HostPolicy(), disks=placements,
@@ -301,10 +321,13 @@ def check_new_vm(hosts: Hosts, spec: VmSpec, host: str) -> None:
 
 def create_vm(cluster: ClusterSpec, spec: VmSpec, *, host: str | None = None,
               start: bool = False, report: Report = _quiet,
-              cpu_level: CpuDef | None = None) -> VmInfo:
+              cpu_level: CpuDef | None = None, tag: str | None = None,
+              guard: Guard = _no_guard) -> VmInfo:
     """Place, make volumes, define (and start) ``spec``; on failure undo all of it.
 
-    With ``cpu_level`` (the cluster's, see cluster.cpulevel) the VM gets that CPU."""
+    With ``cpu_level`` (the cluster's, see cluster.cpulevel) the VM gets that CPU.
+    ``tag`` names this attempt's volumes (random when None); ``guard`` is called before
+    every change on a host and raises to stop (a task's leadership check)."""
     spec = spec.with_macs()
     with connect(cluster) as hosts:
         if not hosts.conns:
@@ -328,21 +351,40 @@ def create_vm(cluster: ClusterSpec, spec: VmSpec, *, host: str | None = None,
                        need_free_mib=need if start else 0)
         report(f"placing {spec.name} on {target}")
         return create_on_host(hosts, target, spec, start=start, report=report,
-                              cpu_level=cpu_level)
+                              cpu_level=cpu_level, tag=tag, guard=guard)
 
 
 def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
-                   report: Report, cpu_level: CpuDef | None = None) -> VmInfo:
+                   report: Report, cpu_level: CpuDef | None = None, tag: str | None = None,
+                   guard: Guard = _no_guard) -> VmInfo:
     """Make ``spec``'s volumes on ``target``, define it (and start it); undo on failure.
 
     The caller has checked the spec (:func:`check_new_vm`) and placed it. The VM gets
     ``cpu_level``, else the cluster's stored CPU level (every path that creates VMs —
-    CLI, controller tasks, template deploys — comes through here).
+    CLI, controller tasks, template deploys — comes through here). Volumes are named
+    with ``tag`` (see :func:`vm_volume`); the undo deletes exactly the ones made here.
+
+    ``guard`` runs before each change on the host. When it raises (a deposed leader),
+    nothing more happens and nothing is undone: the next leader finds the VM by its
+    UUID, or deletes this attempt's tagged volumes that no VM uses. The undo of any
+    other failure also runs only while ``guard`` still passes.
     """
+    tag = tag or new_tag()
     conn = hosts.conn(target)
     pool = hosts.pool(target)
+    check_spec_paths(spec, storage.pool_path(pool))  # before anything is made
     made: list[str] = []
     dom = None
+    deposed = False
+
+    def check() -> None:
+        nonlocal deposed
+        try:
+            guard()
+        except BaseException:
+            deposed = True
+            raise
+
     try:
         placements: dict[str, DiskPlacement] = {}
         for name, d in zip(spec.disk_names(), spec.disks, strict=True):
@@ -359,8 +401,9 @@ def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
                 placements[name] = DiskPlacement(
                     info.path, d.volume, format="qcow2" if info.format == "qcow2" else "raw")
                 continue
-            vol = vm_volume(spec.name, name)
+            vol = vm_volume(spec.name, name, tag)
             report(f"disk {name}: volume {vol}")
+            check()
             if d.image is not None or d.clone_of is not None:
                 source = d.clone_of or image_volume_name(d.image or "")
                 path = storage.clone_volume(pool, vol, source,
@@ -372,27 +415,40 @@ def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
             placements[name] = DiskPlacement(str(path), vol)
         nvram = None
         if spec.boot.firmware == "uefi":
-            nvram = str(storage.pool_path(pool) / nvram_volume(spec.name))
+            nvram = str(storage.pool_path(pool) / nvram_volume(spec.name, tag))
         xml = designer.design_xml(spec, Design(
             host=host_policy(hosts, target, cpu_level or cpustore.level_of(hosts.cluster)),
             disks=placements,
             networks=networks_of(hosts.cluster, target), nvram_path=nvram))
         report(f"defining {spec.name}")
+        check()
         dom = domains.define_domain(conn, xml)
         if start:
             report(f"starting {spec.name}")
+            check()
             domains.power_on(dom)
         return info_of(target, dom)
     except BaseException:
+        if deposed or not _still(guard):
+            raise
         with ExitStack() as undo:
             undo.enter_context(suppress(AhvliteError))
             if dom is not None:
                 domains.power_off(dom)
                 domains.undefine_everything(dom)
-        for vol in [*made, nvram_volume(spec.name)]:
+        # NVRAM is libvirt's to create (at define or first start): its tagged name is ours.
+        for vol in [*made, nvram_volume(spec.name, tag)]:
             with suppress(AhvliteError):
                 storage.delete_volume(pool, vol)
         raise
+
+
+def _still(guard: Guard) -> bool:
+    try:
+        guard()
+    except BaseException:
+        return False
+    return True
 
 
 def render_on_host(conn: Connection, cluster: ClusterSpec, host: str, spec_doc: dict[str, Any],
@@ -408,6 +464,7 @@ def render_on_host(conn: Connection, cluster: ClusterSpec, host: str, spec_doc: 
     spec = build(VmSpec, **spec_doc)
     pool = storage.lookup_pool(conn, shared_pool(cluster))
     pool_dir = storage.pool_path(pool)
+    check_spec_paths(spec, pool_dir)
     placements: dict[str, DiskPlacement] = {}
     for name, d in zip(spec.disk_names(), spec.disks, strict=True):
         if d.volume is not None:
@@ -423,16 +480,10 @@ def render_on_host(conn: Connection, cluster: ClusterSpec, host: str, spec_doc: 
             placements[name] = DiskPlacement(
                 info.path, d.volume, format="qcow2" if info.format == "qcow2" else "raw")
         elif d.path is not None:
-            placements[name] = DiskPlacement(confined_path(f"disks.{name}.path", d.path,
-                                                           [pool_dir]),
-                                             format="raw" if d.cdrom else "qcow2")
+            placements[name] = DiskPlacement(d.path, format="raw" if d.cdrom else "qcow2")
         else:
             raise InvalidSpec(f"disks.{name}", d.model_dump(exclude_none=True),
                               "a volume or a file (a rendered spec makes no new disks)")
-    for field_name, value in (("boot.kernel", spec.boot.kernel),
-                              ("boot.initrd", spec.boot.initrd)):
-        if value is not None:
-            confined_path(field_name, value, [pool_dir])
     nvram = None
     if spec.boot.firmware == "uefi":
         if not nvram_volume or "/" in nvram_volume or nvram_volume in (".", ".."):
@@ -522,7 +573,7 @@ def add_disk(cluster: ClusterSpec, name: str, disk: DiskSpec) -> VmInfo:
         used = {x.target_dev or "" for x in d.devices.disks} if d.devices else set()
         dev = designer.next_target_dev(used, disk.bus)
         pool = hosts.pool(host)
-        vol = vm_volume(name, disk_name)
+        vol = vm_volume(name, disk_name, new_tag())
         if disk.image is not None:
             storage.refresh(pool)
             _image_source({v.name: v for v in storage.list_volumes(pool)}, disk.image)
@@ -606,16 +657,24 @@ def import_image(cluster: ClusterSpec, path: Path, name: str,
     check_name("name", name)
     if not path.is_file():
         raise NotFound(f"{path} is not a file")
+    # Before anything is uploaded: raw or qcow2 that names no other file on the host.
+    image = imageinfo.inspect_image(path)
     with connect(cluster) as hosts:
         host, pool = hosts.any_pool()
         vol = image_volume_name(name)
-        storage.upload_volume(hosts.conn(host), pool, vol, path, report=report)
+        storage.upload_volume(hosts.conn(host), pool, vol, image.path, report=report,
+                              fmt=image.format)
+        found = storage.find_volume(pool, vol)
+        assert found is not None
+        info = storage.volume_info(found)
+        if info.backing:  # the file changed since it was inspected: never keep that
+            storage.delete_volume(pool, vol)
+            raise InvalidSpec("image", str(path), "an image without a backing file",
+                              hint=f"the uploaded copy names {info.backing!r}")
         for other in hosts.conns:
             if other != host:
                 storage.refresh(hosts.pool(other))
-        found = storage.find_volume(pool, vol)
-        assert found is not None
-        return storage.volume_info(found)
+        return info
 
 
 def set_labels(cluster: ClusterSpec, name: str, changes: dict[str, str | None]) -> VmInfo:

@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ahvlite.controller.ads.model import Problem
@@ -35,14 +34,13 @@ class AdsService:
     def __init__(self, coord: Coordinator, snapshot: Callable[[], Problem], *,
                  interval_s: float = 900.0, first_delay_s: float | None = None,
                  poll_s: float = 2.0, clock: Callable[[], float] = time.time,
-                 cluster_file: Path | None = None, solver: SolverChoice = "auto",
+                 solver: SolverChoice = "auto",
                  time_limit_s: float = 5.0) -> None:
         self.coord = coord
         self.snapshot = snapshot
         self.interval_s = interval_s
         self.poll_s = poll_s
         self.clock = clock
-        self.cluster_file = cluster_file
         self.solver: SolverChoice = solver
         self.time_limit_s = time_limit_s
         self.store = TaskStore(coord, clock)
@@ -116,6 +114,4 @@ class AdsService:
 
     def _submit(self, move: Move) -> None:
         params: dict[str, Any] = {"name": move.vm, "to": move.target}
-        if self.cluster_file is not None:
-            params["cluster"] = str(self.cluster_file)
         self.current = self.store.submit(MIGRATE_KIND, params).id

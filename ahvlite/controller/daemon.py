@@ -26,6 +26,7 @@ from ahvlite.errors import AhvliteError
 log = logging.getLogger(__name__)
 
 LEADER_KEY = "controller/leader"
+MAX_BACKOFF_S = 5.0  # the longest pause of the loop after repeated failures
 
 
 class Service(Protocol):
@@ -57,8 +58,10 @@ class Controller:
     def __init__(self, coord: Coordinator, identity: Identity, registry: dict[str, Handler],
                  *, workers: int = 4, heartbeat_s: float = 1.0, poll_s: float = 0.2,
                  clock: Callable[[], float] = time.time,
-                 leader_services: Callable[[], list[Service]] | None = None) -> None:
+                 leader_services: Callable[[], list[Service]] | None = None,
+                 api_url: str | None = None) -> None:
         self.coord = coord
+        self.api_url = api_url  # where this controller serves the API, if it does
         self.leader_services = leader_services
         self._services: list[Service] = []
         self.identity = identity
@@ -71,12 +74,15 @@ class Controller:
         self._elected: int | None = None  # token handed over by the election thread
         self._acting: int | None = None  # token the main loop acts under
         self._wake = threading.Event()
+        self._failures = 0  # leader loop rounds in a row that failed: the loop backs off
 
     def _member_data(self) -> bytes:
-        return json.dumps({"name": self.identity.name, "host": self.identity.host,
-                           "pid": self.identity.pid, "started_at": self.started_at,
-                           "heartbeat_at": self.clock(),
-                           "leader": self._acting is not None}).encode()
+        data = {"name": self.identity.name, "host": self.identity.host,
+                "pid": self.identity.pid, "started_at": self.started_at,
+                "heartbeat_at": self.clock(), "leader": self._acting is not None}
+        if self.api_url is not None:
+            data["api"] = self.api_url
+        return json.dumps(data).encode()
 
     def _on_elected(self, token: int) -> None:
         self._elected = token
@@ -100,7 +106,9 @@ class Controller:
                         self.coord.update_member(self.identity.name, self._member_data())
                     except AhvliteError as exc:
                         log.warning("heartbeat: %s", exc.message)
-                self._wake.wait(self.poll_s)
+                    except Exception:
+                        log.exception("heartbeat")
+                self._wake.wait(self._pause_s())
                 self._wake.clear()
         finally:
             self._step_down()
@@ -112,41 +120,62 @@ class Controller:
             self.coord.close()
 
     def _step_down(self) -> None:
-        if self._acting is not None:
-            self._acting = None
-            self.runner.stop()
-            for svc in self._services:
-                try:
-                    svc.stop()
-                except Exception:
-                    log.exception("stopping %s", svc)
-            self._services = []
+        self._acting = None
+        self.runner.stop()
+        for svc in self._services:
+            try:
+                svc.stop()
+            except Exception:
+                log.exception("stopping %s", svc)
+        self._services = []
+
+    def _pause_s(self) -> float:
+        """The loop's pause: ``poll_s``, doubling per failed round up to a cap."""
+        if not self._failures:
+            return self.poll_s
+        return min(MAX_BACKOFF_S, self.poll_s * 2 ** min(self._failures, 16))
 
     def _tick(self) -> None:
+        """One round of the leader's work. Nothing it meets ends the controller: a
+        failure is logged and the loop backs off (a controller that stopped would
+        leave the cluster without a leader, and so without HA)."""
+        try:
+            self._lead()
+            self._failures = 0
+        except NotLeader:
+            self._step_down()
+        except AhvliteError as exc:
+            self._failures += 1
+            log.warning("leader loop: %s (next try in %.1f s)", exc.message, self._pause_s())
+        except Exception:
+            self._failures += 1
+            log.exception("leader loop failed (next try in %.1f s)", self._pause_s())
+
+    def _lead(self) -> None:
         elected = self._elected
         if elected is None or not self.coord.is_leader():
             self._step_down()
             return
-        try:
-            if self._acting != elected:
-                self._acting = elected
-                self.runner.start()
-                recovered = self.runner.recover(elected)
-                if self.leader_services is not None:
-                    self._services = self.leader_services()
-                    for svc in self._services:
-                        svc.start()
-                log.warning("%s leads (token %s); recovered %s", self.identity.name, elected,
-                            recovered or "nothing")
-            self._announce(elected)
-            self.runner.poll(elected)
-        except NotLeader:
+        if self._acting != elected:
+            # Whatever a start that failed half-way left goes first; the term counts as
+            # started only once all of it worked, so a failed start is tried again.
             self._step_down()
-        except AhvliteError as exc:
-            log.warning("leader loop: %s", exc.message)
+            self.runner.start()
+            recovered = self.runner.recover(elected)
+            if self.leader_services is not None:
+                for svc in self.leader_services():
+                    svc.start()
+                    self._services.append(svc)
+            self._acting = elected
+            log.warning("%s leads (token %s); recovered %s", self.identity.name, elected,
+                        recovered or "nothing")
+        self._announce(elected)
+        self.runner.poll(elected)
 
     def _announce(self, token: int) -> None:
         record: dict[str, Any] = {"name": self.identity.name, "host": self.identity.host,
                                   "pid": self.identity.pid, "token": token,
                                   "acted_at": self.clock()}
+        if self.api_url is not None:  # clients and followers send uploads here
+            record["api"] = self.api_url
         self.coord.fenced([Put(LEADER_KEY, json.dumps(record).encode())])

@@ -1,18 +1,45 @@
-"""The task kinds the controller knows, each a handler of idempotent steps."""
+"""The task kinds the controller knows, each a handler of idempotent steps.
+
+A task record comes from the store, which is outside this process: every kind takes
+exactly its own parameters (an unknown one fails the task), names hosts only by their
+name in the controller's own cluster (never a URI or a file), and acts only on that
+cluster.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ahvlite.controller.tasks import Handler, TaskContext
-from ahvlite.errors import Conflict, InvalidSpec, OperationFailed
+from ahvlite.errors import Conflict, InvalidSpec, NotFound, OperationFailed
 
 # Domain UUIDs derive from the task id: re-running a step finds "its" VM, not a twin.
 VM_UUID_NAMESPACE = uuid.UUID("5b0f3c2e-8a43-4c36-9d8e-6a1a3c0f7e21")
+CLUSTER_ENV = "AHVLITE_CLUSTER"
+
+
+def _only(params: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    """Refuse parameters this kind does not know (a record from a newer or hostile
+    writer): acting on half of what was asked would be worse than not acting."""
+    extra = sorted(k for k in params if k not in allowed)
+    if extra:
+        raise InvalidSpec(
+            extra[0], params[extra[0]], f"parameters of this kind: {', '.join(allowed)}",
+            hint="tasks act on the controller's own cluster (controller run --cluster); "
+                 "hosts are named, never given as URIs or files")
+
+
+def attempt_tag(task_id: str, attempt: int) -> str:
+    """The short tag of one attempt of a task: the volumes it makes carry it, so two
+    attempts (a deposed leader's and the next one's) never share a volume name."""
+    return hashlib.sha256(f"{task_id}/{attempt}".encode()).hexdigest()[:8]
 
 
 def _number(params: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
@@ -28,6 +55,7 @@ class Sleep:
     resumable = True
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
+        _only(params, ("steps", "step_s"))
         return {"steps": int(_number(params, "steps", 1, 1, 1000)),
                 "step_s": _number(params, "step_s", 0.1, 0, 3600)}
 
@@ -39,8 +67,51 @@ class Sleep:
         return {"steps": n}
 
 
-class VmCreate:
-    """``vm.create``: define a minimal domain on one libvirt URI, exactly once.
+class _ClusterKind:
+    """Shared by the kinds that act on the controller's cluster.
+
+    ``cluster_file`` is the controller's own (``controller run --cluster``); a task never
+    names one. With it, host names are checked when the task is validated (by the
+    leader, when it claims the task) and again when it runs.
+    """
+
+    def __init__(self, cluster_file: Path | None) -> None:
+        self.cluster_file = cluster_file
+
+    def cluster(self) -> Any:
+        from ahvlite.spec.cluster import load_cluster
+
+        path = self.cluster_file or os.environ.get(CLUSTER_ENV)
+        if not path:
+            raise NotFound("this controller has no cluster file",
+                           hint="run the controller with --cluster")
+        return load_cluster(Path(path))
+
+    def check_host(self, field: str, host: object, *, optional: bool = False) -> str | None:
+        """``host`` as a host name of the cluster; validated against the cluster file
+        when this kind has one (the leader's), else only its form (a submitter)."""
+        if host is None and optional:
+            return None
+        from ahvlite.spec.cluster import NAME
+
+        if not isinstance(host, str) or not re.fullmatch(NAME, host):
+            raise InvalidSpec(field, host, "a host name of the cluster")
+        if self.cluster_file is not None:
+            cluster_host(self.cluster(), field, host)
+        return host
+
+
+def cluster_host(cluster: Any, field: str, host: str) -> Any:
+    """The cluster's HostSpec named ``host``, or InvalidSpec listing the hosts."""
+    names = [h.name for h in cluster.hosts]
+    if host not in names:
+        raise InvalidSpec(field, host, f"a host of cluster {cluster.name!r} "
+                          f"({', '.join(names) or 'none'})")
+    return cluster.host(host)
+
+
+class VmCreate(_ClusterKind):
+    """``vm.create``: define a minimal domain on one host of the cluster, exactly once.
 
     ``hold_s`` pauses before and after defining, so drills can kill a leader mid-task.
     """
@@ -48,31 +119,33 @@ class VmCreate:
     resumable = True
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
-        uri, name = params.get("uri"), params.get("name")
-        if not isinstance(uri, str) or not uri:
-            raise InvalidSpec("uri", uri, "a libvirt URI, e.g. qemu+tls://HOST/system")
+        _only(params, ("host", "name", "domain_type", "memory_mib", "hold_s"))
+        host = self.check_host("host", params.get("host"))
+        name = params.get("name")
         if not isinstance(name, str) or not name or not all(
                 c.isalnum() or c in "-_." for c in name):
             raise InvalidSpec("name", name, "letters, digits, - _ .")
         domain_type = params.get("domain_type", "qemu")
         if domain_type not in ("kvm", "qemu", "test"):
             raise InvalidSpec("domain_type", domain_type, "kvm, qemu or test")
-        return {"uri": uri, "name": name, "domain_type": domain_type,
+        return {"host": host, "name": name, "domain_type": domain_type,
                 "memory_mib": int(_number(params, "memory_mib", 64, 16, 1 << 20)),
                 "hold_s": _number(params, "hold_s", 0, 0, 600)}
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
         p = ctx.params
+        uri = cluster_host(self.cluster(), "host", p["host"]).uri
         vm_uuid = str(uuid.uuid5(VM_UUID_NAMESPACE, ctx.task.id))
         ctx.step("prepare", lambda: time.sleep(p["hold_s"]))
         ctx.progress(30, "defining")
-        ctx.step("define", lambda: define_once(p, vm_uuid))
+        ctx.step("define", lambda: define_once(uri, p, vm_uuid, guard=ctx.check_leader))
         ctx.progress(70, "defined")
         ctx.step("settle", lambda: time.sleep(p["hold_s"]))
-        return {"name": p["name"], "uuid": vm_uuid, "uri": p["uri"]}
+        return {"name": p["name"], "uuid": vm_uuid, "host": p["host"]}
 
 
-def define_once(p: dict[str, Any], vm_uuid: str) -> str:
+def define_once(uri: str, p: dict[str, Any], vm_uuid: str, *,
+                guard: Callable[[], object] = lambda: None) -> str:
     """Define the domain; a second run finds it by name and redefines the same UUID.
 
     libvirt treats a define with an existing name and the same UUID as an update (no
@@ -81,16 +154,17 @@ def define_once(p: dict[str, Any], vm_uuid: str) -> str:
     from ahvlite.virt import guest
     from ahvlite.virt.conn import connection
 
-    with connection(p["uri"]) as conn:
+    with connection(uri) as conn:
         existed = p["name"] in {n for n, _ in guest.list_domains(conn)}
         xml = guest.simple_domain_xml(guest.SimpleGuest(
             name=p["name"], uuid=vm_uuid, domain_type=p["domain_type"],
             memory_mib=p["memory_mib"], machine="pc"))
+        guard()
         try:
             guest.define(conn, xml)
         except OperationFailed as exc:
             if existed:
-                raise Conflict(f"a domain named {p['name']} already exists on {p['uri']} "
+                raise Conflict(f"a domain named {p['name']} already exists on {p['host']} "
                                f"({exc.message})", hint="choose another name") from None
             raise
     return "existed" if existed else "defined"
@@ -99,17 +173,6 @@ def define_once(p: dict[str, Any], vm_uuid: str) -> str:
 # -- VM lifecycle through the cluster file (what `ahvlite vm ...` submits) -------------
 
 LIFECYCLE_ACTIONS = ("start", "shutdown", "stop", "reboot", "delete")
-CLUSTER_ENV = "AHVLITE_CLUSTER"
-
-
-def _cluster_param(params: dict[str, Any]) -> str | None:
-    value = params.get("cluster")
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise InvalidSpec("cluster", value, "the cluster file's path on the controller host, "
-                          "or none for the controller's own (--cluster)")
-    return value
 
 
 def _bool(params: dict[str, Any], name: str) -> bool:
@@ -128,23 +191,6 @@ def _vm_name(params: dict[str, Any]) -> str:
     return check_name("name", name)
 
 
-class _ClusterKind:
-    """Shared by the kinds that act through a cluster file: which file, loaded."""
-
-    def __init__(self, cluster_file: Path | None) -> None:
-        self.cluster_file = cluster_file
-
-    def cluster(self, params: dict[str, Any]) -> Any:
-        from ahvlite.errors import NotFound
-        from ahvlite.spec.cluster import load_cluster
-
-        path = params.get("cluster") or self.cluster_file or os.environ.get(CLUSTER_ENV)
-        if not path:
-            raise NotFound("the task names no cluster file and this controller has none",
-                           hint="run the controller with --cluster, or submit with --cluster")
-        return load_cluster(Path(path))
-
-
 class VmLifecycle(_ClusterKind):
     """``vm.lifecycle``: start, shutdown, stop (forced), reboot or delete one VM.
 
@@ -156,11 +202,11 @@ class VmLifecycle(_ClusterKind):
     resumable = True
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
+        _only(params, ("action", "name", "force", "timeout_s"))
         action = params.get("action")
         if action not in LIFECYCLE_ACTIONS:
             raise InvalidSpec("action", action, ", ".join(LIFECYCLE_ACTIONS))
         out: dict[str, Any] = {"action": action, "name": _vm_name(params),
-                               "cluster": _cluster_param(params),
                                "force": _bool(params, "force")}
         if action == "stop" and not out["force"]:
             raise InvalidSpec("force", False, "true: stop pulls the plug without asking "
@@ -171,10 +217,9 @@ class VmLifecycle(_ClusterKind):
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
         from ahvlite.cluster import vms
-        from ahvlite.errors import NotFound
 
         p = ctx.params
-        cspec = self.cluster(p)
+        cspec = self.cluster()
         name, action = p["name"], p["action"]
 
         def act() -> dict[str, Any]:
@@ -216,6 +261,7 @@ class VmSpecCreate(_ClusterKind):
         from ahvlite.spec.errors import build
         from ahvlite.spec.vm import VmSpec
 
+        _only(params, ("spec", "host", "start"))
         raw = params.get("spec")
         if not isinstance(raw, dict):
             raise InvalidSpec("spec", raw, "a VmSpec as a JSON object (name, memory_mib, ...)")
@@ -223,11 +269,8 @@ class VmSpecCreate(_ClusterKind):
         dumped = spec.model_dump(mode="json")
         if raw.get("uuid") is None:
             del dumped["uuid"]  # derived from the task id when it runs
-        host = params.get("host")
-        if host is not None and (not isinstance(host, str) or not host):
-            raise InvalidSpec("host", host, "a host name of the cluster, or none to place")
-        return {"spec": dumped, "host": host, "start": _bool(params, "start"),
-                "cluster": _cluster_param(params)}
+        host = self.check_host("host", params.get("host"), optional=True)
+        return {"spec": dumped, "host": host, "start": _bool(params, "start")}
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
         from ahvlite.spec.vm import VmSpec
@@ -235,8 +278,10 @@ class VmSpecCreate(_ClusterKind):
         p = ctx.params
         spec = VmSpec(**{"uuid": str(uuid.uuid5(VM_UUID_NAMESPACE, ctx.task.id)),
                          **p["spec"]})
-        cspec = self.cluster(p)
+        cspec = self.cluster()
         host = p["host"]
+        if host is not None:
+            cluster_host(cspec, "host", host)  # the cluster may have changed since
         if p["start"] and ctx.task.attempts == 1:
             # A resumed attempt may find its VM already running; admission then would
             # count it twice. The first attempt checked before anything was made.
@@ -244,7 +289,8 @@ class VmSpecCreate(_ClusterKind):
                              labels=spec.labels) or host
         ctx.progress(10, f"creating {spec.name}")
         info = ctx.step("create", lambda: create_once(
-            cspec, spec, host=host, start=p["start"], resumed=ctx.task.attempts > 1))
+            cspec, spec, host=host, start=p["start"], task_id=ctx.task.id,
+            attempt=ctx.task.attempts, guard=ctx.check_leader))
         return dict(info)
 
 
@@ -258,18 +304,19 @@ def _ha_admit(cluster: Any, name: str, **new_vm: Any) -> str | None:
     return check_power_on(cluster.source, cluster, name, **new_vm)
 
 
-def create_once(cluster: Any, spec: Any, *, host: str | None, start: bool,
-                resumed: bool) -> dict[str, Any]:
+def create_once(cluster: Any, spec: Any, *, host: str | None, start: bool, task_id: str,
+                attempt: int, guard: Callable[[], object] = lambda: None) -> dict[str, Any]:
     """Create ``spec`` unless a VM with its UUID exists (then only start it if asked).
 
-    On a resumed attempt, volumes named for the VM with no VM of that name anywhere are
-    what the dead attempt left half-made: they go before the create is tried again.
+    The volumes carry this attempt's tag. On a resumed attempt, the volumes an earlier
+    attempt of this task made (its tag) that no VM uses are what that attempt left
+    half-made: they go before the create is tried again; nothing else is touched.
     """
     from ahvlite.cluster import vms
     from ahvlite.virt import domains, storage
 
     with vms.connect(cluster) as hosts:
-        if resumed and hosts.errors:
+        if attempt > 1 and hosts.errors:
             from ahvlite.errors import HostUnreachable
 
             # The dead attempt's VM may sit on the silent host: creating now could twin it.
@@ -279,15 +326,19 @@ def create_once(cluster: Any, spec: Any, *, host: str | None, start: bool,
             dom = domains.find_domain_by_uuid(conn, spec.uuid)
             if dom is not None:
                 if start:
+                    guard()
                     domains.power_on(dom)
                 return vms.info_of(h, dom).to_dict()
-        if resumed and hosts.conns and not any(
-                domains.find_domain(c, spec.name) is not None for c in hosts.conns.values()):
+        if attempt > 1 and hosts.conns:
             _, pool = hosts.any_pool()
-            for disk in spec.disk_names():
-                storage.delete_volume(pool, vms.vm_volume(spec.name, disk))
-            storage.delete_volume(pool, vms.nvram_volume(spec.name))
-    return vms.create_vm(cluster, spec, host=host, start=start).to_dict()
+            used = vms.volumes_in_use(hosts)
+            for earlier in range(1, attempt):
+                for vol in vms.tagged_volumes(spec, attempt_tag(task_id, earlier)):
+                    if vol not in used:
+                        guard()
+                        storage.delete_volume(pool, vol)
+    return vms.create_vm(cluster, spec, host=host, start=start,
+                         tag=attempt_tag(task_id, attempt), guard=guard).to_dict()
 
 
 class VmMigrate(_ClusterKind):
@@ -299,17 +350,17 @@ class VmMigrate(_ClusterKind):
     resumable = True
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
-        to = params.get("to")
-        if not isinstance(to, str) or not to:
-            raise InvalidSpec("to", to, "the destination host's name")
-        return {"name": _vm_name(params), "to": to, "cluster": _cluster_param(params)}
+        _only(params, ("name", "to"))
+        to = self.check_host("to", params.get("to"))
+        return {"name": _vm_name(params), "to": to}
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
         from ahvlite.cluster import vms
         from ahvlite.cluster.migrate import migrate_vm
 
         p = ctx.params
-        cspec = self.cluster(p)
+        cspec = self.cluster()
+        cluster_host(cspec, "to", p["to"])
 
         def act() -> dict[str, Any]:
             if ctx.task.attempts > 1 and vms.show_vm(cspec, p["name"]).host == p["to"]:
@@ -323,7 +374,7 @@ class VmMigrate(_ClusterKind):
 
 def registry(cluster_file: Path | None = None) -> dict[str, Handler]:
     """Every kind; ``cluster_file`` is the controller's own (``--cluster``)."""
-    return {"sleep": Sleep(), "vm.create": VmCreate(),
+    return {"sleep": Sleep(), "vm.create": VmCreate(cluster_file),
             "vm.lifecycle": VmLifecycle(cluster_file),
             "vm.spec.create": VmSpecCreate(cluster_file),
             "vm.migrate": VmMigrate(cluster_file)}

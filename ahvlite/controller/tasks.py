@@ -7,6 +7,11 @@ finished step is recorded before the next starts, and a step's body must be idem
 (it checks before it acts), because a new leader re-runs the one step the old leader
 may have done without recording. That is how a VM is created once even if the leader
 dies in the middle.
+
+Records come from the store, which anything holding its credential may write (and a
+newer ahvlite may add fields): a record that does not decode is never raised. Readers
+see a failed stand-in with the reason, and the leader writes that stand-in back, so
+one bad record costs one task, never the controller.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from ahvlite.controller.coord.api import (
     MUST_NOT_EXIST,
@@ -45,10 +52,14 @@ class TaskState(StrEnum):
 
 
 TERMINAL = {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED}
+RECORD_EXCERPT = 2000  # characters of an undecodable record kept in its stand-in
 
 
 @dataclass(frozen=True)
 class Task:
+    # How a stored record is decoded (TypeAdapter below): exact types, no unknown field.
+    __pydantic_config__ = ConfigDict(extra="forbid", strict=True)
+
     id: str
     kind: str
     params: dict[str, Any]
@@ -65,19 +76,69 @@ class Task:
     finished_at: float | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
+    submitted_by: str | None = None  # the API principal (cert:CN, token:NAME)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> Task:
-        d = json.loads(raw)
-        d["state"] = TaskState(d["state"])
-        return cls(**d)
+        """Decode a record; InvalidSpec (never anything else) when it does not fit."""
+        try:
+            return _DECODER.validate_json(raw)
+        except ValidationError as exc:
+            raise InvalidSpec("task record", _excerpt(raw), _why(exc)) from None
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL
+
+
+_DECODER = TypeAdapter(Task)
+
+
+def _excerpt(raw: bytes) -> str:
+    return raw[:RECORD_EXCERPT * 4].decode("utf-8", "replace")[:RECORD_EXCERPT]
+
+
+def _why(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "json_invalid":
+        return f"JSON ({first['msg']})"
+    if first["type"] == "dataclass_type":
+        return "a JSON object"
+    if first["type"] == "unexpected_keyword_argument":
+        return (f"only the fields this version knows; {where!r} is not one "
+                "(written by a newer ahvlite?)")
+    return f"field {where}: {first['msg']}"
+
+
+def decode(task_id: str, raw: bytes) -> tuple[Task, str | None]:
+    """The task stored under ``task_id``, or, when the record does not decode, a failed
+    stand-in keeping what it can (kind, params, the record's text) and the reason."""
+    try:
+        task = Task.from_json(raw)
+    except InvalidSpec as exc:
+        problem = f"undecodable task record: expected {exc.allowed}"
+    except Exception as exc:  # whatever else a hostile record can provoke in a parser
+        problem = f"undecodable task record ({type(exc).__name__})"
+    else:
+        if task.id == task_id:
+            return task, None
+        problem = f"undecodable task record: its id {task.id!r} is not its key"
+    try:
+        d = json.loads(raw)
+    except Exception:  # not JSON (ValueError), too deep (RecursionError) ...
+        d = None
+    d = d if isinstance(d, dict) else {}
+    kind, params, created = d.get("kind"), d.get("params"), d.get("created_at")
+    return Task(
+        id=task_id, kind=kind[:200] if isinstance(kind, str) else "?",
+        params=params if isinstance(params, dict) else {}, state=TaskState.FAILED,
+        created_at=float(created) if isinstance(created, int | float)
+        and not isinstance(created, bool) else 0.0,
+        error=problem, result={"record": _excerpt(raw)}), problem
 
 
 class TaskCancelled(AhvliteError):
@@ -109,26 +170,35 @@ class TaskStore:
         return f"{PREFIX}/{task_id}"
 
     def submit(self, kind: str, params: dict[str, Any],
-               registry: dict[str, Handler] | None = None) -> Task:
+               registry: dict[str, Handler] | None = None, *,
+               submitted_by: str | None = None) -> Task:
         if registry is not None:
             if kind not in registry:
                 raise InvalidSpec("kind", kind, ", ".join(sorted(registry)))
             params = registry[kind].validate(params)
         now = self.clock()
-        task = Task(id=new_task_id(now), kind=kind, params=params, created_at=now)
+        task = Task(id=new_task_id(now), kind=kind, params=params, created_at=now,
+                    submitted_by=submitted_by)
         self.coord.put(self.key(task.id), task.to_json(), MUST_NOT_EXIST)
         return task
 
     def load(self, task_id: str) -> tuple[Task, int]:
+        """The task and its version; an undecodable record as its failed stand-in."""
         got = self.coord.get(self.key(task_id))
         if got is None:
             raise NotFound(f"task {task_id} does not exist", hint="see `ahvlite task list`")
-        return Task.from_json(got.value), got.version
+        return decode(task_id, got.value)[0], got.version
+
+    def records(self) -> list[tuple[Task, int, str | None]]:
+        """Every task with its version and, for a record that does not decode, why
+        (the task is then its failed stand-in, see :func:`decode`)."""
+        items = self.coord.children(PREFIX)
+        out = [(*decode(task_id, v.value), v.version) for task_id, v in items.items()]
+        return sorted(((t, version, problem) for t, problem, version in out),
+                      key=lambda r: r[0].id)
 
     def all(self) -> list[tuple[Task, int]]:
-        items = self.coord.children(PREFIX)
-        return sorted(((Task.from_json(v.value), v.version) for v in items.values()),
-                      key=lambda tv: tv[0].id)
+        return [(t, version) for t, version, _ in self.records()]
 
     def write(self, task: Task, version: int, *, fenced: bool) -> int:
         """CAS ``task`` over ``version``; fenced writes are the leader's only."""
@@ -247,7 +317,7 @@ class TaskRunner:
     def recover(self, token: int) -> list[str]:
         """Tasks another leader left running: back to the queue, or failed with why."""
         changed = []
-        for task, version in self.store.all():
+        for task, version, _ in self.store.records():
             with self._mu:
                 mine_and_alive = task.id in self._active
             # Our own token counts too: a connection that was SUSPENDED made our workers
@@ -272,39 +342,65 @@ class TaskRunner:
         return changed
 
     def poll(self, token: int) -> list[str]:
-        """Claim every queued task we have room for; returns the ids started."""
+        """Mark undecodable records failed, claim every queued task we have room for;
+        returns the ids started. One task's trouble never stops the others."""
         started: list[str] = []
         if self._pool is None:
             return started
-        for task, version in self.store.all():
-            if task.state != TaskState.QUEUED or self.active() >= self.workers:
-                continue
-            claimed = replace(task, state=TaskState.RUNNING, owner=self.identity,
-                              owner_token=token, attempts=task.attempts + 1,
-                              started_at=task.started_at or self.store.clock())
-            error = None
-            if task.kind not in self.registry:
-                error = f"unknown task kind {task.kind!r}"
-            else:
-                try:  # submitters should validate; the leader never trusts that they did
-                    claimed = replace(claimed, params=self.registry[task.kind].validate(
-                        task.params))
-                except InvalidSpec as exc:
-                    error = exc.message
-            if error is not None:
-                claimed = replace(claimed, state=TaskState.FAILED, finished_at=self.store.clock(),
-                                  error=error)
+        for task, version, problem in self.store.records():
             try:
-                version = self.store.write(claimed, version, fenced=True)
-            except VersionMismatch:
-                continue
-            if claimed.state != TaskState.RUNNING:
-                continue
-            with self._mu:
-                self._active.add(task.id)
-            self._pool.submit(self._execute, claimed, version)
-            started.append(task.id)
+                if problem is not None:
+                    self._fail_record(task, version, problem)
+                elif (task.state == TaskState.QUEUED and self.active() < self.workers
+                      and self._claim(task, version, token)):
+                    started.append(task.id)
+            except NotLeader:
+                raise
+            except Exception:
+                log.exception("task %s: could not be claimed; the next poll tries again",
+                              task.id)
         return started
+
+    def _fail_record(self, stand_in: Task, version: int, problem: str) -> None:
+        """Write the failed stand-in over a record that does not decode (fenced, and
+        only over the version read: a record rewritten meanwhile is looked at again)."""
+        log.warning("task %s: %s; marked failed", stand_in.id, problem)
+        try:
+            self.store.write(replace(stand_in, finished_at=self.store.clock()), version,
+                             fenced=True)
+        except VersionMismatch:
+            pass
+
+    def _claim(self, task: Task, version: int, token: int) -> bool:
+        assert self._pool is not None
+        claimed = replace(task, state=TaskState.RUNNING, owner=self.identity,
+                          owner_token=token, attempts=task.attempts + 1,
+                          started_at=task.started_at or self.store.clock())
+        error = None
+        if task.kind not in self.registry:
+            error = f"unknown task kind {task.kind!r}"
+        else:
+            try:  # submitters should validate; the leader never trusts that they did
+                claimed = replace(claimed, params=self.registry[task.kind].validate(
+                    task.params))
+            except AhvliteError as exc:
+                error = exc.message
+            except Exception as exc:  # a kind's bug on odd params fails only this task
+                log.exception("task %s: validating its params failed", task.id)
+                error = f"invalid params ({type(exc).__name__}: {exc})"
+        if error is not None:
+            claimed = replace(claimed, state=TaskState.FAILED, finished_at=self.store.clock(),
+                              error=error)
+        try:
+            version = self.store.write(claimed, version, fenced=True)
+        except VersionMismatch:
+            return False
+        if claimed.state != TaskState.RUNNING:
+            return False
+        with self._mu:
+            self._active.add(task.id)
+        self._pool.submit(self._execute, claimed, version)
+        return True
 
     def _execute(self, task: Task, version: int) -> None:
         ctx = TaskContext(self, task, version)
@@ -334,7 +430,17 @@ class TaskRunner:
     def _finish(self, ctx: TaskContext, end: Task) -> None:
         try:
             ctx._save(end)
+            return
         except NotLeader:
-            pass
+            return
         except AhvliteError:
             log.exception("task %s: could not record its end", end.id)
+            return
+        except Exception as exc:  # e.g. a result that is not JSON: record why instead
+            log.exception("task %s: could not record its end", end.id)
+            reason = f"its end could not be recorded ({type(exc).__name__}: {exc})"
+        try:
+            ctx._save(replace(ctx.task, state=TaskState.FAILED, result=None, error=reason,
+                              finished_at=self.store.clock()))
+        except Exception:
+            log.exception("task %s: could not record its failure either", end.id)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ahvlite.controller.coord import open_store
+from ahvlite.controller.coord import open_store, parse_store_url
+from ahvlite.controller.coord.url import refuse_default_auth
 from ahvlite.controller.daemon import Controller, Identity
 from ahvlite.controller.kinds import registry
 
@@ -31,6 +32,7 @@ class ControllerConfig:
     cluster_file: Path | None = None
     stats_interval_s: float = 10.0
     ads_interval_s: float = 900.0
+    api: Any = None  # controller.api.settings.ApiSettings: serve the HTTPS API
 
 
 @dataclass(frozen=True)
@@ -102,16 +104,37 @@ def ads_service(coord: Any, spec: Any, monitor: Any, interval_s: float) -> Any:
     from ahvlite.controller.adsservice import AdsService
 
     return AdsService(coord, lambda: snapshot(spec, records=records_of(monitor.history, spec)),
-                      interval_s=interval_s, cluster_file=spec.source)
+                      interval_s=interval_s)
 
 
 def run_controller(cfg: ControllerConfig) -> None:
     """Run a controller in the foreground until SIGTERM/SIGINT (then leave cleanly)."""
+    refuse_default_auth(parse_store_url(cfg.store))
     stop = _daemon_setup()
     coord = open_store(cfg.store, session_timeout_s=cfg.session_timeout_s)
-    Controller(coord, Identity.here(cfg.name), registry(cfg.cluster_file), workers=cfg.workers,
-               leader_services=leader_services(coord, cfg)).run(stop)
+    kinds = registry(cfg.cluster_file)
+    name = Identity.here(cfg.name).name
+    server, published = None, None
+    if cfg.api is not None:
+        from ahvlite.controller.api.settings import start_api
+        from ahvlite.spec.cluster import load_cluster
+
+        cluster_name = load_cluster(cfg.cluster_file).name if cfg.cluster_file else None
+        server, published = start_api(cfg.api, coord, name, kinds, cluster_name)
+        # Stop taking requests as soon as we are told to stop, while the controller
+        # resigns: a client then goes to another controller, not to a closed store.
+        threading.Thread(target=_stop_api_on, args=(stop, server), daemon=True,
+                         name="api-stop").start()
+    Controller(coord, Identity.here(cfg.name), kinds, workers=cfg.workers,
+               leader_services=leader_services(coord, cfg), api_url=published).run(stop)
+    if server is not None:
+        server.stop()
     _exit_now()
+
+
+def _stop_api_on(stop: threading.Event, server: Any) -> None:
+    stop.wait()
+    server.stop()
 
 
 def run_agent(cfg: AgentConfig) -> None:
@@ -121,6 +144,7 @@ def run_agent(cfg: AgentConfig) -> None:
     from ahvlite.controller.ha.localvms import LibvirtLocal
     from ahvlite.controller.ha.watchdog import open_watchdog
 
+    refuse_default_auth(parse_store_url(cfg.store))
     stop = _daemon_setup()
     # The timings are fixed for the life of the process and published with every
     # heartbeat: the leader times this host by what this agent really runs with.

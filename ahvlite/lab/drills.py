@@ -19,7 +19,7 @@ from ahvlite.errors import AhvliteError, Conflict, OperationTimeout
 from ahvlite.lab import faults, lab, namespaces
 from ahvlite.lab.layout import LabLayout
 from ahvlite.virt import guest
-from ahvlite.virt.conn import connection
+from ahvlite.virt.conn import local_socket_connection
 
 LEADER_KEY = "controller/leader"
 Report = Callable[[str], None]
@@ -30,7 +30,7 @@ def running_on(layout: LabLayout, host: str) -> set[str]:
     libvirtd is gone, as on a killed host)."""
     sock = layout.host(host).libvirt_sock
     try:
-        with connection(f"qemu+unix:///system?socket={sock}", timeout_s=3) as conn:
+        with local_socket_connection(sock, timeout_s=3) as conn:
             return {n for n, st in guest.list_domains(conn) if st == "running"}
     except AhvliteError:
         return set()

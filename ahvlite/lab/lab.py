@@ -46,7 +46,7 @@ from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.labels import DOMAIN_TYPE_LABEL
 from ahvlite.spec.network import BondSpec, BridgeSpec, NetworkSpec, OvsdbSpec
 from ahvlite.virt import storage
-from ahvlite.virt.conn import connection
+from ahvlite.virt.conn import connection, local_socket_connection
 
 Report = Callable[[str], None]
 
@@ -546,7 +546,7 @@ def _destroy_guests(root: Path) -> None:
         if not sock.exists():
             continue
         try:
-            with connection(f"qemu+unix:///system?socket={sock}") as conn:
+            with local_socket_connection(sock) as conn:
                 for dom_name, _ in guest.list_domains(conn):
                     guest.destroy_and_undefine(conn, dom_name)
         except Exception:

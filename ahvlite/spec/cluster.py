@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from ahvlite.errors import InvalidSpec, NotFound
 from ahvlite.spec.errors import build
 from ahvlite.spec.network import HostNetworkSpec, NetworkSpec, OvsdbSpec
+from ahvlite.spec.uri import check_uri
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
@@ -34,6 +35,11 @@ class HostSpec(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     ovsdb: OvsdbSpec | None = None  # how `ahvlite net` reaches this host's OVSDB
     network: HostNetworkSpec | None = None  # per-host bridges / virbr0 (issue 4)
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _uri(cls, value: object) -> object:
+        return check_uri(value, "host.uri").uri
 
 
 class ClusterSpec(BaseModel):
@@ -65,12 +71,23 @@ class ClusterSpec(BaseModel):
 
 def load_cluster(path: Path) -> ClusterSpec:
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise NotFound(f"cluster file {path} does not exist",
                        hint="pass --cluster PATH or set AHVLITE_CLUSTER") from None
+    except IsADirectoryError:
+        raise InvalidSpec("cluster file", str(path), "a file, not a directory") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidSpec("cluster file", str(path),
+                          f"UTF-8 text (byte {exc.start} is not: a binary file?)") from None
+    except OSError as exc:
+        raise InvalidSpec("cluster file", str(path),
+                          f"a readable file ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
-        raise InvalidSpec("cluster file", str(path), f"YAML that parses ({exc})") from None
+        where = " ".join(str(exc).split())  # pyyaml's message spans lines
+        raise InvalidSpec("cluster file", str(path), f"YAML that parses ({where})") from None
+    except RecursionError:
+        raise InvalidSpec("cluster file", str(path), "YAML nested less deeply") from None
     if not isinstance(raw, dict):
         raise InvalidSpec("cluster file", str(path), "a YAML mapping with name and hosts")
     spec = build(ClusterSpec, **raw)

@@ -12,9 +12,17 @@ import re
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ahvlite.errors import InvalidSpec
+from ahvlite.spec.text import check_text
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 NAME_ALLOWED = ("1 to 64 letters, digits, '-', '_' or '.', not starting with '.' or '-' "
@@ -26,6 +34,8 @@ MAX_VCPUS = 240
 DiskBus = Literal["scsi", "virtio", "sata", "ide"]
 DISK_BUSES: tuple[str, ...] = ("scsi", "virtio", "sata", "ide")
 FW_CFG_RE = re.compile(r"^opt/[A-Za-z0-9_./-]{1,50}$")
+# Volumes of the shared pool named by a spec (template disks, seed ISOs): plain names.
+VOLUME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,200}$")
 
 
 def check_name(field: str, value: str) -> str:
@@ -70,6 +80,19 @@ class DiskSpec(BaseModel):
     @classmethod
     def _names(cls, value: str | None) -> str | None:
         return None if value is None else check_name("disk.name", value)
+
+    @field_validator("clone_of", "volume")
+    @classmethod
+    def _volumes(cls, value: str | None) -> str | None:
+        if value is not None and not VOLUME_RE.fullmatch(value):
+            raise InvalidSpec("disk.volume", value, "a volume name of the shared pool "
+                              "(letters, digits, '_', '.', '+', '-'; no '/')")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        return None if value is None else check_text("disk.path", value)
 
     @model_validator(mode="after")
     def _one_source(self) -> DiskSpec:
@@ -143,6 +166,11 @@ class BootSpec(BaseModel):
     initrd: str | None = None
     cmdline: str = ""
 
+    @field_validator("kernel", "initrd", "cmdline")
+    @classmethod
+    def _text(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else check_text(f"boot.{info.field_name}", value)
+
     @model_validator(mode="after")
     def _consistent(self) -> BootSpec:
         if self.secure_boot and self.firmware != "uefi":
@@ -194,11 +222,25 @@ class VmSpec(BaseModel):
     @field_validator("fw_cfg")
     @classmethod
     def _fw_cfg(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
+        for key, text in value.items():
             if not FW_CFG_RE.fullmatch(key):
                 raise InvalidSpec("fw_cfg", key, "keys like opt/ahvlite/ip (opt/ + "
                                   "letters, digits, '_', '.', '/', '-')")
+            check_text(f"fw_cfg.{key}", text)
         return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            check_text("labels (key)", key)
+            check_text(f"labels.{key}", text)
+        return value
+
+    @field_validator("serial_log")
+    @classmethod
+    def _serial_log(cls, value: str | None) -> str | None:
+        return None if value is None else check_text("serial_log", value)
 
     @model_validator(mode="after")
     def _unique(self) -> VmSpec:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from pathlib import Path
 from typing import ParamSpec, TypeVar
-from urllib.parse import urlsplit
 
 import libvirt
 
@@ -22,6 +23,7 @@ from ahvlite.errors import (
     OperationTimeout,
     Unsupported,
 )
+from ahvlite.spec.uri import check_uri
 from ahvlite.virt.events import ensure_event_loop
 
 # Handles other packages may hold and annotate without importing libvirt themselves.
@@ -75,51 +77,16 @@ def libvirt_errors(context: str) -> Iterator[None]:
         raise translate(exc, context) from None
 
 
-ALLOWED_URIS = ("qemu+tls://HOST/system, qemu+ssh://USER@HOST/system, qemu:///system, "
-                "qemu+unix:///system, test:///default, or qemu+tcp://HOST/system with "
-                "--insecure-tcp")
-_DEFAULT_PORTS = {"qemu+tls": 16514, "qemu+tcp": 16509, "qemu+ssh": 22}
-
-
-@dataclass(frozen=True)
-class UriInfo:
-    scheme: str
-    host: str | None  # None for local URIs
-    port: int | None
-    remote: bool
-
-
-def parse_uri(uri: str, *, insecure_tcp: bool = False) -> UriInfo:
-    """Check a libvirt URI against what ahvlite accepts; raise InvalidSpec otherwise.
-
-    Plain ``qemu+tcp`` is unauthenticated and unencrypted, so it needs an explicit
-    opt-in; everything else remote goes through TLS or SSH.
-    """
-    parts = urlsplit(uri)
-    scheme = parts.scheme
-    if scheme in ("qemu", "qemu+unix", "test") and not parts.hostname:
-        return UriInfo(scheme, None, None, remote=False)
-    if scheme not in _DEFAULT_PORTS or not parts.hostname:
-        raise InvalidSpec("uri", uri, ALLOWED_URIS)
-    if scheme == "qemu+tcp" and not insecure_tcp:
-        raise InvalidSpec("uri", uri, ALLOWED_URIS,
-                          hint="qemu+tcp has no authentication or encryption; use "
-                               "qemu+tls, or pass --insecure-tcp if you really mean it")
-    try:
-        port = parts.port or _DEFAULT_PORTS[scheme]
-    except ValueError:
-        raise InvalidSpec("uri", uri, "a port between 1 and 65535") from None
-    return UriInfo(scheme, parts.hostname, port, remote=True)
-
-
 def open_connection(uri: str, *, keepalive_interval_s: int = 5, keepalive_count: int = 3,
-                    timeout_s: float = 10, insecure_tcp: bool = False) -> libvirt.virConnect:
+                    timeout_s: float = 10) -> libvirt.virConnect:
     """Open ``uri`` within ``timeout_s``; remote connections get libvirt keepalive.
 
-    libvirt.open itself can block for minutes on an address that drops packets, so
-    the TCP port is probed first and the open runs on a worker thread with a deadline.
+    Every connection goes through here, so the URI policy (:mod:`ahvlite.spec.uri`) is
+    checked here too, whatever the caller checked before. libvirt.open itself can block
+    for minutes on an address that drops packets, so the TCP port is probed first and
+    the open runs on a worker thread with a deadline.
     """
-    info = parse_uri(uri, insecure_tcp=insecure_tcp)
+    info = check_uri(uri)
     ensure_event_loop()
     if info.remote:
         assert info.host is not None and info.port is not None
@@ -129,6 +96,34 @@ def open_connection(uri: str, *, keepalive_interval_s: int = 5, keepalive_count:
         with libvirt_errors(f"keepalive on {uri}"):
             conn.setKeepAlive(keepalive_interval_s, keepalive_count)
     return conn
+
+
+_SOCKET_PATH = re.compile(r"/[A-Za-z0-9_.+/-]{1,4000}")
+
+
+def open_local_socket(path: Path, *, timeout_s: float = 10) -> libvirt.virConnect:
+    """Open the libvirtd listening on unix socket ``path`` of this machine.
+
+    For ahvlite's own callers that know a daemon by its socket (a lab host's libvirtd,
+    a test's private one); no spec or task can name a socket, so this is not part of
+    the URI policy.
+    """
+    text = str(path)
+    if not _SOCKET_PATH.fullmatch(text) or os.path.normpath(text) != text:
+        raise InvalidSpec("socket", text, "an absolute, normalized path of letters, "
+                          "digits, '_', '.', '+', '-' and '/'")
+    ensure_event_loop()
+    return _open_with_deadline(f"qemu+unix:///system?socket={text}", timeout_s)
+
+
+def open_test_node(path: Path) -> libvirt.virConnect:
+    """libvirt's test driver on a node file of our own (tests: one private fake host
+    per file); like :func:`open_local_socket`, never reachable from a spec."""
+    text = str(path)
+    if not _SOCKET_PATH.fullmatch(text) or os.path.normpath(text) != text:
+        raise InvalidSpec("test node file", text, "an absolute, normalized path")
+    ensure_event_loop()
+    return _open_with_deadline(f"test://{text}", 10)
 
 
 def _probe_tcp(uri: str, host: str, port: int, timeout_s: float) -> None:
@@ -168,9 +163,20 @@ def _open_with_deadline(uri: str, timeout_s: float) -> libvirt.virConnect:
 
 
 @contextmanager
-def connection(uri: str, *, timeout_s: float = 10,
-               insecure_tcp: bool = False) -> Iterator[libvirt.virConnect]:
-    conn = open_connection(uri, timeout_s=timeout_s, insecure_tcp=insecure_tcp)
+def connection(uri: str, *, timeout_s: float = 10) -> Iterator[libvirt.virConnect]:
+    conn = open_connection(uri, timeout_s=timeout_s)
+    try:
+        yield conn
+    finally:
+        with suppress(libvirt.libvirtError):
+            conn.close()
+
+
+@contextmanager
+def local_socket_connection(path: Path, *,
+                            timeout_s: float = 10) -> Iterator[libvirt.virConnect]:
+    """:func:`open_local_socket` as a context manager."""
+    conn = open_local_socket(path, timeout_s=timeout_s)
     try:
         yield conn
     finally:

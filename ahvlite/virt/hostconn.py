@@ -72,7 +72,7 @@ class HostConnection:
 
     def __init__(self, host: str, uri: str, *, keepalive_interval_s: int = 5,
                  keepalive_count: int = 3, connect_timeout_s: float = 10,
-                 backoff: Backoff | None = None, insecure_tcp: bool = False,
+                 backoff: Backoff | None = None,
                  check_interval_s: float | None = None) -> None:
         self.host = host
         self.uri = uri
@@ -80,7 +80,6 @@ class HostConnection:
         self.keepalive_count = keepalive_count
         self.connect_timeout_s = connect_timeout_s
         self.backoff = backoff or Backoff()
-        self.insecure_tcp = insecure_tcp
         self.check_interval_s = check_interval_s or max(0.5, keepalive_interval_s / 2)
         self.state = LinkState.CONNECTING
         self.last_error: str | None = None
@@ -211,8 +210,7 @@ class HostConnection:
     def _connect(self) -> None:
         conn = open_connection(self.uri, keepalive_interval_s=self.keepalive_interval_s,
                                keepalive_count=self.keepalive_count,
-                               timeout_s=self.connect_timeout_s,
-                               insecure_tcp=self.insecure_tcp)
+                               timeout_s=self.connect_timeout_s)
         conn.registerCloseCallback(self._closed, conn)
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                                     self._lifecycle, None)

@@ -189,9 +189,11 @@ def detect_format(path: Path) -> str:
 
 
 def upload_volume(conn: libvirt.virConnect, pool: libvirt.virStoragePool, name: str,
-                  source: Path, *, report: Callable[[int, int], None] | None = None) -> Path:
+                  source: Path, *, report: Callable[[int, int], None] | None = None,
+                  fmt: str | None = None) -> Path:
     """Copy local file ``source`` into a new volume over libvirt's stream API (works to
-    remote hosts); the volume keeps the file's format (qcow2 or raw)."""
+    remote hosts); the volume keeps the file's format (``fmt``, as inspected, else
+    qcow2 or raw by its magic)."""
     size = source.stat().st_size
 
     def chunks() -> Iterator[bytes]:
@@ -199,7 +201,7 @@ def upload_volume(conn: libvirt.virConnect, pool: libvirt.virStoragePool, name: 
             while chunk := f.read(1024 * 1024):
                 yield chunk
 
-    return _upload(conn, pool, name, size, chunks(), detect_format(source), report)
+    return _upload(conn, pool, name, size, chunks(), fmt or detect_format(source), report)
 
 
 def upload_bytes(conn: libvirt.virConnect, pool: libvirt.virStoragePool, name: str,

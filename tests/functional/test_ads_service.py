@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -33,14 +32,14 @@ def finish(coord, task_id: str, state: TaskState) -> None:
 def test_moves_run_in_order_one_task_at_a_time(leader):
     now = [1000.0]
     svc = AdsService(leader, ahv_doc_example, interval_s=900, first_delay_s=0,
-                     clock=lambda: now[0], cluster_file=Path("/etc/ahvlite/cluster.yaml"))
+                     clock=lambda: now[0])
     svc.step()
     first = tasks(leader)
     assert [(t.kind, t.params["name"], t.params["to"]) for t in first] == [
         ("vm.migrate", "h3-8g", "host2")]
-    # What the controller will run is a valid vm.migrate.
-    assert registry()["vm.migrate"].validate(first[0].params)["cluster"] == \
-        "/etc/ahvlite/cluster.yaml"
+    # What the controller will run is a valid vm.migrate (on its own cluster).
+    assert registry()["vm.migrate"].validate(first[0].params) == first[0].params == {
+        "name": "h3-8g", "to": "host2"}
     stored = json.loads(leader.get(LAST_PLAN_KEY).value)
     assert [m["vm"] for m in stored["moves"]] == ["h3-8g", "h1-small"]
     assert stored["at"] == 1000.0 and stored["solver"] == "cpsat"

@@ -1,7 +1,10 @@
 """Three controller processes on a real 3-member ZooKeeper ensemble.
 
 VMs for the task drills live in a private libvirtd (its own mount namespace, only
-libvirt's test driver loaded) so every controller process sees the same domains.
+libvirt's QEMU driver loaded) so every controller process sees the same domains. Tasks
+name hosts of the controllers' cluster, never URIs: the drill's controllers run in
+mount namespaces whose /run/libvirt is that libvirtd's socket directory, so their
+cluster's one host is plain ``qemu:///system``, as on a real host.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from ahvlite.controller.tasks import TaskState, TaskStore
 from ahvlite.lab import processes
 from ahvlite.lab.services import controller_argv, member_mode, start_local_ensemble
 from ahvlite.virt import guest
-from ahvlite.virt.conn import connection
+from ahvlite.virt.conn import local_socket_connection
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.functional
@@ -39,7 +42,7 @@ def zk(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def libvirt_uri(tmp_path_factory):
+def libvirt_sock(tmp_path_factory):
     """A libvirtd of our own: QEMU driver only, its state on tmpfs in its mount namespace."""
     d = tmp_path_factory.mktemp("lv")
     (d / "drivers").mkdir()
@@ -54,28 +57,42 @@ def libvirt_uri(tmp_path_factory):
               f" exec env LIBVIRT_DRIVER_DIR={d}/drivers libvirtd --config {d}/libvirtd.conf")
     rec = processes.spawn(["unshare", "-m", "sh", "-c", script], log=d / "out.log", host="",
                           role="libvirtd-test")
-    uri = f"qemu+unix:///system?socket={d}/libvirt-sock"
+    sock = d / "libvirt-sock"
     try:
         deadline = time.monotonic() + 20
-        while not (d / "libvirt-sock").exists() and time.monotonic() < deadline:
+        while not sock.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        with connection(uri) as conn:  # the first define probes QEMU: do it before a drill
+        with local_socket_connection(sock) as conn:  # the first define probes QEMU
             guest.define(conn, guest.simple_domain_xml(guest.SimpleGuest(
                 name="warmup", uuid=str(uuid.uuid4()), domain_type="qemu", machine="pc")))
             guest.destroy_and_undefine(conn, "warmup")
-        yield uri
+        yield sock
     finally:
         processes.stop([rec])
 
 
+def with_libvirt_run(sock, argv: list[str]) -> list[str]:
+    """``argv`` in a mount namespace whose /run/libvirt is ``sock``'s directory."""
+    script = ("mount -t tmpfs tmpfs /run && mkdir /run/libvirt && "
+              f"mount --bind {sock.parent} /run/libvirt && exec \"$@\"")
+    return ["unshare", "-m", "sh", "-c", script, "controller", *argv]
+
+
 @pytest.fixture
-def cluster(zk, tmp_path):
+def cluster(zk, tmp_path, request):
     url = zk.url(f"c{uuid.uuid4().hex[:8]}")
+    sock = request.getfixturevalue("libvirt_sock") if "libvirt_sock" in \
+        request.fixturenames else None
     recs = {}
     for i in (1, 2, 3):
         name = f"ctl{i}"
-        recs[name] = processes.spawn(controller_argv(name, url), log=tmp_path / f"{name}.log",
-                                     host="", role=name)
+        argv = controller_argv(name, url)
+        if sock is not None:
+            cluster_file = tmp_path / "cluster.yaml"
+            cluster_file.write_text("name: cc\nhosts:\n  - name: lv\n    uri: qemu:///system\n")
+            argv = with_libvirt_run(sock, controller_argv(
+                name, url, extra=["--cluster", str(cluster_file)]))
+        recs[name] = processes.spawn(argv, log=tmp_path / f"{name}.log", host="", role=name)
     coord = open_store(url)
     try:
         yield url, coord, recs
@@ -113,18 +130,17 @@ def test_one_leader_and_failover_within_the_bound_after_sigkill(cluster):
     assert first["name"] not in [m["name"] for m in controller_status(coord)["members"]]
 
 
-def test_leader_killed_mid_vm_create_makes_each_vm_once(cluster, libvirt_uri):
+def test_leader_killed_mid_vm_create_makes_each_vm_once(libvirt_sock, cluster):
     _, coord, recs = cluster
-    uri = libvirt_uri
     first = wait_for(lambda: acting_leader(coord), 20)
     store = TaskStore(coord, time.time)
     names = [f"drill-{uuid.uuid4().hex[:6]}" for _ in range(2)]
     # a: killed after its define is recorded; b: killed before it defines. The holds
     # are long enough that a loaded machine cannot finish either before the kill.
-    a = store.submit("vm.create", {"uri": uri, "name": names[0], "domain_type": "qemu",
+    a = store.submit("vm.create", {"host": "lv", "name": names[0], "domain_type": "qemu",
                                    "hold_s": 6.0}, registry())
     assert wait_for(lambda: "define" in store.load(a.id)[0].steps_done, 15)
-    b = store.submit("vm.create", {"uri": uri, "name": names[1], "domain_type": "qemu",
+    b = store.submit("vm.create", {"host": "lv", "name": names[1], "domain_type": "qemu",
                                    "hold_s": 6.0}, registry())
     assert wait_for(lambda: store.load(b.id)[0].state == TaskState.RUNNING, 5)
     assert "define" not in store.load(b.id)[0].steps_done
@@ -136,7 +152,7 @@ def test_leader_killed_mid_vm_create_makes_each_vm_once(cluster, libvirt_uri):
         assert end.attempts == 2 and end.owner != first["name"]
         assert "resumed" in end.message or end.message == "done"
     assert ends[0].steps_done["define"] == "defined"
-    with connection(uri) as conn:
+    with local_socket_connection(libvirt_sock) as conn:
         domains = [n for n, _ in guest.list_domains(conn)]
     assert [domains.count(n) for n in names] == [1, 1]
 

@@ -13,7 +13,7 @@ from ahvlite.cluster import cvm, cvmplan
 from ahvlite.cluster.state import ClusterState
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.virt import cvmhost, domains, nodedev, storage
-from ahvlite.virt.conn import connection
+from ahvlite.virt.conn import close_quietly, connection, open_test_node
 from ahvlite.virt.designer import DiskPlacement, HostPolicy
 from ahvlite.virt.xml.domain import Domain
 
@@ -87,7 +87,7 @@ def test_test_driver_without_pci_devices_lists_none():
         assert nodedev.reattach(conn, "0000:3c:00.0") is False  # no such device there
 
 
-def recorded_node_driver(tmp_path: Path) -> str:
+def recorded_node_driver(tmp_path: Path) -> Path:
     """A test-driver host carrying the recorded node devices, so libvirt itself lists
     them and hands us their XML (the test driver keeps no <driver>)."""
     devices = "".join(p.read_text() for p in sorted((DATA / "nx-host-nodedev").glob("*.xml")))
@@ -95,14 +95,17 @@ def recorded_node_driver(tmp_path: Path) -> str:
     path.write_text("<node>\n<cpu><nodes>1</nodes><sockets>1</sockets><cores>4</cores>"
                     "<threads>1</threads><active>4</active><mhz>2000</mhz></cpu>"
                     f"<memory>8388608</memory>\n{devices}</node>\n")
-    return f"test://{path}"
+    return path
 
 
 def test_recorded_node_devices_listed_by_libvirt_parse(tmp_path):
-    with connection(recorded_node_driver(tmp_path)) as conn:
+    conn = open_test_node(recorded_node_driver(tmp_path))
+    try:
         found = nodedev.list_pci_functions(conn)
         # Present and not vfio-pci: nothing to reattach.
         assert nodedev.reattach(conn, "0000:3c:00.0") is False
+    finally:
+        close_quietly(conn)
     assert [f.address for f in found] == ["0000:00:00.0", "0000:00:17.0", "0000:00:1c.0",
                                           "0000:00:1c.4", "0000:00:1d.0", "0000:3c:00.0",
                                           "0000:3d:00.0", "0000:3e:00.0"]

@@ -44,7 +44,7 @@ from ahvlite.errors import HostUnreachable
 from ahvlite.lab.services import start_local_ensemble
 from ahvlite.spec.labels import HA_PRIORITY_LABEL, ROLE_LABEL
 from ahvlite.virt import domains, guest
-from ahvlite.virt.conn import connection, open_connection
+from ahvlite.virt.conn import connection, open_test_node
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.functional
@@ -71,11 +71,11 @@ def domain_xml(name: str, mib: int, labels: dict[str, str], epoch: int = 0) -> s
         labels="".join(f'<ahv:label key="{k}" value="{v}"/>' for k, v in labels.items()))
 
 
-def node_file(tmp: Path, host: str, memory_mib: int, vms: list[tuple[str, int, dict]]) -> str:
+def node_file(tmp: Path, host: str, memory_mib: int, vms: list[tuple[str, int, dict]]) -> Path:
     path = tmp / f"{host}.xml"
     path.write_text(NODE.format(kib=memory_mib * 1024,
                                 domains="".join(domain_xml(*v) for v in vms)))
-    return f"test://{path}"
+    return path
 
 
 def render(conn: Any, host: str, vm: StoredVm, epoch: int) -> str:
@@ -115,7 +115,7 @@ def beat(coord, host: str, seq: int, pending: tuple[str, ...] = ()) -> None:
 class Cluster:
     def __init__(self, tmp: Path, coord, hosts: dict[str, tuple[int, list]], **kw) -> None:
         self.coord = coord
-        self.conns = {h: open_connection(node_file(tmp, h, mem, vms))
+        self.conns = {h: open_test_node(node_file(tmp, h, mem, vms))
                       for h, (mem, vms) in hosts.items()}
         self.mon = Monitor(dict(self.conns))
         self.clock = Clock()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 from lxml import etree
 
 from ahvlite.cluster import vms
-from ahvlite.controller.kinds import create_once
+from ahvlite.controller.kinds import attempt_tag, create_once
 from ahvlite.errors import Conflict, InvalidSpec, OperationFailed
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.network import NetworkSpec, VlanNetworkSpec
@@ -61,7 +62,10 @@ def test_full_lifecycle(image):
     info = vms.create_vm(CLUSTER, spec("fv-life"), start=True)
     try:
         assert info.state == "running" and info.host == "h1"
-        assert {"vm-fv-life-disk0.qcow2", "vm-fv-life-disk1.qcow2"} <= volumes()
+        made = [d["volume"] for d in info.disks]
+        assert all(re.fullmatch(rf"vm-fv-life-disk{i}-[0-9a-f]{{8}}\.qcow2", v)
+                   for i, v in enumerate(made)), made
+        assert set(made) <= volumes()
         shown = vms.show_vm(CLUSTER, "fv-life").to_dict()
         assert {"name", "uuid", "host", "state", "vcpus", "memory_mib", "disks",
                 "nics"} <= set(shown)
@@ -85,19 +89,19 @@ def test_full_lifecycle(image):
         # attachDevice. tests/lab/test_vms.py covers it.
     finally:
         result = vms.delete_vm(CLUSTER, "fv-life", force=True)
-    assert sorted(result["deleted_volumes"]) == [f"vm-fv-life-disk{i}.qcow2" for i in range(2)]
+    assert sorted(result["deleted_volumes"]) == sorted(made)
     assert not {v for v in volumes() if v.startswith("vm-fv-life")}
     assert "fv-life" not in domain_names()
 
 
 def test_clone_by_backing_file_or_full_copy(image):
-    vms.create_vm(CLUSTER, spec("fv-clone", disks=[DiskSpec(image="base"),
-                                                    DiskSpec(image="base", full_clone=True)]))
+    info = vms.create_vm(CLUSTER, spec("fv-clone", disks=[
+        DiskSpec(image="base"), DiskSpec(image="base", full_clone=True)]))
     try:
         with connection("test:///default") as conn:
             pool = storage.lookup_pool(conn, POOL)
-            linked = storage.volume_info(storage.find_volume(pool, "vm-fv-clone-disk0.qcow2"))
-            full = storage.volume_info(storage.find_volume(pool, "vm-fv-clone-disk1.qcow2"))
+            linked, full = (storage.volume_info(storage.find_volume(pool, d["volume"]))
+                            for d in info.disks)
         assert linked.backing and linked.backing.endswith("image-base")
         assert full.backing is None
     finally:
@@ -165,6 +169,19 @@ def ahvlite(tmp_path, *args: str) -> subprocess.CompletedProcess[str]:
     (["vm", "show", "nosuch"], 3, "no VM named 'nosuch'"),
     (["vm", "stop", "test"], 2, "--force"),
     (["vm", "delete", "test"], 4, "is running"),
+    # host paths outside the cluster's pool and image directory
+    (["vm", "create", "v", "--kernel", "/etc/shadow"], 2, "boot.kernel='/etc/shadow'"),
+    (["vm", "create", "v", "--kernel", "/default-pool/k", "--initrd", "/root/.ssh/id_rsa"],
+     2, "boot.initrd='/root/.ssh/id_rsa'"),
+    # control characters (XML cannot carry them; a terminal would obey them)
+    (["vm", "create", "v", "--label", "k=a\x01b"], 2, "labels.k='a\\x01b'"),
+    (["vm", "create", "v", "--label", "k\x1b[2J=b"], 2, "labels (key)="),
+    (["vm", "create", "v", "--label", "k=\u0085"], 2, "labels.k="),
+    (["vm", "create", "v", "--fw-cfg", "opt/x=a\x07"], 2, "fw_cfg.opt/x="),
+    (["vm", "create", "v", "--kernel", "/default-pool/k", "--cmdline", "a\nb"], 2,
+     "boot.cmdline="),
+    # input that looks like the terminal renderer's markup is shown as it is
+    (["vm", "create", "a[/x]"], 2, "name='a[/x]'"),
 ])
 def test_cli_errors(tmp_path, args, code, needle):
     r = ahvlite(tmp_path, *args)
@@ -213,21 +230,35 @@ def test_create_task_step_is_safe_to_repeat():
 
 def _create_twice() -> None:
     once = VmSpec(name="fv-once", memory_mib=128, disks=[DiskSpec(size_mib=16)])
-    first = create_once(CLUSTER, once, host=None, start=False, resumed=False)
+    first = create_once(CLUSTER, once, host=None, start=False, task_id="t1", attempt=1)
     # A new leader re-runs the step: the VM of that UUID counts as done (and is started).
-    again = create_once(CLUSTER, once, host=None, start=True, resumed=True)
+    again = create_once(CLUSTER, once, host=None, start=True, task_id="t1", attempt=2)
     assert again["uuid"] == first["uuid"] and again["state"] == "running"
     assert "fv-once" in domain_names()
-    # A dead attempt's half-made volume is cleared before the create is tried again.
-    half = VmSpec(name="fv-half", memory_mib=128, disks=[DiskSpec(size_mib=16)])
-    leftover = vms.vm_volume("fv-half", half.disk_names()[0])
+    # A dead attempt's half-made volumes (its tag) are cleared before the create is tried
+    # again; a same-named volume of another attempt, and one a VM uses, are not.
+    half = VmSpec(name="fv-half", memory_mib=128, disks=[DiskSpec(size_mib=16)],
+                  boot=BootSpec(firmware="uefi"))
+    disk = half.disk_names()[0]
+    leftover = vms.vm_volume("fv-half", disk, attempt_tag("t2", 1))
+    nvram = vms.nvram_volume("fv-half", attempt_tag("t2", 1))
+    other = vms.vm_volume("fv-half", disk, "0badc0de")
+    used = vms.vm_volume("fv-half", disk, attempt_tag("t2", 2))
     with connection("test:///default") as conn:
-        storage.create_volume(storage.lookup_pool(conn, POOL), leftover, 16)
-    create_once(CLUSTER, half, host=None, start=False, resumed=True)
-    assert "fv-half" in domain_names() and leftover in volumes()
-    for name in ("fv-once", "fv-half"):
+        pool = storage.lookup_pool(conn, POOL)
+        for vol in (leftover, nvram, other, used):
+            storage.create_volume(pool, vol, 16)
+    vms.create_vm(CLUSTER, VmSpec(name="fv-user", memory_mib=128,
+                                  disks=[DiskSpec(volume=used)]))
+    made = create_once(CLUSTER, half, host=None, start=False, task_id="t2", attempt=3)
+    assert "fv-half" in domain_names()
+    assert leftover not in volumes() and nvram not in volumes()
+    assert {other, used} <= volumes()
+    assert made["disks"][0]["volume"] == vms.vm_volume("fv-half", disk, attempt_tag("t2", 3))
+    for name in ("fv-once", "fv-half", "fv-user"):
         vms.delete_vm(CLUSTER, name, force=True)
-    assert leftover not in volumes()
+    with connection("test:///default") as conn:
+        storage.delete_volume(storage.lookup_pool(conn, POOL), other)
 
 
 class _Task:
@@ -248,6 +279,9 @@ class _Ctx:
     def step(self, name, fn):
         return fn()
 
+    def check_leader(self):
+        return 1
+
 
 def test_leader_side_tasks_check_ha_admission(tmp_path, image):
     # A task can be submitted by anything, not only the CLI (which checks first): the
@@ -260,25 +294,22 @@ def test_leader_side_tasks_check_ha_admission(tmp_path, image):
     path = tmp_path / "cluster.yaml"
     save_cluster(path, CLUSTER)
     change_settings(path, mode="guarantee")
-    kinds = registry()
+    kinds = registry(path)
     create = kinds["vm.spec.create"]
-    params = create.validate({"spec": spec("adm1").model_dump(mode="json"), "start": True,
-                              "cluster": str(path)})
+    params = create.validate({"spec": spec("adm1").model_dump(mode="json"), "start": True})
     with pytest.raises(Conflict) as exc:
         create.run(_Ctx(params))
     assert "HA guarantee" in exc.value.message and "MiB missing" in exc.value.message
     assert "adm1" not in domain_names()  # refused before anything was made
     # Created stopped, then a start task: refused too, and it stays off.
-    made = create.run(_Ctx(create.validate({"spec": spec("adm1").model_dump(mode="json"),
-                                            "cluster": str(path)})))
+    made = create.run(_Ctx(create.validate({"spec": spec("adm1").model_dump(mode="json")})))
     try:
         assert made["state"] == "shutoff"
         life = kinds["vm.lifecycle"]
         with pytest.raises(Conflict):
-            life.run(_Ctx(life.validate({"action": "start", "name": "adm1",
-                                         "cluster": str(path)})))
+            life.run(_Ctx(life.validate({"action": "start", "name": "adm1"})))
         change_settings(path, mode="default")
-        assert life.run(_Ctx(life.validate({"action": "start", "name": "adm1",
-                                            "cluster": str(path)})))["state"] == "running"
+        assert life.run(_Ctx(life.validate({"action": "start",
+                                            "name": "adm1"})))["state"] == "running"
     finally:
         vms.delete_vm(CLUSTER, "adm1", force=True)

@@ -114,7 +114,7 @@ def test_sigkill_leader_mid_vm_create_on_a_lab_host(ctl_lab):
     target = next(h for h in status["hosts"] if h["name"] != first["name"])
     vm = f"once-{uuid.uuid4().hex[:6]}"
     store = TaskStore(coord, time.time)
-    task = store.submit("vm.create", {"uri": target["libvirt_uri"], "name": vm,
+    task = store.submit("vm.create", {"host": target["name"], "name": vm,
                                       "domain_type": status["domain_type"], "hold_s": 2.0},
                         registry())
     assert wait_for(lambda: "define" in store.load(task.id)[0].steps_done, 20)

@@ -29,7 +29,7 @@ from ahvlite.lab.services import lab_store_url, lab_zk_members, member_mode
 from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.labels import HA_PRIORITY_LABEL
 from ahvlite.virt import guest
-from ahvlite.virt.conn import connection
+from ahvlite.virt.conn import local_socket_connection
 from tests.lab.conftest import assert_gone
 from tests.waiting import wait_for
 
@@ -39,7 +39,7 @@ SUBNET = "10.213.253.0/26"
 
 def defined_on(layout: LabLayout, host: str) -> dict[str, str]:
     sock = layout.host(host).libvirt_sock
-    with connection(f"qemu+unix:///system?socket={sock}", timeout_s=3) as conn:
+    with local_socket_connection(sock, timeout_s=3) as conn:
         return dict(guest.list_domains(conn))
 
 
@@ -204,7 +204,7 @@ def zk_leader_host(layout: LabLayout) -> str | None:
 def domain_ids(layout: LabLayout, host: str) -> dict[str, int]:
     """Running domains of ``host`` with their domain IDs (a power cycle changes the ID)."""
     sock = layout.host(host).libvirt_sock
-    with connection(f"qemu+unix:///system?socket={sock}", timeout_s=3) as conn:
+    with local_socket_connection(sock, timeout_s=3) as conn:
         return {d.name(): d.ID() for d in conn.listAllDomains() if d.isActive()}
 
 

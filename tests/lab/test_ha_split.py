@@ -119,7 +119,8 @@ def lead_on_majority(layout: LabLayout, coord) -> None:
             return
         lead = leader(coord)
         lab.stop_daemon(NAME, lead, "controller")  # SIGTERM: it resigns at once
-        assert wait_for(lambda: coord.get(LEADER_KEY) and leader(coord) != lead, 30, 0.2)
+        assert wait_for(lambda lead=lead: coord.get(LEADER_KEY) and leader(coord) != lead,
+                        30, 0.2)
         lab.start_daemon(NAME, lead, "controller")
         assert wait_for(lambda: whole(layout, coord), 60, 0.5)
     assert leader(coord) not in MINORITY
@@ -147,13 +148,13 @@ def test_a_split_with_store_members_on_both_sides_never_runs_a_vm_twice(split_la
         for i, (vm, host) in enumerate(vms.items()):
             guests.boot_from_disk(layout, state, layout.host(host), vm,
                                   str(layout.guest_addresses[i]))  # removed each round
-        assert wait_for(lambda: all(recorded_on(coord, vm) == h for vm, h in vms.items()),
-                        60, 0.2)
+        assert wait_for(lambda vms=vms: all(recorded_on(coord, vm) == h
+                                            for vm, h in vms.items()), 60, 0.2)
         with Timeline(layout) as tl:
             t0 = time.monotonic()
             faults.partition(NAME, *MINORITY)
             try:
-                moved = wait_for(lambda: all(
+                moved = wait_for(lambda vms=vms: all(
                     any(vm in running_on(layout, h) for h in ("h1", "h2")) for vm in vms),
                     90, 0.2)
                 assert moved, f"round {rnd}: not restarted on h1/h2: {tl.seen[-1]}"
@@ -162,8 +163,8 @@ def test_a_split_with_store_members_on_both_sides_never_runs_a_vm_twice(split_la
             finally:
                 faults.heal(NAME)
             # After the heal the minority's copies stay off and their definitions go.
-            assert wait_for(lambda: all(vm not in running_on(layout, h)
-                                        for vm, h in vms.items()), 10, 0.2)
+            assert wait_for(lambda vms=vms: all(vm not in running_on(layout, h)
+                                                for vm, h in vms.items()), 10, 0.2)
             time.sleep(3)
         assert tl.twins() == [], f"round {rnd}: {tl.twins()[:3]}"
         for vm, home in vms.items():

@@ -206,8 +206,9 @@ def test_bad_hosts_fail_fast_with_one_clear_line(hosts_lab, tmp_path):
     make_keypair(wrong_key, "wrong")
     cases = [
         (["host", "show", "nosuch"], 3, "nosuch"),
-        (["host", "add", "x", "--uri", "xen://h/"], 2, "uri='xen://h/'"),
-        (["host", "add", "x", "--uri", f"qemu+tcp://{h1.ssh.host}/system"], 2, "--insecure-tcp"),
+        (["host", "add", "x", "--uri", "xen://h/"], 2, "--uri='xen://h/'"),
+        (["host", "add", "x", "--uri", f"qemu+tcp://{h1.ssh.host}/system"], 2,
+         f"--uri='qemu+tcp://{h1.ssh.host}/system'"),
         (["host", "add", "x", "--uri", f"qemu+tls://{unused}/system"], 6, str(unused)),
         (["host", "add", "x", "--uri", f"qemu+tls://{h1.ssh.host}/system?pkipath={rogue}"],
          6, h1.ssh.host),

@@ -159,7 +159,8 @@ def test_delete_leaves_no_volume_nvram_or_tpm_state(vmlab):
     info = vms.show_vm(cluster, "big")
     tpm_dir = layout.host("h2").state_dir / "var/lib/libvirt/swtpm" / info.uuid
     assert tpm_dir.exists()
-    assert "vm-big-VARS.fd" in shared_files(layout, "big")
+    assert [f for f in shared_files(layout, "big")
+            if re.fullmatch(r"vm-big-VARS-[0-9a-f]{8}\.fd", f)]
     r = cli(status, "vm", "delete", "big")
     assert r.returncode == 4 and "running" in r.stderr  # running: needs --force
     r = cli(status, "vm", "delete", "big", "--force", "--json")
@@ -206,8 +207,9 @@ def test_template_versions_and_deploy_count_5(vmlab):
 
         for v in made:
             disk = next(d for d in v["disks"] if d["name"] == "disk0")
-            assert disk["volume"] == f"vm-{v['name']}-disk0.qcow2"
-            seed = layout.shared_dir / f"vm-{v['name']}-seed.iso"
+            tag = re.fullmatch(rf"vm-{v['name']}-disk0-([0-9a-f]{{8}})\.qcow2", disk["volume"])
+            assert tag, disk["volume"]
+            seed = layout.shared_dir / f"vm-{v['name']}-seed-{tag[1]}.iso"
             label, files = seediso.read_iso(seed.read_bytes())
             assert label == "cidata" and b"runcmd" in files["user-data"]
             assert v["uuid"].encode() in files["meta-data"]

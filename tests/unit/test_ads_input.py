@@ -146,8 +146,7 @@ def test_vm_migrate_task_kind_checks_its_params():
     from ahvlite.controller.kinds import registry
 
     kind = registry()["vm.migrate"]
-    assert kind.validate({"name": "web1", "to": "h2"}) == {"name": "web1", "to": "h2",
-                                                           "cluster": None}
+    assert kind.validate({"name": "web1", "to": "h2"}) == {"name": "web1", "to": "h2"}
     with pytest.raises(InvalidSpec) as e:
         kind.validate({"name": "web1"})
     assert e.value.field == "to"

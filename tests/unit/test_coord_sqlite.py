@@ -127,3 +127,27 @@ def test_bad_store_urls_name_the_field(bad):
     with pytest.raises(InvalidSpec) as err:
         parse_store_url(bad, env={})
     assert err.value.field == "store" and "sqlite:///" in err.value.allowed
+
+
+@pytest.mark.parametrize("url", [
+    "zk://u:s3cr3t@h1:x/a", "zk://u:s3cr3t@h1", "zk://u:s3cr3t@/a", "zk://s3cr3t@h1/a",
+    "zk://u:s3/cr3t@h1/a", "zk://u:s3cr3t@h1:2181/a/", "zk://u:s3c@r3t@h1:99999/a",
+])
+def test_no_error_about_a_store_url_shows_its_secret(url):
+    with pytest.raises(InvalidSpec) as err:
+        parse_store_url(url, env={})
+    text = f"{err.value.message} {err.value.hint}"
+    assert "s3" not in text and "cr3t" not in text and "***" in text, text
+
+
+def test_the_default_credential_is_refused_for_a_controller():
+    from ahvlite.controller.coord.url import refuse_default_auth
+
+    for url, env in (("zk://h1/a", {}), ("zk://ahvlite:ahvlite@h1/a", {}),
+                     ("zk://h1/a", {"AHVLITE_ZK_AUTH": "ahvlite:ahvlite"})):
+        with pytest.raises(InvalidSpec) as err:
+            refuse_default_auth(parse_store_url(url, env=env))
+        assert "ahvlite:ahvlite" not in err.value.message and "AHVLITE_ZK_AUTH" in (
+            err.value.hint or "")
+    refuse_default_auth(parse_store_url("zk://ahvlite:mine@h1/a", env={}))
+    refuse_default_auth(parse_store_url("sqlite:///var/lib/ahvlite/c.db", env={}))

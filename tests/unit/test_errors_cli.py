@@ -43,3 +43,19 @@ def test_bad_input_creates_nothing(tmp_path):
     ahvlite("lab", "up", "--hosts", "3", "--subnet", "10.0.0.0/29",
             env={"AHVLITE_LAB_DIR": str(tmp_path)})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("make", "needle"), [
+    (lambda p: p.write_bytes(b"\x7fELF\x02\x01\x01\x00\xff\xfe"), "UTF-8 text"),
+    (lambda p: p.mkdir(), "a file, not a directory"),
+    (lambda p: p.write_text("name: c\nhosts: " + "[" * 5000), "YAML"),
+    (lambda p: p.write_bytes(b"name: c\x00\n"), "YAML that parses"),
+])
+def test_a_cluster_file_that_cannot_be_read_gives_one_clear_error(tmp_path, make, needle):
+    path = tmp_path / "cluster.yaml"
+    make(path)
+    result = ahvlite("host", "list", "--cluster", str(path), env={"COLUMNS": "300"})
+    assert result.returncode == 2, result.stderr
+    assert "cluster file=" in result.stderr and needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

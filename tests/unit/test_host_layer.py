@@ -1,16 +1,12 @@
-"""Host layer logic: URI policy, backoff, facts parsing (recorded XML), SSH facts parsing."""
+"""Host layer logic: backoff, facts parsing (recorded XML), SSH facts parsing."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
-import pytest
-
-from ahvlite.errors import InvalidSpec
 from ahvlite.remote.facts import parse_remote_facts
 from ahvlite.virt.backoff import Backoff
-from ahvlite.virt.conn import parse_uri
 from ahvlite.virt.facts import (
     parse_capabilities,
     parse_domain_capabilities,
@@ -19,37 +15,6 @@ from ahvlite.virt.facts import (
 )
 
 DATA = Path(__file__).parent.parent / "data" / "libvirt"
-
-
-@pytest.mark.parametrize(("uri", "host", "port"), [
-    ("qemu+tls://10.0.0.2/system", "10.0.0.2", 16514),
-    ("qemu+tls://h1.example:16600/system", "h1.example", 16600),
-    ("qemu+ssh://root@10.0.0.2/system", "10.0.0.2", 22),
-])
-def test_remote_uris_accepted(uri, host, port):
-    info = parse_uri(uri)
-    assert (info.host, info.port, info.remote) == (host, port, True)
-
-
-@pytest.mark.parametrize("uri", ["qemu:///system", "test:///default",
-                                 "qemu+unix:///system?socket=/run/x"])
-def test_local_uris_accepted(uri):
-    assert parse_uri(uri).remote is False
-
-
-@pytest.mark.parametrize("uri", ["xen://h1/", "qemu+tls:///system", "http://h1/", "h1",
-                                 "qemu+tls://h1:99999/system"])
-def test_unsupported_uris_name_the_field_and_what_is_allowed(uri):
-    with pytest.raises(InvalidSpec) as err:
-        parse_uri(uri)
-    assert err.value.field == "uri" and uri in err.value.message
-
-
-def test_plain_tcp_needs_the_explicit_opt_in():
-    with pytest.raises(InvalidSpec) as err:
-        parse_uri("qemu+tcp://10.0.0.2/system")
-    assert "--insecure-tcp" in (err.value.hint or "")
-    assert parse_uri("qemu+tcp://10.0.0.2/system", insecure_tcp=True).port == 16509
 
 
 def test_backoff_grows_to_the_cap_within_jitter():

@@ -6,6 +6,7 @@ it stands in only for the store's bookkeeping (the real stores have their own te
 
 from __future__ import annotations
 
+import json
 import threading
 from contextlib import nullcontext
 from dataclasses import replace
@@ -28,6 +29,7 @@ from ahvlite.controller.tasks import (
     TaskRunner,
     TaskState,
     TaskStore,
+    decode,
 )
 from ahvlite.errors import Conflict, InvalidSpec, NotFound, OperationFailed
 
@@ -301,3 +303,71 @@ def test_own_orphans_after_a_suspended_connection_are_resumed(env):
     runner = TaskRunner(coord, store, {"steps": Steps()}, "c")
     assert runner.recover(3) == [t.id]  # same token, but no worker of ours runs it
     assert store.load(t.id)[0].state == TaskState.QUEUED
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    (b"", "JSON"), (b"\xff\xfe", "JSON"), (b"{", "JSON"), (b"[]", "a JSON object"),
+    (b"null", "a JSON object"), (b'"x"', "a JSON object"), (b"[" * 100000, "JSON"),
+    (b'{"id": "T", "kind": "k"}', "params"),
+    (b'{"id": "T", "kind": "k", "params": {}, "colour": "red"}', "'colour' is not one"),
+    (b'{"id": "T", "kind": "k", "params": {}, "state": "paused"}', "state"),
+    (b'{"id": "T", "kind": "k", "params": {}, "attempts": "1"}', "attempts"),
+    (b'{"id": "T", "kind": "k", "params": {}, "attempts": true}', "attempts"),
+    (b'{"id": "T", "kind": "k", "params": []}', "params"),
+    (b'{"id": "other", "kind": "k", "params": {}}', "is not its key"),
+])
+def test_records_that_do_not_decode_become_failed_stand_ins(raw, why):
+    task, problem = decode("T", raw)
+    assert problem is not None and why in problem
+    assert task.id == "T" and task.state == TaskState.FAILED and task.error == problem
+    assert Task.from_json(task.to_json()) == task  # the stand-in itself decodes
+    if why != "is not its key":
+        with pytest.raises(InvalidSpec):
+            Task.from_json(raw)
+
+
+def test_stand_ins_keep_what_they_can():
+    raw = (b'{"id": "T", "kind": "sleep", "params": {"steps": 1}, "created_at": 5, '
+           b'"priority": 9}')
+    task, _ = decode("T", raw)
+    assert (task.kind, task.params, task.created_at) == ("sleep", {"steps": 1}, 5.0)
+    assert task.result == {"record": raw.decode()}
+
+
+def test_the_leader_fails_bad_records_and_runs_the_rest(env):
+    coord, store = env
+    coord.put("tasks/0001-bad", b"\x00garbage", MUST_NOT_EXIST)
+    newer = json.loads(Task(id="0002-new", kind="steps", params={"n": 1}).to_json())
+    coord.put("tasks/0002-new", json.dumps({**newer, "lane": "fast"}).encode(), MUST_NOT_EXIST)
+
+    class Buggy(Steps):
+        def validate(self, params):
+            return {"n": params["n"] + 1}  # TypeError on a string
+
+    good = store.submit("steps", {"n": 2})
+    odd = store.submit("buggy", {"n": "x"})
+    shown = {t.id: t.state for t, _ in store.all()}  # shown failed before any leader acts
+    assert shown["0001-bad"] == shown["0002-new"] == TaskState.FAILED
+    coord.token = 1
+    run_sync(TaskRunner(coord, store, {"steps": Steps(), "buggy": Buggy()}, "c1"), 1)
+    assert store.load(good.id)[0].state == TaskState.SUCCEEDED
+    odd_end = store.load(odd.id)[0]
+    assert odd_end.state == TaskState.FAILED and "TypeError" in odd_end.error
+    for task_id in ("0001-bad", "0002-new"):
+        written = Task.from_json(coord.get(f"tasks/{task_id}").value)  # decodes now
+        assert written.state == TaskState.FAILED and written.finished_at is not None
+    assert "'lane' is not one" in store.load("0002-new")[0].error
+
+
+def test_a_result_that_is_not_json_fails_its_task_with_the_reason(env):
+    coord, store = env
+
+    class Odd(Steps):
+        def run(self, ctx):
+            return {"when": object()}
+
+    t = store.submit("odd", {"n": 0})
+    coord.token = 1
+    run_sync(TaskRunner(coord, store, {"odd": Odd()}, "c1"), 1)
+    end = store.load(t.id)[0]
+    assert end.state == TaskState.FAILED and "could not be recorded" in end.error

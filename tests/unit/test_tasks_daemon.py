@@ -81,3 +81,50 @@ def test_run_leaves_and_closes_on_stop():
     stop.set()
     Controller(coord, Identity("c1", "h", 1), registry()).run(stop)
     assert coord.members() == {} and coord.closed and coord.on_elected is not None
+
+
+class Flaky:
+    """A leader service whose start fails the first ``fails`` times."""
+
+    def __init__(self, log: list[str], fails: int) -> None:
+        self.log, self.fails = log, fails
+
+    def start(self) -> None:
+        if self.fails:
+            self.fails -= 1
+            raise RuntimeError("service bug")
+        self.log.append("start")
+
+    def stop(self) -> None:
+        self.log.append("stop")
+
+
+def test_the_leader_loop_survives_any_exception_and_backs_off(monkeypatch):
+    coord = ElectionFake()
+    log: list[str] = []
+    flaky = Flaky(log, fails=2)
+    ctl = Controller(coord, Identity("c1", "h", 42), registry(), clock=lambda: 100.0,
+                     poll_s=0.2, leader_services=lambda: [Svc(log), flaky])
+    coord.token = 5
+    ctl._on_elected(5)
+    ctl._tick()  # the second service's start fails: nothing raised, the loop backs off
+    assert ctl._acting is None and ctl._pause_s() == 0.4
+    ctl._tick()
+    assert ctl._pause_s() == 0.8 and log == ["start", "stop", "start"]
+    ctl._tick()  # the start is tried afresh each time; never two of a service running
+    assert ctl._acting == 5 and ctl._pause_s() == 0.2
+    assert log == ["start", "stop", "start", "stop", "start", "start"]
+
+    calls = []
+
+    def broken_poll(token):
+        calls.append(token)
+        raise TypeError("a bug in the runner")
+
+    monkeypatch.setattr(ctl.runner, "poll", broken_poll)
+    for _ in range(8):
+        ctl._tick()
+    assert len(calls) == 8 and ctl._pause_s() == 5.0  # capped
+    monkeypatch.undo()
+    ctl._tick()
+    assert ctl._pause_s() == 0.2 and ctl._acting == 5

@@ -185,3 +185,30 @@ def test_unreachable_hosts_are_skipped():
                  5) == "b"
     with pytest.raises(HostUnreachable):
         place([HostCapacity("a", 100, 90, reachable=False)], 5)
+
+
+@pytest.mark.parametrize(("values", "field"), [
+    ({"labels": {"k": "a\x00b"}}, "labels.k"),
+    ({"labels": {"k\n": "v"}}, "labels (key)"),
+    ({"labels": {"k": "\x9b31m"}}, "labels.k"),  # C1 CSI
+    ({"labels": {"k": "\ud800"}}, "labels.k"),
+    ({"labels": {"k": "\uffff"}}, "labels.k"),
+    ({"fw_cfg": {"opt/x": "a\tb"}}, "fw_cfg.opt/x"),
+    ({"boot": {"kernel": "/k", "cmdline": "a\x7fb"}}, "boot.cmdline"),
+    ({"boot": {"kernel": "/k\x01"}}, "boot.kernel"),
+    ({"serial_log": "/var/log/libvirt/qemu/x\n.log"}, "serial_log"),
+    ({"disks": [{"path": "/p\x00"}]}, "disk.path"),
+    ({"disks": [{"volume": "../etc/shadow"}]}, "disk.volume"),
+    ({"disks": [{"clone_of": "a/b"}]}, "disk.volume"),
+])
+def test_text_xml_cannot_carry_is_refused_where_it_enters(values, field):
+    with pytest.raises(InvalidSpec) as err:
+        build(VmSpec, name="v", **values)
+    assert err.value.field == field
+
+
+def test_ordinary_text_passes():
+    spec = build(VmSpec, name="v", labels={"ahvlite.io/role": "web ✓"},
+                 fw_cfg={"opt/ahvlite/ip": "10.0.0.2/24"},
+                 boot={"kernel": "/k", "cmdline": "console=ttyS0 quiet"})
+    assert spec.labels["ahvlite.io/role"] == "web ✓"

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,7 @@ SPEC = {"name": "web1", "memory_mib": 128, "disks": [{"size_mib": 16}],
 def test_lifecycle_normalises_good_params():
     kind = registry()["vm.lifecycle"]
     assert kind.validate({"action": "start", "name": "web1"}) == {
-        "action": "start", "name": "web1", "cluster": None, "force": False}
+        "action": "start", "name": "web1", "force": False}
     p = kind.validate({"action": "shutdown", "name": "web1", "timeout_s": 5})
     assert p["timeout_s"] == 5.0
     assert kind.validate({"action": "stop", "name": "a", "force": True})["force"] is True
@@ -43,8 +42,8 @@ def test_lifecycle_rejects_bad_params(params, field):
     assert exc.value.field == field
 
 
-def test_spec_create_keeps_a_given_uuid_and_is_stable_when_revalidated():
-    kind = registry(Path("/etc/ahvlite/cluster.yaml"))["vm.spec.create"]
+def test_spec_create_keeps_a_given_uuid_and_is_stable_when_revalidated(kinds):
+    kind = kinds["vm.spec.create"]
     uuid = "4b0d1e0e-54c4-4a53-9f0e-3a0a3b1c2d3e"
     once = kind.validate({"spec": {**SPEC, "uuid": uuid}, "host": "h1", "start": True})
     assert once["spec"]["uuid"] == uuid and once["host"] == "h1" and once["start"] is True
@@ -103,4 +102,50 @@ def test_cli_with_a_store_submits_after_the_same_checks(tmp_path):
     assert created.kind == "vm.spec.create" and created.params["host"] == "h1"
     assert created.params["spec"]["disks"][0]["size_mib"] == 16
     assert tasks[stopped.stdout.strip()].params == {
-        "action": "stop", "name": "web1", "cluster": None, "force": True}
+        "action": "stop", "name": "web1", "force": True}
+
+
+CLUSTER_YAML = """name: c
+hosts:
+  - name: h1
+    uri: test:///default
+  - name: h2
+    uri: qemu+ssh://root@10.0.0.2/system
+"""
+
+
+@pytest.fixture
+def kinds(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CLUSTER_YAML)
+    return registry(path)
+
+
+@pytest.mark.parametrize(("kind", "params", "field"), [
+    # a URI, a file or anything else a kind does not take is refused, named
+    ("vm.create", {"uri": "qemu+ssh://127.0.0.1:1/system?command=/tmp/x", "name": "a"},
+     "uri"),
+    ("vm.create", {"host": "h1", "uri": "test:///default", "name": "a"}, "uri"),
+    ("vm.create", {"host": "h1", "name": "a", "cluster": "/etc/shadow"}, "cluster"),
+    ("vm.spec.create", {"spec": SPEC, "cluster": "/tmp/evil.yaml"}, "cluster"),
+    ("vm.lifecycle", {"action": "start", "name": "a", "cluster": "/tmp/evil.yaml"},
+     "cluster"),
+    ("vm.migrate", {"name": "a", "to": "h2", "cluster": "/tmp/evil.yaml"}, "cluster"),
+    ("sleep", {"steps": 1, "priority": 5}, "priority"),
+    # hosts outside the controller's cluster
+    ("vm.create", {"host": "evil", "name": "a"}, "host"),
+    ("vm.create", {"name": "a"}, "host"),
+    ("vm.spec.create", {"spec": SPEC, "host": "h3"}, "host"),
+    ("vm.migrate", {"name": "a", "to": "h9"}, "to"),
+    ("vm.migrate", {"name": "a", "to": "qemu+tls://x/system"}, "to"),
+])
+def test_kinds_take_their_own_params_and_cluster_hosts_only(kinds, kind, params, field):
+    with pytest.raises(InvalidSpec) as exc:
+        kinds[kind].validate(params)
+    assert exc.value.field == field
+
+
+def test_cluster_hosts_pass(kinds):
+    assert kinds["vm.create"].validate({"host": "h2", "name": "a"})["host"] == "h2"
+    assert kinds["vm.migrate"].validate({"name": "a", "to": "h1"}) == {"name": "a", "to": "h1"}
+    assert kinds["vm.spec.create"].validate({"spec": SPEC, "host": "h1"})["host"] == "h1"

@@ -7,6 +7,12 @@ everything, anyone else may only read. The election znode is the fencing token:
 :meth:`ZkCoordinator.fenced` puts a ``check`` of it at the head of the transaction,
 so once the session is gone (and the ephemeral znode with it) nothing more commits.
 A SUSPENDED connection stops acting at once; LOST gives leadership up.
+
+Commands run under kazoo's retry, which sends a command again when the connection drops
+before its reply arrives; the first send may well have been applied. So a retried write
+that fails re-reads and recognises its own success (our values at the versions we
+expected plus one, our deletes gone), and a member znode held by our own session is
+ours: a lost reply never turns into a false conflict.
 """
 
 from __future__ import annotations
@@ -233,8 +239,13 @@ class ZkCoordinator:
             return None
         return Versioned(data, stat.version)
 
-    @_op("put")
     def put(self, key: str, value: bytes, expected_version: int | None = None) -> int:
+        return self._put(key, value, expected_version, [0])
+
+    @_op("put")
+    def _put(self, key: str, value: bytes, expected_version: int | None,
+             tries: list[int]) -> int:
+        tries[0] += 1
         path = self._path(key)
         if expected_version == MUST_NOT_EXIST:
             try:
@@ -250,6 +261,10 @@ class ZkCoordinator:
                 return int(self._client.set(path, value, version=expected_version).version)
             except NoNodeError:
                 raise VersionMismatch(f"put {key}: does not exist") from None
+            except BadVersionError:
+                if tries[0] > 1 and self._applied([Put(key, value, expected_version)]):
+                    return expected_version + 1
+                raise
         while True:
             try:
                 return int(self._client.set(path, value).version)
@@ -260,10 +275,19 @@ class ZkCoordinator:
                 except NodeExistsError:
                     continue
 
-    @_op("delete")
     def delete(self, key: str, expected_version: int | None = None) -> None:
-        self._client.delete(self._path(key), version=-1 if expected_version is None
-                            else expected_version)
+        self._delete(key, expected_version, [0])
+
+    @_op("delete")
+    def _delete(self, key: str, expected_version: int | None, tries: list[int]) -> None:
+        tries[0] += 1
+        try:
+            self._client.delete(self._path(key), version=-1 if expected_version is None
+                                else expected_version)
+        except NoNodeError:
+            if tries[0] == 1:
+                raise
+            # A retry finds the key gone: our first send deleted it.
 
     @_op("list")
     def children(self, prefix: str) -> dict[str, Versioned]:
@@ -280,8 +304,38 @@ class ZkCoordinator:
             out[name] = Versioned(data, stat.version)
         return out
 
+    def _applied(self, ops: list[Op]) -> bool:
+        """Whether the store shows what ``ops`` leave: each Put's key holds its value
+        (at the expected version + 1 when one was expected), each Delete's key is gone.
+        Asked only after a retried command failed, to recognise our own first send."""
+        writes = [op for op in ops if not isinstance(op, Check)]
+        if not writes:
+            # Only checks: nothing shows whether the first send passed, so check again
+            # (it must still hold, which is the stronger answer).
+            for check in ops:
+                assert isinstance(check, Check)
+                stat = self._client.exists(self._path(check.key))
+                if stat is None or stat.version != check.version:
+                    return False
+            return True
+        for op in writes:  # the writes landed, so the checks beside them passed
+            path = self._path(op.key)
+            if isinstance(op, Delete):
+                if self._client.exists(path) is not None:
+                    return False
+                continue
+            try:
+                data, stat = self._client.get(path)
+            except NoNodeError:
+                return False
+            if data != op.value or (op.expected_version is not None
+                                    and stat.version != op.expected_version + 1):
+                return False
+        return True
+
     @_op("transaction")
-    def _commit(self, ops: list[Op], fence: str | None) -> None:
+    def _commit(self, ops: list[Op], fence: str | None, tries: list[int]) -> None:
+        tries[0] += 1
         for op in ops:
             if isinstance(op, Put) and op.expected_version in (None, MUST_NOT_EXIST):
                 parent = self._path(op.key).rsplit("/", 1)[0]
@@ -311,6 +365,9 @@ class ZkCoordinator:
                   if isinstance(r, Exception) and not isinstance(r, RolledBackError)]
         if not failed:
             return
+        if tries[0] > 1 and self._applied(ops):
+            # Our first send committed (the fence held then); only its reply was lost.
+            return
         i, exc = failed[0]
         if fence is not None:
             if i == 0:
@@ -320,7 +377,7 @@ class ZkCoordinator:
         raise translate(exc, f"transaction on {ops[i].key}")
 
     def transaction(self, ops: list[Op]) -> None:
-        self._commit(ops, None)
+        self._commit(ops, None, [0])
 
     def watch(self, key: str, callback: Callable[[Versioned | None], None]) -> Callable[[], None]:
         stopped = threading.Event()
@@ -340,11 +397,15 @@ class ZkCoordinator:
     @_op("join")
     def join(self, member: str, data: bytes) -> None:
         check_key(member)
+        path = f"{self.root}/members/{member}"
         try:
-            self._client.create(f"{self.root}/members/{member}", data, ephemeral=True)
+            self._client.create(path, data, ephemeral=True)
         except NodeExistsError:
-            raise Conflict(f"controller name {member!r} is already in use",
-                           hint="give each controller its own --name") from None
+            # Held by our own session: our create of a retried join (its reply lost).
+            stat = self._client.exists(path)
+            if stat is None or stat.ephemeralOwner != self._client.client_id[0]:
+                raise Conflict(f"controller name {member!r} is already in use",
+                               hint="give each controller its own --name") from None
         self._my_members[member] = data
 
     @_op("member")
@@ -449,7 +510,7 @@ class ZkCoordinator:
         node = self._node
         if self._token is None or node is None or self._suspended:
             raise NotLeader("this controller is not the leader (or its session is in doubt)")
-        self._commit(ops, node)
+        self._commit(ops, node, [0])
 
     # -- locks ------------------------------------------------------------------
 
