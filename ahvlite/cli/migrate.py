@@ -111,14 +111,13 @@ def migrate(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Live-migrate a running VM (peer to peer; persistent on the destination)."""
-    path, cspec = load(cluster)
+    _path, cspec = load(cluster)
     settings = settings_from_options(
         max_downtime_ms=max_downtime_ms, bandwidth_mib_s=bandwidth_mib, postcopy=postcopy,
         tls=tls, max_iterations=max_iterations, timeout_s=timeout_s,
         auto_converge=not no_auto_converge)
     with migration_bar(not json_out) as on_progress:
-        result = migrate_vm(cspec, name, to=to, settings=settings, on_progress=on_progress,
-                            cluster_file=path)
+        result = migrate_vm(cspec, name, to=to, settings=settings, on_progress=on_progress)
     if json_out:
         emit_json(result.to_dict())
     else:

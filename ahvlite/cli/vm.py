@@ -159,8 +159,8 @@ def _ha_admit(cluster: Path | None, name: str, **new_vm: Any) -> str | None:
         return None
     from ahvlite.controller.ha.inventory import check_power_on
 
-    path, cspec = load(cluster)
-    return check_power_on(path, cspec, name, **new_vm)
+    _, cspec = load(cluster)
+    return check_power_on(cspec, name, **new_vm)
 
 
 @app.command()

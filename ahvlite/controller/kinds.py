@@ -9,12 +9,10 @@ cluster.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ahvlite.controller.tasks import Handler, TaskContext
@@ -70,22 +68,20 @@ class Sleep:
 class _ClusterKind:
     """Shared by the kinds that act on the controller's cluster.
 
-    ``cluster_file`` is the controller's own (``controller run --cluster``); a task never
-    names one. With it, host names are checked when the task is validated (by the
-    leader, when it claims the task) and again when it runs.
+    ``cluster`` gives the controller's cluster as it is now (read from the store); a
+    task never names one. With it, host names are checked when the task is validated
+    (by the leader, when it claims the task) and again when it runs; without it (a
+    submitter) only their form is.
     """
 
-    def __init__(self, cluster_file: Path | None) -> None:
-        self.cluster_file = cluster_file
+    def __init__(self, cluster: Callable[[], Any] | None) -> None:
+        self._cluster = cluster
 
     def cluster(self) -> Any:
-        from ahvlite.spec.cluster import load_cluster
-
-        path = self.cluster_file or os.environ.get(CLUSTER_ENV)
-        if not path:
-            raise NotFound("this controller has no cluster file",
-                           hint="run the controller with --cluster")
-        return load_cluster(Path(path))
+        if self._cluster is None:
+            raise NotFound("this controller has no cluster",
+                           hint="`ahvlite cluster apply -f cluster.yaml` stores one")
+        return self._cluster()
 
     def check_host(self, field: str, host: object, *, optional: bool = False) -> str | None:
         """``host`` as a host name of the cluster; validated against the cluster file
@@ -96,7 +92,7 @@ class _ClusterKind:
 
         if not isinstance(host, str) or not re.fullmatch(NAME, host):
             raise InvalidSpec(field, host, "a host name of the cluster")
-        if self.cluster_file is not None:
+        if self._cluster is not None:
             cluster_host(self.cluster(), field, host)
         return host
 
@@ -296,12 +292,10 @@ class VmSpecCreate(_ClusterKind):
 
 def _ha_admit(cluster: Any, name: str, **new_vm: Any) -> str | None:
     """HA admission (guarantee mode) for a power-on: the host to use, or Conflict with
-    the missing memory. Needs the cluster file, where the HA settings live."""
-    if cluster.source is None:
-        return None
+    the missing memory."""
     from ahvlite.controller.ha.inventory import check_power_on
 
-    return check_power_on(cluster.source, cluster, name, **new_vm)
+    return check_power_on(cluster, name, **new_vm)
 
 
 def create_once(cluster: Any, spec: Any, *, host: str | None, start: bool, task_id: str,
@@ -365,16 +359,16 @@ class VmMigrate(_ClusterKind):
         def act() -> dict[str, Any]:
             if ctx.task.attempts > 1 and vms.show_vm(cspec, p["name"]).host == p["to"]:
                 return {"vm": p["name"], "destination": p["to"], "note": "already there"}
-            return migrate_vm(cspec, p["name"], to=p["to"],
-                              cluster_file=cspec.source).to_dict()
+            return migrate_vm(cspec, p["name"], to=p["to"]).to_dict()
 
         ctx.progress(10, f"migrating {p['name']} to {p['to']}")
         return dict(ctx.step("migrate", act))
 
 
-def registry(cluster_file: Path | None = None) -> dict[str, Handler]:
-    """Every kind; ``cluster_file`` is the controller's own (``--cluster``)."""
-    return {"sleep": Sleep(), "vm.create": VmCreate(cluster_file),
-            "vm.lifecycle": VmLifecycle(cluster_file),
-            "vm.spec.create": VmSpecCreate(cluster_file),
-            "vm.migrate": VmMigrate(cluster_file)}
+def registry(cluster: Callable[[], Any] | None = None) -> dict[str, Handler]:
+    """Every kind; ``cluster`` gives the controller's cluster (None: a submitter's
+    registry, which checks the form of parameters only)."""
+    return {"sleep": Sleep(), "vm.create": VmCreate(cluster),
+            "vm.lifecycle": VmLifecycle(cluster),
+            "vm.spec.create": VmSpecCreate(cluster),
+            "vm.migrate": VmMigrate(cluster)}

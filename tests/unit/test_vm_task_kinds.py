@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from ahvlite.cluster.legacy import open_cluster_file
 from ahvlite.controller.kinds import registry
 from ahvlite.errors import InvalidSpec
 
@@ -118,7 +119,8 @@ hosts:
 def kinds(tmp_path):
     path = tmp_path / "cluster.yaml"
     path.write_text(CLUSTER_YAML)
-    return registry(path)
+    cluster = open_cluster_file(path)
+    return registry(lambda: cluster)
 
 
 @pytest.mark.parametrize(("kind", "params", "field"), [

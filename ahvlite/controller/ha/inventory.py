@@ -3,7 +3,6 @@ power-on. I/O through ``cluster.vms``; the maths is in ``reservation``."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ahvlite.cluster import vms
@@ -31,9 +30,9 @@ def _gather(cluster: ClusterSpec) -> tuple[list[HostMem], list[VmLoad], list[vms
     return host_mem, loads, found, unreachable
 
 
-def show(cluster_file: Path, cluster: ClusterSpec) -> dict[str, Any]:
+def show(cluster: ClusterSpec) -> dict[str, Any]:
     """Mode, reservation per host, protected VMs and failover capacity."""
-    settings = load_settings(cluster_file)
+    settings = load_settings(cluster.state)
     host_mem, loads, found, unreachable = _gather(cluster)
     res = reservation(settings, host_mem, loads)
     protected = []
@@ -54,7 +53,7 @@ def show(cluster_file: Path, cluster: ClusterSpec) -> dict[str, Any]:
             "reservation": res.to_dict(), "vms": protected, "unreachable": unreachable}
 
 
-def check_power_on(cluster_file: Path, cluster: ClusterSpec, name: str, *,
+def check_power_on(cluster: ClusterSpec, name: str, *,
                    memory_mib: int | None = None, host: str | None = None,
                    labels: dict[str, str] | None = None,
                    settings: HaSettings | None = None) -> str | None:
@@ -63,7 +62,7 @@ def check_power_on(cluster_file: Path, cluster: ClusterSpec, name: str, *,
     For an existing VM pass only ``name``; for a new one its memory, labels and maybe
     ``host``. Default mode: None (no check; placement decides).
     """
-    settings = settings or load_settings(cluster_file)
+    settings = settings or load_settings(cluster.state)
     if settings.mode != "guarantee":
         return None
     host_mem, loads, found, _ = _gather(cluster)
