@@ -148,7 +148,8 @@ class TaskCancelled(AhvliteError):
 class Handler(Protocol):
     """A task kind: ``run`` does the work through ``ctx.step``; resumable if steps allow."""
 
-    resumable: bool
+    @property
+    def resumable(self) -> bool: ...
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]: ...
     def run(self, ctx: TaskContext) -> dict[str, Any]: ...
