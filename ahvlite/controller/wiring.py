@@ -128,8 +128,7 @@ def run_controller(cfg: ControllerConfig) -> None:
     if cfg.api is not None:
         from ahvlite.controller.api.settings import start_api
 
-        cluster_name = view().name if view.known() else None
-        server, published = start_api(cfg.api, coord, name, kinds, cluster_name)
+        server, published = start_api(cfg.api, coord, name, kinds, view)
         # Stop taking requests as soon as we are told to stop, while the controller
         # resigns: a client then goes to another controller, not to a closed store.
         threading.Thread(target=_stop_api_on, args=(stop, server), daemon=True,
