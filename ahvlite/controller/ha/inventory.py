@@ -7,7 +7,7 @@ from typing import Any
 
 from ahvlite.cluster import vms
 from ahvlite.controller.ha.config import load_settings
-from ahvlite.controller.ha.reservation import HostMem, VmLoad, admit, reservation
+from ahvlite.controller.ha.reservation import HostMem, VmLoad, admit, admit_moves, reservation
 from ahvlite.controller.ha.restart import VmRecord
 from ahvlite.controller.ha.settings import HaSettings
 from ahvlite.errors import Conflict
@@ -99,3 +99,18 @@ def leader_view(store_url: str) -> dict[str, Any] | None:
     finally:
         coord.close()
     return json.loads(raw.value) if raw is not None else None
+
+
+def check_moves(cluster: ClusterSpec, moves: list[tuple[str, str]], *,
+                settings: HaSettings | None = None) -> None:
+    """In guarantee mode: Conflict naming the missing memory when these live moves
+    (``(vm, destination)``: a migration, a maintenance evacuation, an ADS plan) would
+    break the HA reservation. The one check every move goes through on the leader."""
+    settings = settings or load_settings(cluster.state)
+    if settings.mode != "guarantee" or not moves:
+        return
+    host_mem, loads, _, _ = _gather(cluster)
+    verdict = admit_moves(settings, host_mem, loads, moves)
+    if not verdict.ok:
+        raise Conflict(verdict.message,
+                       hint="add a host, stop VMs, or `ahvlite ha set --mode default`")
