@@ -18,6 +18,8 @@ from typer.core import TyperGroup
 # name: (module, attribute, summary). Attribute: a typer app, or a function that is one
 # command of its own.
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "local": ("ahvlite.cli.local", "app", "This machine as a one-host cluster (a first "
+              "try, no ZooKeeper)."),
     "lab": ("ahvlite.cli.lab", "app", "Build, inspect and remove a local multi-host lab."),
     "host": ("ahvlite.cli.host", "app", "Hosts: list, show, facts, add, remove, "
              "maintenance, provision."),
