@@ -191,3 +191,16 @@ def test_a_link_out_of_the_roots_counts_as_outside(tmp_path):
     hostfiles.check_path("ssh.key", str(root / "real"), (str(root),))
     with pytest.raises(InvalidSpec):
         hostfiles.check_path("ssh.key", f"{root}/../root/real", (str(root),))
+
+
+def test_a_field_named_model_is_validated_like_any_other():
+    from pydantic import BaseModel, ConfigDict
+
+    class WithModel(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        model: str
+
+    assert build(WithModel, model="Westmere").model == "Westmere"
+    with pytest.raises(InvalidSpec) as exc:
+        build(SshSpec, model="x", host="h")  # a stranger's field, named as such
+    assert exc.value.field == "model"
