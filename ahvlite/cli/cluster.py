@@ -52,18 +52,20 @@ def _stored() -> dict[str, Any] | None:
 
 
 def _render_diff(d: dict[str, Any], *, dry_run: bool, source: Path) -> None:
-    verb = "would" if dry_run else "did"
+    verb = "would import" if dry_run else "imported"
     if not d["changes"]:
         console.print("spec: no changes", highlight=False)
     for c in d["changes"]:
         fields = f" ({', '.join(c['fields'])})" if c["fields"] else ""
         console.print(f"  {c['action']:6} {c['what']} {c['name']}{fields}", highlight=False)
+    if d["imports"] or d["kept"]:
+        console.print(f"documents beside {source}:", highlight=False, soft_wrap=True)
     if d["imports"]:
-        console.print(f"documents beside {source}: {verb} import {', '.join(d['imports'])} "
-                      "(only keys the store did not have)", highlight=False)
+        console.print(f"  {verb} (the store did not have them): {', '.join(d['imports'])}",
+                      highlight=False, soft_wrap=True)
     if d["kept"]:
-        console.print(f"documents beside {source} the store already has, kept as the store "
-                      f"holds them (not overwritten): {', '.join(d['kept'])}", highlight=False)
+        console.print("  kept as the store holds them (never overwritten): "
+                      + ", ".join(d["kept"]), highlight=False, soft_wrap=True)
 
 
 @app.command(name="apply")
