@@ -157,9 +157,16 @@ def _cluster_file(tmp_path: Path) -> Path:
     return cf
 
 
-def test_zk_secret_is_generated_once_kept_0600_and_passed_as_extra_var(tmp_path):
-    from ahvlite.cli.provision import provision_inputs
+def provision_inputs(hosts: list[str], *, cluster: Path, check: bool):
+    """The inputs of `host provision -f CLUSTER` (the CA and secret beside the file)."""
+    from ahvlite.cli.provision import provision_inputs as inputs
+    from ahvlite.spec.cluster import load_cluster
 
+    return inputs(hosts, spec=load_cluster(cluster), cluster_file=cluster, pki_dir=None,
+                  check=check)
+
+
+def test_zk_secret_is_generated_once_kept_0600_and_passed_as_extra_var(tmp_path):
     cf = _cluster_file(tmp_path)
     inv, extra = provision_inputs(["h1"], cluster=cf, check=False)
     secret = extra[provision.ZK_SECRET_VAR]
@@ -179,8 +186,6 @@ def test_zk_secret_is_generated_once_kept_0600_and_passed_as_extra_var(tmp_path)
 
 
 def test_check_mode_writes_no_secret_and_a_bad_one_is_refused(tmp_path):
-    from ahvlite.cli.provision import provision_inputs
-
     cf = _cluster_file(tmp_path)
     _, extra = provision_inputs([], cluster=cf, check=True)
     assert len(extra[provision.ZK_SECRET_VAR]) >= provision.ZK_SECRET_MIN_CHARS
@@ -196,7 +201,6 @@ def test_check_mode_writes_no_secret_and_a_bad_one_is_refused(tmp_path):
 def test_controller_env_carries_the_secret_in_the_store_url_the_controller_parses(tmp_path):
     import jinja2
 
-    from ahvlite.cli.provision import provision_inputs
     from ahvlite.controller.coord.url import ZkUrl, parse_store_url
 
     cf = _cluster_file(tmp_path)
