@@ -5,6 +5,12 @@ API serves it (``GET /v1/cluster``), or, before any controller runs (the first
 provisioning of new hosts), from a cluster file given with ``-f``. The cluster CA and
 the controllers' ZooKeeper secret are kept in ``--pki-dir``: beside the ``-f`` file,
 else ``~/.config/ahvlite/pki`` (the admin's machine keeps them, not the store).
+
+SSH: the key and known_hosts a host entry names are the controllers' files; ansible
+runs here, so ``--ssh-key``/``--known-hosts`` name this machine's, and without them an
+entry's file is used only where this machine has it too (a lab, or a controller host),
+else ssh's own defaults (``~/.ssh``, the agent) apply. With ``-f`` the file's paths are
+this machine's, as they always were.
 """
 
 from __future__ import annotations
@@ -92,6 +98,24 @@ def cluster_source(spec_file: Path | None) -> ClusterSpec:
     return build(ClusterSpec, **get("/v1/cluster"))
 
 
+def with_local_ssh(spec: ClusterSpec, *, key: Path | None, known_hosts: Path | None,
+                   from_api: bool) -> ClusterSpec:
+    """The spec with the SSH files ansible uses on this machine (see the module doc)."""
+    hosts = []
+    for h in spec.hosts:
+        s = h.ssh
+        if s is not None:
+            k = key or (s.key if not from_api or (s.key and s.key.exists()) else None)
+            kh = known_hosts or (s.known_hosts if not from_api
+                                 or (s.known_hosts and s.known_hosts.exists()) else None)
+            h = h.model_copy(update={"ssh": s.model_copy(update={"key": k,
+                                                                 "known_hosts": kh})})
+        hosts.append(h)
+    out = spec.model_copy(update={"hosts": hosts})
+    out._source = spec.source
+    return out
+
+
 @contextlib.contextmanager
 def cluster_file_for(spec: ClusterSpec, spec_file: Path | None) -> Iterator[Path]:
     """A cluster file the play's network module reads on this machine: the ``-f`` file,
@@ -127,12 +151,14 @@ def provision_inputs(hosts: list[str], *, spec: ClusterSpec, cluster_file: Path,
 
 def provision_hosts(hosts: list[str], *, spec_file: Path | None, pki_dir: Path | None,
                     check: bool, tags: list[str], skip_tags: list[str],
-                    report: ansible.Progress) -> ansible.PlaybookResult:
+                    report: ansible.Progress, ssh_key: Path | None = None,
+                    known_hosts: Path | None = None) -> ansible.PlaybookResult:
     from ahvlite.remote import ansible
 
     tag_list = provision.check_tags("--tags", tags)
     skip_list = provision.check_tags("--skip-tags", skip_tags)
-    spec = cluster_source(spec_file)
+    spec = with_local_ssh(cluster_source(spec_file), key=ssh_key, known_hosts=known_hosts,
+                          from_api=spec_file is None)
     with cluster_file_for(spec, spec_file) as cluster_file:
         inventory, extravars = provision_inputs(hosts, spec=spec, cluster_file=cluster_file,
                                                 pki_dir=pki_dir, check=check)
@@ -155,6 +181,12 @@ def provision_cmd(
     pki_dir: Annotated[Path | None, typer.Option(
         "--pki-dir", help="Where the cluster CA and ZooKeeper secret are kept (default: "
                           "beside the -f file, else ~/.config/ahvlite/pki).")] = None,
+    ssh_key: Annotated[Path | None, typer.Option(
+        "--ssh-key", help="SSH key ansible uses from here (default: the host entry's, "
+                          "where this machine has it; else ssh's own).")] = None,
+    known_hosts: Annotated[Path | None, typer.Option(
+        "--known-hosts", help="known_hosts ansible checks host keys against from here.")]
+    = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Provision hosts with playbooks/host.yml (ansible, run here): packages, IOMMU,
@@ -163,7 +195,7 @@ def provision_cmd(
     with progress(not json_out, "starting ansible") as report:
         result = provision_hosts(hosts or [], spec_file=spec_file, pki_dir=pki_dir,
                                  check=check, tags=tags or [], skip_tags=skip_tags or [],
-                                 report=report)
+                                 report=report, ssh_key=ssh_key, known_hosts=known_hosts)
     if json_out:
         emit_json(result.to_dict())
         return
