@@ -1,6 +1,7 @@
 """What the kinds that change the cluster spec share: the store's cluster state (also
-before any spec exists, for ``cluster.apply``) and a compare-and-set change of the
-spec made right after a leadership check."""
+before any spec exists, for ``cluster.apply``), the spec read from the store itself
+(not the watch-fed view, which may lag a change made a moment ago), and a
+compare-and-set change of the spec made right after a leadership check."""
 
 from __future__ import annotations
 
@@ -22,10 +23,22 @@ class SpecKind(Kind[P]):
     def state(self) -> ClusterState:
         """The cluster's documents in the controller's store (the cluster view's)."""
         state = getattr(self._cluster, "state", None)
+        if state is None and self._cluster is not None:
+            state = self._cluster().state  # a plain function giving a spec with its state
         if not isinstance(state, ClusterState):
             raise NotFound("this controller keeps no cluster state",
                            hint="run it with a store (`ahvlite controller run --store`)")
         return state
+
+    def cluster(self) -> ClusterSpec:
+        """The spec as the store holds it now (NotFound while it holds none)."""
+        from ahvlite.cluster.specwrite import read_spec
+
+        spec, _ = read_spec(self.state())
+        if spec is None:
+            raise NotFound("the store holds no cluster yet",
+                           hint="`ahvlite cluster apply -f cluster.yaml` stores one")
+        return spec
 
     def change_spec(self, ctx: TaskContext, change: Callable[[ClusterSpec], ClusterSpec | None]
                     ) -> tuple[ClusterSpec, bool]:
