@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from ahvlite.lab import lab
@@ -63,7 +64,7 @@ def _leader_pid(client: Any) -> tuple[str, int]:
     host = lab.layout_of(NAME).host(name)
     for p in pids_in_netns(netlink.netns_path(host.netns)):
         try:
-            cmd = open(f"/proc/{p.pid}/cmdline", "rb").read().split(b"\0")
+            cmd = Path(f"/proc/{p.pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         if b"controller" in cmd and b"run" in cmd and b"ahvlite.cli.main" in cmd:
@@ -78,7 +79,7 @@ def failover() -> tuple[list[float], list[float]]:
     accepted, started = [], []
     with ApiClient.from_env(deadline_s=60) as client:
         for _ in range(RUNS):
-            name, pid = _leader_pid(client)
+            _, pid = _leader_pid(client)
             t0 = time.monotonic()
             os.kill(pid, signal.SIGKILL)
             task = client.submit("sleep", {"steps": 1, "step_s": 0})
