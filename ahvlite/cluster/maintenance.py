@@ -134,6 +134,9 @@ class HostOps(Protocol):
     def where(self, vm: str) -> tuple[str, str] | None:
         """(host, state) of ``vm`` now, None when no host has it."""
         ...
+    def state_on(self, host: str, vm: str) -> str | None:
+        """``vm``'s state on ``host``, None when ``host`` does not have it."""
+        ...
     def migrate(self, vm: str, to: str, settings: ConvergenceSettings | None,
                 on_progress: Callable[[migrate.MigrationProgress], None] | None,
                 ) -> migrate.MigrateResult: ...
@@ -166,6 +169,11 @@ class LibvirtOps:
         except NotFound:
             return None
         return info.host, info.state
+
+    def state_on(self, host: str, vm: str) -> str | None:
+        with vms.connect(self.cluster) as hosts:
+            dom = domains.find_domain(hosts.conn(host), vm)
+            return None if dom is None else domains.domain_state(dom)
 
     def migrate(self, vm: str, to: str, settings: ConvergenceSettings | None,
                 on_progress: Callable[[migrate.MigrationProgress], None] | None,
@@ -394,18 +402,18 @@ class _Enter:
 
     def _move(self, vm: str, to: str, out: EnterReport, serial: _Serial) -> None:
         host = self.host
-        where = self.ops.where(vm)
-        if where is None:
-            serial.say(f"{vm} is gone (deleted meanwhile): nothing to move", done=True)
-            return
-        now, state = where
-        if now != host:
+        state = self.ops.state_on(host, vm)
+        if state is None:
+            where = self.ops.where(vm)
+            if where is None:
+                serial.say(f"{vm} is gone (deleted meanwhile): nothing to move", done=True)
+                return
             # Moved by an earlier attempt whose leader died before recording it.
-            entry: dict[str, Any] = {"vm": vm, "to": now, "downtime_ms": None,
+            entry: dict[str, Any] = {"vm": vm, "to": where[0], "downtime_ms": None,
                                      "total_ms": None}
             self._record_move(entry)
             out.moved.append(entry)
-            serial.say(f"{vm} already runs on {now}", done=True)
+            serial.say(f"{vm} already runs on {where[0]}", done=True)
             return
         if state not in migrate.MIGRATABLE_STATES:
             out.left.append(vm)
@@ -454,13 +462,12 @@ class _Enter:
                        hint="add capacity, or end maintenance on a host")
 
     def _shut_down(self, vm: str, out: EnterReport, serial: _Serial) -> None:
-        where = self.ops.where(vm)
-        if where is None or where[1] not in migrate.MIGRATABLE_STATES:
-            done_before = where is not None  # an earlier attempt shut it down
-            if done_before:
+        state = self.ops.state_on(self.host, vm)
+        if state not in migrate.MIGRATABLE_STATES:
+            if state is not None:  # off already: an earlier attempt shut it down
                 out.shut_down.append(vm)
                 self._note_shut_down(vm)
-            serial.say(f"{vm} is {'off' if where else 'gone'} already", done=True)
+            serial.say(f"{vm} is {'off' if state else 'gone'} already", done=True)
             return
         serial.say(f"shutting down pinned {vm}")
         try:
@@ -525,8 +532,7 @@ def _exit(cluster: ClusterSpec, host: str, *, restore: bool,
     returned: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     for vm in entry.get("shut_down", []):
-        where = ops.where(vm)
-        if where is not None and where[1] in migrate.MIGRATABLE_STATES:
+        if ops.state_on(host, vm) in migrate.MIGRATABLE_STATES:
             started.append(vm)  # an earlier attempt started it
             continue
         try:
@@ -547,14 +553,13 @@ def _exit(cluster: ClusterSpec, host: str, *, restore: bool,
             together = False  # one at a time, each admitted with the others back already
 
         def bring_back(vm: str) -> None:
-            where = ops.where(vm)
-            if where is None:
+            if ops.state_on(host, vm) in migrate.MIGRATABLE_STATES:
+                returned.append({"vm": vm, "from": None, "downtime_ms": None})
+                serial.say(f"{vm} is back on {host}", done=True)  # an earlier attempt
+                return
+            if ops.where(vm) is None:
                 skipped.append({"vm": vm, "reason": "it no longer exists"})
                 serial.say(f"{vm} is gone", done=True)
-                return
-            if where[0] == host:
-                returned.append({"vm": vm, "from": None, "downtime_ms": None})
-                serial.say(f"{vm} is back on {host}", done=True)
                 return
             try:
                 if not together:

@@ -1,15 +1,11 @@
-"""Maintenance mode: the pure move plan and the state that survives CLI restarts."""
+"""Maintenance mode: the pure move plan and the state that survives CLI restarts (the
+CLI through the API, and a run resumed by a new leader: tests/functional)."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import pytest
 
 from ahvlite.cluster import maintenance
-from ahvlite.cluster.legacy import open_cluster_file
 from ahvlite.cluster.maintenance import VmOnHost, plan_evacuation
 from ahvlite.cluster.placement import HostCapacity
 from ahvlite.cluster.schedulable import unschedulable_hosts
@@ -123,21 +119,3 @@ def test_a_late_update_does_not_bring_back_an_entry_exit_removed(tmp_path):
         maintenance._update_host(cluster.state, "h1", lambda e: e.setdefault(
             "moved", []).append({"vm": "v", "to": "h2"}))
     assert unschedulable_hosts(cluster.state) == set()
-
-
-@pytest.mark.parametrize(("args", "needle"), [
-    (["--parallel", "0"], "--parallel=0"),
-    (["--max-downtime-ms", "-5"], "--max-downtime-ms=-5"),
-])
-def test_background_enter_checks_options_before_marking_the_host(tmp_path, args, needle):
-    cluster = ClusterSpec(name="c", hosts=[HostSpec(name=n, uri="test:///default")
-                                           for n in ("h1", "h2")])
-    cf = tmp_path / "cluster.yaml"
-    cf.write_text(cluster.dump_yaml())
-    env = {**os.environ, "AHVLITE_CLUSTER": str(cf), "COLUMNS": "200"}
-    r = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "host", "maintenance",
-                        "enter", "h1", *args], capture_output=True, text=True, env=env,
-                       timeout=60)
-    out = r.stdout + r.stderr
-    assert r.returncode == 2 and needle in out and "Traceback" not in out, out
-    assert unschedulable_hosts(open_cluster_file(cf).state) == set()
