@@ -350,6 +350,9 @@ def test_cvm_status_plan_deploy_and_remove_through_the_api(api, tmp_path):
     # Planning reads the host's sysfs over SSH: a host without an ssh entry is told so.
     plan = api.cli("cvm", "plan", "h1", "--json")
     assert plan.returncode == 2 and "hosts[h1].ssh" in error(plan), plan.stdout
+    plan = api.cli("cvm", "plan", "h1", "--controller", "0000:3c:00.0", "--controller",
+                   "0000:00:17.0", "--lab-lun", "x", "--json")  # the query carries them
+    assert plan.returncode == 2 and "hosts[h1].ssh" in error(plan), plan.stdout
     # Options are checked before the image travels; a missing image is named.
     image = tmp_path / "cvm.img"
     image.write_bytes(b"\0" * (1 << 20))
