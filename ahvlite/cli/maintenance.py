@@ -2,8 +2,9 @@
 
 ``enter`` is a task the leader runs: it marks the host unschedulable, empties it and
 shuts its pinned VMs down, and goes on without the CLI (a new leader finishes it).
-Without ``--wait`` the command returns once the host takes no new VMs; with it, it
-follows the task to its end, showing each VM's progress. While an ``enter`` of a host
+Without ``--wait`` the command returns once the host takes no new VMs and HA admitted
+its moves (a refusal is still this command's error); with it, it follows the task to
+its end, showing each VM's progress. While an ``enter`` of a host
 runs, an ``exit`` of it is refused (Conflict).
 """
 
@@ -25,6 +26,7 @@ ParallelOpt = Annotated[int, typer.Option("--parallel", help="Migrations at a ti
 DowntimeOpt = Annotated[int, typer.Option(
     "--max-downtime-ms", help="Longest pause a guest may see (the stun window cap).")]
 MARKED_WAIT_S = 60.0  # how long `enter` waits for the leader to mark the host
+STARTED_STEP = "admitted"  # cluster.maintenance.ADMITTED (not imported: `--help` stays light)
 
 
 def _check(parallel: int, max_downtime_ms: int) -> None:
@@ -38,14 +40,16 @@ def _check(parallel: int, max_downtime_ms: int) -> None:
 
 
 def _wait_marked(c: Any, task_id: str) -> Any:
-    """Follow the task until the host is marked (its first step) or it ended."""
+    """Follow the task until the host is marked and its moves admitted (from then on
+    it empties the host, come what may) or until it ended."""
     version = -1
     waited = 0.0
     while waited < MARKED_WAIT_S:
         task = c.get(f"/v1/tasks/{task_id}", wait_s=5, after_version=version)
         version = task["version"]
-        if "mark" in (task.get("steps_done") or {}) or task["state"] in (
-                "succeeded", "failed", "cancelled"):
+        if STARTED_STEP in (task.get("steps_done") or {}):
+            return {**task, "state": "running"}  # whatever came after is for `show`
+        if task["state"] in ("succeeded", "failed", "cancelled"):
             return task
         waited += 5
     raise OperationTimeout(f"the leader has not started task {task_id} in "

@@ -44,6 +44,7 @@ Moves = list[tuple[str, str]]  # (vm, destination)
 # and switch-over with the other's copying (see bench/migration.py for the figures).
 DEFAULT_PARALLEL = 2
 LOCK_WAIT_S = 0.5  # a second run of the same host is refused at once
+ADMITTED = "admitted"  # the step after which an enter empties the host, come what may
 
 
 def _quiet(_pct: int, _msg: str) -> None:
@@ -351,6 +352,8 @@ class _Enter:
             if marked.get("created"):
                 self._unmark_if_untouched()
             raise
+        # Recorded: from here on the run goes on (a client not waiting returns here).
+        hooks.steps.step(ADMITTED, lambda: True)
         out = EnterReport(host=host, state="entering", left=list(plan.left),
                           failed=[{"vm": v, "reason": r} for v, r in plan.unplaceable])
         out.moved = [recorded[vm] for vm, _ in plan.moves if vm in recorded]
