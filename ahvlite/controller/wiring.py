@@ -129,13 +129,16 @@ def own_stats(coord: Any, view: ClusterView, name: str, cfg: ControllerConfig) -
     """Every controller's own host: sampled from its local libvirt, published as
     ``stats/NAME`` while NAME is a host of the cluster."""
     from ahvlite.controller.hoststats import OwnStats
-    from ahvlite.virt.conn import open_connection
 
     def is_host(host: str) -> bool:
         return view.known() and any(h.name == host for h in view().hosts)
 
-    return OwnStats(coord, name, lambda: open_connection(cfg.libvirt_uri),
-                    interval_s=cfg.stats_interval_s, is_host=is_host)
+    def connect() -> Any:
+        from ahvlite.virt.conn import open_connection  # libvirt: only once it is needed
+
+        return open_connection(cfg.libvirt_uri)
+
+    return OwnStats(coord, name, connect, interval_s=cfg.stats_interval_s, is_host=is_host)
 
 
 def run_controller(cfg: ControllerConfig) -> None:
