@@ -51,11 +51,14 @@ def up(
         "--zk", help="Run a ZooKeeper ensemble, one member in each of the first 3 hosts.")] = False,
     controllers: Annotated[bool, typer.Option(
         "--controllers", help="Run an ahvlite controller on every host (implies --zk).")] = False,
+    storage: Annotated[str, typer.Option(
+        "--storage", help="dir (guests open the shared files) or iscsi (tgtd and the "
+                          "redirector on every host; disks are iSCSI LUNs).")] = "dir",
     json_out: JsonOpt = False,
 ) -> None:
     """Build a lab of N hosts (each with OVS, libvirt over TLS and sshd)."""
     spec = build(LabSpec, name=name, hosts=hosts, subnet=subnet, zk=zk or controllers,
-                 controllers=controllers)
+                 controllers=controllers, storage=storage)
     with progress(not json_out, f"lab {name}: starting") as report:
         st = lab.up(spec, report=report)
     if json_out:
@@ -171,7 +174,8 @@ def daemon(
     action: Annotated[str, typer.Argument(help="stop or start")],
     host: Annotated[str, typer.Argument(help="Lab host, e.g. h2.")],
     role: Annotated[str, typer.Argument(
-        help="ovsdb-server, ovs-vswitchd, virtlogd, virtlockd, libvirtd or sshd")],
+        help="ovsdb-server, ovs-vswitchd, virtlogd, virtlockd, libvirtd, sshd; with "
+             "--storage iscsi also storage (tgtd: killed at once) and redirector")],
     name: NameOpt = "lab",
     json_out: JsonOpt = False,
 ) -> None:

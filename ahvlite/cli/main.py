@@ -21,6 +21,7 @@ from ahvlite.cli import lab as lab_cli
 from ahvlite.cli import net as net_cli
 from ahvlite.cli import pki as pki_cli
 from ahvlite.cli import stats as stats_cli
+from ahvlite.cli import storage as storage_cli
 from ahvlite.cli import task as task_cli
 from ahvlite.cli import template as template_cli
 from ahvlite.cli import vm as vm_cli
@@ -49,6 +50,7 @@ app.add_typer(cvm_cli.app, name="cvm")
 app.add_typer(ha_cli.app, name="ha")
 app.add_typer(auth_cli.app, name="auth")
 app.add_typer(pki_cli.app, name="pki")
+app.add_typer(storage_cli.app, name="storage")
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -32,6 +32,9 @@ class LabSpec(BaseModel):
     guests_per_host: Annotated[int, Field(ge=0, le=8)] = 1
     zk: bool = False  # a ZooKeeper ensemble member in the first 3 host namespaces
     controllers: bool = False  # an ahvlite controller per host (implies zk)
+    # dir: guests open the shared directory's files; iscsi: tgtd and the redirector on
+    # every host, and VM disks are iSCSI LUNs (storage: iscsi in the cluster file).
+    storage: Literal["dir", "iscsi"] = "dir"
 
     @field_validator("subnet", mode="before")
     @classmethod
