@@ -33,6 +33,7 @@ class RedirectorConfig(BaseModel):
     pool_dir: str  # the shared pool's directory on this host (the targets' backing files)
     status_file: str = STATUS_FILE
     manage_target: bool = True  # reconcile this host's tgtd and do failback from it
+    tgt_control_port: Annotated[int, Field(ge=0, le=65535)] = 0  # tgtd -C (0: default)
     check_interval_s: Annotated[float, Field(ge=0.05, le=60)] = 1.0
     check_timeout_s: Annotated[float, Field(ge=0.05, le=60)] = 2.0
     failback_checks: Annotated[int, Field(ge=1, le=1000)] = 3

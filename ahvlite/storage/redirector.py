@@ -269,11 +269,14 @@ class Redirector:
             if self.tgt is not None:
                 try:
                     await loop.run_in_executor(None, self._tend_target)
-                except AhvliteError as exc:
-                    self.local = {**self.local, "error": exc.message}
                 except Exception as exc:  # never let the target's trouble stop logins
-                    log.exception("tending the local target failed")
-                    self.local = {**self.local, "error": f"{exc.__class__.__name__}: {exc}"}
+                    why = exc.message if isinstance(exc, AhvliteError) else \
+                        f"{exc.__class__.__name__}: {exc}"
+                    if not isinstance(exc, AhvliteError):
+                        log.exception("tending the local target failed")
+                    # A target that does not answer tgtadm holds no session we can vouch for.
+                    self.local = {"exports": 0, "health_target": False, "sessions": [],
+                                  "health_sessions": [], "held": 0, "error": why}
             self._write_status()
             wait = max(0.05, self.th.interval_s - (time.monotonic() - started))
             with contextlib.suppress(TimeoutError):
@@ -339,7 +342,8 @@ class Redirector:
 def run(cfg: RedirectorConfig) -> None:
     """Serve until SIGTERM/SIGINT (the daemon's main)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    target = tgt.Tgt(tgt.local_run()) if cfg.manage_target else None
+    target = tgt.Tgt(tgt.local_run(), control_port=cfg.tgt_control_port) \
+        if cfg.manage_target else None
     r = Redirector(cfg, target=target)
 
     async def main() -> None:

@@ -116,11 +116,13 @@ def local_run(timeout_s: float = 20) -> Run:
 class Tgt:
     """One tgtd, reached through ``run``."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, *, control_port: int = 0) -> None:
         self.run = run
+        # tgtd's management socket is /run/tgtd/socket.PORT (tgtd -C PORT).
+        self.control = ["-C", str(control_port)] if control_port else []
 
     def _adm(self, *args: str) -> str:
-        return self.run([*TGTADM, *args])
+        return self.run([TGTADM[0], *self.control, *TGTADM[1:], *args])
 
     def targets(self) -> list[Target]:
         return parse_show(self._adm("--op", "show", "--mode", "target"))
