@@ -31,8 +31,8 @@ BLOCK = 4096
 
 WRITER = r"""
 [ -s /tmp/io-pid ] && kill $(cat /tmp/io-pid) 2>/dev/null
-rm -f /tmp/io-stop /tmp/io-err /tmp/io-done; echo '0 0 0' > /tmp/io-progress
-( seq=0; r=1
+rm -f /tmp/io-stop /tmp/io-err /tmp/io-done; echo '{first} -1 0' > /tmp/io-progress
+( seq=0; r={first}
   while [ ! -e /tmp/io-stop ]; do
     i=0
     while [ $i -lt {blocks} ] && [ ! -e /tmp/io-stop ]; do
@@ -62,14 +62,18 @@ def pattern_block(round_: int, index: int) -> bytes:
 @dataclass(frozen=True)
 class Progress:
     round: int  # the round of the last write
-    index: int  # the data block index written last (0-based)
+    index: int  # the data block index written last (0-based; -1: none yet)
     seq: int  # writes so far
     errors: list[str]
+    first_round: int = 1  # the round this run started with
 
 
-def start_writer(cluster: ClusterSpec, vm: str, dev: str, blocks: int) -> None:
-    # The console takes one line per command: the script travels base64-encoded.
-    script = WRITER.replace("{dev}", dev).replace("{blocks}", str(blocks)).strip() + "\n"
+def start_writer(cluster: ClusterSpec, vm: str, dev: str, blocks: int, *,
+                 first_round: int = 1) -> None:
+    """Start the writer; ``first_round`` above any round already on the disk makes
+    every block this run writes tell itself apart from older ones."""
+    script = (WRITER.replace("{dev}", dev).replace("{blocks}", str(blocks))
+              .replace("{first}", str(first_round)).strip() + "\n")
     # A long line overruns the emulated UART (characters get lost): short pieces.
     encoded = base64.b64encode(script.encode()).decode()
     vms.console_run(cluster, vm, ": > /tmp/io-writer.b64", timeout_s=30)
@@ -83,7 +87,8 @@ def start_writer(cluster: ClusterSpec, vm: str, dev: str, blocks: int) -> None:
         raise OperationFailed(f"{vm}: the writer did not start ({code}): {out[-300:]}")
 
 
-def stop_writer(cluster: ClusterSpec, vm: str, timeout_s: float = 60) -> Progress:
+def stop_writer(cluster: ClusterSpec, vm: str, timeout_s: float = 60, *,
+                first_round: int = 1) -> Progress:
     vms.console_run(cluster, vm, ": > /tmp/io-stop", timeout_s=30)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -97,19 +102,18 @@ def stop_writer(cluster: ClusterSpec, vm: str, timeout_s: float = 60) -> Progres
                              timeout_s=30)
     lines = [x.strip() for x in out.splitlines() if x.strip()]
     r, i, seq = (int(x) for x in lines[0].split())
-    return Progress(round=r, index=i, seq=seq, errors=lines[1:])
+    return Progress(round=r, index=i, seq=seq, errors=lines[1:], first_round=first_round)
 
 
-def expected_blocks(p: Progress, blocks: int) -> list[bytes]:
-    """What data blocks 1..N must hold after the writer stopped at ``p``."""
-    out = []
+def expected_blocks(p: Progress, blocks: int) -> dict[int, bytes]:
+    """Data block index -> what it must hold after the writer stopped at ``p`` (the
+    blocks this run wrote; in its first round, the ones after the last are older)."""
+    out = {}
     for i in range(blocks):
         if i <= p.index:
-            out.append(pattern_block(p.round, i))
-        elif p.round > 1:
-            out.append(pattern_block(p.round - 1, i))
-        else:
-            out.append(b"\0" * BLOCK)
+            out[i] = pattern_block(p.round, i)
+        elif p.round > p.first_round:
+            out[i] = pattern_block(p.round - 1, i)
     return out
 
 
@@ -127,15 +131,19 @@ def verify_volume(path: Path, p: Progress, blocks: int) -> list[int]:
     """Data block indexes whose bytes in the volume file are not what was written."""
     data = _read(path, BLOCK, blocks * BLOCK)
     want = expected_blocks(p, blocks)
-    return [i for i in range(blocks) if data[i * BLOCK:(i + 1) * BLOCK] != want[i]]
+    return [i for i, b in sorted(want.items()) if data[i * BLOCK:(i + 1) * BLOCK] != b]
 
 
 def guest_readback(cluster: ClusterSpec, vm: str, dev: str, p: Progress,
                    blocks: int) -> tuple[bool, str]:
-    """The guest reads data blocks 1..N through its disk: (md5 matches, its md5)."""
-    want = hashlib.md5(b"".join(expected_blocks(p, blocks))).hexdigest()
+    """The guest reads back, through its disk, the blocks this run wrote (a whole round,
+    or the first ``index + 1`` blocks): (md5 matches, its md5)."""
+    want_blocks = expected_blocks(p, blocks)
+    count = len(want_blocks)
+    assert sorted(want_blocks) == list(range(count))
+    want = hashlib.md5(b"".join(want_blocks[i] for i in range(count))).hexdigest()
     _, out = vms.console_run(
-        cluster, vm, f"dd if={dev} bs=4096 skip=1 count={blocks} iflag=direct 2>/dev/null"
+        cluster, vm, f"dd if={dev} bs=4096 skip=1 count={count} iflag=direct 2>/dev/null"
         " | md5sum", timeout_s=60)
     got = next((w for w in out.split() if re.fullmatch(r"[0-9a-f]{32}", w)), "")
     return got == want, got

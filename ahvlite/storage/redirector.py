@@ -98,6 +98,7 @@ class Redirector:
         if before.last_ok != after.last_ok:
             log.info("target %s (%s): %s%s", host, after.portal, after.state,
                      f" ({error})" if error else "")
+            self._write_status()
 
     async def _watch(self, host: str) -> None:
         addr, port = self.cfg.portal_of(host)
@@ -173,6 +174,7 @@ class Redirector:
         self.redirects.append(entry)
         log.info("login %s for %s -> %s (%s)", entry["initiator"], entry["target"],
                  verdict.host or f"status {entry['status']}", verdict.reason)
+        self._write_status()  # who asks where a disk went wants to know now
 
     async def _decide(self, req: pdu.LoginRequest, keys: dict[str, str]) -> login.Verdict:
         tried: list[str] = []
