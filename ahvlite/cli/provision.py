@@ -14,7 +14,7 @@ import typer
 
 from ahvlite.cli.context import ClusterOpt, load
 from ahvlite.cli.output import console, emit_json, err_console, progress, table
-from ahvlite.cluster import provision
+from ahvlite.cluster import provision, sharedpool
 from ahvlite.errors import NotFound
 from ahvlite.remote import ansible
 from ahvlite.spec.cluster import ClusterSpec
@@ -80,6 +80,13 @@ def provision_inputs(hosts: list[str], *, cluster: Path | None, check: bool
         profile, pki_dir, per_host = provision.Profile(), path.resolve().parent / "pki", {}
     inventory = provision.build_inventory(spec, hosts, cluster_file=path.resolve(),
                                           pki_dir=pki_dir, profile=profile, per_host=per_host)
+    # Refused before anything is written: no shared storage, no provisioning.
+    pool_vars, pool_per_host = sharedpool.provision_vars(spec)
+    for h, v in pool_per_host.items():
+        if h in inventory["all"]["children"][provision.GROUP]["hosts"]:
+            inventory["all"]["children"][provision.GROUP]["hosts"][h].update(v)
+    inventory["all"]["children"][provision.GROUP]["vars"] = {
+        **pool_vars, **inventory["all"]["children"][provision.GROUP]["vars"]}
     return inventory, provision.run_vars(zk_secret(pki_dir, create=not check))
 
 

@@ -45,6 +45,7 @@ from ahvlite.spec.cluster import ClusterSpec, HostSpec, SshSpec
 from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.labels import DOMAIN_TYPE_LABEL
 from ahvlite.spec.network import BondSpec, BridgeSpec, NetworkSpec, OvsdbSpec
+from ahvlite.spec.storage import PoolSpec
 from ahvlite.virt import storage
 from ahvlite.virt.conn import connection, local_socket_connection
 
@@ -348,6 +349,9 @@ def _write_cluster_file(layout: LabLayout, domain_type: str | None,
     spec = ClusterSpec(
         name=layout.name,
         shared_pool=SHARED_POOL,
+        # One directory every lab host sees (a dir pool), as NFS would be on real hosts.
+        pool=PoolSpec(kind="dir", path=str(layout.shared_dir),
+                      lockspace=str(layout.lockspace_dir)),
         storage="iscsi" if storage_kind == "iscsi" else "dir",
         labels={"ahvlite.lab": layout.name},
         hosts=[HostSpec(
