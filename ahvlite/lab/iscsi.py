@@ -18,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ahvlite.errors import OperationTimeout
+from ahvlite.errors import MissingDependency, OperationTimeout
 from ahvlite.lab.layout import HostLayout, LabLayout
+from ahvlite.lab.prereqs import find_program
 from ahvlite.lab.services import supervised
 from ahvlite.spec.cluster import load_cluster
 from ahvlite.storage import config
@@ -29,6 +30,8 @@ STORAGE_ROLE = "storage"
 REDIRECTOR_ROLE = "redirector"
 # The lab checks twice a second, so drills and tests see health change quickly.
 LAB_CHECK_INTERVAL_S = 0.5
+# Debian's qemu-block-extra: QEMU's own iSCSI initiator (libiscsi).
+QEMU_ISCSI_MODULE = "/usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so"
 
 Start = Callable[[HostLayout, str, list[str]], None]
 
@@ -67,6 +70,13 @@ def start_storage(layout: LabLayout, *, start: Start, report: Callable[[str], No
     """tgtd and the redirector on every host; wait until every redirector sees every
     target healthy."""
     report("iSCSI path: tgtd and the redirector on every host")
+    for program, package in (("tgtd", "tgt"), ("tgtadm", "tgt")):
+        if find_program(program) is None:
+            raise MissingDependency(f"{program} is not installed: --storage iscsi needs it",
+                                    hint=f"apt-get install {package} qemu-block-extra")
+    if not Path(QEMU_ISCSI_MODULE).exists():
+        raise MissingDependency("QEMU has no iSCSI block driver here",
+                                hint="apt-get install qemu-block-extra")
     write_configs(layout)
     for host in layout.hosts:
         start(host, STORAGE_ROLE, tgtd_argv(host))
