@@ -8,9 +8,10 @@ are what the decisions read:
   failed it, however good it was before), the local target first;
 * failback: a remote target ends the sessions of another host's VMs once that host's
   own target has passed ``rise`` checks in a row (in the remote's view), so QEMU logs
-  in again through its host's redirector and is sent home. Ending the same session
-  again is held off with a doubling delay, so two redirectors that disagree about a
-  target cannot bounce a disk between them.
+  in again through its host's redirector and is sent home. If the same session comes
+  back while its home target stayed healthy (a bounce: two redirectors disagree about
+  that target), ending it again is held off with a doubling delay; a new failure of
+  the home target starts afresh.
 
 Time comes in as plain seconds (the caller's monotonic clock).
 """
@@ -143,7 +144,12 @@ def failback(me: str, sessions: Iterable[Session], targets: Mapping[str, TargetH
         h = targets.get(home)
         if h is None or not eligible(h) or h.ok_streak < th.rise:
             continue
-        if holds.get(session_key(home, s), HoldOff()).allows(now_s, th):
+        hold = holds.get(session_key(home, s), HoldOff())
+        if h.changed_s is not None and h.changed_s > hold.last_s:
+            # Home failed and came back since we last sent this session there: that
+            # was a real failover, not a bounce, so no hold-off carries over.
+            hold = HoldOff()
+        if hold.allows(now_s, th):
             plan.end.append((home, s))
         else:
             plan.held.append((home, s))
@@ -151,11 +157,16 @@ def failback(me: str, sessions: Iterable[Session], targets: Mapping[str, TargetH
 
 
 def after_ending(holds: Mapping[str, HoldOff], ended: Iterable[tuple[str, Session]],
-                 now_s: float, th: Thresholds) -> dict[str, HoldOff]:
+                 now_s: float, th: Thresholds,
+                 targets: Mapping[str, TargetHealth] | None = None) -> dict[str, HoldOff]:
     """The hold-offs once ``ended`` were ended at ``now_s``; old ones are forgotten."""
+    targets = targets or {}
     out = {k: v for k, v in holds.items() if now_s - v.last_s < th.hold_off_max_s * 2}
     for home, s in ended:
         k = session_key(home, s)
         prev = out.get(k, HoldOff())
+        back = targets.get(home)
+        if back is not None and back.changed_s is not None and back.changed_s > prev.last_s:
+            prev = HoldOff()  # a new failover since the last end, not a bounce
         out[k] = HoldOff(ended=prev.ended + 1, last_s=now_s)
     return out

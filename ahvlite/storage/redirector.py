@@ -247,7 +247,7 @@ class Redirector:
                          s.initiator, s.target, self.cfg.host, home)
             except AhvliteError as exc:
                 errors.append(exc.message)
-        self.holds = health.after_ending(self.holds, ended, now, self.th)
+        self.holds = health.after_ending(self.holds, ended, now, self.th, self.targets)
         hosts = self.cfg.host_of_address
         self.local = {
             "exports": sum(1 for t in targets if t.iqn != HEALTH_TARGET),

@@ -34,7 +34,7 @@ from tests.lab.conftest import assert_gone, in_host
 from tests.waiting import wait_for
 
 NAME = "tiscsi"
-SUBNET = "10.213.250.0/26"
+SUBNET = "10.213.239.0/26"
 BLOCKS = 128  # data blocks of 4 KiB the writer cycles through
 DEV = "/dev/sdb"
 

@@ -23,7 +23,7 @@ from ahvlite.spec.lab import LabSpec
 from tests.lab.conftest import in_host
 
 NAME = "tnfs"
-SUBNET = "10.213.251.0/26"
+SUBNET = "10.213.237.0/26"
 
 
 def kernel_has_nfs() -> bool:

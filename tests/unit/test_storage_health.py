@@ -246,3 +246,23 @@ def test_pool_spec():
         PoolSpec(kind="zfs")
     with pytest.raises(InvalidSpec, match=r"pool\.path"):
         PoolSpec(kind="dir", path="/a/../etc")
+
+
+def test_a_new_failover_is_not_held_off_like_a_bounce():
+    """The same disk fails over and back five times (its home target dies and returns
+    each time): every failback is immediate. Guards a hold-off that once grew with each
+    real failover until failback took minutes."""
+    th = Thresholds(rise=1, hold_off_s=10, hold_off_max_s=300)
+    sess = [s(DISK, "10.0.0.1")]
+    h1 = TargetHealth("h1", "10.0.0.1:3260")
+    h2 = record(TargetHealth("h2", "10.0.0.2:3260"), ok=True, at_s=0)
+    holds: dict[str, health.HoldOff] = {}
+    now = 0.0
+    for _ in range(5):
+        h1 = record(h1, ok=False, at_s=now)  # home target dies, the disk fails over
+        now += 2
+        h1 = record(h1, ok=True, at_s=now)  # back
+        plan = health.failback("h2", sess, {"h1": h1, "h2": h2}, HOST_OF, holds, now, th)
+        assert plan.end == [("h1", sess[0])], now
+        holds = health.after_ending(holds, plan.end, now, th, {"h1": h1, "h2": h2})
+        now += 3
