@@ -507,6 +507,7 @@ def teardown(name: str, *, keep: bool) -> dict[str, Any]:
     victims = list(state.processes)
     for ns in netns_names:
         victims += processes.pids_in_netns(netlink.netns_path(ns))
+    processes.stop([v for v in victims if v.role in KILLED_AT_ONCE], grace_s=0)
     processes.stop(victims)
     removed["loops"] = _detach_loops(root)
     by_pid = {p.pid: p for p in reversed(victims)}  # recorded roles win over "leftover"
