@@ -7,8 +7,9 @@
   and the pause that failback causes. Five runs: p50 and max.
 * Throughput: sequential 1 MiB and random 4 KiB, read and write, queue depth 1,
   O_DIRECT, in the guest (``bench/rio.c``, built here), on its data disk through the
-  iSCSI path; then the SAME volume file as a plain file disk of a second VM, same run.
-  The ratio iSCSI / file is the figure (TCG guests: absolute numbers mean little).
+  iSCSI path; then the SAME volume file as a plain file disk of a second VM, same run;
+  two rounds, best of each. The ratio iSCSI / file is the figure (TCG guests: absolute
+  numbers mean little).
 """
 
 from __future__ import annotations
@@ -52,14 +53,27 @@ def boot(status: dict[str, Any], cluster: ClusterSpec, name: str, host: str, ind
     spec = guests.vm_spec(name, status["guest_addresses"][index])
     spec = spec.model_copy(update={"disks": [*spec.disks, data]})
     info = vms.create_vm(cluster, spec, host=host, start=True)
-    layout = lab.layout_of(NAME)
-    log = layout.host(host).state_dir / guests.serial_log_path(name).lstrip("/")
+    wait_ready(name, host)
+    return info
+
+
+def wait_ready(name: str, host: str) -> None:
+    log = lab.layout_of(NAME).host(host).state_dir / guests.serial_log_path(name).lstrip("/")
     deadline = time.monotonic() + 300
     while not (log.exists() and "AHVLITE-GUEST-READY" in log.read_text(errors="replace")):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{name} did not boot")
         time.sleep(0.5)
-    return info
+
+
+def restart(cluster: ClusterSpec, name: str, tool_size: int) -> None:
+    vms.start_vm(cluster, name)
+    wait_ready(name, "h1")
+    load_rio(cluster, name, tool_size)
+
+
+def best(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {k: max(a[k], b[k]) for k in a}
 
 
 def sessions_on(layout: Any, host: str, vm_uuid: str) -> int:
@@ -152,6 +166,14 @@ def main() -> None:
         boot(status, as_files, "bf", "h1", 1, DiskSpec(name="data", volume=volume))
         load_rio(as_files, "bf", len(blob))
         via_file = workloads(as_files, "bf")
+        # A second round, in the other order, keeps the best of each: the machine is
+        # shared, and a busy neighbour must not decide the ratio.
+        vms.stop_vm(as_files, "bf", force=True)
+        restart(cluster, "bi", len(blob))
+        via_iscsi = best(via_iscsi, workloads(cluster, "bi"))
+        vms.stop_vm(cluster, "bi", force=True)
+        restart(as_files, "bf", len(blob))
+        via_file = best(via_file, workloads(as_files, "bf"))
     finally:
         lab.down(NAME)
 
