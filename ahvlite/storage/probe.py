@@ -106,7 +106,7 @@ class HealthSession:
             if rsp.status != pdu.STATUS_SUCCESS:
                 raise ProbeError(f"login to {self.address}:{self.port} refused "
                                  f"(status {rsp.status:#06x})")
-            self._exp_statsn = rsp.statsn + 1
+            self._exp_statsn = (rsp.statsn + 1) & 0xFFFFFFFF
             if rsp.transit and rsp.nsg == pdu.STAGE_FULL_FEATURE:
                 self._cmdsn = rsp.exp_cmdsn
                 self._task = asyncio.get_running_loop().create_task(self._read_loop())
@@ -122,8 +122,8 @@ class HealthSession:
                 bhs, data = await read_pdu(self._reader)
                 if bhs.opcode == pdu.OP_NOP_IN:
                     nop = pdu.parse_nop_in(bhs, data)
-                    self._exp_statsn = max(self._exp_statsn, nop.statsn + 1) \
-                        if nop.ttt == pdu.RESERVED_TAG else self._exp_statsn
+                    if nop.ttt == pdu.RESERVED_TAG:  # an answer: its StatSN is ours
+                        self._exp_statsn = (nop.statsn + 1) & 0xFFFFFFFF
                     fut = self._waiting.pop(nop.itt, None)
                     if fut is not None and not fut.done():
                         fut.set_result(time.monotonic())

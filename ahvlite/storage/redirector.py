@@ -204,8 +204,10 @@ class Redirector:
         return {volume_target(n): str(pool / n) for n in names
                 if is_lun_volume(n) and (pool / n).is_file()}, ""
 
-    def _tend_target(self) -> None:
-        """Reconcile this host's tgtd and run failback (blocking: a worker thread)."""
+    def _tend_target(self) -> list[dict[str, Any]]:
+        """Reconcile this host's tgtd and run failback (blocking: a worker thread).
+        Returns the failbacks done, for the event loop to record (the status is read
+        there, so this thread never touches the history)."""
         assert self.tgt is not None
         targets = self.tgt.targets()
         wanted, pool_error = self._wanted()
@@ -237,12 +239,13 @@ class Redirector:
         plan_fb = health.failback(self.cfg.host, sessions, self.targets,
                                   self.cfg.host_of_address, self.holds, now, self.th)
         ended = []
+        done: list[dict[str, Any]] = []
         for home, s in plan_fb.end:
             try:
                 self.tgt.end_session(s)
                 ended.append((home, s))
-                self.failbacks.append({"at": round(time.time(), 3), "home": home,
-                                       "initiator": s.initiator, "target": s.target})
+                done.append({"at": round(time.time(), 3), "home": home,
+                             "initiator": s.initiator, "target": s.target})
                 log.info("failback: ended %s's session of %s on %s (home %s is healthy)",
                          s.initiator, s.target, self.cfg.host, home)
             except AhvliteError as exc:
@@ -263,6 +266,7 @@ class Redirector:
         }
         if wanted is None:
             self.local["error"] = pool_error
+        return done
 
     async def _tend(self) -> None:
         loop = asyncio.get_running_loop()
@@ -270,7 +274,7 @@ class Redirector:
             started = time.monotonic()
             if self.tgt is not None:
                 try:
-                    await loop.run_in_executor(None, self._tend_target)
+                    self.failbacks.extend(await loop.run_in_executor(None, self._tend_target))
                 except Exception as exc:  # never let the target's trouble stop logins
                     why = exc.message if isinstance(exc, AhvliteError) else \
                         f"{exc.__class__.__name__}: {exc}"
