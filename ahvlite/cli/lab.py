@@ -36,7 +36,9 @@ def _show_status(st: dict[str, Any]) -> None:
     console.print(table("hosts", ["host", "hostname", "address", "daemons", "segment",
                                   "libvirt"], rows))
     console.print(f"cluster file: {st['cluster_file']}")
-    console.print(f"shared pool:  {st['pool']['name']} at {st['pool']['path']}")
+    console.print(f"shared pool:  {st['pool']['name']} at {st['pool']['path']}"
+                  + (" (VM disks over iSCSI: `ahvlite storage show`)"
+                     if st.get("storage") == "iscsi" else ""))
     if st["timings_s"]:
         console.print("timings (s): " + ", ".join(f"{k} {v}" for k, v in st["timings_s"].items()))
 
