@@ -39,7 +39,6 @@ SPAN_MIB = 48
 SECONDS = 6
 WORKLOADS = (("seqread", 1 << 20), ("seqwrite", 1 << 20), ("randread", 4096),
              ("randwrite", 4096))
-DEV = "/dev/sdb"
 
 
 def build_rio(out: Path) -> Path:
@@ -66,10 +65,10 @@ def wait_ready(name: str, host: str) -> None:
         time.sleep(0.5)
 
 
-def restart(cluster: ClusterSpec, name: str, tool_size: int) -> None:
+def restart(cluster: ClusterSpec, name: str, tool_size: int) -> str:
     vms.start_vm(cluster, name)
     wait_ready(name, "h1")
-    load_rio(cluster, name, tool_size)
+    return load_rio(cluster, name, tool_size)
 
 
 def best(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
@@ -88,7 +87,7 @@ def failover_runs(cluster: ClusterSpec, layout: Any, info: vms.VmInfo,
                   data: Path) -> list[dict[str, float]]:
     runs = []
     with iodrill.Heartbeat(data) as beat:
-        iodrill.start_writer(cluster, info.name, DEV, 256)
+        iodrill.start_writer(cluster, info.name, data_dev(cluster, info.name), 256)
         time.sleep(3)
         for _ in range(RUNS):
             killed = time.monotonic()
@@ -113,20 +112,27 @@ def failover_runs(cluster: ClusterSpec, layout: Any, info: vms.VmInfo,
     return runs
 
 
-def load_rio(cluster: ClusterSpec, vm: str, size: int) -> None:
+def data_dev(cluster: ClusterSpec, vm: str) -> str:
+    return iodrill.disk_device(cluster, vm, "data", 1)
+
+
+def load_rio(cluster: ClusterSpec, vm: str, size: int) -> str:
+    """Copy rio out of the data disk into the guest's /tmp; returns the disk's name."""
+    dev = data_dev(cluster, vm)
     skip = TOOL_OFFSET_MIB * 256  # 4 KiB blocks
     count = (size + 4095) // 4096
-    _, out = vms.console_run(cluster, vm, f"dd if={DEV} bs=4096 skip={skip} count={count} "
+    _, out = vms.console_run(cluster, vm, f"dd if={dev} bs=4096 skip={skip} count={count} "
                                 f"2>/dev/null | head -c {size} > /tmp/rio && chmod +x /tmp/rio"
                                 " && /tmp/rio 2>&1 | head -1", timeout_s=60)
     if "usage" not in out:
         raise RuntimeError(f"{vm}: rio did not load: {out[-300:]}")
+    return dev
 
 
-def workloads(cluster: ClusterSpec, vm: str) -> dict[str, float]:
+def workloads(cluster: ClusterSpec, vm: str, dev: str) -> dict[str, float]:
     out = {}
     for mode, block in WORKLOADS:
-        _, text = vms.console_run(cluster, vm, f"/tmp/rio {DEV} {mode} {block} {SECONDS} "
+        _, text = vms.console_run(cluster, vm, f"/tmp/rio {dev} {mode} {block} {SECONDS} "
                                   f"{SPAN_MIB << 20}", timeout_s=SECONDS * 4 + 30)
         m = re.search(r"ops=(\d+) bytes=(\d+) secs=([\d.]+) errors=(\d+)", text)
         if not m or m.group(4) != "0":
@@ -158,22 +164,20 @@ def main() -> None:
         with open(data, "r+b") as f:
             f.seek(TOOL_OFFSET_MIB << 20)
             f.write(blob)
-        load_rio(cluster, "bi", len(blob))
-        via_iscsi = workloads(cluster, "bi")
+        via_iscsi = workloads(cluster, "bi", load_rio(cluster, "bi", len(blob)))
         vms.stop_vm(cluster, "bi", force=True)
         # The same volume as a file disk: a cluster that opens files (storage: dir).
         as_files = cluster.model_copy(update={"storage": "dir"})
         boot(status, as_files, "bf", "h1", 1, DiskSpec(name="data", volume=volume))
-        load_rio(as_files, "bf", len(blob))
-        via_file = workloads(as_files, "bf")
+        via_file = workloads(as_files, "bf", load_rio(as_files, "bf", len(blob)))
         # A second round, in the other order, keeps the best of each: the machine is
         # shared, and a busy neighbour must not decide the ratio.
         vms.stop_vm(as_files, "bf", force=True)
-        restart(cluster, "bi", len(blob))
-        via_iscsi = best(via_iscsi, workloads(cluster, "bi"))
+        dev = restart(cluster, "bi", len(blob))
+        via_iscsi = best(via_iscsi, workloads(cluster, "bi", dev))
         vms.stop_vm(cluster, "bi", force=True)
-        restart(as_files, "bf", len(blob))
-        via_file = best(via_file, workloads(as_files, "bf"))
+        dev = restart(as_files, "bf", len(blob))
+        via_file = best(via_file, workloads(as_files, "bf", dev))
     finally:
         lab.down(NAME)
 

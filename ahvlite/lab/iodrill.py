@@ -54,6 +54,23 @@ echo started
 _BEAT = re.compile(rb"AHVLITE-BEAT seq=(\d{10})")
 
 
+def disk_device(cluster: ClusterSpec, vm: str, serial: str, unit: int) -> str:
+    """The guest's /dev name of the disk with ``serial`` (the designer sets a disk's
+    name as its serial). sda, sdb ... follow the order the kernel finishes probing,
+    not the order of the disks: never assume them. Falls back to the disk's SCSI unit
+    (the designer's order) when the serial page is not there."""
+    _, out = vms.console_run(
+        cluster, vm, f"for d in /sys/block/sd*; do grep -qs '{serial}' $d/device/vpd_pg80 "
+        "&& echo DEV=/dev/${d##*/}; done; for d in /sys/bus/scsi/devices/*:*:*:"
+        f"{unit}/block/*; do echo UNIT=/dev/${{d##*/}}; done", timeout_s=30)
+    by_serial = re.findall(r"DEV=(/dev/sd[a-z]+)", out)
+    by_unit = re.findall(r"UNIT=(/dev/sd[a-z]+)", out)
+    found = by_serial if len(by_serial) == 1 else by_unit
+    if len(found) != 1:
+        raise OperationFailed(f"{vm}: cannot tell which disk is {serial!r}: {out[-300:]}")
+    return found[0]
+
+
 def pattern_block(round_: int, index: int) -> bytes:
     line = f"AHVLITE-PATTERN r={round_:06d} i={index:06d}\n".encode()
     return line + b"\0" * (BLOCK - len(line))
