@@ -27,6 +27,13 @@ from ahvlite.storage.names import DISK_LUN, HEALTH_TARGET, is_volume_target
 
 Run = Callable[[list[str]], str]
 TGTADM = ("tgtadm", "--lld", "iscsi")
+# tgt offers 8 KiB data segments by default: a 1 MiB write then travels as 128 PDUs
+# with R2T round trips (about a third of the throughput, measured with qemu-img bench).
+# Large segments and unsolicited data, as libiscsi (QEMU's initiator) asks for.
+DISK_TARGET_PARAMS = (("MaxRecvDataSegmentLength", "262144"),
+                      ("MaxXmitDataSegmentLength", "262144"),
+                      ("FirstBurstLength", "262144"), ("MaxBurstLength", "1048576"),
+                      ("InitialR2T", "No"), ("ImmediateData", "Yes"))
 
 
 @dataclass
@@ -145,6 +152,9 @@ class Tgt:
                 if existing is None:
                     tid = max((t.tid for t in current), default=0) + 1
                     self._adm("--op", "new", "--mode", "target", "--tid", str(tid), "-T", iqn)
+                    for name, value in DISK_TARGET_PARAMS:
+                        self._adm("--op", "update", "--mode", "target", "--tid", str(tid),
+                                  "--name", name, "--value", value)
                     existing = Target(tid=tid, iqn=iqn)
                     changed = True
                 else:

@@ -149,6 +149,9 @@ class FakeTgtd:
             self.targets[tid] = tgt.Target(tid, a[a.index("-T") + 1], {0: ""})
         elif (op, mode) == ("new", "logicalunit"):
             self.targets[tid].luns[int(a[a.index("--lun") + 1])] = a[a.index("-b") + 1]
+        elif (op, mode) == ("update", "target"):
+            self.params = {**getattr(self, "params", {}),
+                           a[a.index("--name") + 1]: a[a.index("--value") + 1]}
         elif op == "bind":
             self.targets[tid].acl.append(a[a.index("-I") + 1])
         elif op == "unbind":
@@ -165,6 +168,7 @@ def test_export_is_idempotent_and_refuses_another_file():
     made = fake.targets[1]
     assert (made.iqn, made.luns[1], made.acl) == (DISK, "/p/a.raw", ["10.0.0.1", "10.0.0.2"])
     assert any("--bsoflags" in c and "direct" in c for c in fake.calls)
+    assert fake.params["MaxRecvDataSegmentLength"] == "262144"  # not tgt's 8 KiB
     assert t.export(DISK, "/p/a.raw", ["10.0.0.1", "10.0.0.2"]) is False
     with pytest.raises(Exception, match=r"serves /p/a\.raw"):
         t.export(DISK, "/p/other.raw", ["10.0.0.1"])
