@@ -219,6 +219,8 @@ def test_ha_restarts_a_vm_with_iscsi_disks_elsewhere(ilab):
     result = drills.kill_and_watch(NAME, victim, timeout_s=210)
     io2 = next(v for v in result["vms"] if v["name"] == "io2")
     assert io2["to"] not in (None, victim) and io2["answers_s"] is not None, result
+    print(f"\nio2: {victim} lost power; running on {io2['to']} after {io2['restarted_s']} s, "
+          f"answering after {io2['answers_s']} s")
     assert wait_for(lambda: sessions_shown(status).get(("io2", "data")) == io2["to"], 30, 0.5)
     assert sessions_shown(status)[("io2", "disk0")] == io2["to"]
     # The restarted guest reads its disk through the new host's target and writes on.
