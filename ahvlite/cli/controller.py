@@ -16,9 +16,12 @@ from ahvlite.errors import NotFound
 app = typer.Typer(no_args_is_help=True, help="The controller daemon: run it, see its status.")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 STORE_ENV = "AHVLITE_STORE"
+HOST_ENV = "AHVLITE_HOST"
 StoreOpt = Annotated[str | None, typer.Option(
-    "--store", help=f"sqlite:///PATH or zk://[USER:SECRET@]H:P,.../CHROOT (default ${STORE_ENV}).",
-    show_default=False)]
+    "--store", envvar=STORE_ENV, show_default=False,
+    help="sqlite:///PATH or zk://H:P,.../CHROOT; the ZooKeeper credential comes from the "
+         "file $AHVLITE_STORE_SECRET_FILE names (USER:SECRET), TLS from the directory "
+         "$AHVLITE_STORE_TLS_DIR (ca.pem, client.pem, client-key.pem).")]
 
 
 def store_url(store: str | None) -> str:
@@ -34,8 +37,9 @@ def store_url(store: str | None) -> str:
 @app.command()
 def run(
     store: StoreOpt = None,
-    name: Annotated[str | None, typer.Option("--name", help="Member name (default: hostname).",
-                                             show_default=False)] = None,
+    name: Annotated[str | None, typer.Option(
+        "--name", envvar=HOST_ENV, show_default=False,
+        help="Member name: this host's name in the cluster (default: the hostname).")] = None,
     session_timeout_s: Annotated[float, typer.Option(
         "--session-timeout", help="Seconds without contact before a controller counts as "
         "gone; bounds failover.", min=1, max=60)] = 3.0,
