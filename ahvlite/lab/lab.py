@@ -34,7 +34,13 @@ from ahvlite.lab.layout import (
     veth_prefix,
 )
 from ahvlite.lab.paths import cache_dir, lab_root, labs_dir
-from ahvlite.lab.pki import LabCA, install_client_pki, install_host_pki
+from ahvlite.lab.pki import (
+    LabCA,
+    allowed_dns,
+    install_ahvlite_pki,
+    install_client_pki,
+    install_host_pki,
+)
 from ahvlite.lab.prereqs import check_lab_prerequisites, find_program
 from ahvlite.lab.sshkeys import known_hosts_line, make_keypair
 from ahvlite.lab.state import LabState, ProcessRecord
@@ -124,7 +130,8 @@ def _build(layout: LabLayout, state: LabState, images: GuestImages, report: Repo
     report("creating the lab CA, certificates and SSH keys")
     ca = LabCA.create(layout.name)
     ca.save(layout.pki_dir / "ca")
-    install_client_pki(ca, layout.client_pki_dir, name=f"ahvlite-{layout.name}-client")
+    install_client_pki(ca, layout.client_pki_dir, name=admin_name(layout))
+    services.write_lab_store_credentials(layout, ca)
     layout.ssh_dir.mkdir(parents=True, exist_ok=True)
     user_key = make_keypair(layout.ssh_key, f"ahvlite-lab-{layout.name}")
     (layout.ssh_dir / "authorized_keys").write_text(user_key + "\n")
@@ -260,10 +267,16 @@ def _ethtool_tx_off(dev: str, host: HostLayout | None = None) -> None:
     namespaces.run(argv)
 
 
+def admin_name(layout: LabLayout) -> str:
+    """Who the root namespace's client certificate names: the lab's admin."""
+    return f"ahvlite-{layout.name}-client"
+
+
 def _write_host_files(layout: LabLayout, host: HostLayout, ca: LabCA) -> None:
     d = host.state_dir
     files = {
-        "etc/libvirt/libvirtd.conf": hostconfig.libvirtd_conf(host),
+        "etc/libvirt/libvirtd.conf": hostconfig.libvirtd_conf(host, allowed_dns(
+            ca, [h.hostname for h in layout.hosts], [admin_name(layout)])),
         "etc/libvirt/qemu.conf": hostconfig.qemu_conf(host),
         "etc/libvirt/qemu-lockd.conf": hostconfig.qemu_lockd_conf(layout.lockspace_dir),
         "etc/ssh/sshd_config": hostconfig.sshd_config(host, layout),
@@ -281,6 +294,7 @@ def _write_host_files(layout: LabLayout, host: HostLayout, ca: LabCA) -> None:
     namespaces.run(["ovsdb-tool", "create", str(db),
                     "/usr/share/openvswitch/vswitch.ovsschema"])
     install_host_pki(ca, d / "etc/pki", hostname=host.hostname, ip=host.ip)
+    install_ahvlite_pki(ca, host.etc_ahvlite / "pki", hostname=host.hostname, ip=host.ip)
     make_keypair(d / "etc/ssh/ssh_host_ed25519_key", f"root@{host.hostname}")
 
 

@@ -3,37 +3,82 @@
 Used by the lab (`lab up --zk/--controllers`) and by the tests: each member gets its
 own config and data directory, runs ``QuorumPeerMain`` in the foreground and is ended
 by the PID recorded at spawn, never through systemd or by name.
+
+The lab's ensemble speaks TLS only (no plaintext client port): clients and members
+present certificates of the lab CA, and the members talk to each other over TLS too.
+Its credential is random per lab and reaches processes only through files
+(``$AHVLITE_STORE_SECRET_FILE``), never a command line.
 """
 
 from __future__ import annotations
 
+import secrets
 import socket
+import ssl
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from ahvlite.controller.coord.ensemble import tls_context
+from ahvlite.controller.coord.url import (
+    ENV_SECRET_FILE,
+    ENV_TLS_DIR,
+    TLS_CA,
+    TLS_CERT,
+    TLS_KEY,
+    ZkTls,
+)
 from ahvlite.errors import MissingDependency, OperationTimeout
 from ahvlite.lab import processes
 from ahvlite.lab.layout import HostLayout, LabLayout
+from ahvlite.lab.pki import (
+    STORE_DIR,
+    ZK_KEYSTORE,
+    ZK_SERVER_DIR,
+    ZK_TRUSTSTORE,
+    LabCA,
+    install_ahvlite_pki,
+    install_store_client,
+    write_secret,
+)
 from ahvlite.lab.state import ProcessRecord
 
 ZK_JAR_DIR = Path("/usr/share/java")
 ZK_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
+# Debian's zookeeper.jar lists netty-handler in its manifest but not netty-codec, which
+# Netty's SslHandler is built on: without it the TLS port drops every connection
+# (ClassNotFoundException: io.netty.handler.codec.ByteToMessageDecoder).
+ZK_JARS = ("zookeeper.jar", "zookeeper-jute.jar", "slf4j-api.jar", "slf4j-simple.jar",
+           "netty-codec.jar")
+NETTY_FACTORY = "org.apache.zookeeper.server.NettyServerCnxnFactory"
 # tickTime 500 ms lets sessions be as short as 1 s (ZooKeeper's minimum is 2 ticks),
 # which is what keeps a controller failover under 5 s.
 TICK_MS = 500
+ZK_TLS_PORT = 2281  # ZooKeeper's customary secure client port
+
+
+@dataclass(frozen=True)
+class MemberTls:
+    """A member's TLS: its key store (key and certificate naming its address, PEM),
+    its trust store (the CA), and a client identity that may ask it (``srvr``)."""
+
+    keystore: Path
+    truststore: Path
+    client: ZkTls
 
 
 @dataclass(frozen=True)
 class ZkMember:
     myid: int
     address: str
-    client_port: int
+    client_port: int  # the secure client port when ``tls`` is set
     quorum_port: int
     election_port: int
     data_dir: Path
+    tls: MemberTls | None = None
 
     @property
     def client(self) -> str:
@@ -41,12 +86,11 @@ class ZkMember:
 
 
 def zk_classpath() -> str:
-    jars = [ZK_JAR_DIR / n for n in ("zookeeper.jar", "zookeeper-jute.jar", "slf4j-api.jar",
-                                     "slf4j-simple.jar")]
+    jars = [ZK_JAR_DIR / n for n in ZK_JARS]
     missing = [str(j) for j in jars if not j.exists()]
     if missing:
         raise MissingDependency(f"ZooKeeper jars missing: {', '.join(missing)}",
-                                hint="apt-get install zookeeper libslf4j-java")
+                                hint="apt-get install zookeeper libslf4j-java libnetty-java")
     return ":".join(str(j) for j in jars)
 
 
@@ -69,13 +113,31 @@ def local_members(base: Path, count: int, address: str = "127.0.0.1") -> list[Zk
                      base / f"zk{i + 1}") for i in range(count)]
 
 
+def tls_config(keystore: Path, truststore: Path) -> list[str]:
+    """zoo.cfg lines for TLS with PEM files (ZooKeeper 3.8 reads them as key and trust
+    stores of type PEM), for clients and, between members, for the quorum. A client
+    must present a certificate of the CA (``ssl.clientAuth=need``)."""
+    lines = [f"serverCnxnFactory={NETTY_FACTORY}", "ssl.clientAuth=need", "sslQuorum=true"]
+    for prefix in ("ssl", "ssl.quorum"):
+        lines += [f"{prefix}.keyStore.location={keystore}", f"{prefix}.keyStore.type=PEM",
+                  f"{prefix}.trustStore.location={truststore}",
+                  f"{prefix}.trustStore.type=PEM"]
+    return lines
+
+
 def zk_config(me: ZkMember, ensemble: Sequence[ZkMember]) -> str:
-    """zoo.cfg for ``me``; a one-member ensemble runs standalone."""
+    """zoo.cfg for ``me``; a one-member ensemble runs standalone. With TLS there is no
+    plaintext client port at all."""
     lines = [f"tickTime={TICK_MS}", "initLimit=20", "syncLimit=5",
-             f"dataDir={me.data_dir}", f"clientPort={me.client_port}",
-             f"clientPortAddress={me.address}", "admin.enableServer=false",
+             f"dataDir={me.data_dir}", "admin.enableServer=false",
              "4lw.commands.whitelist=ruok,srvr,mntr", "minSessionTimeout=1000",
              "maxSessionTimeout=30000", "autopurge.purgeInterval=0"]
+    if me.tls is None:
+        lines += [f"clientPort={me.client_port}", f"clientPortAddress={me.address}"]
+    else:
+        lines += [f"secureClientPort={me.client_port}",
+                  f"secureClientPortAddress={me.address}",
+                  *tls_config(me.tls.keystore, me.tls.truststore)]
     if len(ensemble) > 1:
         lines += [f"server.{m.myid}={m.address}:{m.quorum_port}:{m.election_port}"
                   for m in ensemble]
@@ -104,19 +166,33 @@ def start_member(me: ZkMember, ensemble: Sequence[ZkMember], *, prefix: Sequence
                            host=host, role=f"zookeeper-{me.myid}")
 
 
-def four_letter(address: str, port: int, word: str, timeout_s: float = 1.0) -> str:
-    with socket.create_connection((address, port), timeout=timeout_s) as s:
-        s.sendall(word.encode())
-        chunks = []
-        while data := s.recv(4096):
-            chunks.append(data)
+def four_letter(address: str, port: int, word: str, timeout_s: float = 1.0,
+                context: ssl.SSLContext | None = None) -> str:
+    with socket.create_connection((address, port), timeout=timeout_s) as raw:
+        s = raw if context is None else context.wrap_socket(raw, server_hostname=address)
+        with s:
+            s.sendall(word.encode())
+            chunks = []
+            while data := s.recv(4096):
+                chunks.append(data)
     return b"".join(chunks).decode(errors="replace")
+
+
+_CONTEXTS: dict[ZkTls, ssl.SSLContext] = {}
+
+
+def _context(m: ZkMember) -> ssl.SSLContext | None:
+    if m.tls is None:
+        return None
+    if m.tls.client not in _CONTEXTS:
+        _CONTEXTS[m.tls.client] = tls_context(m.tls.client)
+    return _CONTEXTS[m.tls.client]
 
 
 def member_mode(m: ZkMember) -> str | None:
     """leader / follower / standalone, or None while it does not serve."""
     try:
-        out = four_letter(m.address, m.client_port, "srvr")
+        out = four_letter(m.address, m.client_port, "srvr", context=_context(m))
     except OSError:
         return None
     for line in out.splitlines():
@@ -151,6 +227,7 @@ class LocalEnsemble:
 
     members: list[ZkMember]
     records: dict[int, ProcessRecord]
+    tls_dir: Path | None = None  # a client's TLS files, when the ensemble speaks TLS only
 
     @property
     def hosts(self) -> str:
@@ -158,6 +235,10 @@ class LocalEnsemble:
 
     def url(self, chroot: str, auth: str = "ahvlite:test-secret") -> str:
         return f"zk://{auth}@{self.hosts}/{chroot.strip('/')}"
+
+    def env(self) -> dict[str, str]:
+        """What a client's environment needs besides the URL ({} without TLS)."""
+        return {ENV_TLS_DIR: str(self.tls_dir)} if self.tls_dir else {}
 
     def kill(self, myid: int) -> None:
         processes.stop([self.records.pop(myid)], grace_s=0)
@@ -167,10 +248,32 @@ class LocalEnsemble:
         self.records.clear()
 
 
-def start_local_ensemble(base: Path, count: int, *, timeout_s: float = 60) -> LocalEnsemble:
-    """Start ``count`` members on 127.0.0.1 (random free ports), wait until they serve."""
+def _local_tls(base: Path, members: list[ZkMember]) -> tuple[list[ZkMember], Path]:
+    """A CA of the ensemble's own, a certificate per member and one client's files."""
+    ca = LabCA.create(f"zk {base.name}")
+    client_dir = base / "client"
+    install_store_client(ca, client_dir, name="ahvlite-test-client")
+    client = ZkTls.from_dir(client_dir)
+    out = []
+    for m in members:
+        pki = m.data_dir / "pki"
+        install_ahvlite_pki(ca, pki, hostname=f"zk{m.myid}", ip=m.address)
+        out.append(ZkMember(m.myid, m.address, m.client_port, m.quorum_port,
+                            m.election_port, m.data_dir, MemberTls(
+                                pki / ZK_SERVER_DIR / ZK_KEYSTORE,
+                                pki / ZK_SERVER_DIR / ZK_TRUSTSTORE, client)))
+    return out, client_dir
+
+
+def start_local_ensemble(base: Path, count: int, *, timeout_s: float = 60,
+                         tls: bool = False) -> LocalEnsemble:
+    """Start ``count`` members on 127.0.0.1 (random free ports), wait until they serve;
+    with ``tls``, on their TLS port only (clients: :meth:`LocalEnsemble.env`)."""
     members = local_members(base, count)
-    ens = LocalEnsemble(members, {})
+    tls_dir = None
+    if tls:
+        members, tls_dir = _local_tls(base, members)
+    ens = LocalEnsemble(members, {}, tls_dir)
     try:
         for m in members:
             ens.records[m.myid] = start_member(m, members)
@@ -184,17 +287,65 @@ def start_local_ensemble(base: Path, count: int, *, timeout_s: float = 60) -> Lo
 # -- in a lab ---------------------------------------------------------------------
 
 LAB_ZK_MEMBERS = 3
-LAB_ZK_AUTH = "ahvlite:lab-secret"  # lab-only credentials; a lab never leaves the machine
+LAB_ZK_USER = "ahvlite"
 
 
 def lab_zk_members(layout: LabLayout) -> list[ZkMember]:
-    """One member per lab host namespace (the first three), on its management address."""
-    return [ZkMember(h.index, h.ip, 2181, 2888, 3888, h.state_dir / "zookeeper")
-            for h in layout.hosts[:LAB_ZK_MEMBERS]]
+    """One member per lab host namespace (the first three), on its management address,
+    TLS only, with the host's certificates (install_ahvlite_pki)."""
+    d = layout.store_tls_dir
+    client = ZkTls(d / TLS_CA, d / TLS_CERT, d / TLS_KEY)
+    out = []
+    for h in layout.hosts[:LAB_ZK_MEMBERS]:
+        server = h.etc_ahvlite / "pki" / ZK_SERVER_DIR
+        out.append(ZkMember(h.index, h.ip, ZK_TLS_PORT, 2888, 3888, h.state_dir / "zookeeper",
+                            MemberTls(server / ZK_KEYSTORE, server / ZK_TRUSTSTORE, client)))
+    return out
 
 
 def lab_store_url(layout: LabLayout) -> str:
-    return f"zk://{LAB_ZK_AUTH}@{hosts_string(lab_zk_members(layout))}/ahvlite"
+    """The store's URL: no credential in it (see :func:`lab_store_env`)."""
+    return f"zk://{hosts_string(lab_zk_members(layout))}/ahvlite"
+
+
+def lab_store_env(layout: LabLayout) -> dict[str, str]:
+    """The environment a client in the root namespace reaches the lab's store with."""
+    return {"AHVLITE_STORE": lab_store_url(layout),
+            ENV_SECRET_FILE: str(layout.store_secret_file),
+            ENV_TLS_DIR: str(layout.store_tls_dir)}
+
+
+def open_lab_store(layout: LabLayout, **kw: Any) -> Any:
+    """A coordinator on the lab's store, from the root namespace."""
+    from ahvlite.controller.coord import open_store
+
+    env = lab_store_env(layout)
+    return open_store(env["AHVLITE_STORE"], env=env, **kw)
+
+
+def write_lab_store_credentials(layout: LabLayout, ca: LabCA) -> None:
+    """A fresh credential for the lab's store, in a file for the root namespace and
+    one inside each host; and the root namespace's store client certificate."""
+    secret = f"{LAB_ZK_USER}:{secrets.token_urlsafe(24)}\n".encode()
+    write_secret(layout.store_secret_file, secret)
+    for host in layout.hosts:
+        write_secret(host.etc_ahvlite / "store.secret", secret)
+    install_store_client(ca, layout.store_tls_dir, name=f"ahvlite-{layout.name}-client")
+
+
+def host_env(layout: LabLayout, host: HostLayout) -> dict[str, str]:
+    """A lab host's controller.env: what both daemons of a real host read from
+    /etc/ahvlite/controller.env (see contrib/controller.md), with the host's files."""
+    return {"AHVLITE_STORE": lab_store_url(layout),
+            ENV_SECRET_FILE: str(host.etc_ahvlite / "store.secret"),
+            ENV_TLS_DIR: str(host.etc_ahvlite / "pki" / STORE_DIR),
+            "AHVLITE_HOST": host.name,
+            "AHVLITE_LIBVIRT_URI": "qemu:///system",
+            "AHVLITE_WATCHDOG": f"unix:{LAB_WATCHDOG}"}
+
+
+def env_file_text(env: Mapping[str, str]) -> str:
+    return "".join(f"{k}={v}\n" for k, v in env.items())
 
 
 def start_lab_services(layout: LabLayout, *, zk: bool, controllers: bool,
@@ -209,27 +360,31 @@ def start_lab_services(layout: LabLayout, *, zk: bool, controllers: bool,
         return None
     members = lab_zk_members(layout)
     report(f"ZooKeeper ensemble of {len(members)} on "
-           + ", ".join(h.name for h in layout.hosts[:len(members)]))
+           + ", ".join(h.name for h in layout.hosts[:len(members)]) + " (TLS only)")
     for host, m in zip(layout.hosts, members, strict=False):
         cfg = prepare_member(m, members)
         start(host, "zookeeper", zk_argv(cfg))
     wait_serving(members, timeout_s=60)
     url = lab_store_url(layout)
-    (layout.root / "controller.env").write_text(f"AHVLITE_STORE={url}\n")
+    (layout.root / "controller.env").write_text(env_file_text(lab_store_env(layout)))
     if controllers:
         report(f"a controller, a host agent and a watchdog on every host "
                f"({len(layout.hosts)})")
         for host in layout.hosts:
+            env_file = host.etc_ahvlite / "controller.env"
+            write_secret(env_file, env_file_text(host_env(layout, host)).encode())
             start(host, "watchdog", watchdog_argv())
-            start(host, "controller", supervised(controller_argv(
-                host.name, url, extra=["--cluster", str(layout.cluster_file)])))
-            start(host, "agent", supervised(agent_argv(host.name, url, layout.cluster_file)))
+            start(host, "controller", supervised(env_file, controller_argv_from_env(
+                extra=["--cluster", str(layout.cluster_file)])))
+            start(host, "agent", supervised(env_file, agent_argv(layout.cluster_file)))
     return url
 
 
-def supervised(argv: list[str]) -> list[str]:
-    """Restarted when it dies, like the systemd units on a real host."""
-    return [sys.executable, "-m", "ahvlite.lab.supervise", "--", *argv]
+def supervised(env_file: Path, argv: list[str]) -> list[str]:
+    """Restarted when it dies, with the environment of ``env_file``, like the systemd
+    units on a real host (``Restart=on-failure``, ``EnvironmentFile=``)."""
+    return [sys.executable, "-m", "ahvlite.lab.supervise", "--env-file", str(env_file),
+            "--", *argv]
 
 
 LAB_WATCHDOG = "/run/ahvlite/watchdog.sock"  # inside each host (its own /run)
@@ -239,8 +394,13 @@ def watchdog_argv() -> list[str]:
     return [sys.executable, "-m", "ahvlite.lab.watchdogd", "--socket", LAB_WATCHDOG]
 
 
-def agent_argv(host: str, store: str, cluster_file: Path) -> list[str]:
-    """The host agent against this host's own libvirtd, fed to the lab's watchdog."""
-    return [sys.executable, "-m", "ahvlite.cli.main", "agent", "run", "--store", store,
-            "--host", host, "--cluster", str(cluster_file), "--libvirt-uri",
-            "qemu:///system", "--watchdog", f"unix:{LAB_WATCHDOG}"]
+def controller_argv_from_env(*, extra: Sequence[str] = ()) -> list[str]:
+    """A controller as the unit runs it: every option from the environment."""
+    return [sys.executable, "-m", "ahvlite.cli.main", "controller", "run", *extra]
+
+
+def agent_argv(cluster_file: Path) -> list[str]:
+    """The host agent as its unit runs it (store, host, libvirt and watchdog from the
+    environment: this host's own libvirtd, the lab's watchdog)."""
+    return [sys.executable, "-m", "ahvlite.cli.main", "agent", "run", "--cluster",
+            str(cluster_file)]
