@@ -12,12 +12,11 @@ import uuid
 
 import pytest
 
-from ahvlite.controller.coord import open_store
 from ahvlite.controller.daemon import LEADER_KEY
 from ahvlite.controller.kinds import registry
 from ahvlite.controller.tasks import TaskState, TaskStore
 from ahvlite.lab import lab, processes
-from ahvlite.lab.services import lab_store_url
+from ahvlite.lab.services import lab_store_env, open_lab_store
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest
 from ahvlite.virt.conn import connection
@@ -31,10 +30,10 @@ SUBNET = "10.213.63.0/26"
 @pytest.fixture(scope="module")
 def ctl_lab():
     status = lab.up(LabSpec(name=NAME, hosts=3, subnet=SUBNET, zk=True, controllers=True))
-    url = lab_store_url(lab.layout_of(NAME))
-    coord = open_store(url)
+    store = lab_store_env(lab.layout_of(NAME))
+    coord = open_lab_store(lab.layout_of(NAME))
     try:
-        yield status, url, coord
+        yield status, store, coord
     finally:
         coord.close()
         pids = list(lab.state_of(NAME).processes)
@@ -44,9 +43,10 @@ def ctl_lab():
                                                                           "controller"))
 
 
-def ahvlite(*argv: str, store: str) -> subprocess.CompletedProcess:
+def ahvlite(*argv: str, store: dict[str, str]) -> subprocess.CompletedProcess:
+    """The CLI with the lab's store: its URL, secret file and TLS files."""
     return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *argv],
-                          env={**os.environ, "AHVLITE_STORE": store}, capture_output=True,
+                          env={**os.environ, **store}, capture_output=True,
                           text=True, timeout=60)
 
 
@@ -58,22 +58,22 @@ def acting(coord):
 
 
 def test_one_leader_monitors_every_host(ctl_lab):
-    status, url, coord = ctl_lab
+    status, env, coord = ctl_lab
     first = wait_for(lambda: acting(coord), 30)
-    st = json.loads(ahvlite("controller", "status", "--json", store=url).stdout)
+    st = json.loads(ahvlite("controller", "status", "--json", store=env).stdout)
     assert st["leader"]["name"] == first["name"] and len(st["members"]) == 3
     daemons = {h["name"]: h["daemons"] for h in status["hosts"]}
     assert st["leader"]["pid"] == daemons[first["name"]]["controller"]["pid"]
     assert all("zookeeper" in d and "controller" in d for d in daemons.values())
     # Stats come from each host's libvirtd over TLS: one record per host.
-    stats = wait_for(lambda: (s := json.loads(ahvlite("stats", "--json", store=url).stdout))
+    stats = wait_for(lambda: (s := json.loads(ahvlite("stats", "--json", store=env).stdout))
                      and len(s) == 3 and s, 30)
     assert sorted(r["host"] for r in stats) == ["h1", "h2", "h3"]
     assert all(r["memory_total_mib"] and r["cpus"] > 0 for r in stats)
 
 
 def test_vm_create_and_delete_go_through_tasks_when_a_store_is_set(ctl_lab):
-    _, url, coord = ctl_lab
+    _, env, coord = ctl_lab
     wait_for(lambda: acting(coord), 30)
     cluster = str(lab.layout_of(NAME).cluster_file)
     vm = f"viatask-{uuid.uuid4().hex[:6]}"
@@ -87,13 +87,13 @@ def test_vm_create_and_delete_go_through_tasks_when_a_store_is_set(ctl_lab):
     try:
         made = ahvlite("vm", "create", vm, "--memory-mib", "128", "--disk", "16M", "--nic",
                        "br0", "--host", "h1", "--cluster", cluster, "--wait", "--json",
-                       store=url)
+                       store=env)
         assert made.returncode == 0, made.stderr + made.stdout
         end = json.loads(made.stdout)
         assert end["state"] == "succeeded" and end["result"]["host"] == "h1", end
         assert store_task(coord, end["task"]).kind == "vm.spec.create"
         assert listed().count(vm) == 1
-        gone = ahvlite("vm", "delete", vm, "--cluster", cluster, "--wait", "--json", store=url)
+        gone = ahvlite("vm", "delete", vm, "--cluster", cluster, "--wait", "--json", store=env)
         assert gone.returncode == 0, gone.stderr + gone.stdout
         assert json.loads(gone.stdout)["result"]["host"] == "h1"
         assert vm not in listed()
@@ -109,7 +109,7 @@ def store_task(coord, task_id):
 
 
 def test_sigkill_leader_mid_vm_create_on_a_lab_host(ctl_lab):
-    status, url, coord = ctl_lab
+    status, env, coord = ctl_lab
     first = wait_for(lambda: acting(coord), 30)
     target = next(h for h in status["hosts"] if h["name"] != first["name"])
     vm = f"once-{uuid.uuid4().hex[:6]}"
@@ -128,5 +128,5 @@ def test_sigkill_leader_mid_vm_create_on_a_lab_host(ctl_lab):
     with connection(target["libvirt_uri"]) as conn:
         assert [n for n, _ in guest.list_domains(conn)].count(vm) == 1
         guest.destroy_and_undefine(conn, vm)
-    waited = ahvlite("task", "wait", task.id, "--json", store=url)
+    waited = ahvlite("task", "wait", task.id, "--json", store=env)
     assert waited.returncode == 0 and json.loads(waited.stdout)["state"] == "succeeded"
