@@ -66,6 +66,31 @@ def test_changes_then_idempotent_with_progress(books):
     assert second.stats["t1"]["ok"] == 2
 
 
+SECRET_PLAY = """\
+- name: Secret play
+  hosts: ahvlite_hosts
+  gather_facts: false
+  tasks:
+    - name: Every process's command line while the play runs
+      ansible.builtin.command: ps -eo args
+      register: procs
+      changed_when: false
+    - name: The variable arrived, and no command line carries it
+      ansible.builtin.assert:
+        that:
+          - the_secret | length == 24
+          - the_secret not in procs.stdout
+          - ansible_playbook_python in procs.stdout or 'ansible-playbook' in procs.stdout
+"""
+
+
+def test_extra_vars_reach_the_play_but_no_command_line(books):
+    inv, _ = books
+    (Path(os.environ[ansible.PLAYBOOKS_ENV]) / "secret.yml").write_text(SECRET_PLAY)
+    result = ansible.run_playbook("secret.yml", inv, extravars={"the_secret": "k" * 24})
+    assert result.status == "successful" and result.failures == []
+
+
 def test_check_mode_reports_and_changes_nothing(books):
     inv, out = books
     result = ansible.run_playbook("host.yml", inv, check=True)
