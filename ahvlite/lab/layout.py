@@ -60,8 +60,8 @@ class HostLayout:
 
     @property
     def etc_ahvlite(self) -> Path:
-        """What the host has where a real one has /etc/ahvlite: controller.env,
-        store.secret and pki/ (install_ahvlite_pki)."""
+        """The host's private /etc/ahvlite, seen from the root namespace: store.secret
+        and pki/ (install_ahvlite_pki), as the playbook lays them out."""
         return self.state_dir / "etc" / "ahvlite"
 
     @property

@@ -333,12 +333,16 @@ def write_lab_store_credentials(layout: LabLayout, ca: LabCA) -> None:
     install_store_client(ca, layout.store_tls_dir, name=f"ahvlite-{layout.name}-client")
 
 
+ETC_AHVLITE = Path("/etc/ahvlite")  # inside a lab host: its private one (namespaces.py)
+
+
 def host_env(layout: LabLayout, host: HostLayout) -> dict[str, str]:
-    """A lab host's controller.env: what both daemons of a real host read from
-    /etc/ahvlite/controller.env (see contrib/controller.md), with the host's files."""
+    """The environment of a lab host's controller and agent: the variables both daemons
+    of a real host read from /etc/ahvlite/controller.env (contrib/controller.md), with
+    the host's own files, its libvirtd and the lab's watchdog."""
     return {"AHVLITE_STORE": lab_store_url(layout),
-            ENV_SECRET_FILE: str(host.etc_ahvlite / "store.secret"),
-            ENV_TLS_DIR: str(host.etc_ahvlite / "pki" / STORE_DIR),
+            ENV_SECRET_FILE: str(ETC_AHVLITE / "store.secret"),
+            ENV_TLS_DIR: str(ETC_AHVLITE / "pki" / STORE_DIR),
             "AHVLITE_HOST": host.name,
             "AHVLITE_LIBVIRT_URI": "qemu:///system",
             "AHVLITE_WATCHDOG": f"unix:{LAB_WATCHDOG}"}
@@ -371,7 +375,9 @@ def start_lab_services(layout: LabLayout, *, zk: bool, controllers: bool,
         report(f"a controller, a host agent and a watchdog on every host "
                f"({len(layout.hosts)})")
         for host in layout.hosts:
-            env_file = host.etc_ahvlite / "controller.env"
+            # Beside, not in, the host's /etc/ahvlite: that one is the playbook's
+            # (`host provision` of a lab host writes its controller.env there).
+            env_file = host.state_dir / "daemons.env"
             write_secret(env_file, env_file_text(host_env(layout, host)).encode())
             start(host, "watchdog", watchdog_argv())
             start(host, "controller", supervised(env_file, controller_argv_from_env(

@@ -179,6 +179,15 @@ PKI_PLAY = """\
         create_ca: true
         ca_name: testcluster
         client_dir: "{{ out }}/client"
+        ahvlite_dir: "{{ out }}/hosts/t1-ahvlite"
+        peers: [t1, t2]
+      register: pki
+    - name: Keep what it said
+      ansible.builtin.copy:
+        dest: "{{ out }}/allowed.json"
+        content: "{{ pki.allowed_dns | to_json }}"
+        mode: "0644"
+      when: not ansible_check_mode
 """
 
 
@@ -202,11 +211,28 @@ def test_pki_module_issues_once_keeps_valid_certs_and_plans_reissue(tmp_path, mo
                          "ansible_python_interpreter": sys.executable}},
         "vars": {"out": str(out), "ip": "10.1.2.3"}}}}}
     first = ansible.run_playbook("host.yml", inv)
-    assert first.changed == 1
+    assert first.changed == 2
     server = out / "hosts/t1/libvirt/servercert.pem"
     assert _san_ips(server) == ["10.1.2.3"]
     assert (out / "hosts/t1/libvirt/private/serverkey.pem").stat().st_mode & 0o077 == 0
     assert (out / "client/clientcert.pem").exists() and (out / "ca/cakey.pem").exists()
+    # QEMU's migration TLS, and ahvlite's own (API, store client, ZooKeeper member).
+    for name in ("ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem",
+                 "client-key.pem"):
+        assert (out / "hosts/t1/qemu" / name).exists(), name
+    assert _san_ips(out / "hosts/t1/qemu/server-cert.pem") == ["10.1.2.3"]
+    ahv = out / "hosts/t1-ahvlite"
+    assert _san_ips(ahv / "api.pem") == ["10.1.2.3"]
+    assert _san_ips(ahv / "zk-server/server.pem") == ["10.1.2.3"]
+    assert (ahv / "zk/client-key.pem").stat().st_mode & 0o077 == 0
+    # libvirtd's list: each peer's client certificate subject, then the admin's (the
+    # controller machine's, which is an admin's certificate).
+    org = "O=ahvlite lab"
+    assert json.loads((out / "allowed.json").read_text()) == [
+        f"{org},CN=t1", f"{org},CN=t2",
+        f"{org},OU=ahvlite-admins,CN=ahvlite-testcluster-controller"]
+    from ahvlite.pki import libvirt_dn
+    assert libvirt_dn((out / "hosts/t1/libvirt/clientcert.pem").read_bytes()) == f"{org},CN=t1"
     issued = server.read_bytes()
     second = ansible.run_playbook("host.yml", inv)
     assert second.changed == 0 and server.read_bytes() == issued
