@@ -120,14 +120,15 @@ def read_secret_file(path_text: str) -> tuple[str, str]:
     except OSError as exc:
         raise InvalidSpec(field, path_text, "a readable file holding USER:SECRET",
                           hint=exc.strerror) from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077:
+        os.close(fd)
         if not stat.S_ISREG(st.st_mode):
             raise InvalidSpec(field, path_text, "a regular file holding USER:SECRET")
-        if st.st_mode & 0o077:
-            # As ssh does with keys: a secret others can read is no longer a secret.
-            raise InvalidSpec(field, path_text, "a file only its owner may read",
-                              hint=f"chmod 600 {path_text}")
+        # As ssh does with keys: a secret others can read is no longer a secret.
+        raise InvalidSpec(field, path_text, "a file only its owner may read",
+                          hint=f"chmod 600 {path_text}")
+    with os.fdopen(fd, "rb") as f:
         data = f.read(SECRET_MAX_BYTES + 1)
     try:
         text = data.decode()
