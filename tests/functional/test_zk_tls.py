@@ -18,8 +18,8 @@ from kazoo.handlers.threading import KazooTimeoutError
 from ahvlite.controller.coord import ensemble, open_store
 from ahvlite.controller.coord.url import ZkTls
 from ahvlite.lab import processes
-from ahvlite.lab.pki import LabCA, install_store_client
-from ahvlite.lab.services import member_mode, start_local_ensemble
+from ahvlite.lab.pki import LabCA, install_ahvlite_pki, install_store_client
+from ahvlite.lab.services import free_ports, member_mode, start_local_ensemble, zk_argv
 from ahvlite.pki import write_secret
 from tests.waiting import wait_for
 
@@ -134,3 +134,38 @@ def test_a_controller_runs_from_its_environment_and_no_command_line_holds_the_se
     finally:
         processes.stop([rec])
     assert secret not in (tmp_path / "ctl.log").read_text()
+
+
+def test_the_playbooks_zoo_cfg_runs_debians_zookeeper_on_tls_only(tmp_path):
+    """playbooks/roles/zookeeper/templates/zoo.cfg.j2 as the play renders it (one member
+    here), with the key store the playbook's PKI module lays out: ZooKeeper serves."""
+    import jinja2
+
+    repo = Path(__file__).resolve().parents[2]
+    ca = LabCA.create("zoo.cfg")
+    pki = tmp_path / "pki"
+    install_ahvlite_pki(ca, pki, hostname="h1", ip="127.0.0.1")
+    install_store_client(ca, tmp_path / "client", name="c")
+    port, quorum, election = free_ports(3)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "myid").write_text("1\n")
+    text = jinja2.Template((repo / "playbooks/roles/zookeeper/templates/zoo.cfg.j2")
+                           .read_text()).render(
+        ansible_managed="test", zookeeper_data_dir=str(data), ahvlite_zk_port=port,
+        ahvlite_mgmt_ip="127.0.0.1", zookeeper_tls_dir=str(pki / "zk-server"),
+        zookeeper_members=["h1"], hostvars={"h1": {"ahvlite_mgmt_ip": "127.0.0.1"}},
+        zookeeper_quorum_port=quorum, zookeeper_election_port=election)
+    cfg = tmp_path / "zoo.cfg"
+    cfg.write_text(text)
+    rec = processes.spawn(zk_argv(cfg), log=tmp_path / "zk.log", host="", role="zk")
+    try:
+        tls = ZkTls.from_dir(tmp_path / "client")
+        ask = ensemble.asker(tls)
+        assert wait_for(lambda: ensemble.probe([("127.0.0.1", port)], 1.0, ask=ask)[0].state
+                        == "serving", 60), (tmp_path / "zk.log").read_text()[-2000:]
+        assert not refused(hosts=f"127.0.0.1:{port}", use_ssl=True, ca=str(tls.ca),
+                           certfile=str(tls.cert), keyfile=str(tls.key), check_hostname=True)
+        assert refused(hosts=f"127.0.0.1:{port}")
+    finally:
+        processes.stop([rec])
