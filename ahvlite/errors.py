@@ -91,3 +91,23 @@ class UnsafeNetwork(AhvliteError):
 
     exit_code = 10
     kind = "unsafe_network"
+
+
+def error_of(kind: str | None, message: str, hint: str | None = None) -> AhvliteError:
+    """The error a remote party reported by its ``kind`` (a failed task, an API
+    answer), as its own class again, so it keeps its exit code."""
+    if kind == InvalidSpec.kind:  # its message already names field, value, allowed
+        err = AhvliteError(message, hint=hint)
+        err.exit_code, err.kind = InvalidSpec.exit_code, InvalidSpec.kind
+        return err
+    for cls in _all_errors(AhvliteError):
+        if cls.kind == kind and cls is not AhvliteError:
+            return cls(message, hint=hint)
+    return OperationFailed(message, hint=hint)
+
+
+def _all_errors(cls: type[AhvliteError]) -> list[type[AhvliteError]]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out += _all_errors(sub)
+    return out

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from ahvlite.cluster import inventory
+from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.lab import lab
-from ahvlite.spec.cluster import load_cluster
 from ahvlite.spec.lab import LabSpec
 
 ROUNDS = 5

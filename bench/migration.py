@@ -24,9 +24,10 @@ from typing import Any
 
 from ahvlite.cluster import maintenance, vms
 from ahvlite.cluster.convergence import ConvergenceSettings
+from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.cluster.migrate import MigrationAborted, migrate_vm
 from ahvlite.lab import guests, lab, namespaces
-from ahvlite.spec.cluster import ClusterSpec, load_cluster
+from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.uri import check_uri
 
@@ -126,10 +127,10 @@ def ahvlite_dirty(cluster: ClusterSpec, name: str, to: str, **kw: Any) -> dict[s
 
 def evacuate(cluster: ClusterSpec, path: Path, host: str, parallel: int) -> dict[str, Any]:
     t0 = time.monotonic()
-    rep = maintenance.enter(cluster, host, cluster_file=path, parallel=parallel)
+    rep = maintenance.enter(cluster, host, parallel=parallel)
     empty_s = time.monotonic() - t0
     t1 = time.monotonic()
-    back = maintenance.exit_(cluster, host, cluster_file=path, restore=True,
+    back = maintenance.exit_(cluster, host, restore=True,
                              parallel=parallel)
     return {"parallel": parallel, "empty_s": round(empty_s, 1), "moved": len(rep.moved),
             "restore_s": round(time.monotonic() - t1, 1),

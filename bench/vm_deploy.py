@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from ahvlite.cluster import templates, vms
+from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.lab import lab
-from ahvlite.spec.cluster import load_cluster
 from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.vm import DiskSpec, NicSpec, VmSpec
 from ahvlite.virt import domains
@@ -38,10 +38,10 @@ def main() -> None:
         vms.create_vm(cluster, VmSpec(name="src", memory_mib=128,
                                       disks=[DiskSpec(image="guest")],
                                       nics=[NicSpec(network="br0")]))
-        templates.create_template(cluster_file, cluster, "tp", "src")
+        templates.create_template(cluster, "tp", "src")
 
         t0 = time.perf_counter()
-        result = templates.deploy(cluster_file, cluster, "tp", count=COUNT, prefix="b")
+        result = templates.deploy(cluster, "tp", count=COUNT, prefix="b")
         ours = time.perf_counter() - t0
         assert not result.failed, result.failed
 

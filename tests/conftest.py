@@ -14,6 +14,10 @@ import os
 
 from hypothesis import settings
 
+# Controllers the tests start (in process or as subprocesses, lab hosts included) also
+# offer the drill task kinds (sleep, vm.create); a production controller does not.
+os.environ.setdefault("AHVLITE_DRILL_KINDS", "1")
+
 settings.register_profile("gate", derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gate"))

@@ -178,7 +178,6 @@ def run(cluster: ClusterOpt = None, store: StoreOpt = None, solver: SolverOpt = 
     first failure; what moved stays moved). With a controller store each migration is
     a vm.migrate task, submitted when the one before has succeeded."""
     from ahvlite.cluster.migrate import migrate_vm
-    from ahvlite.cluster.state import ClusterState
     from ahvlite.errors import AhvliteError
 
     _check_solver(solver)
@@ -197,14 +196,13 @@ def run(cluster: ClusterOpt = None, store: StoreOpt = None, solver: SolverOpt = 
                 if url is not None:
                     results.append(_migrate_by_task(url, m.vm, m.target, path))
                 else:
-                    results.append(migrate_vm(spec, m.vm, to=m.target,
-                                              cluster_file=path).to_dict())
+                    results.append(migrate_vm(spec, m.vm, to=m.target).to_dict())
             except AhvliteError as exc:
                 error = exc
                 break
     record = {"at": time.time(), "plan": result.to_dict(), "migrations": results,
               "error": error.to_dict() if error else None}
-    ClusterState.for_cluster_file(path).put(LAST_RUN_KEY, record)
+    spec.state.put(LAST_RUN_KEY, record)
     if json_out:
         emit_json(record)
     else:
@@ -241,7 +239,7 @@ def _migrate_by_task(url: str, vm: str, to: str, cluster_file: Path) -> dict[str
 
     ts = TaskStore(open_store(url), time.time)
     try:
-        task = ts.submit("vm.migrate", {"name": vm, "to": to}, registry(cluster_file))
+        task = ts.submit("vm.migrate", {"name": vm, "to": to}, registry())
         task = ts.wait(task.id, 3600.0, time.sleep, time.monotonic)
     finally:
         ts.coord.close()
@@ -255,17 +253,15 @@ def effectiveness(cluster: ClusterOpt = None, store: StoreOpt = None,
                   sample_s: SampleOpt = 1.0, json_out: JsonOpt = False) -> None:
     """Predicted (by the last ADS plan that moved VMs: the controller's with a store,
     else the last `ads run`) vs observed CPU utilization of each host now."""
-    from ahvlite.cluster.state import ClusterState
     from ahvlite.controller.ads.effectiveness import compare, observe
 
-    path, _ = load(cluster)
-    last_plan = _controller_plan(store) or ClusterState.for_cluster_file(path).get(
-        LAST_RUN_KEY).get("plan")
+    _, cspec = load(cluster)
+    last_plan = _controller_plan(store) or cspec.state.get(LAST_RUN_KEY).get("plan")
     if not last_plan:
         raise NotFound("no ADS run recorded for this cluster",
                        hint="`ahvlite ads run` first (or let the controller's ADS run)")
     with progress(not json_out, "reading the cluster"):
-        problem = _live_problem(path, store, sample_s)
+        problem = _live_problem(cluster, store, sample_s)
     observed = {h: u.cpu_pct for h, u in observe(problem).items()}
     # Each hotspot is judged by the threshold its plan used, not today's setting.
     eff = compare(last_plan, observed)
@@ -308,7 +304,7 @@ def rules_add(
     from ahvlite.cluster.adsinput import add_rule
     from ahvlite.controller.ads.model import AntiAffinityGroup, VmHostAffinity
 
-    path, spec = load(cluster)
+    _path, spec = load(cluster)
     vm_names = _split(vms, "--vms")
     rule: VmHostAffinity | AntiAffinityGroup
     if kind == "anti":
@@ -321,7 +317,7 @@ def rules_add(
         rule = VmHostAffinity(name, vm_names, _split(hosts, "--hosts"), kind)  # type: ignore[arg-type]
     else:
         raise InvalidSpec("--kind", kind, "must, should or anti")
-    rules = add_rule(spec, path, rule)
+    rules = add_rule(spec, rule)
     if json_out:
         emit_json(rules.to_dict())
         return
@@ -334,8 +330,8 @@ def rules_list(cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
     from ahvlite.cluster.adsinput import load_rules
     from ahvlite.controller.ads.model import stale_rule_hosts
 
-    path, spec = load(cluster)
-    rules = load_rules(path)
+    _, spec = load(cluster)
+    rules = load_rules(spec.state)
     # Hosts removed since the rule was added: ignored by ADS, flagged here.
     stale = stale_rule_hosts(rules, {h.name for h in spec.hosts})
     if json_out:
@@ -354,8 +350,8 @@ def rules_remove(name: Annotated[str, typer.Argument(help="Rule name.")],
     """Remove a rule by name."""
     from ahvlite.cluster.adsinput import remove_rule
 
-    path, _ = load(cluster)
-    rules = remove_rule(path, name)
+    _, spec = load(cluster)
+    rules = remove_rule(spec.state, name)
     if json_out:
         emit_json(rules.to_dict())
         return

@@ -27,9 +27,9 @@ def _cpu_line(d: dict[str, Any]) -> str:
 @cpu_app.command()
 def show(cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
     """Each host's CPU, the baseline of all hosts, the stored level, what hosts give up."""
-    path, spec = load(cluster)
+    _path, spec = load(cluster)
     with progress(not json_out, "reading host CPUs"):
-        data = cpulevel.show(spec, cpustore.store_for(path))
+        data = cpulevel.show(spec, cpustore.store_for(spec))
     if json_out:
         emit_json(data)
         return
@@ -52,9 +52,9 @@ def apply(cluster: ClusterOpt = None, json_out: JsonOpt = False,
               "--recompute", help="Replace a manual level by the baseline.")] = False,
           ) -> None:
     """Store the baseline as the level and redefine every VM's CPU to it."""
-    path, spec = load(cluster)
+    _path, spec = load(cluster)
     with progress(not json_out, "applying the CPU level"):
-        data = cpulevel.apply(spec, cpustore.store_for(path), recompute=recompute)
+        data = cpulevel.apply(spec, cpustore.store_for(spec), recompute=recompute)
     if json_out:
         emit_json(data)
         return
@@ -70,8 +70,8 @@ def set_(model: Annotated[str, typer.Argument(
         help="A libvirt CPU model (e.g. Westmere) or x86-64-v2, x86-64-v3, x86-64-v4.")],
          cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
     """Set the level by hand; refused if any host cannot run MODEL. `apply` uses it."""
-    path, spec = load(cluster)
-    data = cpulevel.set_level(spec, cpustore.store_for(path), model)
+    _path, spec = load(cluster)
+    data = cpulevel.set_level(spec, cpustore.store_for(spec), model)
     if json_out:
         emit_json(data)
         return

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ahvlite.errors import NotFound
-from ahvlite.spec.cluster import ClusterSpec, load_cluster
+from ahvlite.spec.cluster import ClusterSpec
 
 ENV_VAR = "AHVLITE_CLUSTER"
 
@@ -32,5 +32,7 @@ def cluster_path(path: Path | None) -> Path:
 
 
 def load(path: Path | None) -> tuple[Path, ClusterSpec]:
+    from ahvlite.cluster.legacy import open_cluster_file
+
     resolved = cluster_path(path)
-    return resolved, load_cluster(resolved)
+    return resolved, open_cluster_file(resolved)

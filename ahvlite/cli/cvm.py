@@ -80,9 +80,9 @@ def deploy(
     json_out: JsonOpt = False,
 ) -> None:
     """Deploy HOST's CVM (one per host, named cvm-HOST)."""
-    path, spec = load(cluster)
+    _path, spec = load(cluster)
     with progress(not json_out, f"deploying the CVM of {host}") as report:
-        out = cvm.deploy(spec, path, host, image=image, vcpus=vcpus, memory_mib=memory_mib,
+        out = cvm.deploy(spec, host, image=image, vcpus=vcpus, memory_mib=memory_mib,
                          controllers=tuple(controller or ()), lab_luns=tuple(lab_lun or ()),
                          mgmt_vlan=mgmt_vlan, start=not no_start, report=report)
     _render([out], json_out, single=True)
@@ -104,16 +104,16 @@ def _render(items: list[dict[str, Any]], json_out: bool, *, single: bool = False
 def status(host: Annotated[str | None, typer.Argument(help="One host (default: all).")]
            = None, cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
     """The CVM of each host (or of HOST)."""
-    path, spec = load(cluster)
-    _render(cvm.status(spec, path, host), json_out)
+    _path, spec = load(cluster)
+    _render(cvm.status(spec, host), json_out)
 
 
 @app.command()
 def start(host: HostArg, cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
     """Start HOST's CVM."""
-    path, spec = load(cluster)
+    _path, spec = load(cluster)
     with progress(not json_out, f"starting the CVM of {host}"):
-        out = cvm.start(spec, path, host)
+        out = cvm.start(spec, host)
     _render([out], json_out, single=True)
 
 
@@ -124,18 +124,18 @@ def stop(host: HostArg,
          timeout_s: Annotated[float, typer.Option("--timeout-s")] = 120,
          cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
     """Shut HOST's CVM down (ACPI; --force powers it off after --timeout-s)."""
-    path, spec = load(cluster)
+    _path, spec = load(cluster)
     with progress(not json_out, f"stopping the CVM of {host}"):
-        out = cvm.stop(spec, path, host, force=force, timeout_s=timeout_s)
+        out = cvm.stop(spec, host, force=force, timeout_s=timeout_s)
     _render([out], json_out, single=True)
 
 
 @app.command()
 def remove(host: HostArg, cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
     """Remove HOST's CVM: controllers back to the host, volumes and lab loops gone."""
-    path, spec = load(cluster)
+    _path, spec = load(cluster)
     with progress(not json_out, f"removing the CVM of {host}") as report:
-        out = cvm.remove(spec, path, host, report=report)
+        out = cvm.remove(spec, host, report=report)
     if json_out:
         emit_json(out)
         return

@@ -23,9 +23,9 @@ def show(cluster: ClusterOpt = None, json_out: JsonOpt = False,
     from ahvlite.cli.task import configured_store
     from ahvlite.controller.ha import inventory
 
-    path, cspec = load(cluster)
+    _path, cspec = load(cluster)
     with progress(not json_out, "reading hosts and VMs"):
-        data = inventory.show(path, cspec)
+        data = inventory.show(cspec)
         url = configured_store(store)
         data["leader_view"] = inventory.leader_view(url) if url else None
     if json_out:
@@ -105,8 +105,8 @@ def set_(
     """Change HA settings (only the options given); checked before anything is stored."""
     from ahvlite.controller.ha.config import change_settings
 
-    path, _ = load(cluster)
-    new = change_settings(path, mode=mode, rf=rf, reservation=reservation, lease_s=lease_s,
+    _, cspec = load(cluster)
+    new = change_settings(cspec.state, mode=mode, rf=rf, reservation=reservation, lease_s=lease_s,
                           watchdog_s=watchdog_s, margin_s=margin_s)
     if json_out:
         emit_json(new.to_doc())

@@ -145,7 +145,7 @@ def add(
                                      known_hosts=known_hosts,
                                      trust_on_first_use=trust_on_first_use,
                                      labels=_labels(label))
-        store = cpustore.store_for(path)
+        store = cpustore.store_for(spec)
         plan = cpulevel.plan_host_add(spec, store, h, strict=strict)
     joined = inventory.add_host(path, spec, h)
     with progress(not json_out and plan.action == "lower", "lowering the CPU level"):

@@ -21,7 +21,6 @@ from ahvlite.cli.context import ClusterOpt, load
 from ahvlite.cli.migrate import migration_bar, settings_from_options
 from ahvlite.cli.output import console, emit_json, err_console, table
 from ahvlite.cluster import maintenance
-from ahvlite.cluster.state import ClusterState
 from ahvlite.errors import InvalidSpec
 
 app = typer.Typer(no_args_is_help=True,
@@ -31,7 +30,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 
 
 def _log_path(path: Path, host: str) -> Path:
-    return ClusterState.for_cluster_file(path).dir / f"maintenance-{host}.log"
+    return path.resolve().parent / "cluster-state" / f"maintenance-{host}.log"
 
 
 @app.command()
@@ -48,9 +47,6 @@ def enter(
         "--shutdown-timeout-s", help="Wait this long for a pinned VM's clean shutdown, "
                                      "then power it off.")] = 60,
     cluster: ClusterOpt = None, json_out: JsonOpt = False,
-    lock_fd: Annotated[int | None, typer.Option(
-        "--lock-fd", hidden=True, help="The host's maintenance lock, held (internal: "
-                                       "passed to the background run).")] = None,
 ) -> None:
     """Stop placing VMs on HOST, live-migrate its VMs away, shut its pinned VMs down."""
     path, cspec = load(cluster)
@@ -63,10 +59,8 @@ def enter(
     cspec.host(host)
     if not wait:
         log = _log_path(path, host)
-        # Held from before the host is marked until the background run ends: the child
-        # inherits the locked file, so no second enter or exit gets in between.
-        with maintenance.host_lock(cspec, host, path, doing="enter") as fd:
-            entry = maintenance.mark_unschedulable(cspec, host, path)
+        with maintenance.host_lock(cspec, host, doing="enter"):
+            entry = maintenance.mark_unschedulable(cspec, host)
             log.parent.mkdir(parents=True, exist_ok=True)
             with log.open("ab") as out:
                 # A session of its own: the emptying outlives this command and its
@@ -76,9 +70,9 @@ def enter(
                      "enter", host, "--wait", "--json", "--parallel", str(parallel),
                      "--max-downtime-ms", str(max_downtime_ms),
                      "--shutdown-timeout-s", str(shutdown_timeout_s), "--cluster",
-                     str(path), "--lock-fd", str(fd)],
+                     str(path)],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                    start_new_session=True, pass_fds=(fd,),
+                    start_new_session=True,
                     env={**os.environ, "COLUMNS": "120"})
         data = {"host": host, "state": entry["state"], "log": str(log)}
         if json_out:
@@ -92,10 +86,9 @@ def enter(
         def report(msg: str) -> None:
             if not json_out:
                 err_console.log(msg)
-        result = maintenance.enter(cspec, host, cluster_file=path, settings=settings,
+        result = maintenance.enter(cspec, host, settings=settings,
                                    parallel=parallel, shutdown_timeout_s=shutdown_timeout_s,
-                                   report=report, on_progress=on_progress,
-                                   lock_fd=lock_fd)
+                                   report=report, on_progress=on_progress)
     if json_out:
         emit_json(result.to_dict())
         return
@@ -117,12 +110,12 @@ def exit_(
     cluster: ClusterOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Make HOST schedulable again (and start the pinned VMs it shut down)."""
-    path, cspec = load(cluster)
+    _path, cspec = load(cluster)
     with migration_bar(not json_out) as on_progress:
         def report(msg: str) -> None:
             if not json_out:
                 err_console.log(msg)
-        data = maintenance.exit_(cspec, host, cluster_file=path, restore=restore,
+        data = maintenance.exit_(cspec, host, restore=restore,
                                  report=report, on_progress=on_progress)
     if json_out:
         emit_json(data)
@@ -137,8 +130,8 @@ def exit_(
 @app.command()
 def show(cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
     """Each host's maintenance state and what maintenance did with its VMs."""
-    path, cspec = load(cluster)
-    data = maintenance.status(cspec, path)
+    _, cspec = load(cluster)
+    data = maintenance.status(cspec)
     if json_out:
         emit_json(data)
         return

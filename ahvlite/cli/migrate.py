@@ -109,14 +109,13 @@ def migrate(
 ) -> None:
     """Live-migrate a running VM (peer to peer; persistent on the destination; the
     stream always encrypted with QEMU's TLS, certificates in /etc/pki/qemu)."""
-    path, cspec = load(cluster)
+    _path, cspec = load(cluster)
     settings = settings_from_options(
         max_downtime_ms=max_downtime_ms, bandwidth_mib_s=bandwidth_mib, postcopy=postcopy,
         max_iterations=max_iterations, timeout_s=timeout_s,
         auto_converge=not no_auto_converge)
     with migration_bar(not json_out) as on_progress:
-        result = migrate_vm(cspec, name, to=to, settings=settings, on_progress=on_progress,
-                            cluster_file=path)
+        result = migrate_vm(cspec, name, to=to, settings=settings, on_progress=on_progress)
     if json_out:
         emit_json(result.to_dict())
     else:

@@ -41,7 +41,12 @@ def submit_and_report(store: str, kind: str, params: dict[str, Any], *, wait: bo
 
     ts = _store(store)
     try:
-        task = ts.submit(kind, params, registry(cluster))
+        cspec = None
+        if cluster is not None:
+            from ahvlite.cluster.legacy import open_cluster_file
+
+            cspec = open_cluster_file(cluster)
+        task = ts.submit(kind, params, registry((lambda: cspec) if cspec is not None else None))
         if not wait:
             if json_out:
                 emit_json({"task": task.id})

@@ -40,9 +40,9 @@ def _render(spec: TemplateSpec, json_out: bool) -> None:
 def create(name: NameArg, from_vm: FromVm, cluster: ClusterOpt = None,
            json_out: JsonOpt = False) -> None:
     """Capture a shut-off VM (CPU, memory, disks, NICs) as version 1 of a template."""
-    path, cspec = load(cluster)
+    _path, cspec = load(cluster)
     with progress(not json_out, f"creating template {name}") as report:
-        spec = templates.create_template(path, cspec, name, from_vm, report=report)
+        spec = templates.create_template(cspec, name, from_vm, report=report)
     _render(spec, json_out)
 
 
@@ -52,9 +52,9 @@ def version_add(name: NameArg, from_vm: FromVm,
                     "--activate/--no-activate", help="Make it the active version.")] = True,
                 cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
     """Add a version captured from a VM; earlier versions stay deployable."""
-    path, cspec = load(cluster)
+    _path, cspec = load(cluster)
     with progress(not json_out, f"adding a version to {name}") as report:
-        spec = templates.add_version(path, cspec, name, from_vm, activate=activate,
+        spec = templates.add_version(cspec, name, from_vm, activate=activate,
                                      report=report)
     _render(spec, json_out)
 
@@ -62,23 +62,23 @@ def version_add(name: NameArg, from_vm: FromVm,
 @app.command()
 def versions(name: NameArg, cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
     """A template's versions (the active one marked)."""
-    path, _ = load(cluster)
-    _render(templates.load_template(path, name), json_out)
+    _, cspec = load(cluster)
+    _render(templates.load_template(cspec.state, name), json_out)
 
 
 @app.command(name="set-active")
 def set_active(name: NameArg, version: Annotated[int, typer.Argument(help="Version.")],
                cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
     """Choose the version `deploy` uses by default."""
-    path, _ = load(cluster)
-    _render(templates.set_active(path, name, version), json_out)
+    _, cspec = load(cluster)
+    _render(templates.set_active(cspec.state, name, version), json_out)
 
 
 @app.command(name="list")
 def list_(cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
     """Templates of the cluster."""
-    path, _ = load(cluster)
-    found = templates.list_templates(path)
+    _, cspec = load(cluster)
+    found = templates.list_templates(cspec.state)
     if json_out:
         emit_json([t.model_dump(mode="json") for t in found])
         return
@@ -101,14 +101,14 @@ def deploy(
     cluster: ClusterOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Deploy VMs from a template: new uuid, MACs and genid each, disks cloned."""
-    path, cspec = load(cluster)
+    _path, cspec = load(cluster)
     data = None
     if user_data is not None:
         if not user_data.is_file():
             raise NotFound(f"user-data file {user_data} does not exist")
         data = user_data.read_text()
     with progress(not json_out, f"deploying {count} from {name}") as report:
-        result = templates.deploy(path, cspec, name, count=count, prefix=prefix,
+        result = templates.deploy(cspec, name, count=count, prefix=prefix,
                                   version=version, user_data=data, start=start, host=host,
                                   report=report)
     if json_out:

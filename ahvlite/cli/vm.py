@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from ahvlite.cli import migrate as migrate_cli
+from ahvlite.cli.api import WaitOpt as ApiWaitOpt
 from ahvlite.cli.context import ENV_VAR, ClusterOpt, load
 from ahvlite.cli.controller import StoreOpt
 from ahvlite.cli.output import console, emit_json, err_console, progress, table
@@ -72,17 +73,20 @@ def _cluster_if_any(cluster: Path | None) -> Path | None:
 
 
 def render(info: vms.VmInfo, json_out: bool) -> None:
+    render_dict(info.to_dict(), json_out)
+
+
+def render_dict(d: dict[str, Any], json_out: bool) -> None:
     if json_out:
-        emit_json(info.to_dict())
+        emit_json(d)
         return
-    d = info.to_dict()
     for key in ("name", "uuid", "host", "state", "vcpus", "memory_mib", "current_memory_mib",
                 "overcommit", "firmware", "vtpm", "genid", "ips", "labels", "template"):
         console.print(f"[bold]{key:19}[/] {d[key]}", highlight=False)
-    for disk in info.disks:
+    for disk in d["disks"]:
         console.print(f"[bold]disk {disk['name']:14}[/] {disk['dev']} ({disk['bus']}) "
                       f"{disk['path']}", highlight=False)
-    for nic in info.nics:
+    for nic in d["nics"]:
         vlans = ",".join(str(v) for v in nic["vlans"]) or "untagged"
         console.print(f"[bold]nic {nic['mac']:15}[/] {nic['network']} on {nic['bridge']} "
                       f"{nic['mode']} {vlans}", highlight=False)
@@ -159,8 +163,8 @@ def _ha_admit(cluster: Path | None, name: str, **new_vm: Any) -> str | None:
         return None
     from ahvlite.controller.ha.inventory import check_power_on
 
-    path, cspec = load(cluster)
-    return check_power_on(path, cspec, name, **new_vm)
+    _, cspec = load(cluster)
+    return check_power_on(cspec, name, **new_vm)
 
 
 @app.command()
@@ -194,18 +198,18 @@ def _pairs(option: str, items: list[str] | None) -> list[tuple[str, str]]:
 
 
 @app.command(name="list")
-def list_(cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
+def list_(json_out: JsonOpt = False) -> None:
     """Every VM on every host (state, host, vCPUs, memory, IPs when known)."""
-    _, cspec = load(cluster)
-    found, unreachable = vms.list_vms(cspec)
+    from ahvlite.cli.api import get
+
+    data = get("/v1/vms")
     if json_out:
-        emit_json([v.to_dict() for v in found])
+        emit_json(data["vms"])
         return
-    rows = [[v.name, v.state, v.host, v.vcpus, v.memory_mib, ", ".join(v.ips)]
-            for v in found]
-    console.print(table(f"VMs of {cspec.name}", ["name", "state", "host", "vcpus",
-                                                 "memory MiB", "IPs"], rows))
-    for host, error in unreachable.items():
+    rows = [[v["name"], v["state"], v["host"], v["vcpus"], v["memory_mib"],
+             ", ".join(v["ips"])] for v in data["vms"]]
+    console.print(table("VMs", ["name", "state", "host", "vcpus", "memory MiB", "IPs"], rows))
+    for host, error in data["unreachable"].items():
         err_console.print(f"[yellow]warning:[/] host {host} did not answer: {error}",
                           highlight=False)
 
@@ -218,14 +222,14 @@ def show(name: NameArg, cluster: ClusterOpt = None, json_out: JsonOpt = False) -
 
 
 @app.command()
-def start(name: NameArg, cluster: ClusterOpt = None, json_out: JsonOpt = False,
-          store: StoreOpt = None, wait: WaitOpt = False) -> None:
+def start(name: NameArg, json_out: JsonOpt = False, wait: ApiWaitOpt = True) -> None:
     """Power on (in HA guarantee mode only if the reservation still holds)."""
-    _ha_admit(cluster, name)
-    if url := configured_store(store):
-        return _lifecycle(url, "start", name, cluster, wait=wait, json_out=json_out)
-    _, cspec = load(cluster)
-    render(vms.start_vm(cspec, name), json_out)
+    from ahvlite.cli.api import run_task
+
+    info = run_task("vm.lifecycle", {"action": "start", "name": name}, json_out=json_out,
+                    wait=wait, title=f"starting {name}")
+    if info is not None:
+        render_dict(info, json_out)
 
 
 @app.command()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from ahvlite.cluster import schedulable, vms
@@ -50,15 +49,11 @@ Records = Mapping[str, list[dict[str, Any]]]  # host -> HostStats dicts, oldest 
 
 # -- rules --------------------------------------------------------------------------
 
-def load_rules(cluster_file: Path | None) -> Rules:
-    if cluster_file is None:
-        return Rules()
-    return Rules.from_dict(ClusterState.for_cluster_file(cluster_file).get(RULES_KEY),
-                           where=RULES_KEY)
+def load_rules(state: ClusterState) -> Rules:
+    return Rules.from_dict(state.get(RULES_KEY), where=RULES_KEY)
 
 
-def add_rule(cluster: ClusterSpec, cluster_file: Path,
-             rule: VmHostAffinity | AntiAffinityGroup) -> Rules:
+def add_rule(cluster: ClusterSpec, rule: VmHostAffinity | AntiAffinityGroup) -> Rules:
     """Store ``rule``; its name must be new and the hosts it names must exist."""
     known = [h.name for h in cluster.hosts]
     if isinstance(rule, VmHostAffinity):
@@ -80,11 +75,11 @@ def add_rule(cluster: ClusterSpec, cluster_file: Path,
             new = Rules(rules.host_affinity, (*rules.anti_affinity, rule))
         return new.to_dict()
 
-    doc = ClusterState.for_cluster_file(cluster_file).update(RULES_KEY, change)
+    doc = cluster.state.update(RULES_KEY, change)
     return Rules.from_dict(doc, where=RULES_KEY)
 
 
-def remove_rule(cluster_file: Path, name: str) -> Rules:
+def remove_rule(state: ClusterState, name: str) -> Rules:
     def change(doc: dict[str, Any]) -> dict[str, Any]:
         rules = Rules.from_dict(doc or None, where=RULES_KEY)
         if name not in rules.names():
@@ -93,7 +88,7 @@ def remove_rule(cluster_file: Path, name: str) -> Rules:
         return Rules(tuple(r for r in rules.host_affinity if r.name != name),
                      tuple(r for r in rules.anti_affinity if r.name != name)).to_dict()
 
-    doc = ClusterState.for_cluster_file(cluster_file).update(RULES_KEY, change)
+    doc = state.update(RULES_KEY, change)
     return Rules.from_dict(doc, where=RULES_KEY)
 
 
@@ -197,9 +192,9 @@ def snapshot(cluster: ClusterSpec, *, records: Records | None = None,
         memory = {c.name: c.total_mib for c in vms.capacities(hosts) if c.reachable}
         if records is None:
             records = local_records(hosts, sample_s)
-    closed = schedulable.unschedulable_hosts(cluster.source) if cluster.source else set()
+    closed = schedulable.unschedulable_hosts(cluster.state)
     return problem_from(cluster, infos, records, memory_mib=memory, closed=closed,
-                        rules=load_rules(cluster.source))
+                        rules=load_rules(cluster.state))
 
 
 # -- power-on placement (vm create) -------------------------------------------------
@@ -236,7 +231,7 @@ def initial_host(hosts: vms.Hosts, spec: VmSpec, need_mib: int,
             if d.name not in seen:  # mid-migration a VM shows on two hosts
                 seen.add(d.name)
                 vm_list.append(Vm(d.name, h.name, 0, (), pinned=True))
-    rules = load_rules(hosts.cluster.source)
+    rules = load_rules(hosts.cluster.state)
     problem = Problem(tuple(host_list), tuple(vm_list), rules)
     new = Vm(spec.name, "", spec.memory_mib, (100.0 * spec.vcpus,))
     placed = rank(problem, new, need_free_mib=need_mib)

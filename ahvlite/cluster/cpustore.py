@@ -1,23 +1,19 @@
 """Where the cluster CPU level is kept (like AHV's processor compatibility level).
 
-Cluster state behind :class:`CpuLevelStore`; today a JSON file next to the cluster
-file, later the controller store. Separate from :mod:`ahvlite.cluster.cpulevel` (which
+Cluster state behind :class:`CpuLevelStore`: the ``cpu`` document of the cluster's
+state in the store. Separate from :mod:`ahvlite.cluster.cpulevel` (which
 computes levels over the hosts) so the VM layer can read the level without a cycle.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
+from ahvlite.cluster.state import ClusterState
 from ahvlite.errors import InvalidSpec
 from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.virt.cpu import CpuDef
-
-LEVEL_FILE = "cluster-cpu.json"
 
 
 @dataclass(frozen=True)
@@ -48,37 +44,39 @@ class CpuLevelStore(Protocol):
     def save(self, level: CpuLevel) -> None: ...
 
 
-class FileCpuLevelStore:
-    """The level as JSON next to the cluster file, written atomically."""
+class StateCpuLevelStore:
+    """The level as the cluster's ``cpu`` state document."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    KEY = "cpu"
+
+    def __init__(self, state: ClusterState) -> None:
+        self.state = state
 
     def load(self) -> CpuLevel | None:
-        try:
-            return CpuLevel.from_dict(json.loads(self.path.read_text()))
-        except FileNotFoundError:
+        raw = self.state.get(self.KEY)
+        if not raw:
             return None
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InvalidSpec("cluster CPU level", str(self.path),
+        try:
+            if not isinstance(raw.get("model"), str) or not all(
+                    isinstance(f, str) for k in ("features", "disabled")
+                    for f in raw.get(k, ())):
+                raise TypeError("model and features must be names")
+            return CpuLevel.from_dict(raw)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidSpec("cluster CPU level", "(stored document)",
                               f"a JSON object with model and features ({exc!r})",
                               hint="`ahvlite cluster cpu apply` writes it anew") from None
 
     def save(self, level: CpuLevel) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(level.to_dict(), indent=2) + "\n")
-        os.replace(tmp, self.path)
+        self.state.put(self.KEY, level.to_dict())
 
 
-def store_for(cluster_file: Path) -> FileCpuLevelStore:
-    return FileCpuLevelStore(cluster_file.with_name(LEVEL_FILE))
-
+def store_for(cluster: ClusterSpec) -> StateCpuLevelStore:
+    return StateCpuLevelStore(cluster.state)
 
 
 def level_of(cluster: ClusterSpec) -> CpuDef | None:
-    """The stored level of a cluster loaded from a file (None if none is stored, or the
-    spec was not loaded from a file): every VM the VM layer defines gets it."""
-    if cluster.source is None:
-        return None
-    level = store_for(cluster.source).load()
+    """The cluster's stored level (None if none is stored): every VM the VM layer
+    defines gets it."""
+    level = store_for(cluster).load()
     return level.cpu if level else None

@@ -144,7 +144,7 @@ def _volume_names(host: str, fmt: str) -> tuple[str, str]:
     return f"{name}-boot.{'qcow2' if fmt == 'qcow2' else 'img'}", f"{name}-seed.iso"
 
 
-def deploy(cluster: ClusterSpec, cluster_file: Path, host: str, *, image: Path,
+def deploy(cluster: ClusterSpec, host: str, *, image: Path,
            vcpus: int = cvmplan.DEFAULT_VCPUS, memory_mib: int = cvmplan.DEFAULT_MEMORY_MIB,
            controllers: tuple[str, ...] = (), lab_luns: tuple[str, ...] = (),
            mgmt_vlan: int | None = None, start: bool = True,
@@ -155,7 +155,7 @@ def deploy(cluster: ClusterSpec, cluster_file: Path, host: str, *, image: Path,
     if not image.is_file():
         raise InvalidSpec("image", str(image), "an existing disk image file (qcow2 or raw)")
     image_fmt = imageinfo.inspect_image(image).format  # no backing or data file
-    state = ClusterState.for_cluster_file(cluster_file)
+    state = cluster.state
     with connect(cluster) as hosts:
         conn = hosts.conn(host)
         if domains.find_domain(conn, name) is not None:
@@ -296,10 +296,9 @@ def status_of(host: str, conn: Connection, state: ClusterState) -> dict[str, Any
     }
 
 
-def status(cluster: ClusterSpec, cluster_file: Path, host: str | None = None
-           ) -> list[dict[str, Any]]:
+def status(cluster: ClusterSpec, host: str | None = None) -> list[dict[str, Any]]:
     names = [cluster.host(host).name] if host else [h.name for h in cluster.hosts]
-    state = ClusterState.for_cluster_file(cluster_file)
+    state = cluster.state
     out = []
     with connect(cluster) as hosts:
         for h in names:
@@ -318,14 +317,14 @@ def _find(conn: Connection, host: str) -> Any:
     return dom
 
 
-def start(cluster: ClusterSpec, cluster_file: Path, host: str) -> dict[str, Any]:
+def start(cluster: ClusterSpec, host: str) -> dict[str, Any]:
     with connect(cluster) as hosts:
         conn = hosts.conn(host)
         domains.power_on(_find(conn, host))
-        return status_of(host, conn, ClusterState.for_cluster_file(cluster_file))
+        return status_of(host, conn, cluster.state)
 
 
-def stop(cluster: ClusterSpec, cluster_file: Path, host: str, *, force: bool = False,
+def stop(cluster: ClusterSpec, host: str, *, force: bool = False,
          timeout_s: float = 120) -> dict[str, Any]:
     """ACPI shutdown (the CVM flushes its disks); power off after ``timeout_s`` only
     with ``force``."""
@@ -333,15 +332,15 @@ def stop(cluster: ClusterSpec, cluster_file: Path, host: str, *, force: bool = F
         conn = hosts.conn(host)
         dom = _find(conn, host)
         domains.shut_down(dom, timeout_s=timeout_s, force=force)
-        return status_of(host, conn, ClusterState.for_cluster_file(cluster_file))
+        return status_of(host, conn, cluster.state)
 
 
-def remove(cluster: ClusterSpec, cluster_file: Path, host: str,
+def remove(cluster: ClusterSpec, host: str,
            report: Report = _quiet) -> dict[str, Any]:
     """Power off and undefine the CVM, give its controllers back to the host, delete
     its volumes and detach its lab loop devices."""
     spec = cluster.host(host)
-    state = ClusterState.for_cluster_file(cluster_file)
+    state = cluster.state
     recorded = state.get(STATE_KEY).get(host, {})
     name = cvmplan.cvm_name(host)
     out: dict[str, Any] = {"host": host, "name": name, "undefined": False,

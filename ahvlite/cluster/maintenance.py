@@ -1,10 +1,11 @@
 """Host maintenance mode: stop placing VMs on a host, live-migrate its VMs elsewhere,
 shut its pinned VMs down cleanly; and the way back (``exit``, optionally ``restore``).
 
-The state is the ``maintenance`` document of ``ClusterState`` (beside the cluster file),
-so it survives CLI restarts: ``{"hosts": {HOST: {"state", "since", "moved": [{vm, to}],
-"shut_down": [vm], "failed": [{vm, reason}], "left": [vm]}}}``. A host listed there is
-unschedulable (``ahvlite.cluster.schedulable``) from the first write until ``exit``.
+The state is the ``maintenance`` document of the cluster's state in the store, so every
+controller sees it and it survives restarts: ``{"hosts": {HOST: {"state", "since",
+"moved": [{vm, to}], "shut_down": [vm], "failed": [{vm, reason}], "left": [vm]}}}``.
+A host listed there is unschedulable (``ahvlite.cluster.schedulable``) from the first
+write until ``exit``.
 
 The move plan is pure (:func:`plan_evacuation`): biggest VMs first, each to the host
 with the most free memory left after the moves already planned.
@@ -12,14 +13,11 @@ with the most free memory left after the moves already planned.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ahvlite.cluster import migrate, vms
@@ -88,18 +86,9 @@ def plan_evacuation(host: str, on_host: list[VmOnHost], capacities: list[HostCap
 
 # -- state --------------------------------------------------------------------------
 
-def _state(cluster: ClusterSpec, cluster_file: Path | None) -> tuple[ClusterState, Path]:
-    path = cluster_file or cluster.source
-    if path is None:
-        raise InvalidSpec("cluster_file", None, "the cluster file's path (maintenance "
-                          "state is kept beside it)")
-    return ClusterState.for_cluster_file(path), path
-
-
-def status(cluster: ClusterSpec, cluster_file: Path | None = None) -> dict[str, Any]:
+def status(cluster: ClusterSpec) -> dict[str, Any]:
     """Every host's maintenance state (``schedulable`` for hosts not in maintenance)."""
-    _, path = _state(cluster, cluster_file)
-    doc = maintenance_doc(path)["hosts"]
+    doc = maintenance_doc(cluster.state)["hosts"]
     return {"hosts": {h.name: doc.get(h.name, {"state": "schedulable"})
                       for h in cluster.hosts}}
 
@@ -129,51 +118,17 @@ def check_parallel(parallel: int, field: str = "parallel") -> int:
 
 
 @contextmanager
-def host_lock(cluster: ClusterSpec, host: str, cluster_file: Path | None = None, *,
-              doing: str = "enter", inherited_fd: int | None = None) -> Iterator[int]:
-    """One maintenance run (``enter`` or ``exit``) per host at a time: a non-blocking
-    ``flock`` in the cluster-state directory, held for the whole run and released by the
-    kernel even if the process dies. Yields the lock's fd; a process started to go on
-    with the run gets it passed (``inherited_fd``): the lock belongs to the open file,
-    so it holds on with no gap in which another run could slip in."""
+def host_lock(cluster: ClusterSpec, host: str, *, doing: str = "enter") -> Iterator[None]:
+    """One maintenance run (``enter`` or ``exit``) per host at a time, cluster-wide: the
+    store's lock, held for the whole run (a run on a leader that dies releases it with
+    its session; the next leader resumes the run)."""
     cluster.host(host)
-    st, _ = _state(cluster, cluster_file)
-    st.dir.mkdir(parents=True, exist_ok=True)
-    path = st.dir / f".maintenance-{host}.lock"
-    if inherited_fd is not None:
-        try:
-            same = os.path.samestat(os.fstat(inherited_fd), os.stat(path))
-        except OSError:
-            same = False
-        if not same:
-            raise InvalidSpec("--lock-fd", inherited_fd,
-                              f"an open descriptor of {path} (only `maintenance enter` "
-                              "passes it to the process it starts)")
-        fd = inherited_fd
-    else:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            raise Conflict(
-                f"cannot {doing} maintenance of {host}: `maintenance {holder}` of {host} "
-                "is still running", hint="wait for it (`ahvlite host maintenance show` "
-                "follows it), or stop that process first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, doing.encode(), 0)
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _holder(fd: int) -> str:
-    """What the lock's holder is doing (it writes that into the lock file)."""
-    try:
-        return os.pread(fd, 16, 0).decode().strip() or "enter"
-    except (OSError, UnicodeDecodeError):
-        return "enter"
+    with cluster.state.lock(
+            f"maintenance-{host}",
+            busy=f"cannot {doing} maintenance of {host}: another maintenance run of "
+                 f"{host} is still running",
+            hint="wait for it (`ahvlite host maintenance show` follows it)"):
+        yield
 
 
 # -- enter --------------------------------------------------------------------------
@@ -192,11 +147,10 @@ class EnterReport:
         return asdict(self)
 
 
-def mark_unschedulable(cluster: ClusterSpec, host: str,
-                       cluster_file: Path | None = None) -> dict[str, Any]:
+def mark_unschedulable(cluster: ClusterSpec, host: str) -> dict[str, Any]:
     """Step one of entering: the host takes no new VMs from now on."""
     cluster.host(host)
-    st, _ = _state(cluster, cluster_file)
+    st = cluster.state
 
     def start(entry: dict[str, Any]) -> None:
         if entry.get("state") != "in_maintenance":
@@ -208,31 +162,31 @@ def mark_unschedulable(cluster: ClusterSpec, host: str,
     return _update_host(st, host, start, create=True)
 
 
-def enter(cluster: ClusterSpec, host: str, *, cluster_file: Path | None = None,
+def enter(cluster: ClusterSpec, host: str, *,
           settings: ConvergenceSettings | None = None, parallel: int = DEFAULT_PARALLEL,
           shutdown_timeout_s: float = 60, report: Report = _quiet,
-          on_progress: Callable[[migrate.MigrationProgress], None] | None = None,
-          lock_fd: int | None = None) -> EnterReport:
+          on_progress: Callable[[migrate.MigrationProgress], None] | None = None) \
+        -> EnterReport:
     """Put ``host`` into maintenance and empty it; returns what happened. Raises
     OperationFailed (after recording it) when a VM could not leave, Conflict when
-    another ``enter``/``exit`` of ``host`` runs. ``lock_fd``: the host's lock, already
-    held (see :func:`host_lock`)."""
+    another ``enter``/``exit`` of ``host`` runs. Run again after an interruption, it
+    picks up where the host stands (VMs already moved are not there any more)."""
     check_parallel(parallel)
-    with host_lock(cluster, host, cluster_file, doing="enter", inherited_fd=lock_fd):
-        return _enter(cluster, host, cluster_file=cluster_file, settings=settings,
-                      parallel=parallel, shutdown_timeout_s=shutdown_timeout_s,
-                      report=report, on_progress=on_progress)
+    with host_lock(cluster, host, doing="enter"):
+        return _enter(cluster, host, settings=settings, parallel=parallel,
+                      shutdown_timeout_s=shutdown_timeout_s, report=report,
+                      on_progress=on_progress)
 
 
-def _enter(cluster: ClusterSpec, host: str, *, cluster_file: Path | None,
+def _enter(cluster: ClusterSpec, host: str, *,
            settings: ConvergenceSettings | None, parallel: int, shutdown_timeout_s: float,
            report: Report,
            on_progress: Callable[[migrate.MigrationProgress], None] | None) -> EnterReport:
     t0 = time.monotonic()
-    st, path = _state(cluster, cluster_file)
-    mark_unschedulable(cluster, host, path)
+    st = cluster.state
+    mark_unschedulable(cluster, host)
     report(f"{host} takes no new VMs")
-    closed = set(maintenance_doc(path)["hosts"])
+    closed = set(maintenance_doc(st)["hosts"])
     with vms.connect(cluster) as hosts:
         conn = hosts.conn(host)
         on_host = []
@@ -251,7 +205,7 @@ def _enter(cluster: ClusterSpec, host: str, *, cluster_file: Path | None,
         try:
             try:
                 res = migrate.migrate_vm(cluster, vm, to=to, settings=settings,
-                                         on_progress=on_progress, cluster_file=path)
+                                         on_progress=on_progress)
             except (migrate.MigrationAborted, OperationFailed):
                 raise
             except AhvliteError as exc:
@@ -259,7 +213,7 @@ def _enter(cluster: ClusterSpec, host: str, *, cluster_file: Path | None,
                 # let the migration pick any host that passes them all.
                 report(f"{vm}: {to} refused ({exc.message}); choosing another host")
                 res = migrate.migrate_vm(cluster, vm, settings=settings,
-                                         on_progress=on_progress, cluster_file=path)
+                                         on_progress=on_progress)
         except AhvliteError as exc:
             out.failed.append({"vm": vm, "reason": exc.message})
             report(f"{vm}: could not move: {exc.message}")
@@ -305,9 +259,9 @@ def _enter(cluster: ClusterSpec, host: str, *, cluster_file: Path | None,
 
 # -- exit ---------------------------------------------------------------------------
 
-def exit_(cluster: ClusterSpec, host: str, *, cluster_file: Path | None = None,
-          restore: bool = False, settings: ConvergenceSettings | None = None,
-          parallel: int = DEFAULT_PARALLEL, report: Report = _quiet,
+def exit_(cluster: ClusterSpec, host: str, *, restore: bool = False,
+          settings: ConvergenceSettings | None = None, parallel: int = DEFAULT_PARALLEL,
+          report: Report = _quiet,
           on_progress: Callable[[migrate.MigrationProgress], None] | None = None) -> \
         dict[str, Any]:
     """Make ``host`` schedulable again; start the pinned VMs it shut down; with
@@ -317,17 +271,16 @@ def exit_(cluster: ClusterSpec, host: str, *, cluster_file: Path | None = None,
     # An exit while enter still empties the host is refused (Conflict naming the running
     # enter) rather than cancelling it: enter may be mid-migration, and cutting that off
     # from here could not be clean. The operator waits, or stops enter and then exits.
-    with host_lock(cluster, host, cluster_file, doing="exit"):
-        return _exit(cluster, host, cluster_file=cluster_file, restore=restore,
-                     settings=settings, parallel=parallel, report=report,
-                     on_progress=on_progress)
+    with host_lock(cluster, host, doing="exit"):
+        return _exit(cluster, host, restore=restore, settings=settings, parallel=parallel,
+                     report=report, on_progress=on_progress)
 
 
-def _exit(cluster: ClusterSpec, host: str, *, cluster_file: Path | None, restore: bool,
+def _exit(cluster: ClusterSpec, host: str, *, restore: bool,
           settings: ConvergenceSettings | None, parallel: int, report: Report,
           on_progress: Callable[[migrate.MigrationProgress], None] | None) -> \
         dict[str, Any]:
-    st, path = _state(cluster, cluster_file)
+    st = cluster.state
     entry: dict[str, Any] = {}
 
     def drop(doc: dict[str, Any]) -> None:
@@ -350,7 +303,7 @@ def _exit(cluster: ClusterSpec, host: str, *, cluster_file: Path | None, restore
     def bring_back(vm: str) -> None:
         try:
             res = migrate.migrate_vm(cluster, vm, to=host, settings=settings,
-                                     on_progress=on_progress, cluster_file=path)
+                                     on_progress=on_progress)
         except AhvliteError as exc:
             # Deleted, stopped or pinned meanwhile, or it does not fit any more: it
             # stays where it is, and the caller hears why.

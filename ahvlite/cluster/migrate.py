@@ -5,21 +5,16 @@ job steered by the convergence policy, and a result. ADS, HA and maintenance cal
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from lxml import etree
 
 from ahvlite.cluster import convergence, cpulevel, schedulable, vms
 from ahvlite.cluster.convergence import ConvergenceSettings
-from ahvlite.cluster.state import ClusterState
 from ahvlite.errors import AhvliteError, Conflict, InvalidSpec, OperationFailed
 from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.spec.labels import PINNED_LABEL, is_pinned
@@ -98,44 +93,22 @@ class MigrationAborted(OperationFailed):
 
 # -- locking ------------------------------------------------------------------------
 
-def _lock_dir(cluster: ClusterSpec, cluster_file: Path | None) -> Path:
-    if cluster_file is not None:
-        return ClusterState.for_cluster_file(cluster_file).dir
-    # Without a cluster file (callers inside the controller) the lock still has to be
-    # one place per machine and cluster.
-    return Path(tempfile.gettempdir()) / f"ahvlite-{cluster.name}-locks"
-
-
 @contextmanager
-def vm_migration_lock(cluster: ClusterSpec, name: str,
-                      cluster_file: Path | None = None, *, key: str | None = None) -> \
+def vm_migration_lock(cluster: ClusterSpec, name: str, *, key: str | None = None) -> \
         Iterator[None]:
-    """One migration of VM ``name`` at a time: a non-blocking ``flock`` (held by the
-    kernel for this process, released even if it dies). Another host's CLI is caught by
-    the libvirt job check in :func:`migrate_vm` instead. ``key`` (the VM's UUID) names
-    the lock file when given; otherwise the name, which must be a valid VM name."""
+    """One migration of VM ``name`` at a time, cluster-wide (the store's lock). The
+    libvirt job check in :func:`migrate_vm` catches one started outside ahvlite.
+    ``key`` (the VM's UUID) names the lock when given; otherwise the name, which must
+    be a valid VM name."""
     if key is None:
         key = check_name("name", name)
-    d = _lock_dir(cluster, cluster_file or cluster.source)
-    d.mkdir(parents=True, exist_ok=True)
-    fd = os.open(d / f".migrate-{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Conflict(f"{name} is already being migrated (by another ahvlite run)",
-                           hint="wait for that migration to finish") from None
+    with cluster.state.lock(f"migrate-{key}",
+                            busy=f"{name} is already being migrated (by another ahvlite "
+                                 "run)", hint="wait for that migration to finish"):
         yield
-    finally:
-        os.close(fd)
 
 
 # -- pre-checks ---------------------------------------------------------------------
-
-def _maintenance_hosts(cluster: ClusterSpec, cluster_file: Path | None) -> set[str]:
-    path = cluster_file or cluster.source
-    return schedulable.unschedulable_hosts(path) if path else set()
-
 
 def pinned_reason(labels: dict[str, str], domain_xml: str) -> str | None:
     """Why a VM must stay on its host, or None."""
@@ -269,18 +242,18 @@ def _dest_uris(cluster: ClusterSpec, dest: str) -> tuple[str, str]:
 def migrate_vm(cluster: ClusterSpec, name: str, *, to: str | None = None,
                settings: ConvergenceSettings | None = None,
                on_progress: Callable[[MigrationProgress], None] | None = None,
-               cluster_file: Path | None = None) -> MigrateResult:
+               ) -> MigrateResult:
     """Live-migrate VM ``name`` to ``to`` (default: the host with most free memory that
     passes the checks). Raises before anything moves when a check fails, and
     :class:`MigrationAborted` when the policy gives up (the VM stays on its source)."""
     check_name("name", name)
     settings = settings or ConvergenceSettings()
-    maintenance = _maintenance_hosts(cluster, cluster_file)
+    maintenance = schedulable.unschedulable_hosts(cluster.state)
     with vms.connect(cluster) as hosts:
         # Look the VM up before locking: a mistyped name leaves no lock file behind, and
         # the lock follows the VM (its UUID), not whatever name was typed.
         found = _find_vm(hosts, name)
-        with vm_migration_lock(cluster, name, cluster_file, key=found.info.uuid):
+        with vm_migration_lock(cluster, name, key=found.info.uuid):
             # Again under the lock: a migration that just ended may have moved it.
             vm = _find_vm(hosts, name)
             return _migrate_locked(cluster, hosts, vm, to, settings, maintenance,

@@ -1,10 +1,9 @@
-"""Which hosts take no new VMs: those in maintenance mode (state in ``ClusterState`` key
+"""Which hosts take no new VMs: those in maintenance mode (state document
 ``maintenance``, written by ``ahvlite.cluster.maintenance``). Kept apart so placement
 can read it without importing migration."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ahvlite.cluster.state import ClusterState
@@ -14,20 +13,20 @@ from ahvlite.spec.cluster import ClusterSpec
 MAINTENANCE_KEY = "maintenance"
 
 
-def maintenance_doc(cluster_file: Path) -> dict[str, Any]:
-    doc = ClusterState.for_cluster_file(cluster_file).get(MAINTENANCE_KEY)
+def maintenance_doc(state: ClusterState) -> dict[str, Any]:
+    doc = state.get(MAINTENANCE_KEY)
     doc.setdefault("hosts", {})
     return doc
 
 
-def unschedulable_hosts(cluster_file: Path) -> set[str]:
+def unschedulable_hosts(state: ClusterState) -> set[str]:
     """Hosts entering, in, or stuck entering maintenance: none of them gets VMs."""
-    return set(maintenance_doc(cluster_file)["hosts"])
+    return set(maintenance_doc(state)["hosts"])
 
 
 def closed_hosts(cluster: ClusterSpec, requested: str | None = None) -> set[str]:
     """Hosts that take no new VMs; asking for one of them by name is a Conflict."""
-    closed = unschedulable_hosts(cluster.source) if cluster.source else set()
+    closed = unschedulable_hosts(cluster.state)
     if requested in closed:
         raise Conflict(f"host {requested} is in maintenance mode and takes no new VMs",
                        hint=f"`ahvlite host maintenance exit {requested}`, or another --host")

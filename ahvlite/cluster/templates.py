@@ -1,23 +1,22 @@
 """Versioned VM templates: capture a VM's shape and disks, deploy many copies.
 
-The catalogue is one JSON file per template in ``templates/`` beside the cluster file
-(the controller's store takes it over later); template disks are full copies in the
-shared pool (``tmpl-NAME-vN-DISK.qcow2``) that deployed VMs clone by backing file.
+The catalogue is the store's ``templates`` collection, one document per template
+(written by compare-and-set: two admins adding versions at once never lose one);
+template disks are full copies in the shared pool (``tmpl-NAME-vN-DISK.qcow2``) that
+deployed VMs clone by backing file.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from ahvlite.cluster import schedulable, vms
 from ahvlite.cluster.inventory import parallel
 from ahvlite.cluster.placement import place
+from ahvlite.cluster.state import ClusterState
 from ahvlite.errors import AhvliteError, Conflict, InvalidSpec, NotFound, OperationFailed
 from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.spec.errors import build
@@ -35,36 +34,20 @@ def _quiet(_msg: str) -> None:
     pass
 
 
-def catalogue_dir(cluster_file: Path) -> Path:
-    return cluster_file.parent / "templates"
+COLLECTION = "templates"
 
 
-def _file(cluster_file: Path, name: str) -> Path:
+def load_template(state: ClusterState, name: str) -> TemplateSpec:
     check_name("template", name)
-    return catalogue_dir(cluster_file) / f"{name}.json"
-
-
-def load_template(cluster_file: Path, name: str) -> TemplateSpec:
-    path = _file(cluster_file, name)
-    if not path.exists():
+    raw = state.doc(COLLECTION, name)
+    if raw is None:
         raise NotFound(f"no template named {name!r}",
                        hint="`ahvlite template list` shows them; `template create` makes one")
-    return build(TemplateSpec, **json.loads(path.read_text()))
+    return build(TemplateSpec, **raw)
 
 
-def save_template(cluster_file: Path, spec: TemplateSpec) -> None:
-    path = _file(cluster_file, spec.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(spec.model_dump_json(indent=2))
-    os.replace(tmp, path)
-
-
-def list_templates(cluster_file: Path) -> list[TemplateSpec]:
-    d = catalogue_dir(cluster_file)
-    if not d.exists():
-        return []
-    return [load_template(cluster_file, p.stem) for p in sorted(d.glob("*.json"))]
+def list_templates(state: ClusterState) -> list[TemplateSpec]:
+    return [build(TemplateSpec, **raw) for raw in state.docs(COLLECTION).values()]
 
 
 def template_volume(name: str, version: int, disk: str) -> str:
@@ -124,41 +107,66 @@ def _capture(hosts: vms.Hosts, template: str, version: int, vm: str,
         boot=boot, vtpm=bool(d.devices and len(d.devices.tpms)), disks=disks, nics=nics)
 
 
-def create_template(cluster_file: Path, cluster: ClusterSpec, name: str, vm: str, *,
+def create_template(cluster: ClusterSpec, name: str, vm: str, *,
                     report: Report = _quiet) -> TemplateSpec:
     check_name("name", name)
-    if _file(cluster_file, name).exists():
+    state = cluster.state
+    if state.doc(COLLECTION, name) is not None:
         raise Conflict(f"template {name!r} exists",
                        hint=f"`ahvlite template version add {name} --from-vm {vm}` adds a "
                             "version")
     with vms.connect(cluster) as hosts:
         version = _capture(hosts, name, 1, vm, report)
     spec = TemplateSpec(name=name, active_version=1, versions=[version])
-    save_template(cluster_file, spec)
+    try:
+        state.create_doc(COLLECTION, name, spec.model_dump(mode="json"))
+    except Conflict:
+        _drop_volumes(cluster, version)  # made at the same moment by someone else
+        raise
     return spec
 
 
-def add_version(cluster_file: Path, cluster: ClusterSpec, name: str, vm: str, *,
+def _drop_volumes(cluster: ClusterSpec, version: TemplateVersion) -> None:
+    with vms.connect(cluster) as hosts:
+        _, pool = hosts.any_pool()
+        for d in version.disks:
+            storage.delete_volume(pool, d.volume)
+
+
+def add_version(cluster: ClusterSpec, name: str, vm: str, *,
                 activate: bool = True, report: Report = _quiet) -> TemplateSpec:
     """A new version from ``vm``; it becomes the active one unless ``activate`` is off.
     Old versions stay deployable."""
-    spec = load_template(cluster_file, name)
+    state = cluster.state
+    spec = load_template(state, name)
     number = spec.next_version()
     with vms.connect(cluster) as hosts:
         version = _capture(hosts, name, number, vm, report)
-    spec = spec.model_copy(update={"versions": [*spec.versions, version],
-                                   "active_version": number if activate
-                                   else spec.active_version})
-    save_template(cluster_file, spec)
-    return spec
+
+    def add(doc: dict[str, Any]) -> dict[str, Any]:
+        now = build(TemplateSpec, **doc)
+        if now.next_version() != number:  # another version was added meanwhile
+            raise Conflict(f"template {name} got version {now.next_version() - 1} while "
+                           f"this one was copied", hint="add the version again")
+        return now.model_copy(update={"versions": [*now.versions, version],
+                                      "active_version": number if activate
+                                      else now.active_version}).model_dump(mode="json")
+
+    try:
+        return build(TemplateSpec, **state.update_doc(COLLECTION, name, add))
+    except Conflict:
+        _drop_volumes(cluster, version)
+        raise
 
 
-def set_active(cluster_file: Path, name: str, version: int) -> TemplateSpec:
-    spec = load_template(cluster_file, name)
-    spec.version(version)  # NotFound when it does not exist
-    spec = spec.model_copy(update={"active_version": version})
-    save_template(cluster_file, spec)
-    return spec
+def set_active(state: ClusterState, name: str, version: int) -> TemplateSpec:
+    def activate(doc: dict[str, Any]) -> dict[str, Any]:
+        spec = build(TemplateSpec, **doc)
+        spec.version(version)  # NotFound when it does not exist
+        return spec.model_copy(update={"active_version": version}).model_dump(mode="json")
+
+    load_template(state, name)
+    return build(TemplateSpec, **state.update_doc(COLLECTION, name, activate))
 
 
 @dataclass(frozen=True)
@@ -182,7 +190,7 @@ def vm_spec_from(template: TemplateSpec, version: TemplateVersion, name: str) ->
     ).with_macs()
 
 
-def deploy(cluster_file: Path, cluster: ClusterSpec, name: str, *, count: int,
+def deploy(cluster: ClusterSpec, name: str, *, count: int,
            prefix: str | None = None, version: int | None = None,
            user_data: str | None = None, start: bool = True, host: str | None = None,
            report: Report = _quiet) -> Deployed:
@@ -193,7 +201,7 @@ def deploy(cluster_file: Path, cluster: ClusterSpec, name: str, *, count: int,
     """
     if not 1 <= count <= 500:
         raise InvalidSpec("count", count, "from 1 to 500")
-    template = load_template(cluster_file, name)
+    template = load_template(cluster.state, name)
     chosen = template.version(version)
     base = prefix if prefix is not None else f"{name}-"
     specs = [vm_spec_from(template, chosen, f"{base}{i}") for i in range(1, count + 1)]

@@ -75,6 +75,7 @@ class Controller:
         self._acting: int | None = None  # token the main loop acts under
         self._wake = threading.Event()
         self._failures = 0  # leader loop rounds in a row that failed: the loop backs off
+        self._restart = threading.Event()  # the leader's services must start anew
 
     def _member_data(self) -> bytes:
         data = {"name": self.identity.name, "host": self.identity.host,
@@ -83,6 +84,12 @@ class Controller:
         if self.api_url is not None:
             data["api"] = self.api_url
         return json.dumps(data).encode()
+
+    def restart_services(self) -> None:
+        """Start the leader's services anew (the cluster's hosts changed); a no-op
+        while we do not lead."""
+        self._restart.set()
+        self._wake.set()
 
     def _on_elected(self, token: int) -> None:
         self._elected = token
@@ -167,8 +174,19 @@ class Controller:
                     svc.start()
                     self._services.append(svc)
             self._acting = elected
+            self._restart.clear()
             log.warning("%s leads (token %s); recovered %s", self.identity.name, elected,
                         recovered or "nothing")
+        elif self._restart.is_set() and self.leader_services is not None:
+            self._restart.clear()
+            for svc in self._services:
+                svc.stop()
+            self._services = []
+            for svc in self.leader_services():
+                svc.start()
+                self._services.append(svc)
+            log.warning("%s: leader services restarted around the cluster's hosts",
+                        self.identity.name)
         self._announce(elected)
         self.runner.poll(elected)
 

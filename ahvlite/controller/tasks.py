@@ -77,6 +77,8 @@ class Task:
     result: dict[str, Any] | None = None
     error: str | None = None
     submitted_by: str | None = None  # the API principal (cert:CN, token:NAME)
+    error_kind: str | None = None  # the error's class (errors.AhvliteError.kind)
+    error_hint: str | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -148,7 +150,8 @@ class TaskCancelled(AhvliteError):
 class Handler(Protocol):
     """A task kind: ``run`` does the work through ``ctx.step``; resumable if steps allow."""
 
-    resumable: bool
+    @property
+    def resumable(self) -> bool: ...
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]: ...
     def run(self, ctx: TaskContext) -> dict[str, Any]: ...
@@ -417,6 +420,7 @@ class TaskRunner:
                               finished_at=self.store.clock())
             except AhvliteError as exc:
                 end = replace(ctx.task, state=TaskState.FAILED, error=exc.message,
+                              error_kind=exc.kind, error_hint=exc.hint,
                               finished_at=self.store.clock())
             except Exception as exc:  # a handler bug still ends its task, with the reason
                 log.exception("task %s failed", task.id)

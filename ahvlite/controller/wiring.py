@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ahvlite.cluster.legacy import open_cluster_file
+from ahvlite.cluster.state import ClusterState
+from ahvlite.controller.clusterview import ClusterView
 from ahvlite.controller.coord import open_store, parse_store_url
 from ahvlite.controller.coord.url import refuse_default_auth
 from ahvlite.controller.daemon import Controller, Identity
@@ -57,11 +60,10 @@ def _daemon_setup() -> threading.Event:
     return stop
 
 
-def leader_services(coord: Any, cfg: ControllerConfig) -> Callable[[], list[Any]] | None:
-    """What only the leader runs (host monitor, HA, ADS), given a cluster file."""
-    path = cfg.cluster_file
-    if path is None:
-        return None
+def leader_services(coord: Any, view: ClusterView,
+                    cfg: ControllerConfig) -> Callable[[], list[Any]]:
+    """What only the leader runs (host monitor, HA, ADS), around the cluster's hosts as
+    they are when it is elected (rebuilt when they change)."""
     from ahvlite.cluster import vms
     from ahvlite.cluster.adsinput import load_rules
     from ahvlite.cluster.schedulable import unschedulable_hosts
@@ -70,41 +72,47 @@ def leader_services(coord: Any, cfg: ControllerConfig) -> Callable[[], list[Any]
     from ahvlite.controller.ha.hostops import LibvirtHosts
     from ahvlite.controller.ha.service import HaService
     from ahvlite.controller.hostmon import HostMonitor
-    from ahvlite.spec.cluster import load_cluster
     from ahvlite.virt.hostconn import HostConnection
 
-    spec = load_cluster(path)
-    ha_settings = settings_loader(path)
+    ha_settings = settings_loader(view.state)
 
     def services() -> list[Any]:
+        if not view.known():
+            log.warning("the store holds no cluster yet: no host monitor, HA or ADS until "
+                        "`ahvlite cluster apply`")
+            return []
+        spec = view()
         # Short keepalive: a silent host's libvirt link drops in ~4-6 s.
         links = [HostConnection(h.name, h.uri, keepalive_interval_s=2, keepalive_count=2)
                  for h in spec.hosts]
 
         def closed() -> set[str]:
-            return unschedulable_hosts(path)
+            return unschedulable_hosts(view.state)
 
         monitor = HostMonitor(coord, links, interval_s=cfg.stats_interval_s,  # type: ignore[arg-type]
                               closed=closed)
 
         def render(conn: Any, host: str, vm: Any, epoch: int) -> str:
-            return vms.render_on_host(conn, spec, host, vm.spec, vm.nvram_volume, epoch)
+            return vms.render_on_host(conn, view(), host, vm.spec, vm.nvram_volume, epoch)
 
-        ha = HaService(coord, lambda: [h.name for h in spec.hosts],
+        ha = HaService(coord, lambda: [h.name for h in view().hosts],
                        LibvirtHosts(monitor, render), ha_settings,
-                       place_fn=ads_place(lambda: load_rules(path)), closed=closed)
-        return [monitor, ha, ads_service(coord, spec, monitor, cfg.ads_interval_s)]
+                       place_fn=ads_place(lambda: load_rules(view.state)), closed=closed)
+        return [monitor, ha, ads_service(coord, view, monitor, cfg.ads_interval_s)]
 
     return services
 
 
-def ads_service(coord: Any, spec: Any, monitor: Any, interval_s: float) -> Any:
+def ads_service(coord: Any, view: ClusterView, monitor: Any, interval_s: float) -> Any:
     """ADS on the monitor's stats history; its moves become vm.migrate tasks."""
     from ahvlite.cluster.adsinput import records_of, snapshot
     from ahvlite.controller.adsservice import AdsService
 
-    return AdsService(coord, lambda: snapshot(spec, records=records_of(monitor.history, spec)),
-                      interval_s=interval_s)
+    def problem() -> Any:
+        spec = view()
+        return snapshot(spec, records=records_of(monitor.history, spec))
+
+    return AdsService(coord, problem, interval_s=interval_s)
 
 
 def run_controller(cfg: ControllerConfig) -> None:
@@ -112,21 +120,25 @@ def run_controller(cfg: ControllerConfig) -> None:
     refuse_default_auth(parse_store_url(cfg.store))
     stop = _daemon_setup()
     coord = open_store(cfg.store, session_timeout_s=cfg.session_timeout_s)
-    kinds = registry(cfg.cluster_file)
+    view = ClusterView(coord, cluster_file=cfg.cluster_file)
+    view.start()
+    kinds = registry(view)
     name = Identity.here(cfg.name).name
     server, published = None, None
     if cfg.api is not None:
         from ahvlite.controller.api.settings import start_api
-        from ahvlite.spec.cluster import load_cluster
 
-        cluster_name = load_cluster(cfg.cluster_file).name if cfg.cluster_file else None
-        server, published = start_api(cfg.api, coord, name, kinds, cluster_name)
+        server, published = start_api(cfg.api, coord, name, kinds, view)
         # Stop taking requests as soon as we are told to stop, while the controller
         # resigns: a client then goes to another controller, not to a closed store.
         threading.Thread(target=_stop_api_on, args=(stop, server), daemon=True,
                          name="api-stop").start()
-    Controller(coord, Identity.here(cfg.name), kinds, workers=cfg.workers,
-               leader_services=leader_services(coord, cfg), api_url=published).run(stop)
+    controller = Controller(coord, Identity.here(cfg.name), kinds, workers=cfg.workers,
+                            leader_services=leader_services(coord, view, cfg),
+                            api_url=published)
+    view.on_hosts_changed(controller.restart_services)
+    controller.run(stop)
+    view.stop()
     if server is not None:
         server.stop()
     _exit_now()
@@ -148,10 +160,12 @@ def run_agent(cfg: AgentConfig) -> None:
     stop = _daemon_setup()
     # The timings are fixed for the life of the process and published with every
     # heartbeat: the leader times this host by what this agent really runs with.
-    settings = settings_loader(cfg.cluster_file)()
     lease_file = LeaseFile()
     # Store calls give up after 2 s: the agent's tick must go on to fence.
     coord = open_store(cfg.store, session_timeout_s=cfg.session_timeout_s, retry_s=2.0)
+    state = (open_cluster_file(cfg.cluster_file).state if cfg.cluster_file
+             else ClusterState(coord))
+    settings = settings_loader(state)()
     agent = HostAgent(coord, cfg.host, LibvirtLocal(cfg.libvirt_uri),
                       open_watchdog(cfg.watchdog, settings.watchdog_s),
                       lease_s=settings.lease_s, heartbeat_s=settings.heartbeat_s,

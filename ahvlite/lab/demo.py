@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ahvlite.cluster import network as cnet
+from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.lab import guests, lab
 from ahvlite.lab.layout import HostLayout
-from ahvlite.spec.cluster import load_cluster
 from ahvlite.virt import guest
 from ahvlite.virt.conn import connection
 

@@ -48,7 +48,7 @@ def boot_from_disk(layout: LabLayout, state: LabState, host: HostLayout, name: s
     :func:`record` the results afterwards.
     """
     from ahvlite.cluster import vms
-    from ahvlite.spec.cluster import load_cluster
+    from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 
     serial_log = serial_log_path(name)
     mac = guest_mac(layout.name, name)

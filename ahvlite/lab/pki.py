@@ -90,10 +90,12 @@ def install_store_client(ca: CertificateAuthority, directory: Path, *, name: str
     write_secret(directory / TLS_KEY, client.key_pem)
 
 
-def install_client_pki(ca: LabCA, directory: Path, *, name: str) -> None:
-    """The ``pkipath=`` directory of an admin's libvirt client (the lab's root
-    namespace, the machine that runs the playbook); an API admin too."""
-    client = ca.issue(name, server=False, client=True, unit=ADMINS_UNIT)
+def install_client_pki(ca: CertificateAuthority, directory: Path, *, name: str,
+                       admin: bool = True) -> None:
+    """A libvirt client's ``pkipath=`` directory: an admin's (the lab's root namespace,
+    the machine that runs the playbook; an API admin too), or with ``admin`` false a
+    host's own client identity (what its libvirtd presents to its peers)."""
+    client = ca.issue(name, server=False, client=True, unit=ADMINS_UNIT if admin else None)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "cacert.pem").write_bytes(ca.cert_pem)
     (directory / "clientcert.pem").write_bytes(client.cert_pem)

@@ -17,7 +17,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,10 +150,14 @@ def zk_argv(cfg: Path, heap_mib: int = 96) -> list[str]:
             "-cp", zk_classpath(), ZK_MAIN, str(cfg)]
 
 
-def prepare_member(me: ZkMember, ensemble: Sequence[ZkMember]) -> Path:
-    me.data_dir.mkdir(parents=True, exist_ok=True)
-    (me.data_dir / "myid").write_text(f"{me.myid}\n")
-    cfg = me.data_dir / "zoo.cfg"
+def prepare_member(me: ZkMember, ensemble: Sequence[ZkMember], *,
+                   root: Path | None = None) -> Path:
+    """Write ``me``'s myid and zoo.cfg; ``root``: where its data dir lies as this process
+    sees it (a lab host's private directory), when that is not ``me.data_dir``."""
+    d = root or me.data_dir
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "myid").write_text(f"{me.myid}\n")
+    cfg = d / "zoo.cfg"
     cfg.write_text(zk_config(me, ensemble))
     return cfg
 
@@ -290,26 +294,35 @@ LAB_ZK_MEMBERS = 3
 LAB_ZK_USER = "ahvlite"
 
 
+# Where a lab host keeps ahvlite's files, inside the host (its private /etc/ahvlite and
+# /var/lib/ahvlite; the state dir holds them in the root namespace).
+ETC = Path("/etc/ahvlite")
+ZK_DIR = Path("/var/lib/ahvlite/zookeeper")
+API_PORT = 9440
+
+
 def lab_zk_members(layout: LabLayout) -> list[ZkMember]:
     """One member per lab host namespace (the first three), on its management address,
-    TLS only, with the host's certificates (install_ahvlite_pki)."""
+    its data in the host's private /var/lib/ahvlite; TLS only, with the host's
+    certificates (its /etc/ahvlite/pki: install_ahvlite_pki), probed with the root
+    namespace's store client certificate."""
     d = layout.store_tls_dir
     client = ZkTls(d / TLS_CA, d / TLS_CERT, d / TLS_KEY)
-    out = []
-    for h in layout.hosts[:LAB_ZK_MEMBERS]:
-        server = h.etc_ahvlite / "pki" / ZK_SERVER_DIR
-        out.append(ZkMember(h.index, h.ip, ZK_TLS_PORT, 2888, 3888, h.state_dir / "zookeeper",
-                            MemberTls(server / ZK_KEYSTORE, server / ZK_TRUSTSTORE, client)))
-    return out
+    server = ETC / "pki" / ZK_SERVER_DIR
+    return [ZkMember(h.index, h.ip, ZK_TLS_PORT, 2888, 3888, ZK_DIR,
+                     MemberTls(server / ZK_KEYSTORE, server / ZK_TRUSTSTORE, client))
+            for h in layout.hosts[:LAB_ZK_MEMBERS]]
 
 
 def lab_store_url(layout: LabLayout) -> str:
-    """The store's URL: no credential in it (see :func:`lab_store_env`)."""
+    """The lab's store: no credential in it (the secret is in a file, see
+    :func:`lab_store_env`), TLS only."""
     return f"zk://{hosts_string(lab_zk_members(layout))}/ahvlite"
 
 
 def lab_store_env(layout: LabLayout) -> dict[str, str]:
-    """The environment a client in the root namespace reaches the lab's store with."""
+    """The environment a client in the root namespace (the admin's machine) reaches the
+    lab's store with: its URL, the secret's file and the TLS files."""
     return {"AHVLITE_STORE": lab_store_url(layout),
             ENV_SECRET_FILE: str(layout.store_secret_file),
             ENV_TLS_DIR: str(layout.store_tls_dir)}
@@ -324,38 +337,58 @@ def open_lab_store(layout: LabLayout, **kw: Any) -> Any:
 
 
 def write_lab_store_credentials(layout: LabLayout, ca: LabCA) -> None:
-    """A fresh credential for the lab's store, in a file for the root namespace and
-    one inside each host; and the root namespace's store client certificate."""
-    secret = f"{LAB_ZK_USER}:{secrets.token_urlsafe(24)}\n".encode()
-    write_secret(layout.store_secret_file, secret)
-    for host in layout.hosts:
-        write_secret(host.etc_ahvlite / "store.secret", secret)
+    """A fresh credential for the lab's store (each host gets a copy:
+    :func:`write_host_config`), and the root namespace's store client certificate."""
+    write_secret(layout.store_secret_file,
+                 f"{LAB_ZK_USER}:{secrets.token_urlsafe(24)}\n".encode())
     install_store_client(ca, layout.store_tls_dir, name=f"ahvlite-{layout.name}-client")
 
 
-ETC_AHVLITE = Path("/etc/ahvlite")  # inside a lab host: its private one (namespaces.py)
+def inside(host: HostLayout, path: Path) -> Path:
+    """Where a path of ``host``'s private directories lies in the root namespace."""
+    return host.state_dir / path.relative_to("/")
 
 
-def host_env(layout: LabLayout, host: HostLayout) -> dict[str, str]:
-    """The environment of a lab host's controller and agent: the variables both daemons
-    of a real host read from /etc/ahvlite/controller.env (contrib/controller.md), with
-    the host's own files, its libvirtd and the lab's watchdog."""
-    return {"AHVLITE_STORE": lab_store_url(layout),
-            ENV_SECRET_FILE: str(ETC_AHVLITE / "store.secret"),
-            ENV_TLS_DIR: str(ETC_AHVLITE / "pki" / STORE_DIR),
-            "AHVLITE_HOST": host.name,
-            "AHVLITE_LIBVIRT_URI": "qemu:///system",
-            "AHVLITE_WATCHDOG": f"unix:{LAB_WATCHDOG}"}
+def api_url(host: HostLayout) -> str:
+    return f"https://{host.ip}:{API_PORT}"
 
 
-def env_file_text(env: Mapping[str, str]) -> str:
-    return "".join(f"{k}={v}\n" for k, v in env.items())
+def controller_env(layout: LabLayout, host: HostLayout) -> str:
+    """The host's /etc/ahvlite/controller.env: what the systemd units read on a real
+    host (the store secret is a file beside it, never on a command line)."""
+    lines = {
+        "AHVLITE_STORE": lab_store_url(layout),
+        ENV_SECRET_FILE: str(ETC / "store.secret"),
+        ENV_TLS_DIR: str(ETC / "pki" / STORE_DIR),
+        "AHVLITE_HOST": host.name,
+        "AHVLITE_API_LISTEN": f"{host.ip}:{API_PORT}",
+        "AHVLITE_API_URL": api_url(host),
+        "AHVLITE_API_CERT": str(ETC / "pki" / "api.pem"),
+        "AHVLITE_API_KEY": str(ETC / "pki" / "api-key.pem"),
+        "AHVLITE_API_CA": str(ETC / "pki" / "ca.pem"),
+        "AHVLITE_LIBVIRT_URI": "qemu:///system",
+        "AHVLITE_WATCHDOG": f"unix:{LAB_WATCHDOG}",
+    }
+    return "# written by ahvlite lab up, read like systemd's EnvironmentFile=\n" + "".join(
+        f"{k}={v}\n" for k, v in lines.items())
+
+
+def write_host_config(layout: LabLayout, host: HostLayout, ca: LabCA) -> None:
+    """The host's /etc/ahvlite, as the playbook lays it out on a real host: environment
+    file, the store's secret (the lab's), and pki/ (API, store client, ZooKeeper
+    member: install_ahvlite_pki)."""
+    etc = inside(host, ETC)
+    install_ahvlite_pki(ca, etc / "pki", hostname=host.hostname, ip=host.ip)
+    write_secret(etc / "controller.env", controller_env(layout, host).encode())
+    write_secret(etc / "store.secret", layout.store_secret_file.read_bytes())
 
 
 def start_lab_services(layout: LabLayout, *, zk: bool, controllers: bool,
                        start: Callable[[HostLayout, str, list[str]], None],
                        report: Callable[[str], None]) -> str | None:
-    """ZooKeeper members and controllers inside the lab hosts; returns the store URL.
+    """ZooKeeper members and, per host, a controller, a host agent and a watchdog; all
+    inside the lab hosts, the daemons run as their systemd units run them on a real
+    host. Returns the store URL (with an admin's credentials: for the root namespace).
 
     ``start(host, role, argv)`` spawns in the host's namespaces and records the PID in
     the lab state, so ``lab down`` ends them like every other lab daemon.
@@ -366,31 +399,31 @@ def start_lab_services(layout: LabLayout, *, zk: bool, controllers: bool,
     report(f"ZooKeeper ensemble of {len(members)} on "
            + ", ".join(h.name for h in layout.hosts[:len(members)]) + " (TLS only)")
     for host, m in zip(layout.hosts, members, strict=False):
-        cfg = prepare_member(m, members)
-        start(host, "zookeeper", zk_argv(cfg))
+        prepare_member(m, members, root=inside(host, m.data_dir))
+        start(host, "zookeeper", zk_argv(m.data_dir / "zoo.cfg"))
     wait_serving(members, timeout_s=60)
     url = lab_store_url(layout)
-    (layout.root / "controller.env").write_text(env_file_text(lab_store_env(layout)))
+    # For a client in the root namespace: `export $(cat STATE/controller.env)`.
+    (layout.root / "controller.env").write_text("".join(
+        f"{k}={v}\n" for k, v in lab_store_env(layout).items()))
     if controllers:
         report(f"a controller, a host agent and a watchdog on every host "
                f"({len(layout.hosts)})")
         for host in layout.hosts:
-            # Beside, not in, the host's /etc/ahvlite: that one is the playbook's
-            # (`host provision` of a lab host writes its controller.env there).
-            env_file = host.state_dir / "daemons.env"
-            write_secret(env_file, env_file_text(host_env(layout, host)).encode())
             start(host, "watchdog", watchdog_argv())
-            start(host, "controller", supervised(env_file, controller_argv_from_env(
-                extra=["--cluster", str(layout.cluster_file)])))
-            start(host, "agent", supervised(env_file, agent_argv(layout.cluster_file)))
+            start(host, "controller", supervised(unit_argv("controller")))
+            start(host, "agent", supervised(unit_argv("agent")))
     return url
 
 
-def supervised(env_file: Path, argv: list[str]) -> list[str]:
-    """Restarted when it dies, with the environment of ``env_file``, like the systemd
-    units on a real host (``Restart=on-failure``, ``EnvironmentFile=``)."""
-    return [sys.executable, "-m", "ahvlite.lab.supervise", "--env-file", str(env_file),
-            "--", *argv]
+def supervised(argv: list[str]) -> list[str]:
+    """Restarted when it dies, like the systemd units on a real host."""
+    return [sys.executable, "-m", "ahvlite.lab.supervise", "--", *argv]
+
+
+def unit_argv(daemon: str) -> list[str]:
+    """The daemon as its systemd unit runs it: environment file, no arguments."""
+    return [sys.executable, "-m", "ahvlite.lab.unit", daemon]
 
 
 LAB_WATCHDOG = "/run/ahvlite/watchdog.sock"  # inside each host (its own /run)
@@ -398,15 +431,3 @@ LAB_WATCHDOG = "/run/ahvlite/watchdog.sock"  # inside each host (its own /run)
 
 def watchdog_argv() -> list[str]:
     return [sys.executable, "-m", "ahvlite.lab.watchdogd", "--socket", LAB_WATCHDOG]
-
-
-def controller_argv_from_env(*, extra: Sequence[str] = ()) -> list[str]:
-    """A controller as the unit runs it: every option from the environment."""
-    return [sys.executable, "-m", "ahvlite.cli.main", "controller", "run", *extra]
-
-
-def agent_argv(cluster_file: Path) -> list[str]:
-    """The host agent as its unit runs it (store, host, libvirt and watchdog from the
-    environment: this host's own libvirtd, the lab's watchdog)."""
-    return [sys.executable, "-m", "ahvlite.cli.main", "agent", "run", "--cluster",
-            str(cluster_file)]

@@ -2,40 +2,22 @@
 host (the controller's and agent's units): a lab host's agent killed by its watchdog,
 or a crashed controller, comes back after ``--restart-s``. SIGTERM/SIGINT are passed to
 the daemon and end the supervisor, so ``lab daemon stop`` stops it for good.
-``--env-file`` adds the variables of a file to the daemon's environment, as the
-units' ``EnvironmentFile=`` does (``KEY=VALUE`` lines; blank lines and ``#`` comments
-skipped); it is read again at every start.
 
-Run as ``python -m ahvlite.lab.supervise [--restart-s 1] [--env-file F] -- ARGV...``.
+Run as ``python -m ahvlite.lab.supervise [--restart-s 1] -- ARGV...``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    out = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if sep and key.strip():
-            out[key.strip()] = value.strip()
-    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--restart-s", type=float, default=1.0)
-    parser.add_argument("--env-file", type=Path, default=None)
     parser.add_argument("argv", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
@@ -53,8 +35,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     while True:
-        env = {**os.environ, **read_env_file(args.env_file)} if args.env_file else None
-        child = subprocess.Popen(argv, env=env)
+        child = subprocess.Popen(argv)
         code = child.wait()
         if stopping or code == 0:
             sys.exit(0 if stopping else code)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
@@ -50,13 +50,22 @@ class ClusterSpec(BaseModel):
     shared_pool: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     network: NetworkSpec = Field(default_factory=NetworkSpec)  # cluster-wide defaults
-    # The file this spec was loaded from: cluster state (CPU level, maintenance ...)
-    # lives beside it. Not part of the file itself.
+    # Where the cluster's documents live (a cluster.state.ClusterState over the store),
+    # and the file this spec was read from, if any. Not part of the spec itself.
+    _state: Any = PrivateAttr(default=None)
     _source: Path | None = PrivateAttr(default=None)
 
     @property
     def source(self) -> Path | None:
         return self._source
+
+    @property
+    def state(self) -> Any:
+        """The cluster's documents (maintenance, rules, settings, templates ...)."""
+        if self._state is None:
+            raise NotFound(f"cluster {self.name!r} has no store attached",
+                           hint="read the cluster from the store (or its cluster file)")
+        return self._state
 
     def dump_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)

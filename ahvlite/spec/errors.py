@@ -16,7 +16,16 @@ def build(model: type[M], **values: Any) -> M:
     try:
         return model(**values)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        # A field we do not know is named before anything missing: it is what a newer
+        # or hostile writer added, and the reason nothing should act on the rest.
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         field = ".".join(str(p) for p in first["loc"]) or model.__name__
         reason = first["msg"].removeprefix("Value error, ")
-        raise InvalidSpec(field, first.get("input"), reason) from None
+        value = first.get("input")
+        if first["type"] == "missing":
+            value, reason = None, "required"
+        elif first["type"] == "extra_forbidden":
+            known = ", ".join(model.model_fields)
+            reason = f"not one of the fields: {known}" if known else "no fields are taken"
+        raise InvalidSpec(field, value, reason) from None

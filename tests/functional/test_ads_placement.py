@@ -6,9 +6,9 @@ import pytest
 
 from ahvlite.cluster import vms
 from ahvlite.cluster.adsinput import add_rule
+from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.controller.ads.model import AntiAffinityGroup, VmHostAffinity
 from ahvlite.errors import Conflict
-from ahvlite.spec.cluster import load_cluster
 from ahvlite.spec.vm import VmSpec
 from ahvlite.virt import domains
 from ahvlite.virt.conn import connection
@@ -29,8 +29,8 @@ def cluster(tmp_path):
 
 
 def test_must_affinity_decides_the_host_and_a_dead_end_creates_nothing(cluster):
-    path, spec = cluster
-    add_rule(spec, path, VmHostAffinity("on-h2", ("ads-pl",), ("h2",)))
+    _path, spec = cluster
+    add_rule(spec, VmHostAffinity("on-h2", ("ads-pl",), ("h2",)))
     info = vms.create_vm(spec, VmSpec(name="ads-pl", memory_mib=64))
     try:
         assert info.host == "h2"
@@ -38,8 +38,8 @@ def test_must_affinity_decides_the_host_and_a_dead_end_creates_nothing(cluster):
         vms.delete_vm(spec, "ads-pl")
     # "test" (the driver's own VM) counts on h1 (listed first); apart from it and
     # only on h1 leaves no host, and the error says why for each.
-    add_rule(spec, path, AntiAffinityGroup("apart", ("ads-pl2", "test")))
-    add_rule(spec, path, VmHostAffinity("on-h1", ("ads-pl2",), ("h1",)))
+    add_rule(spec, AntiAffinityGroup("apart", ("ads-pl2", "test")))
+    add_rule(spec, VmHostAffinity("on-h1", ("ads-pl2",), ("h1",)))
     try:
         with pytest.raises(Conflict) as e:
             vms.create_vm(spec, VmSpec(name="ads-pl2", memory_mib=64))
@@ -80,7 +80,7 @@ def test_cli_run_records_the_run_and_effectiveness_reads_it(cluster):
 
 def test_a_rule_naming_a_removed_host_does_not_break_vm_create(cluster, caplog):
     path, spec = cluster
-    add_rule(spec, path, VmHostAffinity("on-h2", ("ads-st",), ("h2",)))
+    add_rule(spec, VmHostAffinity("on-h2", ("ads-st",), ("h2",)))
     # `host remove h2` afterwards: the rule stays in cluster state, naming a gone host.
     path.write_text("name: adsp\nshared_pool: default-pool\nhosts:\n"
                     "  - name: h1\n    uri: test:///default\n")

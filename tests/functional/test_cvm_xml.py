@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from ahvlite.cluster import cvm, cvmplan
-from ahvlite.cluster.state import ClusterState
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.virt import cvmhost, domains, nodedev, storage
 from ahvlite.virt.conn import close_quietly, connection, open_test_node
 from ahvlite.virt.designer import DiskPlacement, HostPolicy
 from ahvlite.virt.xml.domain import Domain
+from tests.stores import in_store, sqlite_state
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "cvm"
 
@@ -69,7 +69,7 @@ def test_cvm_defined_on_the_test_driver_keeps_what_the_cvm_needs(tmp_path):
             assert back.memtune.hard_limit_mib == 4096 + cvmplan.LOCK_OVERHEAD_MIB
             assert [d.device for d in back.devices.disks if d.type == "block"] == ["lun",
                                                                                   "disk"]
-            shown = cvm.status_of("fx1", conn, ClusterState(tmp_path / "state"))
+            shown = cvm.status_of("fx1", conn, sqlite_state(tmp_path))
             assert shown["autostart"] is True and shown["pinned"] is True
             assert shown["controllers"] == ["0000:3c:00.0", "0000:00:17.0"]
             assert shown["luns"] == ["/dev/sdc", "/dev/loop0"]
@@ -146,7 +146,7 @@ def no_cvm_pool():
 
 def test_failed_deploy_undo_removes_domain_volumes_the_pool_it_made_and_state(
         tmp_path, no_cvm_pool):
-    state = ClusterState(tmp_path / "state")
+    state = sqlite_state(tmp_path)
     state.put(cvm.STATE_KEY, {"fx4": {"name": "cvm-fx4"}, "other": {"name": "cvm-other"}})
     with connection("test:///default") as conn:
         pool, created = cvmhost.ensure_local_pool(conn, cvm.CVM_POOL, cvm.CVM_POOL_DIR)
@@ -168,17 +168,18 @@ def test_failed_deploy_undo_keeps_a_pool_it_did_not_make(tmp_path, no_cvm_pool):
         assert not created
         storage.create_volume(again, "cvm-fx5-seed.iso", 1)
         cvm.undo_deploy(cvm._Made(pool=again, volumes=["cvm-fx5-seed.iso"]), "fx5",
-                        ClusterState(tmp_path / "state"), None)
+                        sqlite_state(tmp_path), None)
         kept = cvm_pool(conn)
         assert kept is not None and storage.list_volumes(kept) == []
 
 
 def test_remove_does_not_create_the_cvm_pool(tmp_path, no_cvm_pool):
-    cluster = ClusterSpec(name="fx", hosts=[HostSpec(name="fx6", uri="test:///default")])
-    cluster_file = tmp_path / "cluster.yaml"
-    state = ClusterState.for_cluster_file(cluster_file)
+    cluster = in_store(ClusterSpec(name="fx", hosts=[HostSpec(name="fx6",
+                                                              uri="test:///default")]),
+                       tmp_path)
+    state = cluster.state
     state.put(cvm.STATE_KEY, {"fx6": {"name": "cvm-fx6", "controllers": [], "volumes": []}})
-    out = cvm.remove(cluster, cluster_file, "fx6")
+    out = cvm.remove(cluster, "fx6")
     assert out["deleted_volumes"] == [] and out["undefined"] is False
     with connection("test:///default") as conn:
         assert cvm_pool(conn) is None

@@ -18,6 +18,7 @@ import uuid
 
 import pytest
 
+from ahvlite.cluster.legacy import open_cluster_file
 from ahvlite.controller.coord import MUST_NOT_EXIST, open_store
 from ahvlite.controller.coord.sqlite import SqliteCoordinator
 from ahvlite.controller.daemon import Controller, Identity
@@ -51,7 +52,8 @@ def leader(store_url, tmp_path):
     cluster = tmp_path / "cluster.yaml"
     cluster.write_text(CLUSTER_YAML)
     coord = open_store(store_url)
-    ctl = Controller(coord, Identity("ctl", "here", os.getpid()), registry(cluster),
+    spec = open_cluster_file(cluster)
+    ctl = Controller(coord, Identity("ctl", "here", os.getpid()), registry(lambda: spec),
                      poll_s=0.05)
     stop = threading.Event()
     thread = threading.Thread(target=ctl.run, args=(stop,), daemon=True)

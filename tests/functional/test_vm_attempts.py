@@ -7,6 +7,9 @@ fails (a deposed leader) stops at its next change on the host and undoes nothing
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from ahvlite.cluster import vms
@@ -16,12 +19,15 @@ from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.vm import BootSpec, DiskSpec, VmSpec
 from ahvlite.virt import domains, storage
 from ahvlite.virt.conn import connection
+from tests.stores import sqlite_state
 
 pytestmark = pytest.mark.functional
 
 POOL = "default-pool"
 CLUSTER = ClusterSpec(name="ta", shared_pool=POOL,
                       hosts=[HostSpec(name="h1", uri="test:///default")])
+# The cluster's documents (maintenance, CPU level ...) in a real store of its own.
+CLUSTER._state = sqlite_state(Path(tempfile.mkdtemp(prefix="ahvlite-test-")))
 
 
 @pytest.fixture

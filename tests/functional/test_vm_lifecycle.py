@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from lxml import etree
@@ -20,11 +22,14 @@ from ahvlite.spec.vm import BootSpec, DiskSpec, NicSpec, VmSpec
 from ahvlite.virt import domains, storage
 from ahvlite.virt.conn import connection
 from ahvlite.virt.xml.domain import Domain
+from tests.stores import sqlite_state
 
 POOL = "default-pool"
 CLUSTER = ClusterSpec(
     name="tc", shared_pool=POOL, hosts=[HostSpec(name="h1", uri="test:///default")],
     network=NetworkSpec(networks=[VlanNetworkSpec(name="vlan10", vlan=10)]))
+# The cluster's documents (maintenance, CPU level ...) in a real store of its own.
+CLUSTER._state = sqlite_state(Path(tempfile.mkdtemp(prefix="ahvlite-test-")))
 
 
 def volumes() -> set[str]:
@@ -288,13 +293,15 @@ def test_leader_side_tasks_check_ha_admission(tmp_path, image):
     # leader checks again when it runs a power-on. One host in guarantee mode (RF2) has
     # nowhere to restart anything, so every protected power-on must be refused.
     from ahvlite.cluster.inventory import save_cluster
+    from ahvlite.cluster.legacy import open_cluster_file
     from ahvlite.controller.ha.config import change_settings
     from ahvlite.controller.kinds import registry
 
     path = tmp_path / "cluster.yaml"
     save_cluster(path, CLUSTER)
-    change_settings(path, mode="guarantee")
-    kinds = registry(path)
+    cluster = open_cluster_file(path)
+    change_settings(cluster.state, mode="guarantee")
+    kinds = registry(lambda: cluster)
     create = kinds["vm.spec.create"]
     params = create.validate({"spec": spec("adm1").model_dump(mode="json"), "start": True})
     with pytest.raises(Conflict) as exc:
@@ -308,7 +315,7 @@ def test_leader_side_tasks_check_ha_admission(tmp_path, image):
         life = kinds["vm.lifecycle"]
         with pytest.raises(Conflict):
             life.run(_Ctx(life.validate({"action": "start", "name": "adm1"})))
-        change_settings(path, mode="default")
+        change_settings(cluster.state, mode="default")
         assert life.run(_Ctx(life.validate({"action": "start",
                                             "name": "adm1"})))["state"] == "running"
     finally:

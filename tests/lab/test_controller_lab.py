@@ -164,7 +164,7 @@ def test_the_store_is_tls_only_and_its_secret_on_no_command_line(ctl_lab):
     # Nor in any environment file: they name the secret's file.
     assert secret not in (layout.root / "controller.env").read_text()
     for host in layout.hosts:
-        assert secret not in (host.state_dir / "daemons.env").read_text()
+        assert secret not in (host.etc_ahvlite / "controller.env").read_text()
         assert (host.etc_ahvlite / "store.secret").stat().st_mode & 0o077 == 0
     # The controllers and agents run on it (they took it from the file; the test above
     # killed one controller for good) ...

@@ -15,10 +15,10 @@ import pytest
 from lxml import etree
 
 from ahvlite.cluster import vms
+from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.errors import OperationTimeout
 from ahvlite.lab import lab
 from ahvlite.lab.layout import OVS_BRIDGE
-from ahvlite.spec.cluster import load_cluster
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import designer, domains, guest
 from ahvlite.virt.conn import connection

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from ahvlite.cluster import vms
+from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.lab import lab
-from ahvlite.spec.cluster import load_cluster
 from ahvlite.spec.lab import LabSpec
 from tests.waiting import wait_for
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from ahvlite.cluster import inventory
+from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.errors import HostUnreachable
 from ahvlite.lab import lab
 from ahvlite.lab.pki import LabCA, install_client_pki
 from ahvlite.lab.sshkeys import make_keypair
 from ahvlite.remote import ssh
-from ahvlite.spec.cluster import load_cluster
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest
 from ahvlite.virt.hostconn import HostConnection, LinkState

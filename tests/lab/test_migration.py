@@ -17,12 +17,12 @@ import pytest
 
 from ahvlite.cluster import vms
 from ahvlite.cluster.convergence import ConvergenceSettings
+from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.cluster.migrate import migrate_vm
 from ahvlite.errors import AhvliteError, Conflict
 from ahvlite.lab import guests, lab
 from ahvlite.lab.pki import LabCA
 from ahvlite.pki import ADMINS_UNIT
-from ahvlite.spec.cluster import load_cluster
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import domains, migration
 from ahvlite.virt.conn import connection

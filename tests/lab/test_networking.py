@@ -19,13 +19,13 @@ import pytest
 from lxml import etree
 
 from ahvlite.cluster import network as cnet
+from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.lab import guests, lab
 from ahvlite.lab.guests import GUEST_BASE, LabGuest
 from ahvlite.lab.layout import SHARED_POOL
 from ahvlite.net import netlink
 from ahvlite.net.nic import VmNic, interface_element
 from ahvlite.net.ovs import ops as ovs_ops
-from ahvlite.spec.cluster import load_cluster
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest, storage
 from ahvlite.virt.conn import connection

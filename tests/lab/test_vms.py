@@ -15,9 +15,9 @@ import pytest
 from lxml import etree
 
 from ahvlite.cluster import vms
+from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.lab import lab
 from ahvlite.lab.layout import OVS_BRIDGE
-from ahvlite.spec.cluster import load_cluster
 from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.vm import BootSpec, DiskSpec, NicSpec, VmSpec
 from ahvlite.virt import domains

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from ahvlite.cluster.adsinput import add_rule, load_rules, problem_from, remove_rule
+from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.cluster.vms import VmInfo
-from ahvlite.controller.ads.model import AntiAffinityGroup, VmHostAffinity
+from ahvlite.controller.ads.model import AntiAffinityGroup, Rules, VmHostAffinity
 from ahvlite.controller.ads.plan import make_plan
 from ahvlite.errors import Conflict, InvalidSpec, NotFound
-from ahvlite.spec.cluster import load_cluster
 from tests.unit.test_ads_planner import ahv_doc_example
 
 
@@ -49,7 +49,7 @@ def test_records_become_demand_history_and_storage_load(cluster):
                       record("h1", [("cvm1", 25, 2, 0), ("db", 90, 2, 100), ("web", 20, 1, 100)])],
                "h2": [record("h2", [("gpu", 10, 2, 0)])]}
     p = problem_from(spec, infos, records, memory_mib={"h1": 8192, "h2": 8192},
-                     closed={"h2"}, rules=load_rules(None))
+                     closed={"h2"}, rules=Rules())
     h1, h2 = p.hosts
     assert (h1.cpu_capacity_pct, h1.memory_mib, h1.schedulable) == (400.0, 8192, True)
     assert h1.storage_cpu_alloc_pct == 200.0 and h1.storage_cpu_history_pct == (100.0, 50.0)
@@ -63,20 +63,20 @@ def test_records_become_demand_history_and_storage_load(cluster):
 
 
 def test_rules_are_stored_validated_and_removed(cluster):
-    path, spec = cluster
-    add_rule(spec, path, VmHostAffinity("db-on-h1", ("db",), ("h1",)))
-    add_rule(spec, path, AntiAffinityGroup("spread", ("a", "b")))
-    rules = load_rules(path)
+    _path, spec = cluster
+    add_rule(spec, VmHostAffinity("db-on-h1", ("db",), ("h1",)))
+    add_rule(spec, AntiAffinityGroup("spread", ("a", "b")))
+    rules = load_rules(spec.state)
     assert rules.names() == ["db-on-h1", "spread"]
     with pytest.raises(Conflict):
-        add_rule(spec, path, AntiAffinityGroup("spread", ("c", "d")))
+        add_rule(spec, AntiAffinityGroup("spread", ("c", "d")))
     with pytest.raises(InvalidSpec) as e:
-        add_rule(spec, path, VmHostAffinity("bad", ("db",), ("h7",)))
+        add_rule(spec, VmHostAffinity("bad", ("db",), ("h7",)))
     assert e.value.field == "hosts" and e.value.value == "h7"
-    assert load_rules(path).names() == ["db-on-h1", "spread"]  # nothing half-made
-    assert remove_rule(path, "spread").names() == ["db-on-h1"]
+    assert load_rules(spec.state).names() == ["db-on-h1", "spread"]  # nothing half-made
+    assert remove_rule(spec.state, "spread").names() == ["db-on-h1"]
     with pytest.raises(NotFound):
-        remove_rule(path, "spread")
+        remove_rule(spec.state, "spread")
 
 
 def ahvlite(*args: str, env_cluster: Path) -> subprocess.CompletedProcess:
@@ -86,7 +86,7 @@ def ahvlite(*args: str, env_cluster: Path) -> subprocess.CompletedProcess:
 
 
 def test_cli_plans_on_a_snapshot_and_refuses_bad_input(cluster, tmp_path):
-    path, _ = cluster
+    path, spec = cluster
     snap = tmp_path / "snap.json"
     snap.write_text(json.dumps(ahv_doc_example().to_dict()))
     out = ahvlite("ads", "plan", "--snapshot", str(snap), "--json", env_cluster=path)
@@ -102,7 +102,7 @@ def test_cli_plans_on_a_snapshot_and_refuses_bad_input(cluster, tmp_path):
     assert "Traceback" not in out.stderr
     out = ahvlite("ads", "rules", "add", "x", "--kind", "anti", "--vms", "a", env_cluster=path)
     assert out.returncode == 2 and "--vms" in out.stderr and "Traceback" not in out.stderr
-    assert load_rules(path).names() == []
+    assert load_rules(spec.state).names() == []
 
 
 def test_cli_refuses_an_unreadable_snapshot_naming_the_option(cluster, tmp_path):
@@ -126,14 +126,14 @@ def test_rule_on_an_empty_cluster_says_it_has_no_hosts(tmp_path):
     path = tmp_path / "cluster.yaml"
     path.write_text("name: empty\nhosts: []\n")
     with pytest.raises(InvalidSpec) as e:
-        add_rule(load_cluster(path), path, VmHostAffinity("r", ("db",), ("h9",)))
+        add_rule(load_cluster(path), VmHostAffinity("r", ("db",), ("h9",)))
     assert e.value.allowed == "the cluster empty has no hosts"
 
 
 def test_rules_list_flags_rules_naming_removed_hosts(cluster):
     path, spec = cluster
-    add_rule(spec, path, VmHostAffinity("db-on-h1", ("db",), ("h1", "h2")))
-    add_rule(spec, path, VmHostAffinity("web-on-h2", ("web",), ("h2",)))
+    add_rule(spec, VmHostAffinity("db-on-h1", ("db",), ("h1", "h2")))
+    add_rule(spec, VmHostAffinity("web-on-h2", ("web",), ("h2",)))
     path.write_text("name: c1\nhosts:\n  - name: h2\n    uri: test:///default\n")
     out = ahvlite("ads", "rules", "list", "--json", env_cluster=path)
     assert out.returncode == 0, out.stderr

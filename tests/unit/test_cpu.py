@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from ahvlite.cluster.cpustore import CpuLevel, FileCpuLevelStore, store_for
+from ahvlite.cluster.cpustore import CpuLevel, StateCpuLevelStore
 from ahvlite.errors import InvalidSpec
 from ahvlite.spec.vm import DiskSpec, VmSpec
 from ahvlite.virt import cpu, designer
 from ahvlite.virt.conn import connection
 from ahvlite.virt.cpu import CpuDef
 from ahvlite.virt.designer import Design, DiskPlacement, HostPolicy
+from tests.stores import sqlite_state
 
 DATA = Path(__file__).parent.parent / "data" / "libvirt"
 DOMCAPS = (DATA / "domcaps-lab-qemu-q35.xml").read_text()
@@ -133,13 +134,13 @@ def test_level_design_passes_the_schema_and_the_test_driver(tmp_path):
             dom.undefine()
 
 
-def test_level_store_round_trips_next_to_the_cluster_file(tmp_path):
-    store = store_for(tmp_path / "cluster.yaml")
-    assert store.path == tmp_path / "cluster-cpu.json"
+def test_level_store_round_trips_in_the_clusters_state(tmp_path):
+    state = sqlite_state(tmp_path)
+    store = StateCpuLevelStore(state)
     assert store.load() is None
     level = CpuLevel(cpu.parse_cpu_xml(BASELINE), "baseline", 1.5)
     store.save(level)
-    assert store.load() == level
-    store.path.write_text("{not json")
+    assert StateCpuLevelStore(sqlite_state(tmp_path)).load() == level
+    state.put("cpu", {"model": 7})
     with pytest.raises(InvalidSpec):
-        FileCpuLevelStore(store.path).load()
+        store.load()

@@ -118,9 +118,10 @@ def test_microarchitecture_levels_are_models_plus_features(conn, level, runs, la
 
 
 def test_level_name_round_trips(tmp_path: Path):
-    from ahvlite.cluster.cpustore import FileCpuLevelStore
+    from ahvlite.cluster.cpustore import StateCpuLevelStore
+    from tests.stores import sqlite_state
 
-    store = FileCpuLevelStore(tmp_path / "cluster-cpu.json")
+    store = StateCpuLevelStore(sqlite_state(tmp_path))
     v3 = cpu.microarch_level("x86-64-v3")
     assert v3 is not None
     store.save(CpuLevel(v3, "manual", 1.0, name="x86-64-v3"))
@@ -130,17 +131,19 @@ def test_level_name_round_trips(tmp_path: Path):
 
 def test_a_damaged_level_file_and_unknown_models_are_clear_errors(tmp_path: Path):
     from ahvlite.cluster.cpulevel import set_level
-    from ahvlite.cluster.cpustore import FileCpuLevelStore
+    from ahvlite.cluster.cpustore import StateCpuLevelStore
     from ahvlite.errors import InvalidSpec
     from ahvlite.spec.cluster import ClusterSpec
+    from tests.stores import sqlite_state
 
-    store = FileCpuLevelStore(tmp_path / "cluster-cpu.json")
-    for text in ("{}", "[]", '{"model": "Westmere", "set_at": "soon"}'):
-        store.path.write_text(text)
+    state = sqlite_state(tmp_path)
+    store = StateCpuLevelStore(state)
+    for text in (b"[]", b'{"features": 1}', b'{"model": "Westmere", "set_at": "soon"}'):
+        state.store.put("cluster/state/cpu", text)
         with pytest.raises(InvalidSpec) as exc:
             store.load()
-        assert exc.value.field == "cluster CPU level"
-    store.path.unlink()
+        assert exc.value.field in ("cluster CPU level", "cluster state cpu")
+    state.store.delete("cluster/state/cpu")
     empty = ClusterSpec(name="x")
     with pytest.raises(InvalidSpec) as exc:
         set_level(empty, store, "Bogus")

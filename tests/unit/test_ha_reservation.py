@@ -155,3 +155,20 @@ def test_host_reservation_is_sound(totals, placed, f):
             assert all(n <= s for n, s in zip(need, spare, strict=False))
     elif len(hosts) > f:
         assert res.missing_mib == sum(used[n] for n in res.reserved_hosts)
+
+
+def test_moves_that_break_the_guarantee_are_refused_with_the_missing_memory():
+    from ahvlite.controller.ha.reservation import admit_moves
+
+    s = HaSettings(mode="guarantee", rf=2, reservation="host")
+    hosts = [HostMem("a", 4096), HostMem("b", 4096), HostMem("c", 4096)]
+    vms = [VmLoad("v1", "b", 1024), VmLoad("v2", "c", 1024)]
+    res = reservation(s, hosts, vms)
+    assert res.ok and res.reserved_hosts == ("a",)  # a is kept free
+    assert admit_moves(s, hosts, vms, [("v1", "c")]).ok
+    bad = admit_moves(s, hosts, vms, [("v1", "a")])
+    assert not bad.ok and bad.missing_mib == 1024 and "MiB missing" in bad.message
+    assert admit_moves(HaSettings(), hosts, vms, [("v1", "a"), ("v2", "a")]).ok
+    too_big = admit_moves(HaSettings(), [HostMem("a", 1500), *hosts[1:]], vms,
+                          [("v1", "a"), ("v2", "a")])
+    assert not too_big.ok and "548 MiB missing" in too_big.message

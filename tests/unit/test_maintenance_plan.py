@@ -9,12 +9,13 @@ import sys
 import pytest
 
 from ahvlite.cluster import maintenance
+from ahvlite.cluster.legacy import open_cluster_file
 from ahvlite.cluster.maintenance import VmOnHost, plan_evacuation
 from ahvlite.cluster.placement import HostCapacity
 from ahvlite.cluster.schedulable import unschedulable_hosts
-from ahvlite.cluster.state import ClusterState
 from ahvlite.errors import Conflict, NotFound
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
+from tests.stores import in_store, sqlite_state
 
 
 def caps(**free: int) -> list[HostCapacity]:
@@ -54,83 +55,74 @@ def test_a_vm_that_fits_nowhere_is_reported_with_the_numbers():
 
 
 def _cluster(tmp_path):
-    cf = tmp_path / "cluster.yaml"
-    return ClusterSpec(name="c", hosts=[HostSpec(name=n, uri="test:///default")
-                                        for n in ("h1", "h2")]), cf
+    return in_store(ClusterSpec(name="c", hosts=[HostSpec(name=n, uri="test:///default")
+                                                 for n in ("h1", "h2")]), tmp_path)
 
 
 def test_state_marks_the_host_unschedulable_and_survives_a_new_reader(tmp_path):
-    cluster, cf = _cluster(tmp_path)
-    assert unschedulable_hosts(cf) == set()
-    entry = maintenance.mark_unschedulable(cluster, "h1", cf)
+    cluster = _cluster(tmp_path)
+    assert unschedulable_hosts(cluster.state) == set()
+    entry = maintenance.mark_unschedulable(cluster, "h1")
     assert entry["state"] == "entering"
-    assert unschedulable_hosts(cf) == {"h1"}  # read fresh from the file
-    shown = maintenance.status(cluster, cf)["hosts"]
+    fresh = sqlite_state(tmp_path)  # another reader of the same store
+    assert unschedulable_hosts(fresh) == {"h1"}
+    shown = maintenance.status(cluster)["hosts"]
     assert shown["h1"]["state"] == "entering" and shown["h2"] == {"state": "schedulable"}
     with pytest.raises(NotFound):
-        maintenance.mark_unschedulable(cluster, "h9", cf)
+        maintenance.mark_unschedulable(cluster, "h9")
 
 
 def test_exit_of_a_host_not_in_maintenance_is_not_found(tmp_path):
-    cluster, cf = _cluster(tmp_path)
+    cluster = _cluster(tmp_path)
     with pytest.raises(NotFound, match="not in maintenance"):
-        maintenance.exit_(cluster, "h2", cluster_file=cf)
+        maintenance.exit_(cluster, "h2")
 
 
 def test_exit_makes_the_host_schedulable_again(tmp_path):
-    cluster, cf = _cluster(tmp_path)
-    maintenance.mark_unschedulable(cluster, "h1", cf)
-    maintenance.mark_unschedulable(cluster, "h2", cf)
-    out = maintenance.exit_(cluster, "h1", cluster_file=cf)
+    cluster = _cluster(tmp_path)
+    maintenance.mark_unschedulable(cluster, "h1")
+    maintenance.mark_unschedulable(cluster, "h2")
+    out = maintenance.exit_(cluster, "h1")
     assert out == {"host": "h1", "state": "schedulable", "started": [], "restored": [],
                    "not_restored": []}
-    assert unschedulable_hosts(cf) == {"h2"}
+    assert unschedulable_hosts(cluster.state) == {"h2"}
     with pytest.raises(NotFound):
-        maintenance.exit_(cluster, "h1", cluster_file=cf)
+        maintenance.exit_(cluster, "h1")
+
+
+def other_holder(tmp_path, cluster):
+    """The same cluster seen by another process (its own store session)."""
+    other = sqlite_state(tmp_path)
+    return other.spec()
 
 
 def test_a_second_enter_while_one_runs_is_a_conflict_and_changes_nothing(tmp_path):
-    cluster, cf = _cluster(tmp_path)
-    with maintenance.host_lock(cluster, "h1", cf, doing="enter"), \
-            pytest.raises(Conflict, match="enter` of h1 is still running"):
-        maintenance.enter(cluster, "h1", cluster_file=cf)
-    assert unschedulable_hosts(cf) == set()
+    cluster = _cluster(tmp_path)
+    with maintenance.host_lock(other_holder(tmp_path, cluster), "h1", doing="enter"), \
+            pytest.raises(Conflict, match="maintenance run of h1 is still running"):
+        maintenance.enter(cluster, "h1")
+    assert unschedulable_hosts(cluster.state) == set()
 
 
-def test_exit_during_enter_is_refused_naming_the_running_enter(tmp_path):
-    cluster, cf = _cluster(tmp_path)
-    maintenance.mark_unschedulable(cluster, "h1", cf)
-    with maintenance.host_lock(cluster, "h1", cf, doing="enter"), \
-            pytest.raises(Conflict, match="cannot exit maintenance of h1: `maintenance "
-                                          "enter` of h1 is still running"):
-        maintenance.exit_(cluster, "h1", cluster_file=cf)
-    assert unschedulable_hosts(cf) == {"h1"}
-    maintenance.exit_(cluster, "h1", cluster_file=cf)  # once enter is over
-    assert unschedulable_hosts(cf) == set()
+def test_exit_during_enter_is_refused(tmp_path):
+    cluster = _cluster(tmp_path)
+    maintenance.mark_unschedulable(cluster, "h1")
+    with maintenance.host_lock(other_holder(tmp_path, cluster), "h1", doing="enter"), \
+            pytest.raises(Conflict, match="cannot exit maintenance of h1"):
+        maintenance.exit_(cluster, "h1")
+    assert unschedulable_hosts(cluster.state) == {"h1"}
+    maintenance.exit_(cluster, "h1")  # once enter is over
+    assert unschedulable_hosts(cluster.state) == set()
 
 
 def test_a_late_update_does_not_bring_back_an_entry_exit_removed(tmp_path):
-    cluster, cf = _cluster(tmp_path)
-    maintenance.mark_unschedulable(cluster, "h1", cf)
-    maintenance.exit_(cluster, "h1", cluster_file=cf)
-    st = ClusterState.for_cluster_file(cf)
+    cluster = _cluster(tmp_path)
+    maintenance.mark_unschedulable(cluster, "h1")
+    maintenance.exit_(cluster, "h1")
     with pytest.raises(Conflict, match="left maintenance"):
-        maintenance._update_host(st, "h1", lambda e: e.setdefault("moved", []).append(
-            {"vm": "v", "to": "h2"}))
-    assert unschedulable_hosts(cf) == set()
-
-
-def test_the_lock_passes_to_the_background_run_without_a_gap(tmp_path):
-    cluster, cf = _cluster(tmp_path)
-    with maintenance.host_lock(cluster, "h1", cf) as fd:
-        child_fd = os.dup(fd)  # what the started process inherits (pass_fds)
-    # The starter let go, the inherited descriptor still holds the lock.
-    with pytest.raises(Conflict):
-        maintenance.exit_(cluster, "h1", cluster_file=cf)
-    with maintenance.host_lock(cluster, "h1", cf, inherited_fd=child_fd):
-        pass
-    with maintenance.host_lock(cluster, "h1", cf):  # released with the run
-        pass
+        maintenance._update_host(cluster.state, "h1", lambda e: e.setdefault(
+            "moved", []).append({"vm": "v", "to": "h2"}))
+    assert unschedulable_hosts(cluster.state) == set()
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -138,7 +130,9 @@ def test_the_lock_passes_to_the_background_run_without_a_gap(tmp_path):
     (["--max-downtime-ms", "-5"], "--max-downtime-ms=-5"),
 ])
 def test_background_enter_checks_options_before_marking_the_host(tmp_path, args, needle):
-    cluster, cf = _cluster(tmp_path)
+    cluster = ClusterSpec(name="c", hosts=[HostSpec(name=n, uri="test:///default")
+                                           for n in ("h1", "h2")])
+    cf = tmp_path / "cluster.yaml"
     cf.write_text(cluster.dump_yaml())
     env = {**os.environ, "AHVLITE_CLUSTER": str(cf), "COLUMNS": "200"}
     r = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "host", "maintenance",
@@ -146,4 +140,4 @@ def test_background_enter_checks_options_before_marking_the_host(tmp_path, args,
                        timeout=60)
     out = r.stdout + r.stderr
     assert r.returncode == 2 and needle in out and "Traceback" not in out, out
-    assert unschedulable_hosts(cf) == set()
+    assert unschedulable_hosts(open_cluster_file(cf).state) == set()

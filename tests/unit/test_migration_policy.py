@@ -30,10 +30,10 @@ from ahvlite.cluster.migrate import (
     pinned_reason,
     vm_migration_lock,
 )
-from ahvlite.cluster.state import ClusterState
 from ahvlite.errors import Conflict, InvalidSpec, NotFound, OperationFailed
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.virt.migration import JobSample, MigrationOptions, flag_names, params_for, peer_uri
+from tests.stores import in_store, sqlite_state
 
 DATA = Path(__file__).parent.parent / "data" / "jobstats"
 
@@ -213,15 +213,15 @@ def test_pinned_reasons():
 
 
 def test_a_second_migration_of_the_same_vm_is_a_conflict(tmp_path):
-    cluster = ClusterSpec(name="c")
-    cf = tmp_path / "cluster.yaml"
-    with vm_migration_lock(cluster, "vm1", cf):
+    cluster = in_store(ClusterSpec(name="c"), tmp_path)
+    other = sqlite_state(tmp_path).spec()  # another process's view of the cluster
+    with vm_migration_lock(cluster, "vm1"):
         with pytest.raises(Conflict, match="already being migrated"), \
-                vm_migration_lock(cluster, "vm1", cf):
+                vm_migration_lock(other, "vm1"):
             pass
-        with vm_migration_lock(cluster, "vm2", cf):  # another VM is fine
+        with vm_migration_lock(other, "vm2"):  # another VM is fine
             pass
-    with vm_migration_lock(cluster, "vm1", cf):  # released
+    with vm_migration_lock(other, "vm1"):  # released
         pass
 
 
@@ -232,24 +232,15 @@ def test_pinned_reason_reads_addresses_written_without_padding():
     assert "0000:03:1f.2" in (pinned_reason({}, xml) or "")
 
 
-def _test_cluster(tmp_path):
-    return ClusterSpec(name="c", hosts=[HostSpec(name=n, uri="test:///default")
-                                        for n in ("h1", "h2")]), tmp_path / "cluster.yaml"
-
-
-def _lock_files(cf):
-    d = ClusterState.for_cluster_file(cf).dir
-    return sorted(p.name for p in d.glob(".migrate-*")) if d.exists() else []
-
-
-def test_a_bad_vm_name_is_invalid_and_leaves_no_lock_file(tmp_path):
-    cluster, cf = _test_cluster(tmp_path)
+def test_a_bad_vm_name_is_invalid_and_takes_no_lock(tmp_path):
+    cluster = in_store(ClusterSpec(name="c", hosts=[HostSpec(name=n, uri="test:///default")
+                                                    for n in ("h1", "h2")]), tmp_path)
     with pytest.raises(InvalidSpec) as err:
-        migrate_vm(cluster, "a/b", cluster_file=cf)
+        migrate_vm(cluster, "a/b")
     assert err.value.field == "name" and err.value.value == "a/b"
     with pytest.raises(NotFound):
-        migrate_vm(cluster, "no-such-vm", cluster_file=cf)
-    assert _lock_files(cf) == []
+        migrate_vm(cluster, "no-such-vm")
+    assert cluster.state.store.children("locks") == {}
 
 
 class FakeJob:
@@ -330,7 +321,9 @@ def test_timeout_holds_even_when_libvirt_reports_no_job_stats():
     (["--bandwidth-mib", "0"], "--bandwidth-mib", "bandwidth_mib_s"),
 ])
 def test_cli_errors_name_the_option(tmp_path, args, option, field):
-    cluster, cf = _test_cluster(tmp_path)
+    cluster = ClusterSpec(name="c", hosts=[HostSpec(name=n, uri="test:///default")
+                                           for n in ("h1", "h2")])
+    cf = tmp_path / "cluster.yaml"
     cf.write_text(cluster.dump_yaml())
     env = {**os.environ, "AHVLITE_CLUSTER": str(cf), "COLUMNS": "200"}
     r = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "vm", "migrate", "v1",

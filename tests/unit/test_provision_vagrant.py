@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ahvlite.spec.cluster import load_cluster
+from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 VAGRANTFILE = REPO / "vagrant" / "Vagrantfile"

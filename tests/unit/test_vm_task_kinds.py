@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from ahvlite.cluster.legacy import open_cluster_file
 from ahvlite.controller.kinds import registry
 from ahvlite.errors import InvalidSpec
 
@@ -20,7 +21,7 @@ SPEC = {"name": "web1", "memory_mib": 128, "disks": [{"size_mib": 16}],
 def test_lifecycle_normalises_good_params():
     kind = registry()["vm.lifecycle"]
     assert kind.validate({"action": "start", "name": "web1"}) == {
-        "action": "start", "name": "web1", "force": False}
+        "action": "start", "name": "web1", "force": False, "timeout_s": 60.0}
     p = kind.validate({"action": "shutdown", "name": "web1", "timeout_s": 5})
     assert p["timeout_s"] == 5.0
     assert kind.validate({"action": "stop", "name": "a", "force": True})["force"] is True
@@ -102,7 +103,7 @@ def test_cli_with_a_store_submits_after_the_same_checks(tmp_path):
     assert created.kind == "vm.spec.create" and created.params["host"] == "h1"
     assert created.params["spec"]["disks"][0]["size_mib"] == 16
     assert tasks[stopped.stdout.strip()].params == {
-        "action": "stop", "name": "web1", "force": True}
+        "action": "stop", "name": "web1", "force": True, "timeout_s": 60.0}
 
 
 CLUSTER_YAML = """name: c
@@ -118,7 +119,8 @@ hosts:
 def kinds(tmp_path):
     path = tmp_path / "cluster.yaml"
     path.write_text(CLUSTER_YAML)
-    return registry(path)
+    cluster = open_cluster_file(path)
+    return registry(lambda: cluster)
 
 
 @pytest.mark.parametrize(("kind", "params", "field"), [

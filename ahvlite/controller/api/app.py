@@ -17,6 +17,7 @@ import asyncio
 import inspect
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
@@ -49,7 +50,7 @@ from ahvlite.controller.api.models import (
     UploadOut,
     WhoAmI,
 )
-from ahvlite.controller.api.reads import READS, Read, ReadContext, leader_info
+from ahvlite.controller.api.reads import Read, ReadContext, all_reads, leader_info
 from ahvlite.controller.api.uploads import TooLarge, UploadArea
 from ahvlite.controller.coord.api import Coordinator, Versioned
 from ahvlite.controller.tasks import Handler, Task, TaskStore
@@ -63,6 +64,7 @@ from ahvlite.errors import (
     Unauthorized,
     Unsupported,
 )
+from ahvlite.spec.cluster import ClusterSpec
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,9 @@ class ApiBackend:
     coord: Coordinator
     controller: str
     registry: Mapping[str, Handler]
-    cluster: str | None = None
+    # The controller's cluster as the store holds it now (controller.clusterview);
+    # None for a controller that serves no cluster (tests of the API alone).
+    cluster: Callable[[], ClusterSpec] | None = None
     uploads: UploadArea | None = None
     clock: Callable[[], float] = time.time
 
@@ -177,15 +181,25 @@ async def _wait_version(coord: Coordinator, key: str, after: int, timeout_s: flo
         cancel()
 
 
-def _query_endpoint(read: Read, ctx: ReadContext) -> Callable[..., Any]:
-    """A plain ``def`` endpoint whose one parameter is the read's query model."""
+PATH_PARAM = re.compile(r"{(\w+)}")
+# Names in paths (VMs, hosts, templates ...): what every ahvlite name allows.
+PATH_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$"
 
-    def endpoint(q: Any) -> Any:
-        return read.fn(ctx, q)
+
+def _query_endpoint(read: Read, ctx: ReadContext) -> Callable[..., Any]:
+    """A plain ``def`` endpoint: the read's query model, plus one ``str`` parameter per
+    ``{name}`` in its path (passed to the read by keyword)."""
+    names = PATH_PARAM.findall(read.path)
+
+    def endpoint(q: Any, **path: str) -> Any:
+        return read.fn(ctx, q, **path)
 
     endpoint.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
         inspect.Parameter("q", inspect.Parameter.KEYWORD_ONLY,
-                          annotation=Annotated[read.query, Query()])])
+                          annotation=Annotated[read.query, Query()]),
+        *(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY,
+                            annotation=Annotated[str, Path(pattern=PATH_NAME)])
+          for n in names)])
     endpoint.__name__ = "read_" + read.path.strip("/").replace("/", "_")
     return endpoint
 
@@ -352,7 +366,7 @@ def create_app(backend: ApiBackend) -> FastAPI:
         log.warning("upload %s staged: %d bytes", upload_id, size)
         return UploadOut(upload=upload_id, size=size, sha256=sha256)
 
-    for read in READS:
+    for read in all_reads():
         api.add_api_route(read.path, _query_endpoint(read, ctx), methods=["GET"],
                           summary=read.summary, response_model=read.response, tags=["reads"])
     app.include_router(api)

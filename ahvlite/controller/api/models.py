@@ -63,6 +63,8 @@ class TaskOut(BaseModel):
     result: dict[str, Any] | None = None
     error: str | None = None
     submitted_by: str | None = None
+    error_kind: str | None = None
+    error_hint: str | None = None
     version: int
 
     @property

@@ -22,13 +22,29 @@ from ahvlite.controller.ha.records import STATUS_KEY as HA_STATUS_KEY
 from ahvlite.controller.stats import select
 from ahvlite.controller.status import controller_status
 from ahvlite.errors import NotFound
+from ahvlite.spec.cluster import ClusterSpec
 
 
 @dataclass(frozen=True)
 class ReadContext:
     coord: Coordinator
     controller: str  # this controller's name
-    cluster: str | None  # the cluster's name, where this controller knows it
+    # The controller's cluster as the store holds it now (None: it serves no cluster).
+    view: Callable[[], ClusterSpec] | None = None
+
+    @property
+    def cluster(self) -> str | None:
+        """The cluster's name, where this controller knows one."""
+        try:
+            return self.spec().name
+        except NotFound:
+            return None
+
+    def spec(self) -> ClusterSpec:
+        """The cluster (NotFound while the store holds none)."""
+        if self.view is None:
+            raise NotFound("this controller serves no cluster")
+        return self.view()
 
 
 class NoQuery(BaseModel):
@@ -37,10 +53,11 @@ class NoQuery(BaseModel):
 
 @dataclass(frozen=True)
 class Read:
-    """``GET path`` answers ``fn(ctx, query)``; ``query`` validates the parameters."""
+    """``GET path`` answers ``fn(ctx, query, **path_params)``; ``query`` validates the
+    query parameters, each ``{name}`` in ``path`` is passed by keyword."""
 
     path: str
-    fn: Callable[[ReadContext, Any], Any]
+    fn: Callable[..., Any]  # (ctx, query, **path_params)
     summary: str
     query: type[BaseModel] = NoQuery
     response: Any = None  # a model for the OpenAPI document, when there is one
@@ -110,7 +127,7 @@ def ha_status(ctx: ReadContext, _q: NoQuery) -> Any:
     return None if got is None else _json(got.value)
 
 
-READS: tuple[Read, ...] = (
+CORE: tuple[Read, ...] = (
     Read("/v1/info", info, "this controller, the leader and its API", response=Info),
     Read("/v1/controller/status", lambda ctx, _q: controller_status(ctx.coord),
          "the leader, the members and their heartbeats, the store"),
@@ -118,3 +135,10 @@ READS: tuple[Read, ...] = (
          StatsQuery),
     Read("/v1/ha/status", ha_status, "what the leader's HA service last published"),
 )
+
+
+def all_reads() -> tuple[Read, ...]:
+    """Every read the API serves: the core ones above and each noun's own table."""
+    from ahvlite.controller.api import read_vms
+
+    return (*CORE, *read_vms.READS)

@@ -10,7 +10,7 @@ a wildcard listen address.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +19,7 @@ from ahvlite.controller.api.uploads import DEFAULT_DIR, DEFAULT_MAX_BYTES
 from ahvlite.controller.coord.api import Coordinator
 from ahvlite.controller.tasks import Handler
 from ahvlite.errors import InvalidSpec
+from ahvlite.spec.cluster import ClusterSpec
 
 if TYPE_CHECKING:
     from ahvlite.controller.api.server import ApiServer
@@ -66,7 +67,7 @@ def api_settings(listen: str | None, cert: Path | None, key: Path | None, ca: Pa
 
 def start_api(settings: ApiSettings, coord: Coordinator, controller: str,
               registry: Mapping[str, Handler],
-              cluster: str | None = None) -> tuple[ApiServer, str]:
+              cluster: Callable[[], ClusterSpec] | None = None) -> tuple[ApiServer, str]:
     """Serve the API for this controller; returns (server handle, published URL)."""
     from ahvlite.controller.api.app import ApiBackend, create_app
     from ahvlite.controller.api.server import serve_api

@@ -10,57 +10,34 @@ refuses atomically once leadership is gone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 from ahvlite.errors import Conflict
+from ahvlite.kv import (
+    MUST_NOT_EXIST,
+    Check,
+    Delete,
+    Op,
+    Put,
+    Versioned,
+    VersionMismatch,
+    check_key,
+    iter_parents,
+    join_key,
+)
+
+__all__ = ["MUST_NOT_EXIST", "Check", "Coordinator", "Delete", "Leadership", "MemberState",
+           "NotLeader", "Op", "Put", "VersionMismatch", "Versioned", "check_key",
+           "iter_parents", "join_key"]
 
 
 class NotLeader(Conflict):
     """This controller is not (or no longer) the leader; it must not act."""
 
     kind = "not_leader"
-
-
-class VersionMismatch(Conflict):
-    """A compare-and-set found another version than the one expected."""
-
-    kind = "version_mismatch"
-
-
-@dataclass(frozen=True)
-class Versioned:
-    value: bytes
-    version: int
-
-
-@dataclass(frozen=True)
-class Put:
-    """Write ``key``; ``expected_version`` None = any, -1 = must not exist yet."""
-
-    key: str
-    value: bytes
-    expected_version: int | None = None
-
-
-@dataclass(frozen=True)
-class Delete:
-    key: str
-    expected_version: int | None = None
-
-
-@dataclass(frozen=True)
-class Check:
-    """In a transaction: ``key`` must be at ``version`` (writes nothing). HA uses it to
-    act only while a host agent's heartbeat is still the one it timed."""
-
-    key: str
-    version: int
-
-
-Op = Put | Delete | Check
 
 
 @dataclass(frozen=True)
@@ -72,7 +49,6 @@ class MemberState:
     member: str
     state: str
 
-MUST_NOT_EXIST = -1
 
 
 @dataclass(frozen=True)
@@ -141,24 +117,3 @@ class Coordinator(Protocol):
     def lock(self, name: str, timeout_s: float) -> AbstractContextManager[None]: ...
 
     def close(self) -> None: ...
-
-
-def join_key(*parts: str) -> str:
-    return "/".join(p.strip("/") for p in parts if p.strip("/"))
-
-
-def check_key(key: str) -> str:
-    """Keys are relative slash paths of [A-Za-z0-9._-] segments."""
-    from ahvlite.errors import InvalidSpec
-
-    segs = key.split("/")
-    if not key or any(not s or s in (".", "..") or not all(c.isalnum() or c in "._-:"
-                                                         for c in s) for s in segs):
-        raise InvalidSpec("key", key, "slash-separated segments of letters, digits, . _ - :")
-    return key
-
-
-def iter_parents(key: str) -> Iterator[str]:
-    segs = key.split("/")
-    for i in range(1, len(segs)):
-        yield "/".join(segs[:i])

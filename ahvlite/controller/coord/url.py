@@ -108,11 +108,11 @@ def _split_auth(field: str, text: str) -> tuple[str, str]:
     return user, secret
 
 
-def read_secret_file(path_text: str) -> tuple[str, str]:
-    """USER and SECRET from the file ``path_text``: one line, owner-only permissions.
+def read_secret_file(path_name: str | Path) -> tuple[str, str]:
+    """USER and SECRET from the file ``path_name``: one line, owner-only permissions.
     No error shows any of its content."""
     field = ENV_SECRET_FILE
-    path = Path(path_text)
+    path, path_text = Path(path_name), str(path_name)
     if not path.is_absolute():
         raise InvalidSpec(field, path_text, "an absolute path to a file holding USER:SECRET")
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ahvlite.cluster.state import ClusterState
@@ -15,11 +14,11 @@ from ahvlite.errors import AhvliteError
 log = logging.getLogger(__name__)
 
 
-def load_settings(cluster_file: Path) -> HaSettings:
-    return HaSettings.from_doc(ClusterState.for_cluster_file(cluster_file).get(STATE_KEY))
+def load_settings(state: ClusterState) -> HaSettings:
+    return HaSettings.from_doc(state.get(STATE_KEY))
 
 
-def change_settings(cluster_file: Path, **changes: Any) -> HaSettings:
+def change_settings(state: ClusterState, **changes: Any) -> HaSettings:
     """Validate and store ``changes`` (None values are left as they are)."""
     result: dict[str, HaSettings] = {}
 
@@ -27,22 +26,24 @@ def change_settings(cluster_file: Path, **changes: Any) -> HaSettings:
         result["new"] = HaSettings.from_doc(doc).with_changes(**changes)
         return result["new"].to_doc()
 
-    ClusterState.for_cluster_file(cluster_file).update(STATE_KEY, change)
+    state.update(STATE_KEY, change)
     return result["new"]
 
 
-def settings_loader(cluster_file: Path | None, *, ttl_s: float = 2.0) -> Callable[[], HaSettings]:
-    """A cached reader for daemons: the last good settings when the file is unreadable."""
+def settings_loader(state: ClusterState | None, *, ttl_s: float = 2.0) \
+        -> Callable[[], HaSettings]:
+    """A cached reader for daemons: the last good settings when the store does not
+    answer (or holds something unreadable)."""
     cache: dict[str, Any] = {"at": -1e9, "value": HaSettings()}
 
     def read() -> HaSettings:
-        if cluster_file is None:
+        if state is None:
             return HaSettings()
         now = time.monotonic()
         if now - cache["at"] >= ttl_s:
             cache["at"] = now
             try:
-                cache["value"] = load_settings(cluster_file)
+                cache["value"] = load_settings(state)
             except AhvliteError as exc:
                 log.warning("ha settings: %s (keeping the last good ones)", exc.message)
         value: HaSettings = cache["value"]

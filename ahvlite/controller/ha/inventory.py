@@ -3,12 +3,11 @@ power-on. I/O through ``cluster.vms``; the maths is in ``reservation``."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ahvlite.cluster import vms
 from ahvlite.controller.ha.config import load_settings
-from ahvlite.controller.ha.reservation import HostMem, VmLoad, admit, reservation
+from ahvlite.controller.ha.reservation import HostMem, VmLoad, admit, admit_moves, reservation
 from ahvlite.controller.ha.restart import VmRecord
 from ahvlite.controller.ha.settings import HaSettings
 from ahvlite.errors import Conflict
@@ -31,9 +30,9 @@ def _gather(cluster: ClusterSpec) -> tuple[list[HostMem], list[VmLoad], list[vms
     return host_mem, loads, found, unreachable
 
 
-def show(cluster_file: Path, cluster: ClusterSpec) -> dict[str, Any]:
+def show(cluster: ClusterSpec) -> dict[str, Any]:
     """Mode, reservation per host, protected VMs and failover capacity."""
-    settings = load_settings(cluster_file)
+    settings = load_settings(cluster.state)
     host_mem, loads, found, unreachable = _gather(cluster)
     res = reservation(settings, host_mem, loads)
     protected = []
@@ -54,7 +53,7 @@ def show(cluster_file: Path, cluster: ClusterSpec) -> dict[str, Any]:
             "reservation": res.to_dict(), "vms": protected, "unreachable": unreachable}
 
 
-def check_power_on(cluster_file: Path, cluster: ClusterSpec, name: str, *,
+def check_power_on(cluster: ClusterSpec, name: str, *,
                    memory_mib: int | None = None, host: str | None = None,
                    labels: dict[str, str] | None = None,
                    settings: HaSettings | None = None) -> str | None:
@@ -63,7 +62,7 @@ def check_power_on(cluster_file: Path, cluster: ClusterSpec, name: str, *,
     For an existing VM pass only ``name``; for a new one its memory, labels and maybe
     ``host``. Default mode: None (no check; placement decides).
     """
-    settings = settings or load_settings(cluster_file)
+    settings = settings or load_settings(cluster.state)
     if settings.mode != "guarantee":
         return None
     host_mem, loads, found, _ = _gather(cluster)
@@ -100,3 +99,18 @@ def leader_view(store_url: str) -> dict[str, Any] | None:
     finally:
         coord.close()
     return json.loads(raw.value) if raw is not None else None
+
+
+def check_moves(cluster: ClusterSpec, moves: list[tuple[str, str]], *,
+                settings: HaSettings | None = None) -> None:
+    """In guarantee mode: Conflict naming the missing memory when these live moves
+    (``(vm, destination)``: a migration, a maintenance evacuation, an ADS plan) would
+    break the HA reservation. The one check every move goes through on the leader."""
+    settings = settings or load_settings(cluster.state)
+    if settings.mode != "guarantee" or not moves:
+        return
+    host_mem, loads, _, _ = _gather(cluster)
+    verdict = admit_moves(settings, host_mem, loads, moves)
+    if not verdict.ok:
+        raise Conflict(verdict.message,
+                       hint="add a host, stop VMs, or `ahvlite ha set --mode default`")

@@ -220,3 +220,32 @@ def admit(settings: HaSettings, hosts: Sequence[HostMem], vms: Sequence[VmLoad],
                      f"powering on {name} ({memory_mib} MiB) {where} would break the HA "
                      f"guarantee (RF{settings.rf}, {settings.reservation} reservation): "
                      f"{missing} MiB missing ({'; '.join(reasons)})")
+
+
+def admit_moves(settings: HaSettings, hosts: Sequence[HostMem], vms: Sequence[VmLoad],
+                moves: Sequence[tuple[str, str]]) -> Admission:
+    """May these running VMs move (``(vm, destination)``)? In guarantee mode the
+    reservation must still hold with every one of them on its destination; in default
+    mode the destinations need the memory only."""
+    by_name = {v.name: v for v in vms}
+    moved = [VmLoad(v.name, dict(moves).get(v.name, v.host), v.memory_mib, v.protected)
+             for v in vms]
+    used = loads(hosts, moved)
+    total = {h.name: h.total_mib for h in hosts}
+    for vm, dest in moves:
+        if dest in total and used[dest] > total[dest]:
+            short = used[dest] - total[dest]
+            return Admission(False, None, short, f"moving {vm} to {dest} does not fit: "
+                             f"{short} MiB missing there")
+    if settings.mode == "default":
+        return Admission(True, None, 0, "fits")
+    before = reservation(settings, hosts, vms)
+    after = reservation(settings, hosts, moved)
+    if after.ok or (not before.ok and after.missing_mib <= before.missing_mib):
+        return Admission(True, None, 0, f"the {after.kind} reservation holds")
+    what = ", ".join(f"{vm} to {dest} ({by_name[vm].memory_mib if vm in by_name else '?'}"
+                     " MiB)" for vm, dest in moves)
+    return Admission(False, None, after.missing_mib,
+                     f"moving {what} would break the HA guarantee (RF{settings.rf}, "
+                     f"{settings.reservation} reservation): {after.missing_mib} MiB missing "
+                     f"({after.detail})")

@@ -1,0 +1,29 @@
+"""The task kinds the controller knows, each a handler of idempotent steps with typed
+parameters (see ``base``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ahvlite.controller.kinds import drill, vm
+from ahvlite.controller.kinds.base import Kind, attempt_tag, cluster_host
+from ahvlite.controller.kinds.vm import VM_UUID_NAMESPACE, create_once
+from ahvlite.controller.tasks import Handler
+
+KINDS: tuple[type[Kind[Any]], ...] = (*vm.KINDS,)
+
+__all__ = ["KINDS", "VM_UUID_NAMESPACE", "Kind", "attempt_tag", "cluster_host", "create_once",
+           "registry"]
+
+
+def registry(cluster: Callable[[], Any] | None = None, *,
+             drills: bool | None = None) -> dict[str, Handler]:
+    """Every kind by name; ``cluster`` gives the controller's cluster (None: a
+    submitter's registry, which checks the form of parameters only). Drill kinds
+    (``sleep``, ``vm.create``) only with ``drills`` (default: $AHVLITE_DRILL_KINDS=1)."""
+    if drills is None:
+        drills = os.environ.get(drill.DRILL_ENV) == "1"
+    kinds = (*KINDS, *drill.KINDS) if drills else KINDS
+    return {k.name: k(cluster) for k in kinds}

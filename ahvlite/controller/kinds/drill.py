@@ -1,0 +1,101 @@
+"""Kinds for drills and tests, not in a production controller's registry (a
+controller offers them only with ``AHVLITE_DRILL_KINDS=1`` in its environment)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ahvlite.controller.kinds.base import HOST_FIELD, Kind, Params
+from ahvlite.controller.kinds.vm import VM_UUID_NAMESPACE
+from ahvlite.controller.tasks import TaskContext
+from ahvlite.errors import Conflict, OperationFailed
+
+DRILL_ENV = "AHVLITE_DRILL_KINDS"
+
+
+class SleepParams(Params):
+    steps: int = Field(1, ge=1, le=1000)
+    step_s: float = Field(0.1, ge=0, le=3600)
+
+
+class Sleep(Kind[SleepParams]):
+    """``sleep``: N steps of S seconds each (resumable)."""
+
+    name = "sleep"
+    Params = SleepParams
+
+    def run(self, ctx: TaskContext) -> dict[str, Any]:
+        p = self.params(ctx)
+        for i in range(p.steps):
+            ctx.step(f"sleep-{i}", lambda: time.sleep(p.step_s))
+            ctx.progress(int(100 * (i + 1) / p.steps), f"step {i + 1}/{p.steps}")
+        return {"steps": p.steps}
+
+
+class VmCreateParams(Params):
+    host: str = HOST_FIELD
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    domain_type: Literal["kvm", "qemu", "test"] = "qemu"
+    memory_mib: int = Field(64, ge=16, le=1 << 20)
+    hold_s: float = Field(0, ge=0, le=600)
+
+
+class VmCreate(Kind[VmCreateParams]):
+    """``vm.create``: define a minimal domain on one host of the cluster, exactly once.
+
+    ``hold_s`` pauses before and after defining, so drills can kill a leader mid-task.
+    """
+
+    name = "vm.create"
+    Params = VmCreateParams
+
+    def check(self, p: Any) -> None:
+        self.host("host", p.host)
+
+    def run(self, ctx: TaskContext) -> dict[str, Any]:
+        p = self.params(ctx)
+        h = self.host("host", p.host)
+        assert h is not None
+        vm_uuid = str(uuid.uuid5(VM_UUID_NAMESPACE, ctx.task.id))
+        ctx.step("prepare", lambda: time.sleep(p.hold_s))
+        ctx.progress(30, "defining")
+        ctx.step("define", lambda: define_once(h.uri, p.model_dump(), vm_uuid,
+                                               guard=ctx.check_leader))
+        ctx.progress(70, "defined")
+        ctx.step("settle", lambda: time.sleep(p.hold_s))
+        return {"name": p.name, "uuid": vm_uuid, "host": p.host}
+
+
+def define_once(uri: str, p: dict[str, Any], vm_uuid: str, *,
+                guard: Callable[[], object] = lambda: None) -> str:
+    """Define the domain; a second run finds it by name and redefines the same UUID.
+
+    libvirt treats a define with an existing name and the same UUID as an update (no
+    second domain), and refuses the name under another UUID: a clash, never a twin.
+    """
+    from ahvlite.virt import guest
+    from ahvlite.virt.conn import connection
+
+    with connection(uri) as conn:
+        existed = p["name"] in {n for n, _ in guest.list_domains(conn)}
+        xml = guest.simple_domain_xml(guest.SimpleGuest(
+            name=p["name"], uuid=vm_uuid, domain_type=p["domain_type"],
+            memory_mib=p["memory_mib"], machine="pc"))
+        guard()
+        try:
+            guest.define(conn, xml)
+        except OperationFailed as exc:
+            if existed:
+                raise Conflict(f"a domain named {p['name']} already exists on {p['host']} "
+                               f"({exc.message})", hint="choose another name") from None
+            raise
+    return "existed" if existed else "defined"
+
+
+
+KINDS: tuple[type[Kind[Any]], ...] = (Sleep, VmCreate)

@@ -1,0 +1,97 @@
+"""A real controller serving the HTTPS API over a real SQLite store, in this process,
+for tests of the CLI as an API client: certificates from our own CA, the cluster spec
+applied to the store, and the environment a CLI subprocess needs to reach it.
+
+The controller's libvirt connections live in this process, so a cluster of
+``test:///default`` hosts keeps one state for every command the CLI sends.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ahvlite.cluster.state import ClusterState
+from ahvlite.controller.api.settings import ApiSettings, start_api
+from ahvlite.controller.clusterview import ClusterView
+from ahvlite.controller.coord.sqlite import SqliteCoordinator
+from ahvlite.controller.daemon import LEADER_KEY, Controller, Identity
+from ahvlite.controller.kinds import registry
+from ahvlite.pki import CertificateAuthority, write_secret
+from ahvlite.spec.cluster import ClusterSpec
+from tests.waiting import wait_for
+
+
+@dataclass
+class ApiCluster:
+    dir: Path
+    coord: SqliteCoordinator
+    state: ClusterState
+    env: dict[str, str]
+    url: str
+    threads: list[Any] = field(default_factory=list)
+
+    def cli(self, *argv: str, timeout_s: float = 120,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """``ahvlite ARGV`` as a client of this cluster's API."""
+        return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *argv],
+                              capture_output=True, text=True, timeout=timeout_s,
+                              env={**self.env, **(extra_env or {})})
+
+
+def client_env(pki: Path, *urls: str) -> dict[str, str]:
+    """The environment of a CLI with admin credentials for ``urls`` (nothing else)."""
+    keep = {k: v for k, v in os.environ.items()
+            if not k.startswith("AHVLITE_") or k == "AHVLITE_DRILL_KINDS"}
+    return {**keep, "AHVLITE_API": ",".join(urls), "AHVLITE_CA": str(pki / "ca.pem"),
+            "AHVLITE_CERT": str(pki / "admin.pem"), "AHVLITE_KEY": str(pki / "admin-key.pem"),
+            "HOME": str(pki), "COLUMNS": "200"}  # no client.yaml of this machine's user
+
+
+def make_pki(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    ca = CertificateAuthority.new("test cluster CA")
+    (d / "ca.pem").write_bytes(ca.cert_pem)
+    for name, issued in (("server", ca.issue("ctl", ips=("127.0.0.1",), server=True,
+                                             client=False)),
+                         ("admin", ca.issue("admin", server=False, client=True))):
+        (d / f"{name}.pem").write_bytes(issued.cert_pem)
+        write_secret(d / f"{name}-key.pem", issued.key_pem)
+    return d
+
+
+@contextmanager
+def api_cluster(tmp: Path, spec: ClusterSpec, *, name: str = "ctl") -> Iterator[ApiCluster]:
+    """A leading controller with its API on 127.0.0.1, serving ``spec``."""
+    pki = make_pki(tmp / "pki")
+    coord = SqliteCoordinator(tmp / "store.db", session_timeout_s=2)
+    state = ClusterState(coord)
+    state.write_spec(spec, None)
+    view = ClusterView(coord)
+    view.start()
+    kinds = registry(view, drills=True)
+    settings = ApiSettings("127.0.0.1", 0, pki / "server.pem", pki / "server-key.pem",
+                           pki / "ca.pem", None, tmp / "uploads")
+    server, url = start_api(settings, coord, name, kinds, view)
+    stop = threading.Event()
+    ctl = Controller(SqliteCoordinator(tmp / "store.db", session_timeout_s=2),
+                     Identity(name, "here", os.getpid()), registry(view, drills=True),
+                     heartbeat_s=0.2, poll_s=0.05, api_url=url)
+    t = threading.Thread(target=ctl.run, args=(stop,), daemon=True, name="test-controller")
+    t.start()
+    try:
+        assert wait_for(lambda: coord.get(LEADER_KEY), 20, 0.05), "no leader"
+        yield ApiCluster(tmp, coord, state, client_env(pki, url), url)
+    finally:
+        stop.set()
+        t.join(10)
+        server.stop()
+        view.stop()
+        coord.close()
