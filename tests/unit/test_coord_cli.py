@@ -83,3 +83,15 @@ def test_task_list_and_show_survive_undecodable_records(tmp_path):
     assert task["state"] == "failed" and "undecodable" in task["error"]
     shown = ahvlite("task", "show", "0000000000001-junk", "--store", store)
     assert shown.returncode == 0 and "undecodable" in shown.stdout
+
+
+@pytest.mark.parametrize("daemon", ["controller", "agent"])
+def test_the_daemons_run_as_their_units_run_them(daemon):
+    """`ahvlite controller run` / `ahvlite agent run`: every option may come from the
+    environment file the units read."""
+    r = ahvlite(daemon, "run", "--help", env={"COLUMNS": "300"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    for var in ("AHVLITE_STORE", "AHVLITE_HOST"):
+        assert var in r.stdout, var
+    if daemon == "agent":
+        assert "AHVLITE_WATCHDOG" in r.stdout and "AHVLITE_LIBVIRT_URI" in r.stdout
