@@ -127,7 +127,7 @@ def test_a_second_migration_of_the_same_vm_is_refused_not_raced(miglab):
             dom = hosts.conn("h2").lookupByName("g1")
             assert wait_for(lambda: migration.has_active_job(dom), timeout_s=60)
         with pytest.raises(Conflict, match=r"already being migrated|job running"):
-            migrate_vm(cluster, "g1", to="h1", cluster_file=path)
+            migrate_vm(cluster, "g1", to="h1")
     finally:
         out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err + out
@@ -201,7 +201,7 @@ def test_maintenance_empties_a_host_and_exit_restores_it(miglab):
     # an exit meanwhile is refused instead of racing it.
     r = cli(path, "host", "maintenance", "exit", "h3", "--json")
     assert r.returncode == 4, r.stdout + r.stderr
-    assert "`maintenance enter` of h3 is still running" in json.loads(r.stdout)["message"]
+    assert "maintenance run of h3 is still running" in json.loads(r.stdout)["message"]
 
     def state() -> dict:
         return json.loads(cli(path, "host", "maintenance", "show", "--json").stdout)[
@@ -231,10 +231,10 @@ def test_maintenance_empties_a_host_and_exit_restores_it(miglab):
 
 
 def test_migrate_vm_is_the_api_and_picks_the_host_with_most_free_memory(miglab):
-    _status, _layout, path, cluster, _ips = miglab
+    _status, _layout, _path, cluster, _ips = miglab
     seen = []
     res = migrate_vm(cluster, "m1", settings=ConvergenceSettings(max_downtime_ms=500),
-                     on_progress=seen.append, cluster_file=path)
+                     on_progress=seen.append)
     with vms.connect(cluster) as hosts:
         free = {c.name: c.free_mib for c in vms.capacities(hosts)}
     assert res.source == "h3" and res.destination != "h3"
