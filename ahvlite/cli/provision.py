@@ -27,7 +27,7 @@ def _lab_settings(name: str, cluster: ClusterSpec
     """A lab's hosts: external daemons, certificates where the lab keeps them, and the
     lab's own store credential."""
     from ahvlite.lab.layout import plan_layout
-    from ahvlite.lab.paths import lab_root
+    from ahvlite.lab.paths import cache_dir, lab_root
     from ahvlite.lab.services import LAB_WATCHDOG, lab_zk_members
     from ahvlite.lab.state import LabState
     from ahvlite.spec.lab import LabSpec
@@ -46,7 +46,9 @@ def _lab_settings(name: str, cluster: ClusterSpec
                 for h in layout.hosts}
     members = [h.name for h in layout.hosts[:len(lab_zk_members(layout))]]
     profile = provision.lab_profile(lockspace_dir=layout.lockspace_dir, zk_members=members,
-                                    wheel_dir=layout.root / "wheels",
+                                    # Seen by the lab hosts (their /var/lib/ahvlite is
+                                    # private); built again for a new version.
+                                    wheel_dir=cache_dir() / "wheels" / name,
                                     watchdog=f"unix:{LAB_WATCHDOG}")
     secret = ""
     if layout.store_secret_file.exists():

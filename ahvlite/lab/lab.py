@@ -299,7 +299,8 @@ def _host_copies(layout: LabLayout, host: HostLayout, ca: LabCA) -> None:
                        name=host.hostname, admin=False)
     ssh = services.inside(host, layout.ssh_dir)
     ssh.mkdir(parents=True, exist_ok=True)
-    for name in ("id_ed25519", "known_hosts"):
+    # authorized_keys: sshd in the host reads it at the path its sshd_config names.
+    for name in ("id_ed25519", "known_hosts", "authorized_keys"):
         src = layout.ssh_dir / name
         if src.exists():
             (ssh / name).write_bytes(src.read_bytes())
