@@ -47,6 +47,7 @@ def version() -> None:
 
 
 def _command(name: str, target: Any) -> Any:
+    cmd: Any
     if isinstance(target, typer.Typer):
         target._add_completion = False  # a sub-app: no shell-completion options of its own
         # Always a group, even of one command: `ahvlite agent run`, as the unit runs it.
