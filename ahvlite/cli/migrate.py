@@ -98,9 +98,6 @@ def migrate(
     postcopy: Annotated[bool, typer.Option(
         "--postcopy", help="Switch to post-copy when pre-copy stops making progress.")]
     = False,
-    tls: Annotated[bool, typer.Option(
-        "--tls", help="Encrypt the migration stream (needs /etc/pki/qemu on each host).")]
-    = False,
     max_iterations: Annotated[int, typer.Option(
         "--max-iterations", help="Give up after this many memory copy iterations.")] = 50,
     timeout_s: Annotated[float, typer.Option(
@@ -110,11 +107,12 @@ def migrate(
     cluster: ClusterOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Live-migrate a running VM (peer to peer; persistent on the destination)."""
+    """Live-migrate a running VM (peer to peer; persistent on the destination; the
+    stream always encrypted with QEMU's TLS, certificates in /etc/pki/qemu)."""
     _path, cspec = load(cluster)
     settings = settings_from_options(
         max_downtime_ms=max_downtime_ms, bandwidth_mib_s=bandwidth_mib, postcopy=postcopy,
-        tls=tls, max_iterations=max_iterations, timeout_s=timeout_s,
+        max_iterations=max_iterations, timeout_s=timeout_s,
         auto_converge=not no_auto_converge)
     with migration_bar(not json_out) as on_progress:
         result = migrate_vm(cspec, name, to=to, settings=settings, on_progress=on_progress)

@@ -5,19 +5,22 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
+from kazoo.client import KazooClient
+from kazoo.handlers.threading import KazooTimeoutError
 
-from ahvlite.controller.coord import open_store
 from ahvlite.controller.daemon import LEADER_KEY
 from ahvlite.controller.kinds import registry
 from ahvlite.controller.tasks import TaskState, TaskStore
 from ahvlite.lab import lab, processes
-from ahvlite.lab.services import lab_store_url
+from ahvlite.lab.services import lab_store_env, lab_zk_members, open_lab_store
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest
 from ahvlite.virt.conn import connection
@@ -31,10 +34,10 @@ SUBNET = "10.213.63.0/26"
 @pytest.fixture(scope="module")
 def ctl_lab():
     status = lab.up(LabSpec(name=NAME, hosts=3, subnet=SUBNET, zk=True, controllers=True))
-    url = lab_store_url(lab.layout_of(NAME))
-    coord = open_store(url)
+    store = lab_store_env(lab.layout_of(NAME))
+    coord = open_lab_store(lab.layout_of(NAME))
     try:
-        yield status, url, coord
+        yield status, store, coord
     finally:
         coord.close()
         pids = list(lab.state_of(NAME).processes)
@@ -44,12 +47,20 @@ def ctl_lab():
                                                                           "controller"))
 
 
-def ahvlite(*argv: str, store: str) -> subprocess.CompletedProcess:
+def ahvlite(*argv: str, store: dict[str, str]) -> subprocess.CompletedProcess:
+    """The CLI with the lab's store: its URL, secret file and TLS files."""
     return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *argv],
-                          env={**os.environ, "AHVLITE_STORE": store}, capture_output=True,
+                          env={**os.environ, **store}, capture_output=True,
                           text=True, timeout=60)
 
 
+
+
+def daemon_pid(supervisor_pid: int) -> int:
+    """The daemon a lab supervisor (ahvlite.lab.supervise) runs: its only child."""
+    children = Path(f"/proc/{supervisor_pid}/task/{supervisor_pid}/children").read_text()
+    (pid,) = children.split()
+    return int(pid)
 
 
 def acting(coord):
@@ -63,7 +74,7 @@ def test_one_leader_monitors_every_host(ctl_lab):
     st = json.loads(ahv(NAME, "controller", "status", "--json").stdout)
     assert st["leader"]["name"] == first["name"] and len(st["members"]) == 3
     daemons = {h["name"]: h["daemons"] for h in status["hosts"]}
-    assert st["leader"]["pid"] == daemons[first["name"]]["controller"]["pid"]
+    assert st["leader"]["pid"] == daemon_pid(daemons[first["name"]]["controller"]["pid"])
     assert all("zookeeper" in d and "controller" in d for d in daemons.values())
     # Each host's controller publishes its own host's stats (its local libvirtd): one
     # record per host, read through the API.
@@ -74,7 +85,7 @@ def test_one_leader_monitors_every_host(ctl_lab):
 
 
 def test_vm_create_and_delete_go_through_tasks_when_a_store_is_set(ctl_lab):
-    _, url, coord = ctl_lab
+    _, env, coord = ctl_lab
     wait_for(lambda: acting(coord), 30)
     cluster = str(lab.layout_of(NAME).cluster_file)
     vm = f"viatask-{uuid.uuid4().hex[:6]}"
@@ -88,13 +99,13 @@ def test_vm_create_and_delete_go_through_tasks_when_a_store_is_set(ctl_lab):
     try:
         made = ahvlite("vm", "create", vm, "--memory-mib", "128", "--disk", "16M", "--nic",
                        "br0", "--host", "h1", "--cluster", cluster, "--wait", "--json",
-                       store=url)
+                       store=env)
         assert made.returncode == 0, made.stderr + made.stdout
         end = json.loads(made.stdout)
         assert end["state"] == "succeeded" and end["result"]["host"] == "h1", end
         assert store_task(coord, end["task"]).kind == "vm.spec.create"
         assert listed().count(vm) == 1
-        gone = ahvlite("vm", "delete", vm, "--cluster", cluster, "--wait", "--json", store=url)
+        gone = ahvlite("vm", "delete", vm, "--cluster", cluster, "--wait", "--json", store=env)
         assert gone.returncode == 0, gone.stderr + gone.stdout
         assert json.loads(gone.stdout)["result"]["host"] == "h1"
         assert vm not in listed()
@@ -110,7 +121,7 @@ def store_task(coord, task_id):
 
 
 def test_sigkill_leader_mid_vm_create_on_a_lab_host(ctl_lab):
-    status, url, coord = ctl_lab
+    status, env, coord = ctl_lab
     first = wait_for(lambda: acting(coord), 30)
     target = next(h for h in status["hosts"] if h["name"] != first["name"])
     vm = f"once-{uuid.uuid4().hex[:6]}"
@@ -119,8 +130,10 @@ def test_sigkill_leader_mid_vm_create_on_a_lab_host(ctl_lab):
                                       "domain_type": status["domain_type"], "hold_s": 2.0},
                         registry())
     assert wait_for(lambda: "define" in store.load(task.id)[0].steps_done, 20)
-    leader_pid = next(h["daemons"]["controller"]["pid"] for h in status["hosts"]
+    supervisor = next(h["daemons"]["controller"]["pid"] for h in status["hosts"]
                       if h["name"] == first["name"])
+    leader_pid = daemon_pid(supervisor)
+    os.kill(supervisor, signal.SIGKILL)  # no restart: the next leader is another host's
     os.kill(leader_pid, signal.SIGKILL)
     end = store.wait(task.id, 40, time.sleep, time.monotonic)
     assert end.state == TaskState.SUCCEEDED and end.attempts == 2, end.error
@@ -129,5 +142,43 @@ def test_sigkill_leader_mid_vm_create_on_a_lab_host(ctl_lab):
     with connection(target["libvirt_uri"]) as conn:
         assert [n for n, _ in guest.list_domains(conn)].count(vm) == 1
         guest.destroy_and_undefine(conn, vm)
-    waited = ahvlite("task", "wait", task.id, "--json", store=url)
+    waited = ahvlite("task", "wait", task.id, "--json", store=env)
     assert waited.returncode == 0 and json.loads(waited.stdout)["state"] == "succeeded"
+
+
+def test_the_store_is_tls_only_and_its_secret_on_no_command_line(ctl_lab):
+    _, _env, coord = ctl_lab
+    wait_for(lambda: acting(coord), 30)
+    layout = lab.layout_of(NAME)
+    secret = layout.store_secret_file.read_text().strip().partition(":")[2]
+    assert len(secret) >= 24
+    seen = 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            seen += 1
+            assert secret.encode() not in cmdline, cmdline
+    assert seen > 20
+    # Nor in any environment file: they name the secret's file.
+    assert secret not in (layout.root / "controller.env").read_text()
+    for host in layout.hosts:
+        assert secret not in (host.etc_ahvlite / "controller.env").read_text()
+        assert (host.etc_ahvlite / "store.secret").stat().st_mode & 0o077 == 0
+    # The controllers and agents run on it (they took it from the file; the test above
+    # killed one controller for good) ...
+    assert len(coord.members()) >= 2
+    assert wait_for(lambda: set(coord.children("agents")) == {"h1", "h2", "h3"}, 30)
+    # ... over TLS: nothing listens in clear, and a plaintext client gets nowhere.
+    for m in lab_zk_members(layout):
+        with pytest.raises(OSError):
+            socket.create_connection((m.address, 2181), timeout=2).close()
+        plain = KazooClient(m.client, timeout=2)
+        with pytest.raises(KazooTimeoutError):
+            plain.start(timeout=3)
+        plain.stop()
+        plain.close()
+    # The agents' election probe reads every member's mode over TLS.
+    assert [s.state for s in coord.ensemble(timeout_s=2.0)] == ["serving"] * 3

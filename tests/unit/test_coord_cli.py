@@ -88,3 +88,16 @@ def test_task_list_and_show_survive_undecodable_records(tmp_path):
     assert task["state"] == "failed" and "undecodable" in task["error"]
     shown = ahvlite("task", "show", "0000000000001-junk", "--store", store)
     assert shown.returncode == 0 and "undecodable" in shown.stdout
+
+
+@pytest.mark.parametrize("daemon", ["controller", "agent"])
+def test_the_daemons_run_as_their_units_run_them(daemon):
+    """`ahvlite controller run` / `ahvlite agent run`, no arguments: every option comes
+    from the environment file the units read (here: no store in it, so it says so)."""
+    r = ahvlite(daemon, "run", env={"COLUMNS": "300", "AHVLITE_HOST": "h1"})
+    assert r.returncode == 3 and "no controller store given" in r.stderr, r.stderr
+    helped = ahvlite(daemon, "run", "--help", env={"COLUMNS": "300"})
+    for var in ("AHVLITE_STORE", "AHVLITE_HOST"):
+        assert var in helped.stdout, var
+    if daemon == "agent":
+        assert "AHVLITE_WATCHDOG" in helped.stdout and "AHVLITE_LIBVIRT_URI" in helped.stdout
