@@ -74,6 +74,9 @@ def start_api(settings: ApiSettings, coord: Coordinator, controller: str,
     from ahvlite.controller.api.uploads import UploadArea
 
     area = UploadArea(settings.uploads, max_bytes=settings.upload_max_bytes)
+    for kind in registry.values():  # kinds that consume uploads (image.import)
+        if hasattr(kind, "use_uploads"):
+            kind.use_uploads(area)
     app = create_app(ApiBackend(coord, controller, registry, cluster=cluster, uploads=area))
     handle = serve_api(app, settings.host, settings.port, settings.cert, settings.key,
                        settings.ca)
