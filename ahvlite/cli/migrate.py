@@ -1,39 +1,47 @@
-"""``ahvlite vm migrate``: live migration with a progress bar from libvirt's job stats."""
+"""``ahvlite vm migrate``: live migration as a ``vm.migrate`` task, with a progress bar
+that follows the task's messages (what is left, the dirty rate, the iteration, the
+expected pause against the cap)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from ahvlite.cli.context import ClusterOpt, load
+from ahvlite.cli.api import WaitOpt
 from ahvlite.cli.output import console, emit_json, err_console
-from ahvlite.cluster.convergence import ConvergenceSettings
-from ahvlite.cluster.migrate import MigrateResult, MigrationProgress, migrate_vm
 from ahvlite.errors import InvalidSpec
+
+if TYPE_CHECKING:
+    from ahvlite.cluster.convergence import ConvergenceSettings
+    from ahvlite.cluster.migrate import MigrationProgress
 
 MIB = 1024 * 1024
 
-ProgressFn = Callable[[MigrationProgress], None]
+ProgressFn = Callable[["MigrationProgress"], None]
 
-# ConvergenceSettings field -> the command-line option that sets it, so a bad value is
-# reported as the user typed it.
+# vm.migrate's parameter (ConvergenceSettings' field) -> the command-line option that
+# sets it, so a bad value is reported as the user typed it.
 OPTION_OF = {"max_downtime_ms": "--max-downtime-ms", "bandwidth_mib_s": "--bandwidth-mib",
              "max_iterations": "--max-iterations", "timeout_s": "--timeout-s"}
 
 
+def _as_option(exc: InvalidSpec) -> InvalidSpec:
+    if exc.field not in OPTION_OF:
+        return exc
+    return InvalidSpec(OPTION_OF[exc.field], exc.value, exc.allowed, hint=exc.hint)
+
+
 def settings_from_options(**fields: Any) -> ConvergenceSettings:
     """ConvergenceSettings from CLI options; errors name the option, not the field."""
+    from ahvlite.cluster.convergence import ConvergenceSettings
+
     try:
         return ConvergenceSettings(**fields)
     except InvalidSpec as exc:
-        if exc.field not in OPTION_OF:
-            raise
-        raise InvalidSpec(OPTION_OF[exc.field], exc.value, exc.allowed,
-                          hint=exc.hint) from None
+        raise _as_option(exc) from None
 
 
 def _mib(n: int | None) -> str:
@@ -42,11 +50,14 @@ def _mib(n: int | None) -> str:
 
 @contextmanager
 def migration_bar(enabled: bool) -> Iterator[ProgressFn | None]:
-    """A rich progress bar per VM (data copied of the VM's memory), with what is left,
-    the dirty rate, the iteration and the expected downtime; None when disabled."""
+    """A rich progress bar per VM from in-process migration polls (data copied of the
+    VM's memory, what is left, the dirty rate, the iteration, the expected downtime);
+    None when disabled."""
     if not enabled:
         yield None
         return
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
     bar = Progress(TextColumn("{task.description}"), BarColumn(),
                    TextColumn("left {task.fields[left]} MiB"),
                    TextColumn("dirty {task.fields[dirty]} MiB/s"),
@@ -76,13 +87,18 @@ def migration_bar(enabled: bool) -> Iterator[ProgressFn | None]:
         yield update
 
 
-def render_result(r: MigrateResult) -> None:
+def render_result(r: dict[str, Any]) -> None:
+    """A migration's result (a ``vm.migrate`` task's) in one line."""
+    if r.get("note"):
+        console.print(f"[bold]{r['vm']}[/] is on {r['destination']} ({r['note']})",
+                      highlight=False)
+        return
     console.print(
-        f"[bold]{r.vm}[/] migrated {r.source} → {r.destination} in "
-        f"{(r.total_ms or 0) / 1000:.2f} s: downtime {r.downtime_ms} ms (QEMU), "
-        f"{_mib(r.data_transferred_bytes)} MiB in {r.iterations} iterations, "
-        f"throttle max {r.throttle_max_pct}%, post-copy {'yes' if r.postcopy_used else 'no'}",
-        highlight=False)
+        f"[bold]{r['vm']}[/] migrated {r['source']} → {r['destination']} in "
+        f"{(r['total_ms'] or 0) / 1000:.2f} s: downtime {r['downtime_ms']} ms (QEMU), "
+        f"{_mib(r['data_transferred_bytes'])} MiB in {r['iterations']} iterations, "
+        f"throttle max {r['throttle_max_pct']}%, "
+        f"post-copy {'yes' if r['postcopy_used'] else 'no'}", highlight=False)
 
 
 def migrate(
@@ -107,18 +123,31 @@ def migrate(
         "--timeout-s", help="Give up after this many seconds.")] = 600,
     no_auto_converge: Annotated[bool, typer.Option(
         "--no-auto-converge", help="Never throttle the guest's vCPUs.")] = False,
-    cluster: ClusterOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    wait: WaitOpt = True,
 ) -> None:
-    """Live-migrate a running VM (peer to peer; persistent on the destination)."""
-    _path, cspec = load(cluster)
-    settings = settings_from_options(
-        max_downtime_ms=max_downtime_ms, bandwidth_mib_s=bandwidth_mib, postcopy=postcopy,
-        tls=tls, max_iterations=max_iterations, timeout_s=timeout_s,
-        auto_converge=not no_auto_converge)
-    with migration_bar(not json_out) as on_progress:
-        result = migrate_vm(cspec, name, to=to, settings=settings, on_progress=on_progress)
+    """Live-migrate a running VM (peer to peer; persistent on the destination). The
+    leader runs it; HA guarantee mode must admit the move."""
+    from ahvlite.cli.api import run_task
+    from ahvlite.cli.progressbar import task_bar
+    from ahvlite.controller.kinds.vm import MigrateParams
+    from ahvlite.spec.errors import build
+
+    params: dict[str, Any] = {
+        "name": name, "to": to, "max_downtime_ms": max_downtime_ms,
+        "bandwidth_mib_s": bandwidth_mib, "postcopy": postcopy, "tls": tls,
+        "max_iterations": max_iterations, "timeout_s": timeout_s,
+        "auto_converge": not no_auto_converge}
+    try:
+        build(MigrateParams, **params)  # an instant error, naming the option
+    except InvalidSpec as exc:
+        raise _as_option(exc) from None
+    with task_bar(not json_out and wait, f"migrating {name}") as on_progress:
+        result = run_task("vm.migrate", params, json_out=json_out, wait=wait,
+                          title=f"migrating {name}", on_progress=on_progress)
+    if result is None:
+        return
     if json_out:
-        emit_json(result.to_dict())
+        emit_json(result)
     else:
         render_result(result)
