@@ -82,7 +82,7 @@ def api_cluster(tmp: Path, spec: ClusterSpec, *, name: str = "ctl") -> Iterator[
     server, url = start_api(settings, coord, name, kinds, view)
     stop = threading.Event()
     ctl = Controller(SqliteCoordinator(tmp / "store.db", session_timeout_s=2),
-                     Identity(name, "here", os.getpid()), registry(view, drills=True),
+                     Identity(name, "here", os.getpid()), kinds,
                      heartbeat_s=0.2, poll_s=0.05, api_url=url)
     t = threading.Thread(target=ctl.run, args=(stop,), daemon=True, name="test-controller")
     t.start()
