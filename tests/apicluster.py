@@ -79,10 +79,12 @@ def api_cluster(tmp: Path, spec: ClusterSpec, *, name: str = "ctl") -> Iterator[
     kinds = registry(view, drills=True)
     settings = ApiSettings("127.0.0.1", 0, pki / "server.pem", pki / "server-key.pem",
                            pki / "ca.pem", None, tmp / "uploads")
-    server, url = start_api(settings, coord, name, kinds, view)
+    # The API and the controller share one store session, as in the daemon's wiring
+    # (the API answers uploads itself only while that session leads).
+    ctl_coord = SqliteCoordinator(tmp / "store.db", session_timeout_s=2)
+    server, url = start_api(settings, ctl_coord, name, kinds, view)
     stop = threading.Event()
-    ctl = Controller(SqliteCoordinator(tmp / "store.db", session_timeout_s=2),
-                     Identity(name, "here", os.getpid()), kinds,
+    ctl = Controller(ctl_coord, Identity(name, "here", os.getpid()), kinds,
                      heartbeat_s=0.2, poll_s=0.05, api_url=url)
     t = threading.Thread(target=ctl.run, args=(stop,), daemon=True, name="test-controller")
     t.start()

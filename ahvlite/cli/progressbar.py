@@ -19,6 +19,9 @@ def task_bar(enabled: bool, title: str, *,
     if not enabled:
         yield lambda _pct, _msg: None
         return
+    if not err_console.is_terminal:  # a log, not a screen: the messages, no bar
+        yield _lines() if log else (lambda _pct, _msg: None)
+        return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
@@ -36,10 +39,21 @@ def task_bar(enabled: bool, title: str, *,
         yield update
 
 
+def _lines() -> Callable[[int, str], None]:
+    last = [""]
+
+    def line(_pct: int, message: str) -> None:
+        if message and message != last[0]:
+            err_console.print(message, highlight=False, markup=False)
+        last[0] = message
+
+    return line
+
+
 @contextmanager
 def byte_bar(enabled: bool, title: str, total: int) -> Iterator[Callable[[int], None]]:
-    """``on_bytes(sent)`` for an upload of ``total`` bytes."""
-    if not enabled:
+    """``on_bytes(sent)`` for an upload of ``total`` bytes (on a terminal)."""
+    if not enabled or not err_console.is_terminal:
         yield lambda _sent: None
         return
     from rich.progress import (
