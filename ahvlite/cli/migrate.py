@@ -12,7 +12,7 @@ import typer
 
 from ahvlite.cli.api import WaitOpt
 from ahvlite.cli.output import console, emit_json, err_console
-from ahvlite.errors import InvalidSpec
+from ahvlite.errors import InvalidSpec, OperationFailed
 
 if TYPE_CHECKING:
     from ahvlite.cluster.convergence import ConvergenceSettings
@@ -128,9 +128,10 @@ def migrate(
 ) -> None:
     """Live-migrate a running VM (peer to peer; persistent on the destination). The
     leader runs it; HA guarantee mode must admit the move."""
-    from ahvlite.cli.api import run_task
+    from ahvlite.cli.api import session
     from ahvlite.cli.progressbar import task_bar
-    from ahvlite.controller.kinds.vm import MigrateParams
+    from ahvlite.controller.kinds.vm import ABORTED_STEP, MigrateParams
+    from ahvlite.errors import error_of
     from ahvlite.spec.errors import build
 
     params: dict[str, Any] = {
@@ -142,12 +143,36 @@ def migrate(
         build(MigrateParams, **params)  # an instant error, naming the option
     except InvalidSpec as exc:
         raise _as_option(exc) from None
-    with task_bar(not json_out and wait, f"migrating {name}") as on_progress:
-        result = run_task("vm.migrate", params, json_out=json_out, wait=wait,
-                          title=f"migrating {name}", on_progress=on_progress)
-    if result is None:
-        return
+    with session() as c:
+        task = c.submit("vm.migrate", params)
+        if not wait:
+            if json_out:
+                emit_json({"task": task.id})
+            else:
+                console.print(task.id, highlight=False)
+            return
+        with task_bar(not json_out, f"migrating {name}") as on_progress:
+            end = c.wait(task.id, on_progress)
+    if end.state != "succeeded":
+        what = f"{end.error or end.message or end.state} (task {end.id} {end.state})"
+        aborted = end.steps_done.get(ABORTED_STEP)
+        if isinstance(aborted, dict):
+            raise MigrationGaveUp(what, end.error_hint, aborted)
+        raise error_of(end.error_kind, what, end.error_hint)
+    result = dict(end.result or {})
     if json_out:
         emit_json(result)
     else:
         render_result(result)
+
+
+class MigrationGaveUp(OperationFailed):
+    """The policy gave the migration up; the VM runs on its source. JSON output carries
+    how far it got (``result``)."""
+
+    def __init__(self, message: str, hint: str | None, result: dict[str, Any]) -> None:
+        super().__init__(message, hint=hint)
+        self.result = result
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "result": self.result}

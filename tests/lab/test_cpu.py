@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from ahvlite.cluster import vms
 from ahvlite.cluster.legacy import open_cluster_file as load_cluster
-from ahvlite.errors import OperationTimeout
 from ahvlite.lab import lab
 from ahvlite.lab.layout import OVS_BRIDGE
 from ahvlite.spec.lab import LabSpec
@@ -25,6 +23,8 @@ from ahvlite.virt.conn import connection
 from ahvlite.virt.designer import HostPolicy
 from ahvlite.virt.xml.domain import Domain
 
+from .conftest import ahv
+
 NAME = "tcpu"
 SUBNET = "10.213.247.0/26"
 
@@ -32,8 +32,8 @@ SUBNET = "10.213.247.0/26"
 @pytest.fixture(scope="module")
 def cpulab():
     status = lab.up(LabSpec(name=NAME, hosts=2, subnet=SUBNET))
-    cluster = load_cluster(Path(status["cluster_file"]))
-    vms.import_image(cluster, Path(status["guest"]["disk"]), "guest")
+    cluster = load_cluster(Path(status["cluster_file"]))  # to look at libvirt directly
+    ok_json(ahv(NAME, "image", "import", status["guest"]["disk"], "guest", "--json"))
     yield status, cluster
     if NAME in lab.list_labs():
         lab.down(NAME)
@@ -65,7 +65,7 @@ def test_show_has_each_hosts_model_and_a_baseline(cpulab):
 
 def test_apply_then_a_new_vm_boots_with_the_level_and_runs_on_both_hosts(cpulab):
     status, cluster = cpulab
-    before = ok_json(cli(status, "vm", "create", "pre", "--memory-mib", "128", "--disk",
+    before = ok_json(ahv(NAME, "vm", "create", "pre", "--memory-mib", "128", "--disk",
                          "guest", "--host", "h2", "--start", "--json"))
     assert before["state"] == "running"
     applied = ok_json(cli(status, "cluster", "cpu", "apply", "--json"))
@@ -75,10 +75,10 @@ def test_apply_then_a_new_vm_boots_with_the_level_and_runs_on_both_hosts(cpulab)
     assert Path(status["cluster_file"]).with_name("cluster-cpu.json").exists()
     again = ok_json(cli(status, "cluster", "cpu", "apply", "--json"))
     assert again["redefined"] == []  # applying twice changes nothing
-    assert cli(status, "vm", "stop", "pre", "--force").returncode == 0  # 2 cores: free one
+    assert ahv(NAME, "vm", "stop", "pre", "--force").returncode == 0  # 2 cores: free one
 
     # A NIC with a fixed address: the test guest then opens its shell at once.
-    vm = ok_json(cli(status, "vm", "create", "lvl", "--memory-mib", "128", "--disk",
+    vm = ok_json(ahv(NAME, "vm", "create", "lvl", "--memory-mib", "128", "--disk",
                      "guest", "--nic", OVS_BRIDGE, "--fw-cfg",
                      f"opt/ahvlite/ip={status['guest_addresses'][0]}", "--host", "h1",
                      "--start", "--json"))
@@ -94,15 +94,15 @@ def test_apply_then_a_new_vm_boots_with_the_level_and_runs_on_both_hosts(cpulab)
     # boots is partly lost, so ask again until its shell answers.
     deadline = time.monotonic() + 90
     while True:
-        try:
-            status_code, out = vms.console_run(cluster, "lvl", "grep -m1 'model name' "
-                                               "/proc/cpuinfo", timeout_s=10)
+        r = ahv(NAME, "vm", "console", "lvl", "--command", "grep -m1 'model name' "
+                "/proc/cpuinfo", "--timeout", "10", "--json")
+        if r.returncode != 8:  # 8: no answer in time (OperationTimeout)
             break
-        except OperationTimeout:
-            assert time.monotonic() < deadline, "lvl did not answer on its console"
-    assert status_code == 0 and "model name" in out, out
+        assert time.monotonic() < deadline, "lvl did not answer on its console"
+    ran = json.loads(r.stdout)
+    assert r.returncode == 0 and "model name" in ran["output"], r.stdout + r.stderr
 
-    check = ok_json(cli(status, "vm", "cpu-check", "lvl", "--json"))
+    check = ok_json(ahv(NAME, "vm", "cpu-check", "lvl", "--json"))
     assert check["can_run_on"] == ["h1", "h2"]
     assert all(r["compatible"] and not r["missing"] for r in check["hosts"].values())
 
@@ -118,7 +118,7 @@ def test_a_vm_with_a_newer_cpu_is_reported_incompatible(cpulab):
         designer.cpu_element(d, HostPolicy(cpu_model="Icelake-Server"), 1)
         domains.define_domain(conn, d.to_xml())
         try:
-            check = ok_json(cli(status, "vm", "cpu-check", name, "--json"))
+            check = ok_json(ahv(NAME, "vm", "cpu-check", name, "--json"))
         finally:
             conn.lookupByName(name).undefine()
     assert check["can_run_on"] == []
@@ -148,12 +148,12 @@ def test_microarchitecture_level_reaches_vms_of_template_deploys(cpulab):
     assert done["level"]["model"] == "kvm64" and done["level"]["name"] == "x86-64-v2"
     assert "sse4.2" in done["level"]["features"]
     # A template deploy (not only `vm create`) defines its VMs with the stored level.
-    ok_json(cli(status, "vm", "create", "tsrc", "--memory-mib", "128", "--disk", "guest",
+    ok_json(ahv(NAME, "vm", "create", "tsrc", "--memory-mib", "128", "--disk", "guest",
                 "--host", "h1", "--json"))
-    assert cli(status, "template", "create", "tcpu-tp", "--from-vm", "tsrc").returncode == 0
-    r = cli(status, "template", "deploy", "tcpu-tp", "--count", "1", "--prefix", "tdep-")
+    assert ahv(NAME, "template", "create", "tcpu-tp", "--from-vm", "tsrc").returncode == 0
+    r = ahv(NAME, "template", "deploy", "tcpu-tp", "--count", "1", "--prefix", "tdep-")
     assert r.returncode == 0, r.stderr
-    shown = ok_json(cli(status, "vm", "show", "tdep-1", "--json"))
+    shown = ok_json(ahv(NAME, "vm", "show", "tdep-1", "--json"))
     with connection(cluster.host(shown["host"]).uri) as conn:
         el = etree.fromstring(domains.domain_xml(conn.lookupByName("tdep-1")).encode())
     assert el.findtext("cpu/model") == "kvm64"

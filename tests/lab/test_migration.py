@@ -19,13 +19,12 @@ from ahvlite.cluster import vms
 from ahvlite.cluster.convergence import ConvergenceSettings
 from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.cluster.migrate import migrate_vm
-from ahvlite.errors import Conflict
 from ahvlite.lab import guests, lab
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import domains, migration
 
 from ..waiting import wait_for
-from .conftest import in_host
+from .conftest import ahv, in_host
 
 NAME = "tmig"
 SUBNET = "10.213.248.0/26"
@@ -42,8 +41,9 @@ def miglab():
     status = lab.up(LabSpec(name=NAME, hosts=3, subnet=SUBNET))
     layout = lab.layout_of(NAME)
     path = Path(status["cluster_file"])
-    cluster = load_cluster(path)
-    vms.import_image(cluster, Path(status["guest"]["disk"]), "guest")
+    cluster = load_cluster(path)  # to look at libvirt directly, and make the guests
+    r = ahv(NAME, "image", "import", status["guest"]["disk"], "guest", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
     ips = [a.split("/")[0] for a in status["guest_addresses"]]
     vms.create_vm(cluster, guests.vm_spec("g1", status["guest_addresses"][0]), host="h1",
                   start=True)
@@ -58,12 +58,6 @@ def miglab():
         lab.down(NAME)
 
 
-def cli(path: Path, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AHVLITE_CLUSTER": str(path), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args],
-                          capture_output=True, text=True, env=env, timeout=timeout_s)
-
-
 def where(cluster, name: str) -> tuple[str, str]:
     info = vms.show_vm(cluster, name)
     return info.host, info.state
@@ -74,14 +68,14 @@ def pings(layout, host: str, ip: str) -> bool:
 
 
 def test_live_migration_moves_the_guest_and_it_keeps_answering(miglab):
-    _status, layout, path, cluster, ips = miglab
+    _status, layout, _path, cluster, ips = miglab
     assert pings(layout, "h3", ips[0])
     # Ping all through the move from a third host: the guest must never go away for good.
     pinger = subprocess.Popen(
         [*_enter(layout, "h3"), "ping", "-i", "0.2", "-W", "1", ips[0]],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        r = cli(path, "vm", "migrate", "g1", "--to", "h2", "--json")
+        r = ahv(NAME, "vm", "migrate", "g1", "--to", "h2", "--json")
         time.sleep(1)  # a few pings after the switch-over too
     finally:
         pinger.send_signal(signal.SIGINT)  # ping prints its summary on SIGINT
@@ -112,18 +106,21 @@ def _enter(layout, host: str) -> list[str]:
 
 
 def test_a_second_migration_of_the_same_vm_is_refused_not_raced(miglab):
-    _status, _layout, path, cluster, _ips = miglab
+    _status, _layout, _path, cluster, _ips = miglab
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AHVLITE_")}
     first = subprocess.Popen(
         [sys.executable, "-m", "ahvlite.cli.main", "vm", "migrate", "g1", "--to", "h3",
          "--bandwidth-mib", "40", "--json"],
-        env={**os.environ, "AHVLITE_CLUSTER": str(path)}, stdout=subprocess.PIPE,
+        env={**env, **lab.client_env(NAME)}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     try:
         with vms.connect(cluster) as hosts:
             dom = hosts.conn("h2").lookupByName("g1")
             assert wait_for(lambda: migration.has_active_job(dom), timeout_s=60)
-        with pytest.raises(Conflict, match=r"already being migrated|job running"):
-            migrate_vm(cluster, "g1", to="h1", cluster_file=path)
+        # A second task for the same VM runs beside the first on the leader: refused.
+        second = ahv(NAME, "vm", "migrate", "g1", "--to", "h1")
+        assert second.returncode == 4, second.stdout + second.stderr
+        assert re.search(r"already being migrated|job running", second.stderr), second.stderr
     finally:
         out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err + out
@@ -131,17 +128,17 @@ def test_a_second_migration_of_the_same_vm_is_refused_not_raced(miglab):
 
 
 def test_pinned_and_stopped_vms_are_refused_before_anything_moves(miglab):
-    _status, _layout, path, cluster, _ips = miglab
+    _status, _layout, _path, cluster, _ips = miglab
     vms.create_vm(cluster, guests.vm_spec("pinned", labels={"ahvlite.io/pinned": "true"}),
                   host="h1")
-    r = cli(path, "vm", "migrate", "pinned", "--json")
+    r = ahv(NAME, "vm", "migrate", "pinned", "--json")
     assert r.returncode == 4, r.stdout
     assert "pinned" in json.loads(r.stdout)["message"]
     vms.create_vm(cluster, guests.vm_spec("stopped"), host="h1")
-    r = cli(path, "vm", "migrate", "stopped")
+    r = ahv(NAME, "vm", "migrate", "stopped")
     assert r.returncode == 4 and "shutoff" in r.stderr, r.stderr
     assert vms.show_vm(cluster, "pinned").pinned
-    r = cli(path, "vm", "migrate", "g1", "--to", "h3")  # g1 is on h3 already
+    r = ahv(NAME, "vm", "migrate", "g1", "--to", "h3")  # g1 is on h3 already
     assert r.returncode == 2 and "a host other than" in r.stderr, r.stderr
     for name in ("pinned", "stopped"):
         assert where(cluster, name) == ("h1", "shutoff")
@@ -149,9 +146,9 @@ def test_pinned_and_stopped_vms_are_refused_before_anything_moves(miglab):
 
 
 def test_dirtying_guest_fails_to_converge_and_keeps_running_on_the_source(miglab):
-    _status, layout, path, cluster, ips = miglab
+    _status, layout, _path, cluster, ips = miglab
     t0 = time.monotonic()
-    r = cli(path, "vm", "migrate", "dirty", "--to", "h2", "--bandwidth-mib", "20",
+    r = ahv(NAME, "vm", "migrate", "dirty", "--to", "h2", "--bandwidth-mib", "20",
             "--max-downtime-ms", "10", "--max-iterations", "3", "--json")
     assert r.returncode == 9, r.stdout + r.stderr
     err = json.loads(r.stdout)
@@ -167,21 +164,21 @@ def test_dirtying_guest_fails_to_converge_and_keeps_running_on_the_source(miglab
 
 
 def test_maintenance_empties_a_host_and_exit_restores_it(miglab):
-    _status, layout, path, cluster, ips = miglab
+    _status, layout, _path, cluster, ips = miglab
     vms.create_vm(cluster, guests.vm_spec("m1"), host="h3", start=True)
     # Without --wait: unschedulable at once, emptied by a detached `enter --wait`.
-    r = cli(path, "host", "maintenance", "enter", "h3", "--json")
+    r = ahv(NAME, "host", "maintenance", "enter", "h3", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     started = json.loads(r.stdout)
     assert started["state"] == "entering"
     # The detached run holds the host's lock (inherited from this command) until done:
     # an exit meanwhile is refused instead of racing it.
-    r = cli(path, "host", "maintenance", "exit", "h3", "--json")
+    r = ahv(NAME, "host", "maintenance", "exit", "h3", "--json")
     assert r.returncode == 4, r.stdout + r.stderr
     assert "`maintenance enter` of h3 is still running" in json.loads(r.stdout)["message"]
 
     def state() -> dict:
-        return json.loads(cli(path, "host", "maintenance", "show", "--json").stdout)[
+        return json.loads(ahv(NAME, "host", "maintenance", "show", "--json").stdout)[
             "hosts"]["h3"]
     done = wait_for(lambda: state()["state"] == "in_maintenance" and state(),
                     timeout_s=240, interval_s=2)
@@ -192,26 +189,26 @@ def test_maintenance_empties_a_host_and_exit_restores_it(miglab):
     assert running == []
     assert pings(layout, "h1", ips[0])
     # Placement respects the state (kept beside the cluster file, read by each process).
-    r = cli(path, "vm", "create", "late", "--memory-mib", "64", "--host", "h3")
+    r = ahv(NAME, "vm", "create", "late", "--memory-mib", "64", "--host", "h3")
     assert r.returncode == 4 and "maintenance" in r.stderr, r.stderr
-    r = cli(path, "vm", "migrate", "m1", "--to", "h3")
+    r = ahv(NAME, "vm", "migrate", "m1", "--to", "h3")
     assert r.returncode == 4 and "maintenance" in r.stderr, r.stderr
 
-    r = cli(path, "host", "maintenance", "exit", "h3", "--restore", "--json")
+    r = ahv(NAME, "host", "maintenance", "exit", "h3", "--restore", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     back = json.loads(r.stdout)
     assert sorted(x["vm"] for x in back["restored"]) == ["g1", "m1"]
     assert where(cluster, "g1") == ("h3", "running")
-    shown = json.loads(cli(path, "host", "maintenance", "show", "--json").stdout)
+    shown = json.loads(ahv(NAME, "host", "maintenance", "show", "--json").stdout)
     assert shown["hosts"]["h3"] == {"state": "schedulable"}
     assert pings(layout, "h1", ips[0])
 
 
 def test_migrate_vm_is_the_api_and_picks_the_host_with_most_free_memory(miglab):
-    _status, _layout, path, cluster, _ips = miglab
+    _status, _layout, _path, cluster, _ips = miglab
     seen = []
     res = migrate_vm(cluster, "m1", settings=ConvergenceSettings(max_downtime_ms=500),
-                     on_progress=seen.append, cluster_file=path)
+                     on_progress=seen.append)
     with vms.connect(cluster) as hosts:
         free = {c.name: c.free_mib for c in vms.capacities(hosts)}
     assert res.source == "h3" and res.destination != "h3"

@@ -21,6 +21,7 @@ VM_NAME = Field(pattern=NAME_RE.pattern, description="a VM name")
 LIFECYCLE_ACTIONS = ("start", "shutdown", "stop", "reboot", "delete")
 MAX_CONSOLE_OUTPUT = 64 * 1024  # characters of a console command's output kept
 PROGRESS_EVERY_S = 1.0  # a migration's progress reaches the store at most this often
+ABORTED_STEP = "aborted"  # vm.migrate: the result of a migration the policy gave up
 
 
 def _ha_admit(cluster: Any, name: str, **new_vm: Any) -> str | None:
@@ -458,6 +459,9 @@ class VmMigrate(Kind[MigrateParams]):
     convergence settings; ADS submits its moves as these. HA admission (guarantee mode)
     checks the move on the leader before the job starts.
 
+    A migration the policy gave up (the VM stays on its source) fails the task; its
+    result (how far it got) is recorded as the step ``aborted``.
+
     The VM's host when the task began is recorded first. A resumed attempt whose VM
     runs elsewhere now counts as done: the dead leader's migration finished (each VM
     moves once). Otherwise the VM is still on its source (libvirt aborts a p2p job
@@ -471,7 +475,7 @@ class VmMigrate(Kind[MigrateParams]):
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
         from ahvlite.cluster import vms
-        from ahvlite.cluster.migrate import migrate_vm
+        from ahvlite.cluster.migrate import MigrationAborted, migrate_vm
         from ahvlite.controller.ha.inventory import check_moves
 
         p = self.params(ctx)
@@ -502,7 +506,13 @@ class VmMigrate(Kind[MigrateParams]):
                               on_progress=on_progress, admit=admit).to_dict()
 
         ctx.progress(1, f"migrating {p.name} from {source}" + (f" to {p.to}" if p.to else ""))
-        return dict(ctx.step("migrate", act))
+        try:
+            return dict(ctx.step("migrate", act))
+        except MigrationAborted as exc:
+            # How far it got (iterations, data, downtime tried), for whoever follows it.
+            result = exc.result.to_dict()
+            ctx.step(ABORTED_STEP, lambda: result)
+            raise
 
 
 KINDS: tuple[type[Kind[Any]], ...] = (VmLifecycle, VmSpecCreate, VmUpdate, VmDiskAdd,
