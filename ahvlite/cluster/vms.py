@@ -652,13 +652,6 @@ def remove_nic(cluster: ClusterSpec, name: str, mac: str) -> VmInfo:
         return info_of(host, dom)
 
 
-def console_target(cluster: ClusterSpec, name: str) -> tuple[str, str]:
-    """(libvirt URI, domain name) for an interactive console."""
-    with connect(cluster) as hosts:
-        host, _ = hosts.find(name)
-        return cluster.host(host).uri, name
-
-
 def console_run(cluster: ClusterSpec, name: str, command: str, *,
                 timeout_s: float = 30) -> tuple[int, str]:
     """Run a shell command on the VM's serial console."""
@@ -668,17 +661,6 @@ def console_run(cluster: ClusterSpec, name: str, command: str, *,
         host, dom = hosts.find(name)
         with guest.Console(hosts.conn(host), dom) as con:
             return con.run(command, timeout_s=timeout_s)
-
-
-def import_image(cluster: ClusterSpec, path: Path, name: str,
-                 report: Callable[[int, int], None] | None = None) -> storage.VolumeInfo:
-    from ahvlite.spec.vm import check_name
-
-    check_name("name", name)
-    if not path.is_file():
-        raise NotFound(f"{path} is not a file")
-    # Before anything is uploaded: raw or qcow2 that names no other file on the host.
-    return upload_image(cluster, imageinfo.inspect_image(path), name, report=report)
 
 
 def upload_image(cluster: ClusterSpec, image: imageinfo.ImageInfo, name: str, *,
