@@ -111,32 +111,29 @@ def test_kinds_take_their_own_params_and_cluster_hosts_only(kinds, kind, params,
 
 def test_cluster_hosts_pass(kinds):
     assert kinds["vm.create"].validate({"host": "h2", "name": "a"})["host"] == "h2"
-    assert kinds["vm.migrate"].validate({"name": "a", "to": "h1"}) == {
-        "name": "a", "to": "h1", **MIGRATE_DEFAULTS}
+    assert kinds["vm.migrate"].validate({"name": "a", "to": "h1"}) == {"name": "a", "to": "h1"}
     assert kinds["vm.spec.create"].validate({"spec": SPEC, "host": "h1"})["host"] == "h1"
 
 
-MIGRATE_DEFAULTS = {"max_downtime_ms": 300, "bandwidth_mib_s": None, "postcopy": False,
-                    "tls": False, "max_iterations": 50, "timeout_s": 600.0,
-                    "auto_converge": True}
-
-
-def test_migrate_takes_the_cli_settings_and_no_destination():
+def test_migrate_takes_the_cli_settings_and_a_null_destination():
     kind = registry()["vm.migrate"]
-    assert kind.validate({"name": "a"}) == {"name": "a", "to": None, **MIGRATE_DEFAULTS}
-    p = kind.validate({"name": "a", "max_downtime_ms": 500, "bandwidth_mib_s": 20,
-                       "postcopy": True, "max_iterations": 9, "timeout_s": 30})
-    assert (p["max_downtime_ms"], p["bandwidth_mib_s"], p["postcopy"], p["max_iterations"],
-            p["timeout_s"]) == (500, 20, True, 9, 30.0)
+    assert kind.validate({"name": "a", "to": None}) == {"name": "a", "to": None}
+    p = kind.validate({"name": "a", "to": None, "max_downtime_ms": 500, "bandwidth_mib_s": 20,
+                       "postcopy": True, "max_iterations": 9, "timeout_s": 30, "tls": False})
+    assert p == {"name": "a", "to": None, "max_downtime_ms": 500, "bandwidth_mib_s": 20,
+                 "postcopy": True, "max_iterations": 9, "timeout_s": 30.0}
+    assert kind.validate(p) == p  # the leader validates again when it claims the task
+    assert kind.Params(**p).settings().max_iterations == 9
 
 
 @pytest.mark.parametrize(("kind", "params", "field"), [
-    ("vm.migrate", {"name": "a", "max_downtime_ms": 0}, "max_downtime_ms"),
-    ("vm.migrate", {"name": "a", "max_downtime_ms": 60_001}, "max_downtime_ms"),
-    ("vm.migrate", {"name": "a", "bandwidth_mib_s": 0}, "bandwidth_mib_s"),
-    ("vm.migrate", {"name": "a", "max_iterations": 0}, "max_iterations"),
-    ("vm.migrate", {"name": "a", "timeout_s": 0}, "timeout_s"),
-    ("vm.migrate", {"name": "a", "postcopy": "yes"}, "postcopy"),
+    ("vm.migrate", {"name": "a"}, "to"),  # null for "the best host", never left out
+    ("vm.migrate", {"name": "a", "to": None, "max_downtime_ms": 0}, "max_downtime_ms"),
+    ("vm.migrate", {"name": "a", "to": None, "max_downtime_ms": 60_001}, "max_downtime_ms"),
+    ("vm.migrate", {"name": "a", "to": None, "bandwidth_mib_s": 0}, "bandwidth_mib_s"),
+    ("vm.migrate", {"name": "a", "to": None, "max_iterations": 0}, "max_iterations"),
+    ("vm.migrate", {"name": "a", "to": None, "timeout_s": 0}, "timeout_s"),
+    ("vm.migrate", {"name": "a", "to": None, "postcopy": "yes"}, "postcopy"),
     ("vm.update", {"name": "a"}, "labels"),
     ("vm.update", {"name": "a", "ha_priority": 1001}, "ha_priority"),
     ("vm.update", {"name": "a", "ha_priority": "7"}, "ha_priority"),

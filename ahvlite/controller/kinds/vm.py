@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 from ahvlite.controller.kinds.base import OPTIONAL_HOST, Kind, Params, attempt_tag
 from ahvlite.controller.tasks import TaskContext
 from ahvlite.errors import InvalidSpec, NotFound
+from ahvlite.spec.cluster import NAME
 from ahvlite.spec.vm import NAME_RE, VmSpec
 
 # Domain UUIDs derive from the task id: re-running a step finds "its" VM, not a twin.
@@ -414,7 +415,9 @@ class VmConsoleRun(Kind[ConsoleRunParams]):
 
 class MigrateParams(Params):
     name: str = VM_NAME
-    to: str | None = OPTIONAL_HOST  # none: the host with most room that passes the checks
+    # Required, null allowed: a submitter says "the best host" (null) explicitly.
+    to: str | None = Field(pattern=NAME, description="the destination host, or null: the "
+                                                     "host with most room that passes the checks")
     max_downtime_ms: int = Field(300, ge=1, le=60_000,
                                  description="the longest pause the guest may see")
     bandwidth_mib_s: int | None = Field(None, ge=1, description="stream limit, MiB/s")
@@ -469,6 +472,12 @@ class VmMigrate(Kind[MigrateParams]):
 
     name = "vm.migrate"
     Params = MigrateParams
+
+    def validate(self, params: dict[str, Any]) -> dict[str, Any]:
+        # Settings left at their defaults are not stored: a task names what was asked
+        # (the moves ADS submits stay {name, to}); validating again changes nothing.
+        return self.Params.model_validate(super().validate(params)).model_dump(
+            mode="json", exclude_defaults=True)
 
     def check(self, p: Any) -> None:
         self.host("to", p.to)
