@@ -23,10 +23,11 @@ def run(
         "--host", help=f"This host's name in the cluster (default ${HOST_ENV}).",
         show_default=False)] = None,
     libvirt_uri: Annotated[str, typer.Option(
-        "--libvirt-uri", help="This host's own libvirt.")] = "qemu:///system",
+        "--libvirt-uri", envvar="AHVLITE_LIBVIRT_URI",
+        help="This host's own libvirt.")] = "qemu:///system",
     watchdog: Annotated[str, typer.Option(
-        "--watchdog", help="/dev/watchdog (softdog or hardware), or unix:PATH (the lab's "
-        "watchdog process).")] = "/dev/watchdog",
+        "--watchdog", envvar="AHVLITE_WATCHDOG", help="/dev/watchdog (softdog or "
+        "hardware), or unix:PATH (the lab's watchdog process).")] = "/dev/watchdog",
     cluster: ClusterOpt = None,
 ) -> None:
     """Run the agent in the foreground until SIGTERM/SIGINT."""

@@ -34,8 +34,9 @@ def store_url(store: str | None) -> str:
 @app.command()
 def run(
     store: StoreOpt = None,
-    name: Annotated[str | None, typer.Option("--name", help="Member name (default: hostname).",
-                                             show_default=False)] = None,
+    name: Annotated[str | None, typer.Option(
+        "--name", envvar="AHVLITE_HOST", show_default=False,
+        help="Member name: this host's name in the cluster (default: the hostname).")] = None,
     session_timeout_s: Annotated[float, typer.Option(
         "--session-timeout", help="Seconds without contact before a controller counts as "
         "gone; bounds failover.", min=1, max=60)] = 3.0,

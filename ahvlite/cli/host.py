@@ -1,57 +1,66 @@
-"""``ahvlite host``: the hosts of the cluster file, their state and facts."""
+"""``ahvlite host``: the cluster's hosts, their state and facts; add and remove them.
+
+Everything goes through the API: reads are served by any controller (which reaches
+the hosts itself), ``add`` and ``remove`` are tasks the leader runs. Paths given to
+``add`` (``--key``, ``--known-hosts``) are files on the controllers, not here.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
-from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ahvlite.cli import maintenance as maintenance_cli
-from ahvlite.cli.context import ClusterOpt, load
+from ahvlite.cli.api import WaitOpt, get, run_task
 from ahvlite.cli.output import console, emit_json, err_console, progress, table
 from ahvlite.cli.provision import provision_cmd
-from ahvlite.cluster import cpulevel, cpustore, inventory
 from ahvlite.errors import InvalidSpec
-from ahvlite.spec.facts import HostFacts
-from ahvlite.spec.uri import check_uri
+
+if TYPE_CHECKING:
+    from ahvlite.spec.facts import HostFacts
 
 app = typer.Typer(no_args_is_help=True, help="Hosts: list, show, facts, add, remove.")
 app.command(name="provision")(provision_cmd)
 app.add_typer(maintenance_cli.app, name="maintenance")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+HostArg = Annotated[str, typer.Argument(help="Host name.")]
 
 
 @app.command(name="list")
-def list_(cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
-    """Every host with its connection state (checked now, in parallel)."""
-    _, spec = load(cluster)
-    states = inventory.statuses(spec)
+def list_(json_out: JsonOpt = False) -> None:
+    """Every host with its connection state (checked now, in parallel, by a controller)."""
+    data = get("/v1/hosts")
     if json_out:
-        emit_json([asdict(s) for s in states])
+        emit_json(data["hosts"])
         return
-    rows = [[s.name, s.state, s.hostname, s.running_vms, s.uri.split("?")[0],
-             s.error or ""] for s in states]
-    console.print(table(f"cluster {spec.name}", ["host", "state", "hostname", "running VMs",
-                                                  "uri", "error"], rows))
+    rows = [[s["name"], s["state"], s["hostname"], s["running_vms"], s["uri"].split("?")[0],
+             s["error"] or ""] for s in data["hosts"]]
+    console.print(table(f"cluster {data['cluster']}", ["host", "state", "hostname",
+                                                       "running VMs", "uri", "error"], rows))
 
 
 @app.command()
-def show(host: Annotated[str, typer.Argument(help="Host name.")],
-         cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
-    """One host: its cluster-file entry and connection state."""
-    _, spec = load(cluster)
-    h = spec.host(host)
-    st = inventory.host_status(h)
-    data = {**h.model_dump(mode="json"), **{k: v for k, v in asdict(st).items()
-                                           if k not in ("name", "uri")}}
+def show(host: HostArg, json_out: JsonOpt = False) -> None:
+    """One host: its entry in the cluster and connection state."""
+    data = get(f"/v1/hosts/{_path_name(host)}")
     if json_out:
         emit_json(data)
         return
     for k, v in data.items():
         console.print(f"[bold]{k:12}[/] {v}", highlight=False)
+
+
+def _path_name(host: str) -> str:
+    """A host name as it may appear in an API path (a clear error before asking)."""
+    import re
+
+    from ahvlite.spec.cluster import NAME
+
+    if not re.fullmatch(NAME, host):
+        raise InvalidSpec("host", host, "a host name: letters, digits, '_', '.', '-'")
+    return host
 
 
 def _kvm_words(f: HostFacts) -> str:
@@ -86,21 +95,26 @@ def _render_facts(f: HostFacts) -> None:
 
 @app.command()
 def facts(host: Annotated[str | None, typer.Argument(help="Host (default: all).")] = None,
-          cluster: ClusterOpt = None, json_out: JsonOpt = False,
+          json_out: JsonOpt = False,
           serial: Annotated[bool, typer.Option(
               "--serial", help="One host after another (default: in parallel).")] = False,
           ) -> None:
-    """Facts from libvirt (CPU, NUMA, memory, PCI, pools) and SSH (IOMMU, vfio, OVS)."""
-    _, spec = load(cluster)
+    """Facts from libvirt (CPU, NUMA, memory, PCI, pools) and SSH (IOMMU, vfio, OVS),
+    gathered by a controller."""
+    from ahvlite.spec.facts import HostFacts
+
     t0 = time.monotonic()
     with progress(not json_out, "gathering facts"):
-        result = inventory.all_facts(spec, [host] if host else None, in_parallel=not serial)
+        if host:
+            raw = [get(f"/v1/hosts/{_path_name(host)}/facts")]
+        else:
+            raw = get("/v1/facts", serial=serial or None)
     if json_out:
-        emit_json([f.model_dump(mode="json") for f in result])
+        emit_json(raw)
         return
-    for f in result:
-        _render_facts(f)
-    err_console.print(f"{len(result)} host(s) in {time.monotonic() - t0:.2f} s")
+    for f in raw:
+        _render_facts(HostFacts.model_validate(f))
+    err_console.print(f"{len(raw)} host(s) in {time.monotonic() - t0:.2f} s")
 
 
 def _labels(values: list[str] | None) -> dict[str, str]:
@@ -120,59 +134,71 @@ def add(
         "--uri", help="libvirt URI: qemu+tls://ADDR/system[?pkipath=DIR], "
                       "qemu+ssh://[USER@]ADDR/system or qemu:///system")],
     ssh: Annotated[str | None, typer.Option("--ssh", help="USER@HOST for SSH.")] = None,
-    key: Annotated[Path | None, typer.Option("--key", help="SSH private key.")] = None,
-    known_hosts: Annotated[Path | None, typer.Option(
-        "--known-hosts", help="known_hosts file that vouches for the host key.")] = None,
+    ssh_port: Annotated[int, typer.Option("--ssh-port", help="SSH port.")] = 22,
+    key: Annotated[str | None, typer.Option(
+        "--key", help="SSH private key ON THE CONTROLLERS (default: their own, "
+                      "/etc/ahvlite/ssh/id_ed25519).")] = None,
+    known_hosts: Annotated[str | None, typer.Option(
+        "--known-hosts", help="known_hosts ON THE CONTROLLERS that vouches for the host "
+                              "key (default: /etc/ahvlite/ssh/known_hosts).")] = None,
     trust_on_first_use: Annotated[bool, typer.Option(
-        "--trust-on-first-use", help="Record an unknown SSH host key instead of refusing.")]
-        = False,
+        "--trust-on-first-use", help="Record an unknown SSH host key (in the leader's "
+                                     "known_hosts) instead of refusing.")] = False,
+    ovsdb: Annotated[str | None, typer.Option(
+        "--ovsdb", help="The host's OVSDB, ssl:ADDR:6640 (the controllers connect with "
+                        "their own certificate from /etc/pki).")] = None,
     label: Annotated[list[str] | None, typer.Option(
         "--label", help="KEY=VALUE label for the host (repeatable).")] = None,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Refuse a host that would lower the cluster CPU level.")] = False,
-    cluster: ClusterOpt = None,
     json_out: JsonOpt = False,
+    wait: WaitOpt = True,
 ) -> None:
-    """Add a host after checking that libvirt (and SSH, if given) answer.
+    """Add a host after the leader checked that libvirt (and SSH, if given) answer.
 
     With a cluster CPU level stored, a host that cannot run it lowers the level (VMs
     take it at their next power cycle), or is refused with --strict.
     """
+    from ahvlite.spec.uri import check_uri
+
     check_uri(uri, "--uri")  # before anything else: no connection to a refused URI
-    path, spec = load(cluster)
-    with progress(not json_out, f"checking {name}"):
-        h = inventory.check_new_host(spec, name=name, uri=uri, ssh=ssh, key=key,
-                                     known_hosts=known_hosts,
-                                     trust_on_first_use=trust_on_first_use,
-                                     labels=_labels(label))
-        store = cpustore.store_for(spec)
-        plan = cpulevel.plan_host_add(spec, store, h, strict=strict)
-    joined = inventory.add_host(path, spec, h)
-    with progress(not json_out and plan.action == "lower", "lowering the CPU level"):
-        level = cpulevel.finish_host_add(joined, store, plan)
-    if json_out:
-        emit_json({**h.model_dump(mode="json"), "cpu_level": level})
+    params: dict[str, Any] = {"name": name, "uri": uri, "labels": _labels(label),
+                              "strict": strict, "trust_on_first_use": trust_on_first_use}
+    for k, v in (("ssh", ssh), ("key", key), ("known_hosts", known_hosts), ("ovsdb", ovsdb)):
+        if v is not None:
+            params[k] = v
+    if ssh_port != 22:
+        params["ssh_port"] = ssh_port
+    done = run_task("host.add", params, json_out=json_out, wait=wait, title=f"adding {name}")
+    if done is None:
         return
-    console.print(f"added {name} ({uri}) to {path}")
-    if plan.action == "lower" and plan.level is not None:
-        console.print(f"[yellow]cluster CPU level lowered[/] to {plan.level.model} "
-                      f"({name} lacks {', '.join(plan.missing) or 'features of the old level'})",
-                      highlight=False)
+    h = {k: v for k, v in done.items() if k != "cluster"}
+    if json_out:
+        emit_json(h)
+        return
+    console.print(f"added {name} ({uri}) to cluster {done['cluster']}", highlight=False)
+    level = done["cpu_level"]
+    if level["action"] == "lower" and level["level"] is not None:
+        lacks = ", ".join(level["missing"]) or "features of the old level"
+        console.print(f"[yellow]cluster CPU level lowered[/] to {level['level']['model']} "
+                      f"({name} lacks {lacks})", highlight=False)
         for vm in level["next_power_cycle"]:
             console.print(f"{vm}: takes effect at next power cycle", highlight=False)
-    elif plan.action == "keep" and plan.level is not None:
-        console.print(f"{name} runs the cluster CPU level {plan.level.model}; unchanged",
+    elif level["action"] == "keep" and level["level"] is not None:
+        console.print(f"{name} runs the cluster CPU level {level['level']['model']}; unchanged",
                       highlight=False)
 
 
 @app.command()
-def remove(name: Annotated[str, typer.Argument(help="Host name.")],
+def remove(name: HostArg,
            force: Annotated[bool, typer.Option("--force", help="Even if unreachable.")] = False,
-           cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
-    """Remove a host from the cluster file (refused while VMs run there)."""
-    path, spec = load(cluster)
-    inventory.remove_host(path, spec, name, force=force)
+           json_out: JsonOpt = False, wait: WaitOpt = True) -> None:
+    """Remove a host from the cluster (refused while VMs run there)."""
+    done = run_task("host.remove", {"name": name, "force": force}, json_out=json_out,
+                    wait=wait, title=f"removing {name}")
+    if done is None:
+        return
     if json_out:
         emit_json({"removed": name})
     else:
-        console.print(f"removed {name} from {path}")
+        console.print(f"removed {name} from cluster {done['cluster']}", highlight=False)

@@ -48,9 +48,12 @@ def up(
     subnet: Annotated[str | None, typer.Option(
         "--subnet", help="Private IPv4 subnet for management (default from the name).")] = None,
     zk: Annotated[bool, typer.Option(
-        "--zk", help="Run a ZooKeeper ensemble, one member in each of the first 3 hosts.")] = False,
+        "--zk/--no-zk", help="A ZooKeeper ensemble, one member in each of the first 3 "
+        "hosts.")] = True,
     controllers: Annotated[bool, typer.Option(
-        "--controllers", help="Run an ahvlite controller on every host (implies --zk).")] = False,
+        "--controllers/--no-controllers", help="On every host a controller with its API, "
+        "a host agent and a watchdog, run as their systemd units run them (implies "
+        "--zk).")] = True,
     json_out: JsonOpt = False,
 ) -> None:
     """Build a lab of N hosts (each with OVS, libvirt over TLS and sshd)."""
@@ -117,7 +120,7 @@ def exec_(
 
 @app.command()
 def env(name: NameOpt = "lab") -> None:
-    """Print the shell line that points the CLI at the lab's cluster file."""
+    """Print the exports that point the CLI at the lab's API, as its admin."""
     typer.echo(lab.env_line(name))
 
 

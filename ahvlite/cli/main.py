@@ -1,67 +1,104 @@
-"""Entry point: the typer app, global options, and error -> exit code mapping."""
+"""Entry point: the command groups, loaded only when used, and error -> exit code.
+
+Each noun lives in its own module (``ahvlite/cli/<noun>.py``, a typer app) and is
+imported only when its command runs: ``ahvlite --help`` and ``ahvlite vm list`` do not
+pay for the lab's netlink, ansible or libvirt imports. The list below is the one place
+that names them, with the line ``--help`` shows for each.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
+from typing import Any
 
 import typer
-from rich.markup import escape
+from typer.core import TyperGroup
 
-from ahvlite import __version__
-from ahvlite.cli import ads as ads_cli
-from ahvlite.cli import agent as agent_cli
-from ahvlite.cli import auth as auth_cli
-from ahvlite.cli import cluster as cluster_cli
-from ahvlite.cli import controller as controller_cli
-from ahvlite.cli import cvm as cvm_cli
-from ahvlite.cli import ha as ha_cli
-from ahvlite.cli import host as host_cli
-from ahvlite.cli import image as image_cli
-from ahvlite.cli import lab as lab_cli
-from ahvlite.cli import net as net_cli
-from ahvlite.cli import pki as pki_cli
-from ahvlite.cli import stats as stats_cli
-from ahvlite.cli import task as task_cli
-from ahvlite.cli import template as template_cli
-from ahvlite.cli import vm as vm_cli
-from ahvlite.cli.output import emit_json, err_console
-from ahvlite.errors import AhvliteError
-
-app = typer.Typer(
-    name="ahvlite", no_args_is_help=True, add_completion=False,
-    help="The compute side of Nutanix AHV on ordinary Linux KVM hosts.",
-    context_settings={"help_option_names": ["-h", "--help"]},
-    pretty_exceptions_enable=False,
-)
-app.add_typer(lab_cli.app, name="lab")
-app.add_typer(host_cli.app, name="host")
-app.add_typer(controller_cli.app, name="controller")
-app.add_typer(agent_cli.app, name="agent")
-app.add_typer(task_cli.app, name="task")
-app.command(name="stats")(stats_cli.stats)
-app.add_typer(net_cli.app, name="net")
-app.add_typer(vm_cli.app, name="vm")
-app.add_typer(image_cli.app, name="image")
-app.add_typer(template_cli.app, name="template")
-app.add_typer(cluster_cli.app, name="cluster")
-app.add_typer(ads_cli.app, name="ads")
-app.add_typer(cvm_cli.app, name="cvm")
-app.add_typer(ha_cli.app, name="ha")
-app.add_typer(auth_cli.app, name="auth")
-app.add_typer(pki_cli.app, name="pki")
+# name: (module, attribute, summary). Attribute: a typer app, or a function that is one
+# command of its own.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "local": ("ahvlite.cli.local", "app", "This machine as a one-host cluster (a first "
+              "try, no ZooKeeper)."),
+    "lab": ("ahvlite.cli.lab", "app", "Build, inspect and remove a local multi-host lab."),
+    "host": ("ahvlite.cli.host", "app", "Hosts: list, show, facts, add, remove, "
+             "maintenance, provision."),
+    "vm": ("ahvlite.cli.vm", "app", "VMs: create, power, migrate, disks, NICs, console."),
+    "image": ("ahvlite.cli.image", "app", "Images: import, list."),
+    "template": ("ahvlite.cli.template", "app", "Versioned VM templates: create, deploy."),
+    "net": ("ahvlite.cli.net", "app", "Host networking and VLAN networks."),
+    "cluster": ("ahvlite.cli.cluster", "app", "The cluster: apply, export, CPU level."),
+    "ha": ("ahvlite.cli.ha", "app", "VM high availability: mode, reservations, status."),
+    "ads": ("ahvlite.cli.ads", "app", "ADS, the dynamic scheduler: plans, runs, rules."),
+    "cvm": ("ahvlite.cli.cvm", "app", "The CVM of each host (storage controllers by VFIO)."),
+    "task": ("ahvlite.cli.task", "app", "Tasks the leader runs: submit, list, show, wait."),
+    "stats": ("ahvlite.cli.stats", "stats", "Per-host and per-VM utilization."),
+    "controller": ("ahvlite.cli.controller", "app", "The controller daemon: run, status."),
+    "agent": ("ahvlite.cli.agent", "app", "The host agent (HA fencing) of one host."),
+    "auth": ("ahvlite.cli.auth", "app", "Who you are to the API; bearer tokens."),
+    "pki": ("ahvlite.cli.pki", "app", "The cluster CA: client certificates."),
+    "version": ("ahvlite.cli.main", "version", "Print ahvlite's version."),
+}
 
 
-@app.command()
 def version() -> None:
     """Print ahvlite's version."""
+    from ahvlite import __version__
+
     typer.echo(__version__)
 
 
+def _command(name: str, target: Any) -> Any:
+    if isinstance(target, typer.Typer):
+        target._add_completion = False  # a sub-app: no shell-completion options of its own
+        cmd = typer.main.get_command(target)
+    else:
+        one = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        one.command(name=name)(target)
+        cmd = typer.main.get_command(one)
+    cmd.name = name
+    return cmd
+
+
+class LazyGroup(TyperGroup):
+    """The top level: commands imported when asked for, listed without importing."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[cmd_name]
+        return _command(cmd_name, getattr(importlib.import_module(module), attr))
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        # Plain text, no rich panels: a listing that needs no command imported.
+        formatter.write_usage(ctx.command_path, "COMMAND [ARGS]...")
+        formatter.write_paragraph()
+        formatter.write_text(self.help or "")
+        with formatter.section("Options"):
+            formatter.write_dl([("-h, --help", "Show this message and exit.")])
+        with formatter.section("Commands"):
+            formatter.write_dl([(n, summary) for n, (_, _, summary) in COMMANDS.items()])
+
+
+app = LazyGroup(name="ahvlite", help="The compute side of Nutanix AHV on ordinary Linux KVM "
+                "hosts.", no_args_is_help=True,
+                context_settings={"help_option_names": ["-h", "--help"]})
+
+
 def main() -> None:
+    from ahvlite.errors import AhvliteError
+
     json_mode = "--json" in sys.argv
     try:
         app(standalone_mode=True)
     except AhvliteError as exc:
+        from rich.markup import escape
+
+        from ahvlite.cli.output import emit_json, err_console
+
         if json_mode:
             emit_json(exc.to_dict())
         else:
@@ -71,7 +108,7 @@ def main() -> None:
                 err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err_console.print("[red]interrupted[/]")
+        print("interrupted", file=sys.stderr)
         sys.exit(130)
 
 

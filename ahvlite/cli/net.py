@@ -1,4 +1,9 @@
-"""``ahvlite net``: host networking (OVS br0 + bond, VLAN networks, virbr0)."""
+"""``ahvlite net``: host networking (OVS br0 + bond, VLAN networks, virbr0).
+
+Through the API: ``show`` and the ``--dry-run`` plans are reads (a controller reaches
+the hosts' OVSDB itself); ``apply``, ``create``, ``delete`` and ``bond set`` are tasks
+the leader runs (spec changes by compare-and-set, one OVSDB transaction per host).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ahvlite.cli.context import ClusterOpt, load
+from ahvlite.cli.api import WaitOpt, get, run_task
 from ahvlite.cli.output import console, emit_json, err_console, progress, table
-from ahvlite.cluster import network as cnet
-from ahvlite.net.hostnet import ApplyResult
 
 app = typer.Typer(no_args_is_help=True,
                   help="Host networking: bridges, uplink bonds, VLAN networks, virbr0.")
@@ -51,25 +54,30 @@ def render_show(hosts: list[dict[str, Any]]) -> None:
 
 @app.command()
 def show(host: Annotated[str | None, typer.Argument(help="Host (default: all).")] = None,
-         cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
+         json_out: JsonOpt = False) -> None:
     """Bridges, bond mode, members with link state, active member, LACP, VM ports."""
-    _, spec = load(cluster)
-    hosts = cnet.show(spec, [host] if host else None)
+    with progress(not json_out, "reading host networking"):
+        hosts = get("/v1/networks", host=host)
     if json_out:
         emit_json(hosts)
     else:
         render_show(hosts)
 
 
-def _render_apply(results: list[ApplyResult]) -> None:
+def _render_apply(results: list[dict[str, Any]]) -> None:
     for r in results:
-        verb = "would do" if r.dry_run else "did"
-        if not r.steps:
-            console.print(f"{r.host}: up to date (no changes)", highlight=False)
+        verb = "would do" if r["dry_run"] else "did"
+        if not r["steps"]:
+            console.print(f"{r['host']}: up to date (no changes)", highlight=False)
             continue
-        console.print(f"{r.host}: {verb} {len(r.steps)} step(s)", highlight=False)
-        for s in r.steps:
-            console.print(f"  [{s.phase}] {s.describe()}", highlight=False)
+        console.print(f"{r['host']}: {verb} {len(r['steps'])} step(s)", highlight=False)
+        for s in r["steps"]:
+            console.print(f"  [{s['phase']}] {s['describe']}", highlight=False)
+
+
+def _warn(warnings: list[str], json_out: bool) -> None:
+    for w in warnings if not json_out else []:
+        err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
 
 
 @app.command(name="apply")
@@ -77,42 +85,47 @@ def apply_(host: Annotated[str | None, typer.Option("--host", help="Only this ho
            dry_run: Annotated[bool, typer.Option("--dry-run",
                                                  help="Print the steps, change nothing.")]
            = False,
-           cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
-    """Make hosts match the cluster file's network spec (idempotent)."""
-    _, spec = load(cluster)
-    for w in spec.network.warnings():
-        if not json_out:
-            err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    with progress(not json_out and not dry_run, "applying host networking"):
-        results = cnet.apply(spec, [host] if host else None, dry_run=dry_run)
-    if json_out:
-        emit_json([r.to_dict() for r in results])
+           json_out: JsonOpt = False, wait: WaitOpt = True) -> None:
+    """Make hosts match the cluster's network spec (idempotent)."""
+    if dry_run:
+        done: dict[str, Any] | None = get("/v1/networks/plan", host=host)
     else:
-        _render_apply(results)
+        params = {"host": host} if host else {}
+        done = run_task("net.apply", params, json_out=json_out, wait=wait,
+                        title="applying host networking")
+    if done is None:
+        return
+    _warn(done["warnings"], json_out)
+    if json_out:
+        emit_json(done["results"])
+    else:
+        _render_apply(done["results"])
 
 
 @app.command()
 def create(name: Annotated[str, typer.Argument(help="Network name.")],
            vlan: Annotated[int, typer.Option("--vlan", help="VLAN id (1-4094).")],
            bridge: Annotated[str, typer.Option("--bridge", help="OVS bridge.")] = "br0",
-           cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
-    """Add a VLAN network to the cluster file."""
-    path, spec = load(cluster)
-    new = cnet.create_network(path, spec, name=name, vlan=vlan, bridge=bridge)
-    net = new.network.network(name)
-    assert net is not None
+           json_out: JsonOpt = False, wait: WaitOpt = True) -> None:
+    """Add a VLAN network to the cluster."""
+    net = run_task("net.create", {"name": name, "vlan": vlan, "bridge": bridge},
+                   json_out=json_out, wait=wait, title=f"creating network {name}")
+    if net is None:
+        return
     if json_out:
-        emit_json(net.model_dump(mode="json"))
+        emit_json(net)
     else:
         console.print(f"network {name}: VLAN {vlan} on {bridge}", highlight=False)
 
 
 @app.command()
 def delete(name: Annotated[str, typer.Argument(help="Network name.")],
-           cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
-    """Remove a VLAN network from the cluster file."""
-    path, spec = load(cluster)
-    cnet.delete_network(path, spec, name=name)
+           json_out: JsonOpt = False, wait: WaitOpt = True) -> None:
+    """Remove a VLAN network from the cluster."""
+    done = run_task("net.delete", {"name": name}, json_out=json_out, wait=wait,
+                    title=f"deleting network {name}")
+    if done is None:
+        return
     if json_out:
         emit_json({"deleted": name})
     else:
@@ -129,17 +142,25 @@ def bond_set(
     lacp: Annotated[str | None, typer.Option("--lacp", help="active | passive | off")] = None,
     bridge: Annotated[str, typer.Option("--bridge")] = "br0",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the steps only.")] = False,
-    cluster: ClusterOpt = None, json_out: JsonOpt = False,
+    json_out: JsonOpt = False, wait: WaitOpt = True,
 ) -> None:
-    """Change a host's uplink bond (recorded in the cluster file, then applied)."""
-    path, spec = load(cluster)
+    """Change a host's uplink bond (recorded in the cluster, then applied)."""
     member_list = [m.strip() for m in members.split(",") if m.strip()] if members else None
-    new, result = cnet.set_bond(path, spec, host, bridge=bridge, mode=mode,
-                                members=member_list, lacp=lacp, dry_run=dry_run)
-    for w in cnet.host_network(new, new.host(host)).warnings():
-        if not json_out:
-            err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    if json_out:
-        emit_json([result.to_dict()])
+    if dry_run:
+        done: dict[str, Any] | None = get("/v1/networks/bond-plan", host=host, bridge=bridge,
+                                          mode=mode, members=",".join(member_list or [])
+                                          or None, lacp=lacp)
     else:
-        _render_apply([result])
+        params: dict[str, Any] = {"host": host, "bridge": bridge}
+        for k, v in (("mode", mode), ("members", member_list), ("lacp", lacp)):
+            if v is not None:
+                params[k] = v
+        done = run_task("net.bond.set", params, json_out=json_out, wait=wait,
+                        title=f"changing the bond of {host}")
+    if done is None:
+        return
+    _warn(done["warnings"], json_out)
+    if json_out:
+        emit_json([done["result"]])
+    else:
+        _render_apply([done["result"]])

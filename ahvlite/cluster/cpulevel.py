@@ -205,22 +205,51 @@ def plan_host_add(cluster: ClusterSpec, store: CpuLevelStore, new: HostSpec, *,
                   strict: bool = False) -> HostAddPlan:
     """Before ``new`` joins: can it run the stored level, and if not, the lower level
     over all hosts with it (refused with ``strict``, or when vendors would mix)."""
-    level = store.load()
-    if level is None:
-        return HostAddPlan(new.name, "none", None)
-    joined = cluster.model_copy(update={"hosts": [*cluster.hosts, new]})
+    return plan_hosts_add(cluster, store.load(), [new], strict=strict)
+
+
+def plan_hosts_add(cluster: ClusterSpec, level: CpuLevel | None, new: list[HostSpec], *,
+                   strict: bool = False) -> HostAddPlan:
+    """:func:`plan_host_add` for several hosts joining ``cluster`` at once (``cluster
+    apply``) against ``level``: each must run it, or the level drops to the baseline of
+    every host (refused with ``strict``)."""
+    names = ", ".join(h.name for h in new)
+    if level is None or not new:
+        return HostAddPlan(names, "none", None)
+    joined = cluster.model_copy(update={"hosts": [*cluster.hosts, *new]})
     with vms.connect(joined) as hosts:
         cpus = _all_host_cpus(hosts)
         _check_one_vendor(cpus)
-        mine = next(c for c in cpus if c.name == new.name)
-        if level.cpu.vendor and mine.host_model.vendor not in (None, level.cpu.vendor):
-            raise Conflict(f"host {new.name} has a {mine.host_model.vendor} CPU and the "
-                           f"cluster CPU level is {level.cpu.vendor} ({level.cpu.model}); "
-                           "live migration between Intel and AMD processors is impossible",
-                           hint="keep one vendor per cluster")
-        runs = cpu.compare_cpu(hosts.conns[new.name], mine.target, level.cpu)
-        lowered = None if runs.compatible else _baseline(hosts, cpus)
-    return decide_host_add(new.name, level, runs, lowered, strict=strict)
+        runs = {}
+        for h in new:
+            mine = next(c for c in cpus if c.name == h.name)
+            if level.cpu.vendor and mine.host_model.vendor not in (None, level.cpu.vendor):
+                raise Conflict(f"host {h.name} has a {mine.host_model.vendor} CPU and the "
+                               f"cluster CPU level is {level.cpu.vendor} ({level.cpu.model}); "
+                               "live migration between Intel and AMD processors is "
+                               "impossible", hint="keep one vendor per cluster")
+            runs[h.name] = cpu.compare_cpu(hosts.conns[h.name], mine.target, level.cpu)
+        lowered = (None if all(r.compatible for r in runs.values())
+                   else _baseline(hosts, cpus))
+        plans = [decide_host_add(n, level, r, lowered, strict=strict) for n, r in runs.items()]
+    lower = [p for p in plans if p.action == "lower"]
+    if not lower:
+        return HostAddPlan(names, "keep", level.cpu)
+    missing = sorted({m for p in lower for m in p.missing})
+    return HostAddPlan(names, "lower", lower[0].level, missing)
+
+
+def plan_to_dict(plan: HostAddPlan) -> dict[str, Any]:
+    return {"host": plan.host, "action": plan.action, "missing": list(plan.missing),
+            "level": plan.level.to_dict() if plan.level else None}
+
+
+def plan_from_dict(raw: dict[str, Any]) -> HostAddPlan:
+    """A plan recorded by :func:`plan_to_dict` (a task step's value)."""
+    level = raw.get("level")
+    return HostAddPlan(str(raw["host"]), str(raw["action"]),
+                       CpuLevel.from_dict({**level, "source": "baseline"}).cpu
+                       if level else None, [str(m) for m in raw.get("missing", [])])
 
 
 def finish_host_add(cluster: ClusterSpec, store: CpuLevelStore,

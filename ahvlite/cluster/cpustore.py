@@ -53,22 +53,27 @@ class StateCpuLevelStore:
         self.state = state
 
     def load(self) -> CpuLevel | None:
-        raw = self.state.get(self.KEY)
-        if not raw:
-            return None
-        try:
-            if not isinstance(raw.get("model"), str) or not all(
-                    isinstance(f, str) for k in ("features", "disabled")
-                    for f in raw.get(k, ())):
-                raise TypeError("model and features must be names")
-            return CpuLevel.from_dict(raw)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InvalidSpec("cluster CPU level", "(stored document)",
-                              f"a JSON object with model and features ({exc!r})",
-                              hint="`ahvlite cluster cpu apply` writes it anew") from None
+        return level_from_doc(self.state.get(self.KEY))
 
     def save(self, level: CpuLevel) -> None:
         self.state.put(self.KEY, level.to_dict())
+
+
+def level_from_doc(raw: dict[str, Any]) -> CpuLevel | None:
+    """The level a ``cpu`` document holds (None for an empty one); InvalidSpec when it
+    is not one (a document from the store or a cluster directory is not trusted)."""
+    if not raw:
+        return None
+    try:
+        if not isinstance(raw.get("model"), str) or not all(
+                isinstance(f, str) for k in ("features", "disabled")
+                for f in raw.get(k, ())):
+            raise TypeError("model and features must be names")
+        return CpuLevel.from_dict(raw)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidSpec("cluster CPU level", "(stored document)",
+                          f"a JSON object with model and features ({exc!r})",
+                          hint="`ahvlite cluster cpu apply` writes it anew") from None
 
 
 def store_for(cluster: ClusterSpec) -> StateCpuLevelStore:

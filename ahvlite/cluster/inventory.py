@@ -1,4 +1,5 @@
-"""The cluster's hosts: reach them, report their state and facts, add and remove them."""
+"""The cluster's hosts: reach them, report their state and facts; the checks and spec
+changes of adding and removing one (stored by the leader's ``host.*`` task kinds)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ahvlite.errors import AhvliteError, Conflict, InvalidSpec
+from ahvlite.errors import AhvliteError, Conflict
 from ahvlite.remote import facts as remote_facts
 from ahvlite.remote.ssh import SshTarget
 from ahvlite.remote.ssh import run as ssh_run
-from ahvlite.spec.cluster import ClusterSpec, HostSpec, SshSpec
+from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.facts import HostFacts
 from ahvlite.spec.labels import DOMAIN_TYPE_LABEL
 from ahvlite.spec.uri import check_uri
@@ -94,60 +95,56 @@ def all_facts(cluster: ClusterSpec, names: list[str] | None = None, *,
 
 
 def save_cluster(path: Path, spec: ClusterSpec) -> None:
-    """Write the cluster file atomically: a reader never sees half a file."""
+    """Write a cluster FILE (a document for people and git; the cluster itself lives
+    in the store and changes through `cluster apply` and the task kinds)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(spec.dump_yaml())
     os.replace(tmp, path)
 
 
-def check_new_host(cluster: ClusterSpec, *, name: str, uri: str, ssh: str | None = None,
-                   key: Path | None = None, known_hosts: Path | None = None,
-                   trust_on_first_use: bool = False,
-                   labels: dict[str, str] | None = None) -> HostSpec:
-    """The entry for a new host, after checking it answers (libvirt, and SSH when
-    given); nothing is written."""
-    if any(h.name == name for h in cluster.hosts):
-        raise Conflict(f"host {name!r} is already in cluster {cluster.name!r}",
+def host_conflicts(cluster: ClusterSpec, host: HostSpec) -> None:
+    """Conflict when ``host``'s name or URI is already one of the cluster's hosts."""
+    if any(h.name == host.name for h in cluster.hosts):
+        raise Conflict(f"host {host.name!r} is already in cluster {cluster.name!r}",
                        hint="pick another name, or `ahvlite host remove` it first")
-    if any(h.uri == uri for h in cluster.hosts):
-        other = next(h.name for h in cluster.hosts if h.uri == uri)
-        raise Conflict(f"{uri} is already host {other!r}")
-    check_uri(uri)
-    ssh_spec = None
-    if ssh:
-        user, _, addr = ssh.rpartition("@")
-        if not addr:
-            raise InvalidSpec("ssh", ssh, "USER@HOST or HOST")
-        ssh_spec = SshSpec(host=addr, user=user or "root", key=key, known_hosts=known_hosts)
-    spec = HostSpec(name=name, uri=uri, ssh=ssh_spec, labels=labels or {})
-    with connection(uri) as conn:
+    if any(h.uri == host.uri for h in cluster.hosts):
+        other = next(h.name for h in cluster.hosts if h.uri == host.uri)
+        raise Conflict(f"{host.uri} is already host {other!r}")
+
+
+def check_reachable(host: HostSpec, *, trust_on_first_use: bool = False,
+                    ssh: bool = True) -> None:
+    """libvirt answers at the host's URI (and SSH, when it has an ssh section and
+    ``ssh``); nothing is written but a trusted-on-first-use host key."""
+    check_uri(host.uri)
+    with connection(host.uri) as conn:
         conn.getHostname()
-    target = ssh_target(spec, trust_on_first_use=trust_on_first_use)
+    target = ssh_target(host, trust_on_first_use=trust_on_first_use) if ssh else None
     if target is not None:
         ssh_run(target, ["true"], timeout_s=10)
-    return spec
 
 
-def add_host(path: Path, cluster: ClusterSpec, host: HostSpec) -> ClusterSpec:
-    """Record a checked host (:func:`check_new_host`) in the cluster file."""
-    updated = cluster.model_copy(update={"hosts": [*cluster.hosts, host]})
-    save_cluster(path, updated)
-    return updated
+def with_host(cluster: ClusterSpec, host: HostSpec) -> ClusterSpec:
+    """The cluster with ``host`` added (not stored; see :func:`host_conflicts`)."""
+    host_conflicts(cluster, host)
+    return cluster.model_copy(update={"hosts": [*cluster.hosts, host]})
 
 
-def remove_host(path: Path, cluster: ClusterSpec, name: str, *, force: bool = False) -> None:
-    """Forget a host; refused while VMs run there (or while that cannot be checked)."""
-    host = cluster.host(name)
-    if not force:
-        try:
-            with connection(host.uri, timeout_s=5) as conn:
-                running = guest.list_domains(conn)
-        except AhvliteError as exc:
-            raise Conflict(f"cannot check whether VMs run on {name}: {exc.message}",
-                           hint="pass --force to remove an unreachable host") from None
-        active = [n for n, st in running if st in RUNNING_STATES]
-        if active:
-            raise Conflict(f"{len(active)} VMs run on {name}: {', '.join(active)}",
-                           hint="migrate or stop them first (or --force)")
-    updated = cluster.model_copy(update={"hosts": [h for h in cluster.hosts if h.name != name]})
-    save_cluster(path, updated)
+def check_no_running_vms(host: HostSpec) -> None:
+    """Conflict while VMs run on ``host``, or while that cannot be checked."""
+    try:
+        with connection(host.uri, timeout_s=5) as conn:
+            running = guest.list_domains(conn)
+    except AhvliteError as exc:
+        raise Conflict(f"cannot check whether VMs run on {host.name}: {exc.message}",
+                       hint="pass --force to remove an unreachable host") from None
+    active = [n for n, st in running if st in RUNNING_STATES]
+    if active:
+        raise Conflict(f"{len(active)} VMs run on {host.name}: {', '.join(active)}",
+                       hint="migrate or stop them first (or --force)")
+
+
+def without_host(cluster: ClusterSpec, name: str) -> ClusterSpec:
+    """The cluster without host ``name`` (NotFound if it has none; not stored)."""
+    cluster.host(name)
+    return cluster.model_copy(update={"hosts": [h for h in cluster.hosts if h.name != name]})

@@ -1,8 +1,9 @@
-"""Host networking across the cluster: the cluster file's network spec, applied per host.
+"""Host networking across the cluster: the cluster spec's network, applied per host.
 
-Each host is reached through its OVSDB remote (``ovsdb`` in the cluster file) and,
-for what only its kernel knows (NIC names, virbr0), through SSH. Changes made by
-``net create/delete/bond set`` are written to the cluster file first, then applied.
+Each host is reached through its OVSDB remote (``ovsdb`` in the host's entry: the
+certificate paths are the controller's own files, see ``cluster.hostfiles``) and, for
+what only its kernel knows (NIC names, virbr0), through SSH. The leader's ``net.*``
+task kinds record a change in the stored spec first (compare-and-set), then apply it.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ def _shell(host: HostSpec) -> hostnet.HostShell | None:
 @contextmanager
 def host_ovsdb(host: HostSpec) -> Iterator[Any]:
     if host.ovsdb is None:
-        raise NotFound(f"host {host.name} has no ovsdb remote in the cluster file",
+        raise NotFound(f"host {host.name} has no ovsdb remote in the cluster",
                        hint="add ovsdb: {remote: ssl:ADDR:6640, ca_cert, certificate, "
-                            "private_key} to the host")
+                            "private_key} to the host and `ahvlite cluster apply` it")
     o = host.ovsdb
     pki = None
     if o.ca_cert and o.certificate and o.private_key:
@@ -83,47 +84,45 @@ def _rebuilt(cluster: ClusterSpec, **changes: Any) -> ClusterSpec:
                                  **changes})
 
 
-def create_network(path: Path, cluster: ClusterSpec, *, name: str, vlan: int,
-                   bridge: str = "br0") -> ClusterSpec:
+def with_network(cluster: ClusterSpec, *, name: str, vlan: int,
+                 bridge: str = "br0") -> ClusterSpec:
+    """The cluster with VLAN network ``name`` added (not stored)."""
     if cluster.network.network(name) is not None:
         raise Conflict(f"network {name!r} already exists",
                        hint="`ahvlite net delete` it first, or pick another name")
     net = build(VlanNetworkSpec, name=name, vlan=vlan, bridge=bridge)
     network = cluster.network.model_dump(mode="json")
     network["networks"].append(net.model_dump(mode="json"))
-    new = _rebuilt(cluster, network=network)
-    save_cluster(path, new)
-    return new
+    return _rebuilt(cluster, network=network)
 
 
-def delete_network(path: Path, cluster: ClusterSpec, *, name: str) -> ClusterSpec:
+def without_network(cluster: ClusterSpec, *, name: str) -> ClusterSpec:
+    """The cluster without VLAN network ``name`` (NotFound if it has none; not stored)."""
     if cluster.network.network(name) is None:
         known = ", ".join(n.name for n in cluster.network.networks) or "none"
         raise NotFound(f"no network named {name!r} (networks: {known})")
     network = cluster.network.model_dump(mode="json")
     network["networks"] = [n for n in network["networks"] if n["name"] != name]
-    new = _rebuilt(cluster, network=network)
+    return _rebuilt(cluster, network=network)
+
+
+def create_network(path: Path, cluster: ClusterSpec, *, name: str, vlan: int,
+                   bridge: str = "br0") -> ClusterSpec:
+    """:func:`with_network` written to a cluster FILE (the lab's, until it applies
+    through the API)."""
+    new = with_network(cluster, name=name, vlan=vlan, bridge=bridge)
     save_cluster(path, new)
     return new
 
 
-def set_bond(path: Path, cluster: ClusterSpec, host_name: str, *, bridge: str = "br0",
-             mode: str | None = None, members: list[str] | None = None,
-             lacp: str | None = None, lacp_fallback_ab: bool | None = None,
-             dry_run: bool = False) -> tuple[ClusterSpec, hostnet.ApplyResult]:
-    """Change ``bridge``'s uplink bond on one host: check, record, apply.
-
-    The change is planned against the host first (unknown NICs fail there), so the
-    cluster file only ever records a bond the host can have.
-    """
-    new = bond_override(cluster, host_name, bridge=bridge, mode=mode, members=members,
-                        lacp=lacp, lacp_fallback_ab=lacp_fallback_ab)
+def plan_bond(cluster: ClusterSpec, host_name: str, **bond: Any
+              ) -> tuple[ClusterSpec, hostnet.ApplyResult]:
+    """The cluster with ``host_name``'s bond changed (:func:`bond_override`) and the
+    steps it takes on the host, planned against the host itself (unknown NICs fail
+    here), so the spec only ever records a bond the host can have. Changes nothing."""
+    new = bond_override(cluster, host_name, **bond)
     (planned,) = apply(new, [host_name], dry_run=True)
-    if dry_run:
-        return new, planned
-    save_cluster(path, new)
-    (done,) = apply(new, [host_name])
-    return new, done
+    return new, planned
 
 
 def bond_override(cluster: ClusterSpec, host_name: str, *, bridge: str = "br0",

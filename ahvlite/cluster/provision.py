@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from ahvlite.errors import InvalidSpec
-from ahvlite.spec.cluster import ClusterSpec, HostSpec
+
+if TYPE_CHECKING:  # only annotations: `host provision --help` needs no pydantic
+    from ahvlite.spec.cluster import ClusterSpec, HostSpec
 
 GROUP = "ahvlite_hosts"
 LAB_LABEL = "ahvlite.lab"  # set on the cluster file `ahvlite lab up` writes

@@ -23,6 +23,7 @@ from ahvlite.virt import cpu, designer, domains, imageinfo, storage
 from ahvlite.virt.conn import Connection, DomainHandle, StoragePool, close_quietly, open_connection
 from ahvlite.virt.cpu import CpuDef
 from ahvlite.virt.designer import Design, DiskPlacement, HostPolicy
+from ahvlite.virt.pool import ConnectionPool
 from ahvlite.virt.xml.domain import Domain, VmMeta
 
 Report = Callable[[str], None]
@@ -133,10 +134,27 @@ class Hosts:
                        hint="`ahvlite vm list` shows the VMs")
 
 
+# A long-lived process (the controller) keeps connections between operations; see
+# virt/pool.py. Without one (tests, tools), each operation opens its own.
+_pool: ConnectionPool | None = None
+
+
+def use_pool(pool: ConnectionPool | None) -> None:
+    global _pool
+    _pool = pool
+
+
 @contextmanager
 def connect(cluster: ClusterSpec, *, timeout_s: float = 10) -> Iterator[Hosts]:
+    """A connection to every host of ``cluster`` (in parallel); the unreachable ones
+    are recorded in ``errors``. With a pool the connections are leased from it, each
+    to this operation alone, and go back when it ends (closed when it failed)."""
+    pool = _pool
+
     def one(h: HostSpec) -> tuple[str, Connection | None, str | None]:
         try:
+            if pool is not None:
+                return h.name, pool.acquire(h.uri, timeout_s=timeout_s), None
             return h.name, open_connection(h.uri, timeout_s=timeout_s), None
         except AhvliteError as exc:
             return h.name, None, exc.message
@@ -144,11 +162,22 @@ def connect(cluster: ClusterSpec, *, timeout_s: float = 10) -> Iterator[Hosts]:
     results = parallel(one, list(cluster.hosts))
     conns = {n: c for n, c, _ in results if c is not None}
     errors = {n: e for n, _, e in results if e is not None}
+    ok = False
     try:
         yield Hosts(cluster, conns, errors)
+        ok = True
+    except AhvliteError as exc:
+        # Our own refusals (not found, conflict) leave the connections sound; a host
+        # that failed mid-call may not have.
+        ok = not isinstance(exc, HostUnreachable)
+        raise
     finally:
-        for c in conns.values():
-            close_quietly(c)
+        uris = {h.name: h.uri for h in cluster.hosts}
+        for name, c in conns.items():
+            if pool is not None:
+                pool.release(uris[name], c, ok=ok)
+            else:
+                close_quietly(c)
 
 
 def volumes_in_use(hosts: Hosts) -> set[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -157,6 +158,9 @@ class Handler(Protocol):
     def run(self, ctx: TaskContext) -> dict[str, Any]: ...
 
 
+TASK_ID_RE = re.compile(r"^[0-9]{13}-[0-9a-f]{8}$")
+
+
 def new_task_id(now: float) -> str:
     # Sortable by submission time, unique across submitters.
     return f"{int(now * 1000):013d}-{uuid.uuid4().hex[:8]}"
@@ -174,15 +178,29 @@ class TaskStore:
 
     def submit(self, kind: str, params: dict[str, Any],
                registry: dict[str, Handler] | None = None, *,
-               submitted_by: str | None = None) -> Task:
+               submitted_by: str | None = None, task_id: str | None = None) -> Task:
+        """Queue a task. ``task_id`` chosen by the submitter makes the submission
+        idempotent: sent again (its first answer was lost), the same task comes back
+        rather than a second one."""
         if registry is not None:
             if kind not in registry:
                 raise InvalidSpec("kind", kind, ", ".join(sorted(registry)))
             params = registry[kind].validate(params)
         now = self.clock()
-        task = Task(id=new_task_id(now), kind=kind, params=params, created_at=now,
-                    submitted_by=submitted_by)
-        self.coord.put(self.key(task.id), task.to_json(), MUST_NOT_EXIST)
+        if task_id is not None and not TASK_ID_RE.fullmatch(task_id):
+            raise InvalidSpec("id", task_id, "a task id like 1764117600000-0a1b2c3d")
+        task = Task(id=task_id or new_task_id(now), kind=kind, params=params,
+                    created_at=now, submitted_by=submitted_by)
+        try:
+            self.coord.put(self.key(task.id), task.to_json(), MUST_NOT_EXIST)
+        except VersionMismatch:
+            if task_id is None:
+                raise
+            have, _ = self.load(task_id)
+            if (have.kind, have.params, have.submitted_by) != (kind, params, submitted_by):
+                raise Conflict(f"task {task_id} exists and is another task",
+                               hint="let the client choose a new id") from None
+            return have
         return task
 
     def load(self, task_id: str) -> tuple[Task, int]:

@@ -119,6 +119,11 @@ def run_controller(cfg: ControllerConfig) -> None:
     """Run a controller in the foreground until SIGTERM/SIGINT (then leave cleanly)."""
     refuse_default_auth(parse_store_url(cfg.store))
     stop = _daemon_setup()
+    from ahvlite.cluster import vms
+    from ahvlite.virt.pool import ConnectionPool
+
+    # Keep host connections between API reads and task steps (virt/pool.py).
+    vms.use_pool(ConnectionPool())
     coord = open_store(cfg.store, session_timeout_s=cfg.session_timeout_s)
     view = ClusterView(coord, cluster_file=cfg.cluster_file)
     view.start()

@@ -9,6 +9,7 @@ before it is created, so ``down`` (or the next ``up``) removes exactly what was 
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -89,9 +90,13 @@ def up(spec: LabSpec, *, report: Report = _quiet) -> dict[str, Any]:
     state.save(layout.state_file)
     try:
         _build(layout, state, images, report)
-        services.start_lab_services(
-            layout, zk=spec.zk, controllers=spec.controllers, report=report,
+        url = services.start_lab_services(
+            layout, zk=spec.zk or spec.controllers, controllers=spec.controllers,
+            report=report,
             start=lambda host, role, argv: _start(state, layout, host, role, argv))
+        if spec.controllers and url is not None:
+            report("the cluster into the store; waiting for every controller's API")
+            _bootstrap_cluster(layout, url)
     except BaseException:
         # Nothing half-created stays behind: a failed up removes what it made, but
         # keeps the logs, which say why.
@@ -125,6 +130,7 @@ def _build(layout: LabLayout, state: LabState, images: GuestImages, report: Repo
     ca = LabCA.create(layout.name)
     ca.save(layout.pki_dir / "ca")
     install_client_pki(ca, layout.client_pki_dir, name=f"ahvlite-{layout.name}-client")
+    _install_admin(ca, layout)
     layout.ssh_dir.mkdir(parents=True, exist_ok=True)
     user_key = make_keypair(layout.ssh_key, f"ahvlite-lab-{layout.name}")
     (layout.ssh_dir / "authorized_keys").write_text(user_key + "\n")
@@ -145,11 +151,13 @@ def _build(layout: LabLayout, state: LabState, images: GuestImages, report: Repo
             _ethtool_tx_off(root_end)
         namespaces.create_host_namespaces(
             netns=host.netns, mnt_file=host.mnt_ns_file, uts_file=host.uts_ns_file,
-            state_dir=host.state_dir, hostname=host.hostname)
+            state_dir=host.state_dir, hostname=host.hostname, shared=(layout.shared_dir,))
         _write_host_files(layout, host, ca)
         host_pub = (host.state_dir / "etc/ssh/ssh_host_ed25519_key.pub").read_text().strip()
         known_hosts.append(known_hosts_line(host.ip, host_pub))
     layout.known_hosts.write_text("\n".join(known_hosts) + "\n")
+    for host in layout.hosts:
+        _host_copies(layout, host, ca)
     state.timings_s["wiring"] = round(time.monotonic() - t0, 2)
 
     report("starting OVS on every host")
@@ -260,6 +268,86 @@ def _ethtool_tx_off(dev: str, host: HostLayout | None = None) -> None:
     namespaces.run(argv)
 
 
+def _install_admin(ca: LabCA, layout: LabLayout) -> None:
+    """The lab admin's API credentials (the root namespace is the admin's machine)."""
+    from ahvlite.lab.pki import write_secret
+
+    d = layout.admin_pki_dir
+    d.mkdir(parents=True, exist_ok=True)
+    admin = ca.issue("admin", server=False, client=True)
+    (d / "ca.pem").write_bytes(ca.cert_pem)
+    (d / "admin.pem").write_bytes(admin.cert_pem)
+    write_secret(d / "admin-key.pem", admin.key_pem)
+
+
+def _host_copies(layout: LabLayout, host: HostLayout, ca: LabCA) -> None:
+    """Files the cluster spec names by path (libvirt's pkipath, OVSDB's certificates,
+    the SSH key and known hosts) exist at the same path inside every host too, each
+    host with its own: its private /var/lib/ahvlite hides the lab directory. So the
+    spec reads the same on the admin's machine and on every controller, as paths under
+    /etc would on real hosts."""
+    install_client_pki(ca, services.inside(host, layout.client_pki_dir),
+                       name=f"{host.hostname}-client")
+    ssh = services.inside(host, layout.ssh_dir)
+    ssh.mkdir(parents=True, exist_ok=True)
+    for name in ("id_ed25519", "known_hosts"):
+        src = layout.ssh_dir / name
+        if src.exists():
+            (ssh / name).write_bytes(src.read_bytes())
+            os.chmod(ssh / name, 0o600)
+
+
+def _bootstrap_cluster(layout: LabLayout, url: str, timeout_s: float = 90) -> None:
+    """The lab's cluster spec into its store (what `cluster apply` does), then wait
+    until every controller's API answers."""
+    from ahvlite.cluster.legacy import open_cluster_file
+    from ahvlite.cluster.state import ClusterState
+    from ahvlite.controller.coord import open_store
+
+    spec = open_cluster_file(layout.cluster_file)
+    coord = open_store(url)
+    try:
+        st = ClusterState(coord)
+        st.write_spec(spec, st.spec_version())
+    finally:
+        coord.close()
+    deadline = time.monotonic() + timeout_s
+    pending = {h.name: h for h in layout.hosts}
+    while pending:
+        for name, h in list(pending.items()):
+            if _api_answers(layout, h):
+                del pending[name]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise OperationTimeout(f"the API of {', '.join(pending)} did not answer in "
+                                   f"{timeout_s:.0f} s",
+                                   hint="see logs/controller.log in the host's state dir")
+        time.sleep(0.3)
+
+
+def _api_answers(layout: LabLayout, host: HostLayout) -> bool:
+    import ssl
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=str(layout.admin_pki_dir / "ca.pem"))
+    try:
+        with urllib.request.urlopen(f"{services.api_url(host)}/v1/health", timeout=2,
+                                    context=ctx) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def client_env(name: str) -> dict[str, str]:
+    """The environment that points the CLI at lab ``name``'s API, as its admin."""
+    layout, _ = _layout_for(name)
+    d = layout.admin_pki_dir
+    return {"AHVLITE_API": ",".join(services.api_url(h) for h in layout.hosts),
+            "AHVLITE_CA": str(d / "ca.pem"), "AHVLITE_CERT": str(d / "admin.pem"),
+            "AHVLITE_KEY": str(d / "admin-key.pem")}
+
+
 def _write_host_files(layout: LabLayout, host: HostLayout, ca: LabCA) -> None:
     d = host.state_dir
     files = {
@@ -281,6 +369,7 @@ def _write_host_files(layout: LabLayout, host: HostLayout, ca: LabCA) -> None:
     namespaces.run(["ovsdb-tool", "create", str(db),
                     "/usr/share/openvswitch/vswitch.ovsschema"])
     install_host_pki(ca, d / "etc/pki", hostname=host.hostname, ip=host.ip)
+    services.write_host_config(layout, host, ca)
     make_keypair(d / "etc/ssh/ssh_host_ed25519_key", f"root@{host.hostname}")
 
 
@@ -422,8 +511,8 @@ def state_of(name: str) -> LabState:
 
 
 def env_line(name: str) -> str:
-    layout, _ = _layout_for(name)
-    return f"export AHVLITE_CLUSTER={layout.cluster_file}"
+    """The shell line that points the CLI at the lab's API (``eval "$(...)"``)."""
+    return "export " + " ".join(f"{k}={v}" for k, v in client_env(name).items())
 
 
 def exec_argv(name: str, host: str, argv: list[str]) -> list[str]:

@@ -94,6 +94,11 @@ class LabLayout:
         return self.root / "pki"
 
     @property
+    def admin_pki_dir(self) -> Path:
+        """The lab admin's API credentials: ca.pem, admin.pem, admin-key.pem."""
+        return self.pki_dir / "admin"
+
+    @property
     def client_pki_dir(self) -> Path:
         """What ``pkipath=`` in a libvirt URI points at: cacert, clientcert, clientkey."""
         return self.pki_dir / "client"

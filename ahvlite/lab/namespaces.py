@@ -26,7 +26,11 @@ PRIVATE_DIRS: tuple[tuple[str, str], ...] = (
     ("/var/log/openvswitch", "var/log/openvswitch"),
     ("/etc/pki", "etc/pki"),
     ("/etc/ssh", "etc/ssh"),
+    ("/etc/ahvlite", "etc/ahvlite"),
 )
+# ahvlite's own state: private like the rest, but mounted last, because the lab's
+# directory (with the shared storage the hosts do see) lives below it.
+PRIVATE_STATE = ("/var/lib/ahvlite", "var/lib/ahvlite")
 PRIVATE_FILES: tuple[tuple[str, str], ...] = (("/etc/hosts", "etc/hosts"),)
 
 
@@ -76,9 +80,14 @@ def is_mountpoint(path: Path) -> bool:
 
 
 def create_host_namespaces(*, netns: str, mnt_file: Path, uts_file: Path, state_dir: Path,
-                           hostname: str) -> None:
-    """Create the host's mount and UTS namespaces, with its private directories mounted."""
-    for _, rel in PRIVATE_DIRS:
+                           hostname: str, shared: tuple[Path, ...] = ()) -> None:
+    """Create the host's mount and UTS namespaces, with its private directories mounted.
+
+    ``shared``: directories of the root namespace the host sees at the same path (the
+    shared storage pool, as NFS would be), although they lie below its private
+    /var/lib/ahvlite.
+    """
+    for _, rel in (*PRIVATE_DIRS, PRIVATE_STATE):
         (state_dir / rel).mkdir(parents=True, exist_ok=True)
     for target, rel in PRIVATE_FILES:
         src = state_dir / rel
@@ -97,6 +106,17 @@ def create_host_namespaces(*, netns: str, mnt_file: Path, uts_file: Path, state_
             # A mount point must exist; Debian has no /etc/pki by default.
             Path(target).mkdir(parents=True, exist_ok=True)
         lines.append(f"mount --bind {shlex.quote(str(state_dir / rel))} {shlex.quote(target)}")
+    # Hold the shared directories in the host's own /run while /var/lib/ahvlite goes
+    # private over them, then move them back to their path.
+    for i, path in enumerate(shared):
+        lines += [f"mkdir -p /run/.lab-shared/{i}",
+                  f"mount --bind {shlex.quote(str(path))} /run/.lab-shared/{i}"]
+    target, rel = PRIVATE_STATE
+    Path(target).mkdir(parents=True, exist_ok=True)
+    lines.append(f"mount --bind {shlex.quote(str(state_dir / rel))} {shlex.quote(target)}")
+    for i, path in enumerate(shared):
+        lines += [f"mkdir -p {shlex.quote(str(path))}",
+                  f"mount --move /run/.lab-shared/{i} {shlex.quote(str(path))}"]
     lines.append(f"hostname {shlex.quote(hostname)}")
     script = "\n".join(lines)
     run(["nsenter", f"--net=/run/netns/{netns}", "--", "unshare", f"--mount={mnt_file}",

@@ -7,12 +7,14 @@ by the PID recorded at spawn, never through systemd or by name.
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ahvlite.errors import MissingDependency, OperationTimeout
 from ahvlite.lab import processes
@@ -88,10 +90,14 @@ def zk_argv(cfg: Path, heap_mib: int = 96) -> list[str]:
             "-cp", zk_classpath(), ZK_MAIN, str(cfg)]
 
 
-def prepare_member(me: ZkMember, ensemble: Sequence[ZkMember]) -> Path:
-    me.data_dir.mkdir(parents=True, exist_ok=True)
-    (me.data_dir / "myid").write_text(f"{me.myid}\n")
-    cfg = me.data_dir / "zoo.cfg"
+def prepare_member(me: ZkMember, ensemble: Sequence[ZkMember], *,
+                   root: Path | None = None) -> Path:
+    """Write ``me``'s myid and zoo.cfg; ``root``: where its data dir lies as this process
+    sees it (a lab host's private directory), when that is not ``me.data_dir``."""
+    d = root or me.data_dir
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "myid").write_text(f"{me.myid}\n")
+    cfg = d / "zoo.cfg"
     cfg.write_text(zk_config(me, ensemble))
     return cfg
 
@@ -187,20 +193,77 @@ LAB_ZK_MEMBERS = 3
 LAB_ZK_AUTH = "ahvlite:lab-secret"  # lab-only credentials; a lab never leaves the machine
 
 
+# Where a lab host keeps ahvlite's files, inside the host (its private /etc/ahvlite and
+# /var/lib/ahvlite; the state dir holds them in the root namespace).
+ETC = Path("/etc/ahvlite")
+ZK_DIR = Path("/var/lib/ahvlite/zookeeper")
+API_PORT = 9440
+
+
 def lab_zk_members(layout: LabLayout) -> list[ZkMember]:
-    """One member per lab host namespace (the first three), on its management address."""
-    return [ZkMember(h.index, h.ip, 2181, 2888, 3888, h.state_dir / "zookeeper")
+    """One member per lab host namespace (the first three), on its management address,
+    its data in the host's private /var/lib/ahvlite."""
+    return [ZkMember(h.index, h.ip, 2181, 2888, 3888, ZK_DIR)
             for h in layout.hosts[:LAB_ZK_MEMBERS]]
 
 
-def lab_store_url(layout: LabLayout) -> str:
-    return f"zk://{LAB_ZK_AUTH}@{hosts_string(lab_zk_members(layout))}/ahvlite"
+def lab_store_url(layout: LabLayout, *, credentials: bool = True) -> str:
+    """The lab's store; with ``credentials`` (an admin's view from the root namespace),
+    without them as the hosts' environment files carry it (the secret in a file)."""
+    auth = f"{LAB_ZK_AUTH}@" if credentials else ""
+    return f"zk://{auth}{hosts_string(lab_zk_members(layout))}/ahvlite"
+
+
+def inside(host: HostLayout, path: Path) -> Path:
+    """Where a path of ``host``'s private directories lies in the root namespace."""
+    return host.state_dir / path.relative_to("/")
+
+
+def api_url(host: HostLayout) -> str:
+    return f"https://{host.ip}:{API_PORT}"
+
+
+def controller_env(layout: LabLayout, host: HostLayout) -> str:
+    """The host's /etc/ahvlite/controller.env: what the systemd units read on a real
+    host (the store secret is a file beside it, never on a command line)."""
+    lines = {
+        "AHVLITE_STORE": lab_store_url(layout, credentials=False),
+        "AHVLITE_STORE_SECRET_FILE": str(ETC / "store.secret"),
+        "AHVLITE_HOST": host.name,
+        "AHVLITE_API_LISTEN": f"{host.ip}:{API_PORT}",
+        "AHVLITE_API_URL": api_url(host),
+        "AHVLITE_API_CERT": str(ETC / "pki" / "api.pem"),
+        "AHVLITE_API_KEY": str(ETC / "pki" / "api-key.pem"),
+        "AHVLITE_API_CA": str(ETC / "pki" / "ca.pem"),
+        "AHVLITE_LIBVIRT_URI": "qemu:///system",
+        "AHVLITE_WATCHDOG": f"unix:{LAB_WATCHDOG}",
+    }
+    return "# written by ahvlite lab up, read like systemd's EnvironmentFile=\n" + "".join(
+        f"{k}={v}\n" for k, v in lines.items())
+
+
+def write_host_config(layout: LabLayout, host: HostLayout, ca: Any) -> None:
+    """The host's /etc/ahvlite: environment file, store secret, API certificates."""
+    from ahvlite.pki import write_secret
+
+    etc = inside(host, ETC)
+    (etc / "pki").mkdir(parents=True, exist_ok=True)
+    (etc / "controller.env").write_text(controller_env(layout, host))
+    os.chmod(etc / "controller.env", 0o600)
+    write_secret(etc / "store.secret", LAB_ZK_AUTH.encode() + b"\n")
+    server = ca.issue(host.hostname, ips=(host.ip,), dns=(host.hostname,), server=True,
+                      client=False)
+    (etc / "pki" / "ca.pem").write_bytes(ca.cert_pem)
+    (etc / "pki" / "api.pem").write_bytes(server.cert_pem)
+    write_secret(etc / "pki" / "api-key.pem", server.key_pem)
 
 
 def start_lab_services(layout: LabLayout, *, zk: bool, controllers: bool,
                        start: Callable[[HostLayout, str, list[str]], None],
                        report: Callable[[str], None]) -> str | None:
-    """ZooKeeper members and controllers inside the lab hosts; returns the store URL.
+    """ZooKeeper members and, per host, a controller, a host agent and a watchdog; all
+    inside the lab hosts, the daemons run as their systemd units run them on a real
+    host. Returns the store URL (with an admin's credentials: for the root namespace).
 
     ``start(host, role, argv)`` spawns in the host's namespaces and records the PID in
     the lab state, so ``lab down`` ends them like every other lab daemon.
@@ -211,19 +274,17 @@ def start_lab_services(layout: LabLayout, *, zk: bool, controllers: bool,
     report(f"ZooKeeper ensemble of {len(members)} on "
            + ", ".join(h.name for h in layout.hosts[:len(members)]))
     for host, m in zip(layout.hosts, members, strict=False):
-        cfg = prepare_member(m, members)
-        start(host, "zookeeper", zk_argv(cfg))
+        prepare_member(m, members, root=inside(host, m.data_dir))
+        start(host, "zookeeper", zk_argv(m.data_dir / "zoo.cfg"))
     wait_serving(members, timeout_s=60)
     url = lab_store_url(layout)
-    (layout.root / "controller.env").write_text(f"AHVLITE_STORE={url}\n")
     if controllers:
         report(f"a controller, a host agent and a watchdog on every host "
                f"({len(layout.hosts)})")
         for host in layout.hosts:
             start(host, "watchdog", watchdog_argv())
-            start(host, "controller", supervised(controller_argv(
-                host.name, url, extra=["--cluster", str(layout.cluster_file)])))
-            start(host, "agent", supervised(agent_argv(host.name, url, layout.cluster_file)))
+            start(host, "controller", supervised(unit_argv("controller")))
+            start(host, "agent", supervised(unit_argv("agent")))
     return url
 
 
@@ -232,15 +293,13 @@ def supervised(argv: list[str]) -> list[str]:
     return [sys.executable, "-m", "ahvlite.lab.supervise", "--", *argv]
 
 
+def unit_argv(daemon: str) -> list[str]:
+    """The daemon as its systemd unit runs it: environment file, no arguments."""
+    return [sys.executable, "-m", "ahvlite.lab.unit", daemon]
+
+
 LAB_WATCHDOG = "/run/ahvlite/watchdog.sock"  # inside each host (its own /run)
 
 
 def watchdog_argv() -> list[str]:
     return [sys.executable, "-m", "ahvlite.lab.watchdogd", "--socket", LAB_WATCHDOG]
-
-
-def agent_argv(host: str, store: str, cluster_file: Path) -> list[str]:
-    """The host agent against this host's own libvirtd, fed to the lab's watchdog."""
-    return [sys.executable, "-m", "ahvlite.cli.main", "agent", "run", "--store", store,
-            "--host", host, "--cluster", str(cluster_file), "--libvirt-uri",
-            "qemu:///system", "--watchdog", f"unix:{LAB_WATCHDOG}"]

@@ -11,7 +11,7 @@ from ahvlite.errors import InvalidSpec
 M = TypeVar("M", bound=BaseModel)
 
 
-def build(model: type[M], **values: Any) -> M:
+def build(model: type[M], /, **values: Any) -> M:
     """Validate ``values`` into ``model``; the first problem becomes an InvalidSpec."""
     try:
         return model(**values)

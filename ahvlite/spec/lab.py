@@ -30,8 +30,10 @@ class LabSpec(BaseModel):
     hosts: Annotated[int, Field(ge=1, le=MAX_HOSTS)] = 3
     subnet: ipaddress.IPv4Network | None = None
     guests_per_host: Annotated[int, Field(ge=0, le=8)] = 1
-    zk: bool = False  # a ZooKeeper ensemble member in the first 3 host namespaces
-    controllers: bool = False  # an ahvlite controller per host (implies zk)
+    # A real cluster by default: a ZooKeeper member in the first 3 host namespaces, and
+    # on every host a controller (with its API), a host agent and a watchdog.
+    zk: bool = True
+    controllers: bool = True  # implies zk
 
     @field_validator("subnet", mode="before")
     @classmethod

@@ -4,7 +4,6 @@ it and runs on both hosts, a newer CPU reported as incompatible, a refused overr
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,35 +13,73 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from ahvlite.cluster.legacy import open_cluster_file as load_cluster
+from ahvlite.cluster import vms
+from ahvlite.errors import OperationTimeout
 from ahvlite.lab import lab
 from ahvlite.lab.layout import OVS_BRIDGE
+from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import designer, domains, guest
 from ahvlite.virt.conn import connection
 from ahvlite.virt.designer import HostPolicy
 from ahvlite.virt.xml.domain import Domain
 
-from .conftest import ahv
+from .conftest import ahv, in_host
 
 NAME = "tcpu"
 SUBNET = "10.213.247.0/26"
+# Writes the cluster's `cpu` document by hand, from inside a lab host with its
+# controller's own environment file (the store URL and credential): a level as if h1
+# were a newer machine, which no command would store.
+PUT_LEVEL = """
+import json, os, sys
+from ahvlite.cluster.state import ClusterState
+from ahvlite.controller.coord import open_store
+env = dict(l.split("=", 1) for l in open("/etc/ahvlite/controller.env").read().splitlines()
+           if "=" in l and not l.startswith("#"))
+os.environ.update(env)
+coord = open_store(env["AHVLITE_STORE"])
+ClusterState(coord).put("cpu", json.loads(sys.argv[1]))
+coord.close()
+"""
+
+
+def exported() -> ClusterSpec:
+    r = ahv(NAME, "cluster", "export", "--json")
+    assert r.returncode == 0, r.stderr
+    return ClusterSpec.model_validate_json(r.stdout)
+
+
+def root_cluster() -> ClusterSpec:
+    """The lab's cluster with URIs that reach its hosts from here (instrumentation)."""
+    layout = lab.layout_of(NAME)
+    spec = exported()
+    return spec.model_copy(update={"hosts": [
+        h.model_copy(update={"uri": layout.libvirt_uri(layout.host(h.name))})
+        for h in spec.hosts]})
+
+
+def root_uri(host: str) -> str:
+    layout = lab.layout_of(NAME)
+    return layout.libvirt_uri(layout.host(host))
 
 
 @pytest.fixture(scope="module")
 def cpulab():
     status = lab.up(LabSpec(name=NAME, hosts=2, subnet=SUBNET))
-    cluster = load_cluster(Path(status["cluster_file"]))  # to look at libvirt directly
-    ok_json(ahv(NAME, "image", "import", status["guest"]["disk"], "guest", "--json"))
-    yield status, cluster
+    r = ahv(NAME, "image", "import", status["guest"]["disk"], "guest")
+    assert r.returncode == 0, r.stderr
+    yield status, root_cluster()
     if NAME in lab.list_labs():
         lab.down(NAME)
 
 
 def cli(status, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AHVLITE_CLUSTER": status["cluster_file"], "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args],
-                          capture_output=True, text=True, env=env, timeout=120)
+    return ahv(NAME, *args, timeout_s=120)
+
+
+def stored_level() -> dict | None:
+    return ok_json(ahv(NAME, "cluster", "cpu", "show", "--json"))["level"]
 
 
 def ok_json(result: subprocess.CompletedProcess[str]):
@@ -65,25 +102,25 @@ def test_show_has_each_hosts_model_and_a_baseline(cpulab):
 
 def test_apply_then_a_new_vm_boots_with_the_level_and_runs_on_both_hosts(cpulab):
     status, cluster = cpulab
-    before = ok_json(ahv(NAME, "vm", "create", "pre", "--memory-mib", "128", "--disk",
+    before = ok_json(cli(status, "vm", "create", "pre", "--memory-mib", "128", "--disk",
                          "guest", "--host", "h2", "--start", "--json"))
     assert before["state"] == "running"
     applied = ok_json(cli(status, "cluster", "cpu", "apply", "--json"))
     level = applied["level"]
     assert level["source"] == "baseline" and level["model"]
     assert applied["next_power_cycle"] == ["pre"]
-    assert Path(status["cluster_file"]).with_name("cluster-cpu.json").exists()
+    assert stored_level() == level  # in the cluster's store
     again = ok_json(cli(status, "cluster", "cpu", "apply", "--json"))
     assert again["redefined"] == []  # applying twice changes nothing
-    assert ahv(NAME, "vm", "stop", "pre", "--force").returncode == 0  # 2 cores: free one
+    assert cli(status, "vm", "stop", "pre", "--force").returncode == 0  # 2 cores: free one
 
     # A NIC with a fixed address: the test guest then opens its shell at once.
-    vm = ok_json(ahv(NAME, "vm", "create", "lvl", "--memory-mib", "128", "--disk",
+    vm = ok_json(cli(status, "vm", "create", "lvl", "--memory-mib", "128", "--disk",
                      "guest", "--nic", OVS_BRIDGE, "--fw-cfg",
                      f"opt/ahvlite/ip={status['guest_addresses'][0]}", "--host", "h1",
                      "--start", "--json"))
     assert vm["state"] == "running"
-    with connection(cluster.host("h1").uri) as conn:
+    with connection(root_uri("h1")) as conn:
         xml = domains.domain_xml(conn.lookupByName("lvl"))
     el = etree.fromstring(xml.encode()).find("cpu")
     assert (el.get("mode"), el.get("match")) == ("custom", "exact")
@@ -94,23 +131,23 @@ def test_apply_then_a_new_vm_boots_with_the_level_and_runs_on_both_hosts(cpulab)
     # boots is partly lost, so ask again until its shell answers.
     deadline = time.monotonic() + 90
     while True:
-        r = ahv(NAME, "vm", "console", "lvl", "--command", "grep -m1 'model name' "
-                "/proc/cpuinfo", "--timeout", "10", "--json")
-        if r.returncode != 8:  # 8: no answer in time (OperationTimeout)
+        try:
+            status_code, out = vms.console_run(cluster, "lvl", "grep -m1 'model name' "
+                                               "/proc/cpuinfo", timeout_s=10)
             break
-        assert time.monotonic() < deadline, "lvl did not answer on its console"
-    ran = json.loads(r.stdout)
-    assert r.returncode == 0 and "model name" in ran["output"], r.stdout + r.stderr
+        except OperationTimeout:
+            assert time.monotonic() < deadline, "lvl did not answer on its console"
+    assert status_code == 0 and "model name" in out, out
 
-    check = ok_json(ahv(NAME, "vm", "cpu-check", "lvl", "--json"))
+    check = ok_json(cli(status, "vm", "cpu-check", "lvl", "--json"))
     assert check["can_run_on"] == ["h1", "h2"]
     assert all(r["compatible"] and not r["missing"] for r in check["hosts"].values())
 
 
 def test_a_vm_with_a_newer_cpu_is_reported_incompatible(cpulab):
-    status, cluster = cpulab
+    status, _ = cpulab
     name = "newer"
-    with connection(cluster.host("h2").uri) as conn:
+    with connection(root_uri("h2")) as conn:
         d = Domain.parse(guest.simple_domain_xml(guest.SimpleGuest(
             name=name, uuid=str(uuid.uuid4()), domain_type=status["domain_type"],
             kernel=Path(status["guest"]["kernel"]), initrd=Path(status["guest"]["initrd"]),
@@ -118,7 +155,7 @@ def test_a_vm_with_a_newer_cpu_is_reported_incompatible(cpulab):
         designer.cpu_element(d, HostPolicy(cpu_model="Icelake-Server"), 1)
         domains.define_domain(conn, d.to_xml())
         try:
-            check = ok_json(ahv(NAME, "vm", "cpu-check", name, "--json"))
+            check = ok_json(cli(status, "vm", "cpu-check", name, "--json"))
         finally:
             conn.lookupByName(name).undefine()
     assert check["can_run_on"] == []
@@ -128,33 +165,32 @@ def test_a_vm_with_a_newer_cpu_is_reported_incompatible(cpulab):
 
 def test_set_refuses_a_model_no_host_runs_and_unknown_names(cpulab):
     status, _ = cpulab
-    path = Path(status["cluster_file"]).with_name("cluster-cpu.json")
-    before = path.read_text() if path.exists() else None
+    before = stored_level()
     r = cli(status, "cluster", "cpu", "set", "Icelake-Server")
     assert r.returncode == 4, r.stderr
     assert "cannot run on every host" in r.stderr and "avx512f" in r.stderr
     assert "Traceback" not in r.stderr
     r = cli(status, "cluster", "cpu", "set", "Nosuch-CPU")
     assert r.returncode == 2 and "Nosuch-CPU" in r.stderr, r.stderr
-    assert (path.read_text() if path.exists() else None) == before
+    assert stored_level() == before
     # An older model every host runs is accepted and becomes the (manual) level.
     done = ok_json(cli(status, "cluster", "cpu", "set", "Westmere", "--json"))
     assert done["level"]["model"] == "Westmere" and done["level"]["source"] == "manual"
 
 
 def test_microarchitecture_level_reaches_vms_of_template_deploys(cpulab):
-    status, cluster = cpulab
+    status, _ = cpulab
     done = ok_json(cli(status, "cluster", "cpu", "set", "x86-64-v2", "--json"))
     assert done["level"]["model"] == "kvm64" and done["level"]["name"] == "x86-64-v2"
     assert "sse4.2" in done["level"]["features"]
     # A template deploy (not only `vm create`) defines its VMs with the stored level.
-    ok_json(ahv(NAME, "vm", "create", "tsrc", "--memory-mib", "128", "--disk", "guest",
+    ok_json(cli(status, "vm", "create", "tsrc", "--memory-mib", "128", "--disk", "guest",
                 "--host", "h1", "--json"))
-    assert ahv(NAME, "template", "create", "tcpu-tp", "--from-vm", "tsrc").returncode == 0
-    r = ahv(NAME, "template", "deploy", "tcpu-tp", "--count", "1", "--prefix", "tdep-")
+    assert cli(status, "template", "create", "tcpu-tp", "--from-vm", "tsrc").returncode == 0
+    r = cli(status, "template", "deploy", "tcpu-tp", "--count", "1", "--prefix", "tdep-")
     assert r.returncode == 0, r.stderr
-    shown = ok_json(ahv(NAME, "vm", "show", "tdep-1", "--json"))
-    with connection(cluster.host(shown["host"]).uri) as conn:
+    shown = ok_json(cli(status, "vm", "show", "tdep-1", "--json"))
+    with connection(root_uri(shown["host"])) as conn:
         el = etree.fromstring(domains.domain_xml(conn.lookupByName("tdep-1")).encode())
     assert el.findtext("cpu/model") == "kvm64"
     required = {f.get("name") for f in el.findall("cpu/feature")
@@ -166,35 +202,39 @@ def test_adding_an_older_host_lowers_the_level_or_is_refused_with_strict(cpulab,
     """A cluster of h1 whose stored level h2 cannot run (as if h1 were a newer machine):
     --strict refuses h2 and changes nothing; without it the level drops to the
     baseline of both hosts and the VMs are redefined to it."""
-    status, cluster = cpulab
-    h1, h2 = cluster.host("h1"), cluster.host("h2")
-    small = tmp_path / "cluster.yaml"
-    small.write_text(cluster.model_copy(update={"hosts": [h1]}).dump_yaml())
-    level_file = small.with_name("cluster-cpu.json")
-    level_file.write_text(json.dumps({"model": "Icelake-Server", "vendor": None,
-                                      "features": [], "disabled": [],
-                                      "source": "baseline", "set_at": 0}))
+    status, _ = cpulab
+    original = exported()
+    saved = tmp_path / "cluster.yaml"
+    saved.write_text(original.dump_yaml())
+    h2 = original.host("h2")
+    assert cli(status, "host", "remove", "h2", "--force").returncode == 0
+    put = in_host(lab.layout_of(NAME).host("h1"), sys.executable, "-c", PUT_LEVEL, json.dumps(
+        {"model": "Icelake-Server", "vendor": None, "features": [], "disabled": [],
+         "source": "baseline", "set_at": 0}))
+    assert put.returncode == 0, put.stderr
     labels = [a for k, v in h2.labels.items() for a in ("--label", f"{k}={v}")]
-    add = ["host", "add", "h2", "--uri", h2.uri, *labels, "--cluster", str(small)]
-    r = cli(status, *add, "--strict")
-    assert r.returncode == 4, r.stderr
-    assert "h2 cannot run the cluster CPU level Icelake-Server" in r.stderr
-    assert "avx512f" in r.stderr and "Traceback" not in r.stderr
-    assert [h.name for h in load_cluster(small).hosts] == ["h1"]
-    assert json.loads(level_file.read_text())["model"] == "Icelake-Server"
+    add = ["host", "add", "h2", "--uri", h2.uri, *labels]
+    try:
+        r = cli(status, *add, "--strict")
+        assert r.returncode == 4, r.stderr
+        assert "h2 cannot run the cluster CPU level Icelake-Server" in r.stderr
+        assert "avx512f" in r.stderr and "Traceback" not in r.stderr
+        assert [h.name for h in exported().hosts] == ["h1"]
+        assert stored_level()["model"] == "Icelake-Server"
 
-    out = ok_json(cli(status, *add, "--json"))
-    level = out["cpu_level"]
-    assert level["action"] == "lower" and "avx512f" in level["missing"]
-    assert level["level"]["model"] != "Icelake-Server"
-    assert [h.name for h in load_cluster(small).hosts] == ["h1", "h2"]
-    stored = json.loads(level_file.read_text())
-    assert stored["model"] == level["level"]["model"] and stored["source"] == "baseline"
-    # The x86-64-v2 VMs of the test before are on the hosts: redefined to the new level.
-    assert "tdep-1" in level["redefined"]
-    # Removed and added again, h2 runs the level now: it stays as it is.
-    assert cli(status, "host", "remove", "h2", "--force", "--cluster",
-               str(small)).returncode == 0
-    again = ok_json(cli(status, *add, "--strict", "--json"))
-    assert again["cpu_level"]["action"] == "keep"
-    assert json.loads(level_file.read_text()) == stored
+        out = ok_json(cli(status, *add, "--json"))
+        level = out["cpu_level"]
+        assert level["action"] == "lower" and "avx512f" in level["missing"]
+        assert level["level"]["model"] != "Icelake-Server"
+        assert [h.name for h in exported().hosts] == ["h1", "h2"]
+        stored = stored_level()
+        assert stored["model"] == level["level"]["model"] and stored["source"] == "baseline"
+        # The x86-64-v2 VMs of the test before are on the hosts: redefined to the new level.
+        assert "tdep-1" in level["redefined"]
+        # Removed and added again, h2 runs the level now: it stays as it is.
+        assert cli(status, "host", "remove", "h2", "--force").returncode == 0
+        again = ok_json(cli(status, *add, "--strict", "--json"))
+        assert again["cpu_level"]["action"] == "keep"
+        assert stored_level() == stored
+    finally:  # h2's own entry again (SSH, OVSDB)
+        assert cli(status, "cluster", "apply", "-f", str(saved)).returncode == 0

@@ -26,12 +26,12 @@ from ahvlite.lab.layout import LabLayout
 from ahvlite.lab.services import lab_store_url, lab_zk_members, member_mode
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest
-from ahvlite.virt.conn import connection
+from ahvlite.virt.conn import local_socket_connection
 from tests.lab.conftest import assert_gone
 from tests.waiting import wait_for
 
 NAME = "tsplit"
-SUBNET = "10.213.252.0/26"
+SUBNET = "10.213.237.0/26"
 MINORITY = ("h3", "h4")
 ROUNDS = 5
 
@@ -128,7 +128,7 @@ def lead_on_majority(layout: LabLayout, coord) -> None:
 
 def remove(layout: LabLayout, vm: str) -> None:
     for h in layout.hosts:
-        with connection(f"qemu+unix:///system?socket={h.libvirt_sock}", timeout_s=5) as conn:
+        with local_socket_connection(h.libvirt_sock) as conn:
             guest.destroy_and_undefine(conn, vm)
 
 

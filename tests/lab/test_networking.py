@@ -18,19 +18,18 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from ahvlite.cluster import network as cnet
-from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.lab import guests, lab
 from ahvlite.lab.guests import GUEST_BASE, LabGuest
 from ahvlite.lab.layout import SHARED_POOL
 from ahvlite.net import netlink
 from ahvlite.net.nic import VmNic, interface_element
 from ahvlite.net.ovs import ops as ovs_ops
+from ahvlite.net.ovs.api import ovsdb
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest, storage
 from ahvlite.virt.conn import connection
 
-from .conftest import in_host
+from .conftest import ahv, in_host
 
 NAME = "tnet"
 SUBNET = "10.213.243.0/26"
@@ -41,22 +40,21 @@ BLUE, RED = 10, 20
 def netlab():
     lab.up(LabSpec(name=NAME, hosts=2, subnet=SUBNET))
     layout = lab.layout_of(NAME)
-    path = layout.cluster_file
-    cnet.create_network(path, load_cluster(path), name="blue", vlan=BLUE)
-    cnet.create_network(path, load_cluster(path), name="red", vlan=RED)
+    for name, vlan in (("blue", BLUE), ("red", RED)):
+        r = ahv(NAME, "net", "create", name, "--vlan", str(vlan))
+        assert r.returncode == 0, r.stderr
     yield layout
     if NAME in lab.list_labs():
         lab.down(NAME)
 
 
-def cluster():
-    return load_cluster(lab.layout_of(NAME).cluster_file)
-
-
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args, "--cluster",
-                           str(lab.layout_of(NAME).cluster_file)],
-                          capture_output=True, text=True, timeout=120)
+    return ahv(NAME, *args, timeout_s=120)
+
+
+def host_ovs(name: str):
+    """The lab host's OVSDB over its unix socket, seen from here (instrumentation)."""
+    return ovsdb(f"unix:{lab.layout_of(NAME).host(name).ovsdb_sock}")
 
 
 def boot(layout, host_name: str, name: str, address: str, nic: dict) -> LabGuest:
@@ -107,9 +105,11 @@ def ping(layout, src: LabGuest, dst: LabGuest, count: int = 2) -> bool:
 
 
 def test_fresh_lab_matches_its_spec_and_reapply_changes_nothing(netlab):
-    results = cnet.apply(cluster())
-    assert [r.steps for r in results] == [[], []]
-    assert [r.next_cfg_after - r.next_cfg_before for r in results] == [0, 0]
+    r = cli("net", "apply", "--json")
+    assert r.returncode == 0, r.stderr
+    results = json.loads(r.stdout)
+    assert [r["steps"] for r in results] == [[], []]
+    assert [r["ovsdb_changes"] for r in results] == [0, 0]
 
 
 def test_same_vlan_across_hosts_pings_and_other_vlan_cannot(netlab, vlan_guests):
@@ -205,10 +205,9 @@ def test_unchanged_apply_loses_no_ping_and_makes_zero_ovsdb_changes(netlab, vlan
 
 def test_bond_failover_loses_at_most_two_pings(netlab, vlan_guests):
     h1, h2 = netlab.host("h1"), netlab.host("h2")
-    host = cluster().host("h1")
 
     def active() -> str | None:
-        with cnet.host_ovsdb(host) as api:
+        with host_ovs("h1") as api:
             bridges, _ = ovs_ops.observe_ovs(api)
         return next(p.active_member for b in bridges for p in b.ports if p.name == "br0-up")
 
@@ -245,13 +244,12 @@ def test_bond_member_change_adds_before_removing_and_keeps_the_uplink(netlab, vl
     # offload veths do not do, and TCP (TLS to OVSDB) stalls while ping still works.
     subprocess.run(["ethtool", "-K", extra, "tx", "off"], check=True, capture_output=True)
     assert in_host(h1, "ethtool", "-K", "eth2", "tx", "off").returncode == 0
-    path = netlab.cluster_file
     try:
         dry = cli("net", "bond", "set", "h1", "--members", "eth0,eth2", "--dry-run", "--json")
         assert dry.returncode == 0, dry.stderr
         steps = [(s["step"], s["phase"]) for s in json.loads(dry.stdout)[0]["steps"]]
         assert steps == [("AddBondMember", 1), ("RemoveBondMember", 2)]
-        assert "eth2" not in path.read_text()  # dry run records nothing
+        assert "eth2" not in cli("cluster", "export").stdout  # dry run records nothing
         pinger = _ping_log(h2, h1.ip, 4)
         time.sleep(0.5)
         done = cli("net", "bond", "set", "h1", "--members", "eth0,eth2", "--json")
@@ -259,7 +257,7 @@ def test_bond_member_change_adds_before_removing_and_keeps_the_uplink(netlab, vl
         assert done.returncode == 0, done.stderr
         _, lost = _lost(out)
         assert lost <= 2, out
-        with cnet.host_ovsdb(cluster().host("h1")) as api:
+        with host_ovs("h1") as api:
             bridges, _ = ovs_ops.observe_ovs(api)
         bond = next(p for b in bridges for p in b.ports if p.name == "br0-up")
         assert bond.interfaces == ("eth0", "eth2")

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ import yaml
 from ahvlite.lab import lab
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt.conn import connection
-from tests.lab.conftest import in_host
+from tests.lab.conftest import ahv, in_host
 
 NAME = "tprov"
 SUBNET = "10.213.252.0/26"
@@ -50,14 +49,13 @@ def tree_digest(paths=ROOT_PATHS) -> dict[str, str]:
     return out
 
 
-def cli(cluster_file: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AHVLITE_CLUSTER": cluster_file, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args],
-                          capture_output=True, text=True, env=env, timeout=600)
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return ahv(NAME, *args, timeout_s=600)
 
 
-def provision(cluster_file: str, *args: str) -> dict:
-    r = cli(cluster_file, "host", "provision", "h1", "--json", *args)
+def provision(*args: str) -> dict:
+    """`host provision h1`: ansible runs here, its inventory from the lab's API."""
+    r = cli("host", "provision", "h1", "--json", *args)
     assert r.returncode == 0, r.stdout + r.stderr
     return json.loads(r.stdout)
 
@@ -93,25 +91,25 @@ def first_run(provlab):
     status, host = provlab
     break_host(host)
     before = tree_digest()
-    result = provision(status["cluster_file"])
+    result = provision()
     return status, host, result, before, tree_digest()
 
 
 def test_first_run_configures_the_host(first_run):
-    status, host, result, _, _ = first_run
+    _, host, result, _, _ = first_run
     assert result["status"] == "successful" and result["failures"] == []
     changed = {c["task"]: c["detail"] or "" for c in result["changes"]}
     assert "virbr0" in changed["Bridges, uplink bond and virbr0 from the cluster file"]
     assert "listen_tcp" in changed["Configure libvirtd to listen with TLS on the management "
                                    "address"]
     # libvirtd answers over TLS, verified with the cluster CA from the root namespace.
-    cluster = yaml.safe_load(Path(status["cluster_file"]).read_text())
-    with connection(cluster["hosts"][0]["uri"], timeout_s=20) as conn:
+    layout = lab.layout_of(NAME)
+    with connection(layout.libvirt_uri(layout.host("h1")), timeout_s=20) as conn:
         assert conn.getHostname() == host.hostname
     assert listen_tcp_lines(host) == ["listen_tcp = 0"]
     assert "192.168.5.1/24" in virbr0(host)
     # br0 with its bond, as ahvlite's own network code reports it.
-    shown = cli(status["cluster_file"], "net", "show", "h1", "--json")
+    shown = cli("net", "show", "h1", "--json")
     assert shown.returncode == 0, shown.stderr
     (br0,) = [b for b in json.loads(shown.stdout)[0]["bridges"] if b["name"] == "br0"]
     (bond,) = br0["bonds"]
@@ -127,16 +125,15 @@ def test_nothing_outside_the_lab_hosts_private_directories_changed(first_run):
 
 
 def test_second_run_changes_nothing(first_run):
-    status, *_ = first_run
-    again = provision(status["cluster_file"])
+    again = provision()
     assert again["changed"] == 0, again["changes"]
     assert again["stats"]["h1"]["ok"] > 10
 
 
 def test_check_reports_what_would_change_and_changes_nothing(first_run):
-    status, host, *_ = first_run
+    _, host, *_ = first_run
     break_host(host)
-    checked = provision(status["cluster_file"], "--check", "--tags", "network,libvirt")
+    checked = provision("--check", "--tags", "network,libvirt")
     assert checked["check"] is True
     tasks = {c["task"]: c["detail"] or "" for c in checked["changes"]}
     assert "create Linux bridge virbr0" in tasks[
@@ -150,14 +147,13 @@ def test_check_reports_what_would_change_and_changes_nothing(first_run):
 
 
 def test_a_host_key_nobody_vouches_for_fails_with_host_task_and_message(first_run, tmp_path):
-    status, *_ = first_run
-    cluster = yaml.safe_load(Path(status["cluster_file"]).read_text())
+    cluster = json.loads(cli("cluster", "export", "--json").stdout)
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     cluster["hosts"][0]["ssh"]["known_hosts"] = str(empty)
     cf = tmp_path / "cluster.yaml"
     cf.write_text(yaml.safe_dump(cluster))
-    r = cli(str(cf), "host", "provision", "h1")
+    r = cli("host", "provision", "h1", "-f", str(cf))  # this file's SSH settings
     assert r.returncode == 6, r.stdout + r.stderr  # HostUnreachable
     assert "host h1" in r.stderr and "Gathering Facts" in r.stderr
     assert "Host key verification failed" in r.stderr

@@ -54,7 +54,9 @@ def test_bad_input_creates_nothing(tmp_path):
 def test_a_cluster_file_that_cannot_be_read_gives_one_clear_error(tmp_path, make, needle):
     path = tmp_path / "cluster.yaml"
     make(path)
-    result = ahvlite("host", "list", "--cluster", str(path), env={"COLUMNS": "300"})
+    # Refused before any API is asked: no endpoint is configured here at all.
+    result = ahvlite("cluster", "apply", "-f", str(path),
+                     env={"COLUMNS": "300", "AHVLITE_API": "", "HOME": str(tmp_path)})
     assert result.returncode == 2, result.stderr
     assert "cluster file=" in result.stderr and needle in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr

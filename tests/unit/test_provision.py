@@ -157,9 +157,16 @@ def _cluster_file(tmp_path: Path) -> Path:
     return cf
 
 
-def test_zk_secret_is_generated_once_kept_0600_and_passed_as_extra_var(tmp_path):
-    from ahvlite.cli.provision import provision_inputs
+def provision_inputs(hosts: list[str], *, cluster: Path, check: bool):
+    """The inputs of `host provision -f CLUSTER` (the CA and secret beside the file)."""
+    from ahvlite.cli.provision import provision_inputs as inputs
+    from ahvlite.spec.cluster import load_cluster
 
+    return inputs(hosts, spec=load_cluster(cluster), cluster_file=cluster, pki_dir=None,
+                  check=check)
+
+
+def test_zk_secret_is_generated_once_kept_0600_and_passed_as_extra_var(tmp_path):
     cf = _cluster_file(tmp_path)
     inv, extra = provision_inputs(["h1"], cluster=cf, check=False)
     secret = extra[provision.ZK_SECRET_VAR]
@@ -179,8 +186,6 @@ def test_zk_secret_is_generated_once_kept_0600_and_passed_as_extra_var(tmp_path)
 
 
 def test_check_mode_writes_no_secret_and_a_bad_one_is_refused(tmp_path):
-    from ahvlite.cli.provision import provision_inputs
-
     cf = _cluster_file(tmp_path)
     _, extra = provision_inputs([], cluster=cf, check=True)
     assert len(extra[provision.ZK_SECRET_VAR]) >= provision.ZK_SECRET_MIN_CHARS
@@ -196,7 +201,6 @@ def test_check_mode_writes_no_secret_and_a_bad_one_is_refused(tmp_path):
 def test_controller_env_carries_the_secret_in_the_store_url_the_controller_parses(tmp_path):
     import jinja2
 
-    from ahvlite.cli.provision import provision_inputs
     from ahvlite.controller.coord.url import ZkUrl, parse_store_url
 
     cf = _cluster_file(tmp_path)
@@ -263,3 +267,27 @@ def test_reboot_handler_goes_on_to_the_reboot_with_no_vm_running(tmp_path):
     quiet = _reboot_play(tmp_path, "test:///default", allowed=False)
     assert quiet.returncode == 0, quiet.stdout
     assert "needs a reboot for the IOMMU" in quiet.stdout and "runs VMs" not in quiet.stdout
+
+
+def test_ssh_files_from_the_api_are_the_controllers_and_used_here_only_if_present(tmp_path):
+    from ahvlite.cli.provision import with_local_ssh
+
+    here = tmp_path / "known_hosts"
+    here.write_text("")
+    spec = cluster()  # h1 names /k/id and /k/known_hosts: not on this machine
+    spec = spec.model_copy(update={"hosts": [
+        spec.hosts[0], spec.hosts[1].model_copy(update={"ssh": spec.hosts[1].ssh.model_copy(
+            update={"known_hosts": here})})]})
+    api = with_local_ssh(spec, key=None, known_hosts=None, from_api=True)
+    h1, h2 = (group(provision.build_inventory(api, [], cluster_file=Path("/c/c.yaml"),
+                                              pki_dir=Path("/c/pki"),
+                                              profile=provision.Profile()))["hosts"][n]
+              for n in ("h1", "h2"))
+    assert "ansible_ssh_private_key_file" not in h1  # ssh's own defaults here
+    assert "UserKnownHostsFile" not in h1["ansible_ssh_common_args"]
+    assert "StrictHostKeyChecking=yes" in h1["ansible_ssh_common_args"]  # still strict
+    assert f"UserKnownHostsFile={here}" in h2["ansible_ssh_common_args"]  # present here
+    mine = with_local_ssh(spec, key=tmp_path / "k", known_hosts=here, from_api=True)
+    assert {(h.ssh.key, h.ssh.known_hosts) for h in mine.hosts} == {(tmp_path / "k", here)}
+    from_file = with_local_ssh(spec, key=None, known_hosts=None, from_api=False)
+    assert from_file.hosts[0].ssh.key == Path("/k/id")  # a -f file's paths are this machine's

@@ -126,15 +126,15 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 def test_cli_refuses_bad_tags_and_hosts_without_ssh(tmp_path):
     cf = tmp_path / "cluster.yaml"
     cf.write_text("name: c\nhosts:\n- name: h1\n  uri: qemu+tls://10.0.0.1/system\n")
-    bad_tag = _cli("host", "provision", "--cluster", str(cf), "--tags", "network,bogus")
+    bad_tag = _cli("host", "provision", "-f", str(cf), "--tags", "network,bogus")
     assert bad_tag.returncode == 2
     assert "--tags='bogus'" in bad_tag.stderr and "network" in bad_tag.stderr
-    no_ssh = _cli("host", "provision", "h1", "--cluster", str(cf), "--json")
+    no_ssh = _cli("host", "provision", "h1", "-f", str(cf), "--json")
     assert no_ssh.returncode == 2
     payload = json.loads(no_ssh.stdout)
     assert payload["error"] == "invalid" and "hosts[h1].ssh" in payload["message"]
     assert not (tmp_path / "pki").exists()  # refused before the ZooKeeper secret is made
-    unknown = _cli("host", "provision", "h7", "--cluster", str(cf))
+    unknown = _cli("host", "provision", "h7", "-f", str(cf))
     assert unknown.returncode == 3 and "'h7'" in unknown.stderr
     for r in (bad_tag, no_ssh, unknown):
         assert "Traceback" not in r.stdout + r.stderr

@@ -154,6 +154,20 @@ def test_submit_validates_and_persists(env):
         store.load("missing")
 
 
+def test_a_submission_with_its_own_id_is_idempotent(env):
+    _, store = env
+    reg = {"steps": Steps()}
+    tid = "1764117600000-0a1b2c3d"
+    first = store.submit("steps", {"n": 2}, reg, task_id=tid, submitted_by="cert:a")
+    again = store.submit("steps", {"n": 2}, reg, task_id=tid, submitted_by="cert:a")
+    assert again == first and len(store.all()) == 1  # sent twice, queued once
+    with pytest.raises(Conflict):
+        store.submit("steps", {"n": 3}, reg, task_id=tid, submitted_by="cert:a")
+    with pytest.raises(InvalidSpec) as exc:
+        store.submit("steps", {"n": 2}, reg, task_id="../../etc")
+    assert exc.value.field == "id"
+
+
 def test_the_leader_runs_a_task_to_success(env):
     coord, store = env
     h = Steps()

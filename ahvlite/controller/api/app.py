@@ -313,8 +313,8 @@ def create_app(backend: ApiBackend) -> FastAPI:
                     who: Annotated[Principal, Depends(principal)]) -> TaskOut:
         """Validate through the task kind and queue it; the leader runs it."""
         task = tasks.submit(body.kind, body.params, dict(backend.registry),
-                            submitted_by=who.name)
-        return task_out(task, 0)
+                            submitted_by=who.name, task_id=body.id)
+        return task_out(*tasks.load(task.id))
 
     @api.get("/v1/tasks", response_model=list[TaskOut], tags=["tasks"])
     def list_tasks(q: Annotated[TaskListQuery, Query()]) -> list[TaskOut]:

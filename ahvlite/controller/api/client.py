@@ -233,7 +233,12 @@ class ApiClient:
         return WhoAmI(**self.get("/v1/auth/whoami"))
 
     def submit(self, kind: str, params: dict[str, Any]) -> TaskOut:
-        resp = self.request("POST", "/v1/tasks", json={"kind": kind, "params": params})
+        """Queue a task on any controller. The id is ours, so the submission is
+        idempotent and goes out again to the next controller when one dies mid-way."""
+        from ahvlite.controller.tasks import new_task_id
+
+        body = {"kind": kind, "params": params, "id": new_task_id(time.time())}
+        resp = self.request("POST", "/v1/tasks", json=body, resend=True)
         return TaskOut(**resp.json())
 
     def task(self, task_id: str) -> TaskOut:

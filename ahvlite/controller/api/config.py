@@ -144,7 +144,8 @@ def load_client_config(env: dict[str, str] | None = None,
         raise NotFound("no API endpoints configured",
                        hint=f"write {path} (endpoints, ca, cert/key or token) or set "
                             f"{ENV['endpoints']}, {ENV['ca']} and {ENV['cert']}/{ENV['key']} "
-                            f"or {ENV['token']}")
+                            f"or {ENV['token']}; or `ahvlite local up` to make this "
+                            "machine a one-host cluster")
     return _build(values)
 
 

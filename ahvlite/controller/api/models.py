@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ahvlite.controller.tasks import TASK_ID_RE
+
 API_VERSION = "v1"
 DEFAULT_PORT = 9440
 MAX_WAIT_S = 60.0  # a long-poll holds a server thread: keep each one short
@@ -41,6 +43,9 @@ class Health(BaseModel):
 class TaskSubmit(Strict):
     kind: Annotated[str, Field(min_length=1, max_length=64)]
     params: dict[str, Any] = Field(default_factory=dict)
+    # Chosen by the client: a submission sent again after a lost answer (the controller
+    # died meanwhile) returns the same task instead of queueing a second one.
+    id: Annotated[str | None, Field(pattern=TASK_ID_RE.pattern)] = None
 
 
 class TaskOut(BaseModel):

@@ -139,6 +139,7 @@ CORE: tuple[Read, ...] = (
 
 def all_reads() -> tuple[Read, ...]:
     """Every read the API serves: the core ones above and each noun's own table."""
-    from ahvlite.controller.api import read_images, read_templates, read_vms
+    from ahvlite.controller.api import read_cluster, read_images, read_templates, read_vms
 
-    return (*CORE, *read_vms.READS, *read_images.READS, *read_templates.READS)
+    return (*CORE, *read_vms.READS, *read_cluster.READS, *read_images.READS,
+            *read_templates.READS)

@@ -10,6 +10,9 @@ from ahvlite.errors import InvalidSpec
 
 ALLOWED = "sqlite:///ABSOLUTE/PATH or zk://[USER:SECRET@]HOST:PORT[,HOST:PORT...]/CHROOT"
 ENV_AUTH = "AHVLITE_ZK_AUTH"
+# A file holding USER:SECRET (mode 0600): how the systemd units and the lab pass the
+# secret, so it is on no command line and in no environment listing of ps.
+ENV_SECRET_FILE = "AHVLITE_STORE_SECRET_FILE"
 DEFAULT_AUTH = ("ahvlite", "ahvlite")
 
 
@@ -86,6 +89,8 @@ def parse_store_url(url: str, env: dict[str, str] | None = None) -> StoreUrl:
         user, sep, secret = env[ENV_AUTH].partition(":")
         if not sep or not user or not secret:
             raise InvalidSpec(ENV_AUTH, "***", "USER:SECRET")
+    elif env.get(ENV_SECRET_FILE):
+        user, secret = read_secret_file(Path(env[ENV_SECRET_FILE]))
     hosts = []
     for item in netloc.split(","):
         host, sep, port = item.rpartition(":")
@@ -95,3 +100,17 @@ def parse_store_url(url: str, env: dict[str, str] | None = None) -> StoreUrl:
             raise InvalidSpec("store", redact(url), ALLOWED, hint=f"bad host:port {item!r}")
         hosts.append((host, int(port)))
     return ZkUrl(tuple(hosts), "/" + chroot, user, secret)
+
+
+def read_secret_file(path: Path) -> tuple[str, str]:
+    """``USER:SECRET`` from ``path`` (never echoed in errors)."""
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidSpec(ENV_SECRET_FILE, str(path),
+                          f"a readable file holding USER:SECRET ({type(exc).__name__})"
+                          ) from None
+    user, sep, secret = text.partition(":")
+    if not sep or not user or not secret or "\n" in text:
+        raise InvalidSpec(ENV_SECRET_FILE, str(path), "a file holding one line USER:SECRET")
+    return user, secret

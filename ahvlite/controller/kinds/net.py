@@ -1,0 +1,176 @@
+"""Network task kinds: VLAN networks in the cluster spec, a host's uplink bond, and
+making hosts match the spec (one OVSDB transaction per host, from the leader).
+
+The leader reaches each host's OVSDB with the certificate files the host's entry
+names, which are the controller's own (``cluster.hostfiles``: by default the host's
+libvirt client certificate under ``/etc/pki``). Spec changes are compare-and-set, so
+two ``net create`` at once both land.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from ahvlite.controller.kinds.base import HOST_FIELD, OPTIONAL_HOST, Params
+from ahvlite.controller.kinds.spec import SpecKind
+from ahvlite.controller.tasks import TaskContext
+from ahvlite.errors import Conflict
+from ahvlite.spec.cluster import ClusterSpec
+from ahvlite.spec.errors import build
+from ahvlite.spec.network import VlanNetworkSpec
+
+BRIDGE = Field("br0", pattern=r"^[A-Za-z0-9_.-]{1,15}$", description="an OVS bridge")
+
+
+class NetCreateParams(Params):
+    name: str = Field(max_length=64)
+    vlan: int
+    bridge: str = BRIDGE
+
+    @model_validator(mode="after")
+    def _network(self) -> NetCreateParams:
+        build(VlanNetworkSpec, name=self.name, vlan=self.vlan, bridge=self.bridge)
+        return self
+
+
+def _same_network(spec: ClusterSpec, p: NetCreateParams) -> bool:
+    net = spec.network.network(p.name)
+    return net is not None and (net.vlan, net.bridge) == (p.vlan, p.bridge)
+
+
+class NetCreate(SpecKind[NetCreateParams]):
+    """``net.create``: a VLAN network added to the spec (hosts need no change: a VM
+    NIC carries the tag). A resumed run that finds the network as asked is done."""
+
+    name = "net.create"
+    Params = NetCreateParams
+
+    def check(self, p: Any) -> None:
+        spec = self.cluster()
+        if spec.network.network(p.name) is not None and not _same_network(spec, p):
+            raise Conflict(f"network {p.name!r} already exists",
+                           hint="`ahvlite net delete` it first, or pick another name")
+
+    def run(self, ctx: TaskContext) -> dict[str, Any]:
+        from ahvlite.cluster.network import with_network
+
+        p = self.params(ctx)
+        resumed = ctx.task.attempts > 1
+
+        def add(spec: ClusterSpec) -> ClusterSpec | None:
+            if resumed and _same_network(spec, p):
+                return None
+            return with_network(spec, name=p.name, vlan=p.vlan, bridge=p.bridge)
+
+        ctx.progress(30, f"recording network {p.name} (VLAN {p.vlan})")
+        ctx.step("record", lambda: {"written": self.change_spec(ctx, add)[1]})
+        return {"name": p.name, "vlan": p.vlan, "bridge": p.bridge}
+
+
+class NetDeleteParams(Params):
+    name: str = Field(max_length=64)
+
+
+class NetDelete(SpecKind[NetDeleteParams]):
+    """``net.delete``: a VLAN network removed from the spec (a resumed run that finds
+    it gone is done)."""
+
+    name = "net.delete"
+    Params = NetDeleteParams
+
+    def run(self, ctx: TaskContext) -> dict[str, Any]:
+        from ahvlite.cluster.network import without_network
+
+        p = self.params(ctx)
+        resumed = ctx.task.attempts > 1
+
+        def drop(spec: ClusterSpec) -> ClusterSpec | None:
+            if resumed and spec.network.network(p.name) is None:
+                return None
+            return without_network(spec, name=p.name)
+
+        ctx.progress(30, f"removing network {p.name}")
+        ctx.step("record", lambda: {"written": self.change_spec(ctx, drop)[1]})
+        return {"deleted": p.name}
+
+
+class NetApplyParams(Params):
+    host: str | None = OPTIONAL_HOST
+
+
+class NetApply(SpecKind[NetApplyParams]):
+    """``net.apply``: each host (or one) made to match the spec, one OVSDB transaction
+    per host, one step per host. Applying is idempotent, so a resumed run applies the
+    hosts not yet recorded and finds nothing left to do on one the old leader did."""
+
+    name = "net.apply"
+    Params = NetApplyParams
+
+    def check(self, p: Any) -> None:
+        self.host("host", p.host)
+
+    def run(self, ctx: TaskContext) -> dict[str, Any]:
+        from ahvlite.cluster import network as cnet
+
+        p = self.params(ctx)
+        spec = self.cluster()
+        names = [p.host] if p.host else [h.name for h in spec.hosts]
+        results = []
+        for i, name in enumerate(names):
+            ctx.progress(int(100 * i / max(1, len(names))),
+                         f"applying host networking on {name} ({i + 1}/{len(names)})")
+            results.append(ctx.step(f"apply-{name}", lambda n=name: cnet.apply(  # type: ignore[misc]
+                spec, [n])[0].to_dict()))
+        return {"results": results, "warnings": spec.network.warnings()}
+
+
+class BondSetParams(Params):
+    host: str = HOST_FIELD
+    bridge: str = BRIDGE
+    mode: str | None = Field(None, max_length=32)
+    members: list[str] | None = Field(None, max_length=16)
+    lacp: str | None = Field(None, max_length=16)
+
+    def bond(self) -> dict[str, Any]:
+        return {"bridge": self.bridge, "mode": self.mode, "members": self.members,
+                "lacp": self.lacp}
+
+
+class NetBondSet(SpecKind[BondSetParams]):
+    """``net.bond.set``: plan the bond change against the host (unknown NICs are
+    refused before anything is recorded), record it in the host's entry by
+    compare-and-set, then apply it (new members join before old ones leave). Each step
+    is idempotent: re-recording finds the override there, re-applying finds the host
+    as planned."""
+
+    name = "net.bond.set"
+    Params = BondSetParams
+
+    def check(self, p: Any) -> None:
+        from ahvlite.cluster.network import bond_override
+
+        self.host("host", p.host)
+        bond_override(self.cluster(), p.host, **p.bond())  # mode, LACP, bridge: refused now
+
+    def run(self, ctx: TaskContext) -> dict[str, Any]:
+        from ahvlite.cluster import network as cnet
+        from ahvlite.cluster.specwrite import read_spec
+
+        p = self.params(ctx)
+        spec = self.cluster()
+        ctx.progress(10, f"planning the bond on {p.host}")
+        ctx.step("plan", lambda: cnet.plan_bond(spec, p.host, **p.bond())[1].to_dict())
+        ctx.progress(40, f"recording the bond of {p.host}")
+        ctx.step("record", lambda: {"written": self.change_spec(
+            ctx, lambda s: cnet.bond_override(s, p.host, **p.bond()))[1]})
+        new, _ = read_spec(self.state())
+        assert new is not None
+        ctx.progress(60, f"changing the bond on {p.host}")
+        done = ctx.step("apply", lambda: cnet.apply(new, [p.host])[0].to_dict())
+        return {"result": done,
+                "warnings": cnet.host_network(new, new.host(p.host)).warnings()}
+
+
+KINDS = (NetCreate, NetDelete, NetApply, NetBondSet)
