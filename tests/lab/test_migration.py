@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,14 +42,13 @@ def miglab():
     status = lab.up(LabSpec(name=NAME, hosts=3, subnet=SUBNET))
     layout = lab.layout_of(NAME)
     path = Path(status["cluster_file"])
-    cluster = load_cluster(path)  # to look at libvirt directly, and make the guests
+    cluster = load_cluster(path)  # to look at libvirt directly (instrumentation)
     r = ahv(NAME, "image", "import", status["guest"]["disk"], "guest", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     ips = [a.split("/")[0] for a in status["guest_addresses"]]
-    vms.create_vm(cluster, guests.vm_spec("g1", status["guest_addresses"][0]), host="h1",
-                  start=True)
-    vms.create_vm(cluster, guests.vm_spec("dirty", status["guest_addresses"][1], dirty_mib_s=40),
-                  host="h1", start=True)
+    create(guests.vm_spec("g1", status["guest_addresses"][0]), "h1", start=True)
+    create(guests.vm_spec("dirty", status["guest_addresses"][1], dirty_mib_s=40), "h1",
+           start=True)
     for name in ("g1", "dirty"):
         assert wait_for(lambda n=name: ready(layout, "h1", n), timeout_s=240,
                         interval_s=0.5), name
@@ -58,9 +58,23 @@ def miglab():
         lab.down(NAME)
 
 
-def where(cluster, name: str) -> tuple[str, str]:
-    info = vms.show_vm(cluster, name)
-    return info.host, info.state
+def ok(r: subprocess.CompletedProcess[str]) -> Any:
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def create(spec: Any, host: str, *, start: bool = False) -> dict[str, Any]:
+    """A full VmSpec (serial log, fw_cfg) made by the leader: the vm.spec.create task
+    `vm create` submits."""
+    task = ok(ahv(NAME, "task", "submit", "vm.spec.create", "-p",
+                  f"spec={spec.model_dump_json()}", "-p", f"host={host}", "-p",
+                  f"start={json.dumps(start)}", "--json"))
+    return dict(ok(ahv(NAME, "task", "wait", task["id"], "--json"))["result"])
+
+
+def where(_cluster, name: str) -> tuple[str, str]:
+    info = ok(ahv(NAME, "vm", "show", name, "--json"))
+    return info["host"], info["state"]
 
 
 def pings(layout, host: str, ip: str) -> bool:
@@ -129,20 +143,19 @@ def test_a_second_migration_of_the_same_vm_is_refused_not_raced(miglab):
 
 def test_pinned_and_stopped_vms_are_refused_before_anything_moves(miglab):
     _status, _layout, _path, cluster, _ips = miglab
-    vms.create_vm(cluster, guests.vm_spec("pinned", labels={"ahvlite.io/pinned": "true"}),
-                  host="h1")
+    create(guests.vm_spec("pinned", labels={"ahvlite.io/pinned": "true"}), "h1")
     r = ahv(NAME, "vm", "migrate", "pinned", "--json")
     assert r.returncode == 4, r.stdout
     assert "pinned" in json.loads(r.stdout)["message"]
-    vms.create_vm(cluster, guests.vm_spec("stopped"), host="h1")
+    create(guests.vm_spec("stopped"), "h1")
     r = ahv(NAME, "vm", "migrate", "stopped")
     assert r.returncode == 4 and "shutoff" in r.stderr, r.stderr
-    assert vms.show_vm(cluster, "pinned").pinned
+    assert ok(ahv(NAME, "vm", "show", "pinned", "--json"))["pinned"]
     r = ahv(NAME, "vm", "migrate", "g1", "--to", "h3")  # g1 is on h3 already
     assert r.returncode == 2 and "a host other than" in r.stderr, r.stderr
     for name in ("pinned", "stopped"):
         assert where(cluster, name) == ("h1", "shutoff")
-        vms.delete_vm(cluster, name)
+        ok(ahv(NAME, "vm", "delete", name, "--json"))
 
 
 def test_dirtying_guest_fails_to_converge_and_keeps_running_on_the_source(miglab):
@@ -165,7 +178,7 @@ def test_dirtying_guest_fails_to_converge_and_keeps_running_on_the_source(miglab
 
 def test_maintenance_empties_a_host_and_exit_restores_it(miglab):
     _status, layout, _path, cluster, ips = miglab
-    vms.create_vm(cluster, guests.vm_spec("m1"), host="h3", start=True)
+    create(guests.vm_spec("m1"), "h3", start=True)
     # Without --wait: unschedulable at once, emptied by a detached `enter --wait`.
     r = ahv(NAME, "host", "maintenance", "enter", "h3", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -185,7 +198,8 @@ def test_maintenance_empties_a_host_and_exit_restores_it(miglab):
     assert done, Path(started["log"]).read_text()[-2000:]
     assert sorted(m["vm"] for m in done["moved"]) == ["g1", "m1"]
     assert '"state": "in_maintenance"' in Path(started["log"]).read_text()
-    running = [v for v in vms.list_vms(cluster)[0] if v.host == "h3" and v.state == "running"]
+    running = [v for v in ok(ahv(NAME, "vm", "list", "--json"))
+               if v["host"] == "h3" and v["state"] == "running"]
     assert running == []
     assert pings(layout, "h1", ips[0])
     # Placement respects the state (kept beside the cluster file, read by each process).

@@ -248,39 +248,40 @@ class TemplateDeploy(Kind[DeployParams]):
             s.name: ctx.task.steps_done[f"vm {s.name}"] for s, _ in entries
             if f"vm {s.name}" in ctx.task.steps_done}
         todo = [(s, h) for s, h in entries if s.name not in outcomes]
-        with vms.connect(cspec) as hosts:
 
-            def one(spec: Any, host: str) -> dict[str, Any]:
-                try:
-                    with serial:
-                        info = templates.deploy_vm(
-                            hosts, host, spec, tag=tag, earlier_tags=earlier,
-                            user_data=p.user_data, start=p.start, admit=admit,
-                            guard=ctx.check_leader)
-                    return {"vm": info.to_dict()}
-                except AhvliteError as exc:
-                    from ahvlite.controller.coord.api import NotLeader
-
-                    if isinstance(exc, NotLeader):
-                        raise
-                    return {"failed": exc.message}
-
-            pool = ThreadPoolExecutor(DEPLOY_WORKERS, thread_name_prefix="deploy")
+        def one(spec: Any, host: str) -> dict[str, Any]:
+            # Connections of its own: a libvirt connection is never shared by two
+            # concurrent callers (one breaking mid-call can take the client down).
             try:
-                running: dict[Future[dict[str, Any]], Any] = {
-                    pool.submit(one, s, h): s for s, h in todo}
-                while running:
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        spec = running.pop(fut)
-                        out = fut.result()  # NotLeader: stop here, the next leader resumes
-                        outcomes[spec.name] = ctx.step(f"vm {spec.name}", _const(out))
-                        what = (f"{spec.name} on {out['vm']['host']} {out['vm']['state']}"
-                                if "vm" in out else f"{spec.name} failed: {out['failed']}")
-                        ctx.progress(5 + 95 * len(outcomes) // len(entries) - 1,
-                                     f"{what} ({len(outcomes)}/{len(entries)})")
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+                with serial, vms.connect(cspec) as hosts:
+                    info = templates.deploy_vm(
+                        hosts, host, spec, tag=tag, earlier_tags=earlier,
+                        user_data=p.user_data, start=p.start, admit=admit,
+                        guard=ctx.check_leader)
+                return {"vm": info.to_dict()}
+            except AhvliteError as exc:
+                from ahvlite.controller.coord.api import NotLeader
+
+                if isinstance(exc, NotLeader):
+                    raise
+                return {"failed": exc.message}
+
+        pool = ThreadPoolExecutor(DEPLOY_WORKERS, thread_name_prefix="deploy")
+        try:
+            running: dict[Future[dict[str, Any]], Any] = {
+                pool.submit(one, s, h): s for s, h in todo}
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    spec = running.pop(fut)
+                    out = fut.result()  # NotLeader: stop here, the next leader resumes
+                    outcomes[spec.name] = ctx.step(f"vm {spec.name}", _const(out))
+                    what = (f"{spec.name} on {out['vm']['host']} {out['vm']['state']}"
+                            if "vm" in out else f"{spec.name} failed: {out['failed']}")
+                    ctx.progress(5 + 95 * len(outcomes) // len(entries) - 1,
+                                 f"{what} ({len(outcomes)}/{len(entries)})")
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         made = [outcomes[s.name]["vm"] for s, _ in entries if "vm" in outcomes[s.name]]
         failed = {s.name: outcomes[s.name]["failed"] for s, _ in entries
                   if "failed" in outcomes[s.name]}
