@@ -10,6 +10,7 @@ from bench import (
     lab_wiring,
     migration,
     ovs_ports,
+    storage_iscsi,
     vm_deploy,
 )
 
@@ -22,3 +23,4 @@ if __name__ == "__main__":
     ads.main()
     migration.main()
     ha.main()
+    storage_iscsi.main()

@@ -79,8 +79,8 @@ def api_cluster(tmp: Path, spec: ClusterSpec, *, name: str = "ctl") -> Iterator[
     kinds = registry(view, drills=True)
     settings = ApiSettings("127.0.0.1", 0, pki / "server.pem", pki / "server-key.pem",
                            pki / "ca.pem", None, tmp / "uploads")
-    # The API and the controller share one store session, as in the daemon's wiring
-    # (the API answers uploads itself only while that session leads).
+    # The API serves from the controller's own store session, as in the daemon's
+    # wiring: it knows when it leads (uploads are staged on the leader).
     ctl_coord = SqliteCoordinator(tmp / "store.db", session_timeout_s=2)
     server, url = start_api(settings, ctl_coord, name, kinds, view)
     stop = threading.Event()

@@ -1,23 +1,22 @@
 """``ahvlite ads``: the dynamic scheduler's plan (dry run), run, rules, effectiveness.
 
-Demand comes from the controller's newest stats when a store is configured (``--store``
-or $AHVLITE_STORE), else from two local samples of every host. ``plan --snapshot FILE``
-plans on a saved snapshot (``ahvlite ads snapshot > FILE``) without touching a host.
+Through the API: demand comes from the stats each host's controller publishes (hosts
+without them are sampled by the controller that answers, ``--sample`` apart). ``run``
+and the rules are tasks the leader runs. ``plan --snapshot FILE`` plans on a saved
+snapshot (``ahvlite ads snapshot > FILE``) here, without the cluster: the planner is
+pure.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ahvlite.cli.context import ClusterOpt, load
-from ahvlite.cli.controller import StoreOpt
+from ahvlite.cli import api
 from ahvlite.cli.output import console, emit_json, progress, table
-from ahvlite.cli.task import configured_store
 from ahvlite.errors import InvalidSpec, NotFound
 
 app = typer.Typer(no_args_is_help=True,
@@ -25,13 +24,14 @@ app = typer.Typer(no_args_is_help=True,
 rules_app = typer.Typer(no_args_is_help=True, help="VM-host affinity and VM-VM anti-affinity.")
 app.add_typer(rules_app, name="rules")
 
+SOLVERS = ("auto", "cpsat", "heuristic")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 SolverOpt = Annotated[str, typer.Option("--solver", help="auto, cpsat or heuristic.")]
 TimeLimitOpt = Annotated[float, typer.Option("--time-limit", help="CP-SAT seconds at most.",
                                              min=0.1, max=600)]
 SampleOpt = Annotated[float, typer.Option(
-    "--sample", help="Seconds between the two local samples (without a store).",
-    min=0.2, max=60)]
+    "--sample", help="Seconds between the two samples of a host whose controller "
+    "publishes no stats.", min=0.2, max=60)]
 CpuThOpt = Annotated[float | None, typer.Option(
     "--cpu-threshold", help="Host CPU % above which a host is a hotspot (default 85).",
     min=1, max=100, show_default=False)]
@@ -41,39 +41,7 @@ StorageThOpt = Annotated[float | None, typer.Option(
 PenaltyOpt = Annotated[int | None, typer.Option(
     "--move-penalty", help="Cost of one migration in MiB, on top of the memory it moves "
     "(default 1024).", min=0, show_default=False)]
-LAST_RUN_KEY = "ads-last-run"
-
-
-def _tuned(problem: Any, cpu: float | None, storage: float | None,
-           penalty: int | None) -> Any:
-    from dataclasses import replace
-
-    th = problem.thresholds
-    th = replace(th, cpu_pct=th.cpu_pct if cpu is None else cpu,
-                 storage_pct=th.storage_pct if storage is None else storage)
-    return replace(problem, thresholds=th, move_penalty_mib=problem.move_penalty_mib
-                   if penalty is None else penalty)
-
-
-def _records(store: str | None) -> dict[str, list[dict[str, Any]]] | None:
-    url = configured_store(store)
-    if url is None:
-        return None
-    from ahvlite.controller.coord import open_store
-    from ahvlite.controller.hostmon import read_stats
-
-    coord = open_store(url)
-    try:
-        return {r["host"]: [r] for r in read_stats(coord)}
-    finally:
-        coord.close()
-
-
-def _live_problem(cluster: Path | None, store: str | None, sample_s: float) -> Any:
-    from ahvlite.cluster.adsinput import snapshot
-
-    _, spec = load(cluster)
-    return snapshot(spec, records=_records(store), sample_s=sample_s)
+READ_SLACK_S = 30.0  # beyond the planner's time limit and the sampling
 
 
 def _read_snapshot(path: Path) -> Any:
@@ -97,56 +65,61 @@ def _read_snapshot(path: Path) -> Any:
 
 
 def _check_solver(solver: str) -> None:
-    """Refuse a bad --solver before reading anything (make_plan checks it again, as
-    the API's own guard, but only after the cluster was sampled)."""
-    from ahvlite.controller.ads.plan import SOLVERS
-
+    """Refuse a bad --solver before anything is read (the API checks it again)."""
     if solver not in SOLVERS:
         raise InvalidSpec("--solver", solver, ", ".join(SOLVERS))
 
 
-def _make_plan(problem: Any, solver: str, time_limit_s: float) -> Any:
-    from ahvlite.controller.ads.plan import make_plan
+def _long_get(path: str, timeout_s: float, **params: Any) -> Any:
+    """A read that may take a while (sampling, planning): waits ``timeout_s``."""
+    with api.session() as c:
+        query = {k: v for k, v in params.items() if v is not None}
+        return c.request("GET", path, params=query, timeout_s=timeout_s).json()
 
-    return make_plan(problem, solver=solver, time_limit_s=time_limit_s)  # type: ignore[arg-type]
+
+def _options(solver: str, time_limit_s: float, sample_s: float, cpu: float | None,
+             storage: float | None, penalty: int | None) -> dict[str, Any]:
+    return {"solver": solver, "time_limit_s": time_limit_s, "sample_s": sample_s,
+            "cpu_threshold": cpu, "storage_threshold": storage, "move_penalty": penalty}
 
 
-def _show_plan(plan: Any) -> None:
-    hot = ", ".join(f"{h.host} {h.resource} {h.demand_pct:g}% (> {h.threshold_pct:g}%)"
-                    for h in plan.hotspots) or "none"
-    for w in plan.warnings:
+def _show_plan(plan: dict[str, Any]) -> None:
+    hot = ", ".join(f"{h['host']} {h['resource']} {h['demand_pct']:g}% "
+                    f"(> {h['threshold_pct']:g}%)" for h in plan["hotspots"]) or "none"
+    for w in plan.get("warnings", []):
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
     console.print(f"hotspots: {hot}", highlight=False)
-    if not plan.moves:
-        console.print(f"no moves ({plan.status}). {plan.note}".strip(), highlight=False)
+    moves = plan["moves"]
+    if not moves:
+        console.print(f"no moves ({plan['status']}). {plan.get('note', '')}".strip(),
+                      highlight=False)
     else:
-        rows = [[i + 1, m.vm, m.source, m.target, m.memory_mib,
-                 "temporary hop" if m.temporary else ""] for i, m in enumerate(plan.moves)]
+        rows = [[i + 1, m["vm"], m["source"], m["target"], m["memory_mib"],
+                 "temporary hop" if m.get("temporary") else ""] for i, m in enumerate(moves)]
         console.print(table("moves, in order", ["step", "vm", "from", "to", "memory MiB", ""],
                             rows))
-        bound = "" if plan.bound_mib is None else f", bound {plan.bound_mib:g} MiB"
-        console.print(f"cost {plan.cost_mib} MiB ({plan.memory_moved_mib} MiB moved + "
-                      f"penalties){bound}; solver {plan.solver}, {plan.status}"
-                      + (f"; {plan.note}" if plan.note else ""), highlight=False)
-    if plan.remaining:
+        bound = "" if plan.get("bound_mib") is None else f", bound {plan['bound_mib']:g} MiB"
+        console.print(f"cost {plan['cost_mib']} MiB ({plan['memory_moved_mib']} MiB moved + "
+                      f"penalties){bound}; solver {plan['solver']}, {plan['status']}"
+                      + (f"; {plan['note']}" if plan.get("note") else ""), highlight=False)
+    if plan.get("remaining"):
         console.print("[yellow]still above threshold after the plan:[/] "
-                      + ", ".join(f"{h.host} {h.resource}" for h in plan.remaining))
-    rows = [[h, u.cpu_pct, u.storage_pct, u.memory_pct] for h, u in plan.predicted.items()]
+                      + ", ".join(f"{h['host']} {h['resource']}" for h in plan["remaining"]))
+    rows = [[h, u["cpu_pct"], u["storage_pct"], u["memory_pct"]]
+            for h, u in plan["predicted"].items()]
     console.print(table("predicted utilization", ["host", "cpu %", "storage cpu %",
                                                   "memory %"], rows))
 
 
 @app.command()
-def snapshot(cluster: ClusterOpt = None, store: StoreOpt = None,
-             sample_s: SampleOpt = 1.0) -> None:
+def snapshot(sample_s: SampleOpt = 1.0) -> None:
     """Print the live cluster as ADS input (JSON), for `ads plan --snapshot FILE`."""
-    problem = _live_problem(cluster, store, sample_s)
-    typer.echo(json.dumps(problem.to_dict(), indent=2))
+    problem = _long_get("/v1/ads/snapshot", 2 * sample_s + READ_SLACK_S, sample_s=sample_s)
+    typer.echo(json.dumps(problem, indent=2))
 
 
 @app.command()
-def plan(cluster: ClusterOpt = None, store: StoreOpt = None,
-         snapshot_file: Annotated[Path | None, typer.Option(
+def plan(snapshot_file: Annotated[Path | None, typer.Option(
              "--snapshot", help="Plan on this snapshot file instead of the live cluster.",
              show_default=False)] = None,
          solver: SolverOpt = "auto", time_limit_s: TimeLimitOpt = 5.0,
@@ -157,132 +130,80 @@ def plan(cluster: ClusterOpt = None, store: StoreOpt = None,
     _check_solver(solver)
     with progress(not json_out, "reading the cluster") as report:
         if snapshot_file is not None:
+            from dataclasses import replace
+
+            from ahvlite.controller.ads.plan import make_plan
+
             problem = _read_snapshot(snapshot_file)
+            th = replace(problem.thresholds,
+                         cpu_pct=problem.thresholds.cpu_pct if cpu_threshold is None
+                         else cpu_threshold,
+                         storage_pct=problem.thresholds.storage_pct
+                         if storage_threshold is None else storage_threshold)
+            problem = replace(problem, thresholds=th,
+                              move_penalty_mib=problem.move_penalty_mib
+                              if move_penalty is None else move_penalty)
+            report("planning")
+            result = make_plan(problem, solver=solver,  # type: ignore[arg-type]
+                               time_limit_s=time_limit_s).to_dict()
         else:
-            problem = _live_problem(cluster, store, sample_s)
-        report("planning")
-        problem = _tuned(problem, cpu_threshold, storage_threshold, move_penalty)
-        result = _make_plan(problem, solver, time_limit_s)
+            result = _long_get("/v1/ads/plan", 2 * sample_s + time_limit_s + READ_SLACK_S,
+                               **_options(solver, time_limit_s, sample_s, cpu_threshold,
+                                          storage_threshold, move_penalty))
     if json_out:
-        emit_json(result.to_dict())
+        emit_json(result)
         return
     _show_plan(result)
 
 
 @app.command()
-def run(cluster: ClusterOpt = None, store: StoreOpt = None, solver: SolverOpt = "auto",
-        time_limit_s: TimeLimitOpt = 5.0, sample_s: SampleOpt = 1.0,
-        cpu_threshold: CpuThOpt = None, storage_threshold: StorageThOpt = None,
-        move_penalty: PenaltyOpt = None, json_out: JsonOpt = False) -> None:
-    """Plan on the live cluster and carry out its migrations in order (stops at the
-    first failure; what moved stays moved). With a controller store each migration is
-    a vm.migrate task, submitted when the one before has succeeded."""
-    from ahvlite.cluster.migrate import migrate_vm
-    from ahvlite.errors import AhvliteError
-
+def run(solver: SolverOpt = "auto", time_limit_s: TimeLimitOpt = 5.0,
+        sample_s: SampleOpt = 1.0, cpu_threshold: CpuThOpt = None,
+        storage_threshold: StorageThOpt = None, move_penalty: PenaltyOpt = None,
+        wait: api.WaitOpt = True, json_out: JsonOpt = False) -> None:
+    """Plan on the live cluster and carry out its migrations in order (a task of the
+    leader; HA guarantee mode admits the moves first; stops at the first failure, what
+    moved stays moved)."""
     _check_solver(solver)
-    path, spec = load(cluster)
-    results: list[dict[str, Any]] = []
-    error: AhvliteError | None = None
-    with progress(not json_out, "reading the cluster") as report:
-        problem = _live_problem(path, store, sample_s)
-        report("planning")
-        problem = _tuned(problem, cpu_threshold, storage_threshold, move_penalty)
-        result = _make_plan(problem, solver, time_limit_s)
-        url = configured_store(store)
-        for i, m in enumerate(result.moves):
-            report(f"step {i + 1}/{len(result.moves)}: {m.vm} {m.source} -> {m.target}")
-            try:
-                if url is not None:
-                    results.append(_migrate_by_task(url, m.vm, m.target, path))
-                else:
-                    results.append(migrate_vm(spec, m.vm, to=m.target).to_dict())
-            except AhvliteError as exc:
-                error = exc
-                break
-    record = {"at": time.time(), "plan": result.to_dict(), "migrations": results,
-              "error": error.to_dict() if error else None}
-    spec.state.put(LAST_RUN_KEY, record)
+    record = api.run_task("ads.run", _options(solver, time_limit_s, sample_s, cpu_threshold,
+                                              storage_threshold, move_penalty),
+                          json_out=json_out, wait=wait, title="ADS: planning")
+    if record is None:
+        return
     if json_out:
         emit_json(record)
-    else:
-        _show_plan(result)
-        if result.moves and error is None:
-            console.print(f"[green]done:[/] {len(results)} migration(s)")
-    if error is not None:
-        error.message = (f"step {len(results) + 1} ({result.moves[len(results)].vm}): "
-                         f"{error.message}; {len(results)} earlier step(s) done")
-        raise error
-
-
-def _controller_plan(store: str | None) -> dict[str, Any] | None:
-    """The controller's newest ADS plan with moves, if a store is configured."""
-    url = configured_store(store)
-    if url is None:
-        return None
-    from ahvlite.controller.adsservice import LAST_MOVING_KEY
-    from ahvlite.controller.coord import open_store
-
-    coord = open_store(url)
-    try:
-        got = coord.get(LAST_MOVING_KEY)
-    finally:
-        coord.close()
-    return None if got is None else dict(json.loads(got.value))
-
-
-def _migrate_by_task(url: str, vm: str, to: str, cluster_file: Path) -> dict[str, Any]:
-    from ahvlite.controller.coord import open_store
-    from ahvlite.controller.kinds import registry
-    from ahvlite.controller.tasks import TaskStore
-    from ahvlite.errors import OperationFailed
-
-    ts = TaskStore(open_store(url), time.time)
-    try:
-        task = ts.submit("vm.migrate", {"name": vm, "to": to}, registry())
-        task = ts.wait(task.id, 3600.0, time.sleep, time.monotonic)
-    finally:
-        ts.coord.close()
-    if task.state != "succeeded":
-        raise OperationFailed(f"task {task.id} {task.state}: {task.error or task.message}")
-    return {"task": task.id, **(task.result or {})}
+        return
+    _show_plan(record["plan"])
+    if record["plan"]["moves"]:
+        console.print(f"[green]done:[/] {len(record['migrations'])} migration(s)")
 
 
 @app.command()
-def effectiveness(cluster: ClusterOpt = None, store: StoreOpt = None,
-                  sample_s: SampleOpt = 1.0, json_out: JsonOpt = False) -> None:
-    """Predicted (by the last ADS plan that moved VMs: the controller's with a store,
-    else the last `ads run`) vs observed CPU utilization of each host now."""
-    from ahvlite.controller.ads.effectiveness import compare, observe
-
-    _, cspec = load(cluster)
-    last_plan = _controller_plan(store) or cspec.state.get(LAST_RUN_KEY).get("plan")
-    if not last_plan:
-        raise NotFound("no ADS run recorded for this cluster",
-                       hint="`ahvlite ads run` first (or let the controller's ADS run)")
+def effectiveness(sample_s: SampleOpt = 1.0, json_out: JsonOpt = False) -> None:
+    """Predicted (by the last ADS plan that moved VMs: the leader's, or the last
+    `ads run`, whichever is newer) vs observed CPU utilization of each host now."""
     with progress(not json_out, "reading the cluster"):
-        problem = _live_problem(cluster, store, sample_s)
-    observed = {h: u.cpu_pct for h, u in observe(problem).items()}
-    # Each hotspot is judged by the threshold its plan used, not today's setting.
-    eff = compare(last_plan, observed)
+        eff = _long_get("/v1/ads/effectiveness", 2 * sample_s + READ_SLACK_S,
+                        sample_s=sample_s)
     if json_out:
-        emit_json(eff.to_dict())
+        emit_json(eff)
         return
     console.print(table("predicted vs observed CPU %", ["host", "predicted", "observed",
                                                         "error"],
-                        [[h.host, h.predicted_cpu_pct, h.observed_cpu_pct, h.error_pct]
-                         for h in eff.hosts]))
-    console.print(f"mean |error| {eff.mean_abs_error_pct} points, max "
-                  f"{eff.max_abs_error_pct}; relieved: {', '.join(eff.relieved) or '-'}; "
-                  f"still hot: {', '.join(eff.still_hot) or '-'}"
-                  + (f"; not observed now: {', '.join(eff.unknown)}" if eff.unknown else ""),
-                  highlight=False)
+                        [[h["host"], h["predicted_cpu_pct"], h["observed_cpu_pct"],
+                          h["error_pct"]] for h in eff["hosts"]]))
+    console.print(f"mean |error| {eff['mean_abs_error_pct']} points, max "
+                  f"{eff['max_abs_error_pct']}; relieved: "
+                  f"{', '.join(eff['relieved']) or '-'}; still hot: "
+                  f"{', '.join(eff['still_hot']) or '-'}"
+                  + (f"; not observed now: {', '.join(eff['unknown'])}" if eff["unknown"]
+                     else ""), highlight=False)
 
 
 # -- rules --------------------------------------------------------------------------
 
-def _split(value: str | None, field: str) -> tuple[str, ...]:
-    items = tuple(x.strip() for x in (value or "").split(",") if x.strip())
+def _split(value: str | None, field: str) -> list[str]:
+    items = [x.strip() for x in (value or "").split(",") if x.strip()]
     if not items:
         raise InvalidSpec(field, value, "a comma-separated list of names")
     return items
@@ -298,61 +219,58 @@ def rules_add(
     kind: Annotated[str, typer.Option(
         "--kind", help="must or should (VM-host affinity), anti (VM-VM anti-affinity).")
     ] = "must",
-    cluster: ClusterOpt = None, json_out: JsonOpt = False,
+    wait: api.WaitOpt = True,
+    json_out: JsonOpt = False,
 ) -> None:
     """Add a rule: `--kind must|should --vms A,B --hosts H1,H2`, or `--kind anti --vms A,B`."""
-    from ahvlite.cluster.adsinput import add_rule
-    from ahvlite.controller.ads.model import AntiAffinityGroup, VmHostAffinity
-
-    _path, spec = load(cluster)
     vm_names = _split(vms, "--vms")
-    rule: VmHostAffinity | AntiAffinityGroup
+    host_names: list[str] = []
     if kind == "anti":
         if hosts:
             raise InvalidSpec("--hosts", hosts, "nothing for --kind anti (VM-VM rule)")
         if len(vm_names) < 2:
             raise InvalidSpec("--vms", vms, "at least two VM names for anti-affinity")
-        rule = AntiAffinityGroup(name, vm_names)
     elif kind in ("must", "should"):
-        rule = VmHostAffinity(name, vm_names, _split(hosts, "--hosts"), kind)  # type: ignore[arg-type]
+        host_names = _split(hosts, "--hosts")
     else:
         raise InvalidSpec("--kind", kind, "must, should or anti")
-    rules = add_rule(spec, rule)
-    if json_out:
-        emit_json(rules.to_dict())
+    rules = api.run_task("ads.rule.add", {"name": name, "kind": kind, "vms": vm_names,
+                                          "hosts": host_names},
+                         json_out=json_out, wait=wait, title=f"adding ADS rule {name}")
+    if rules is None:
         return
-    console.print(f"rule {name} added ({len(rules.names())} in all)", highlight=False)
+    if json_out:
+        emit_json(rules)
+        return
+    count = len(rules["host_affinity"]) + len(rules["anti_affinity"])
+    console.print(f"rule {name} added ({count} in all)", highlight=False)
 
 
 @rules_app.command("list")
-def rules_list(cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
+def rules_list(json_out: JsonOpt = False) -> None:
     """The ADS rules of the cluster."""
-    from ahvlite.cluster.adsinput import load_rules
-    from ahvlite.controller.ads.model import stale_rule_hosts
-
-    _, spec = load(cluster)
-    rules = load_rules(spec.state)
-    # Hosts removed since the rule was added: ignored by ADS, flagged here.
-    stale = stale_rule_hosts(rules, {h.name for h in spec.hosts})
+    rules = api.get("/v1/ads/rules")
     if json_out:
-        emit_json({**rules.to_dict(), "stale": {k: list(v) for k, v in stale.items()}})
+        emit_json(rules)
         return
-    rows = [[r.name, r.kind, ", ".join(r.vms), ", ".join(r.hosts),
-             f"hosts gone: {', '.join(stale[r.name])}" if r.name in stale else ""]
-            for r in rules.host_affinity]
-    rows += [[r.name, "anti", ", ".join(r.vms), "", ""] for r in rules.anti_affinity]
+    stale = rules.get("stale", {})
+    rows = [[r["name"], r["kind"], ", ".join(r["vms"]), ", ".join(r["hosts"]),
+             f"hosts gone: {', '.join(stale[r['name']])}" if r["name"] in stale else ""]
+            for r in rules["host_affinity"]]
+    rows += [[r["name"], "anti", ", ".join(r["vms"]), "", ""] for r in rules["anti_affinity"]]
     console.print(table("ADS rules", ["name", "kind", "vms", "hosts", "stale"], rows))
 
 
 @rules_app.command("remove")
 def rules_remove(name: Annotated[str, typer.Argument(help="Rule name.")],
-                 cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
+                 wait: api.WaitOpt = True, json_out: JsonOpt = False) -> None:
     """Remove a rule by name."""
-    from ahvlite.cluster.adsinput import remove_rule
-
-    _, spec = load(cluster)
-    rules = remove_rule(spec.state, name)
-    if json_out:
-        emit_json(rules.to_dict())
+    rules = api.run_task("ads.rule.remove", {"name": name}, json_out=json_out, wait=wait,
+                         title=f"removing ADS rule {name}")
+    if rules is None:
         return
-    console.print(f"rule {name} removed ({len(rules.names())} left)", highlight=False)
+    if json_out:
+        emit_json(rules)
+        return
+    count = len(rules["host_affinity"]) + len(rules["anti_affinity"])
+    console.print(f"rule {name} removed ({count} left)", highlight=False)

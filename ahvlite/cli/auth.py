@@ -9,10 +9,11 @@ needs a client certificate of the cluster CA (``ahvlite pki issue-client``).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from ahvlite.cli.api import client
 from ahvlite.cli.output import console, emit_json, err_console, table
 
 app = typer.Typer(no_args_is_help=True, help="Who you are to the API; its bearer tokens.")
@@ -21,13 +22,6 @@ token_app = typer.Typer(no_args_is_help=True,
 app.add_typer(token_app, name="token")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 NameArg = Annotated[str, typer.Argument(help="Token name (letters, digits, . _ -).")]
-
-
-def client() -> Any:
-    """The API client from the client config (imported only when a command runs)."""
-    from ahvlite.controller.api.client import ApiClient
-
-    return ApiClient.from_env()
 
 
 def _when(ts: float | None) -> str:

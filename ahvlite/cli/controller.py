@@ -1,4 +1,5 @@
-"""``ahvlite controller``: run the controller daemon, and see who leads."""
+"""``ahvlite controller``: run the controller daemon, and see who leads (through the
+API)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from typing import Annotated
 
 import typer
 
-from ahvlite.cli.context import ENV_VAR, ClusterOpt
+from ahvlite.cli import api
 from ahvlite.cli.output import console, emit_json, table
 from ahvlite.errors import NotFound
 
 app = typer.Typer(no_args_is_help=True, help="The controller daemon: run it, see its status.")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 STORE_ENV = "AHVLITE_STORE"
+CLUSTER_ENV = "AHVLITE_CLUSTER"  # cli.context's, not imported: it loads the spec models
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", help=f"sqlite:///PATH or zk://[USER:SECRET@]H:P,.../CHROOT (default ${STORE_ENV}).",
     show_default=False)]
@@ -42,12 +44,14 @@ def run(
         "gone; bounds failover.", min=1, max=60)] = 3.0,
     workers: Annotated[int, typer.Option("--workers", help="Task worker threads.",
                                          min=1, max=64)] = 4,
-    cluster: ClusterOpt = None,
+    cluster: Annotated[Path | None, typer.Option(
+        "--cluster", help=f"A legacy cluster file (default: ${CLUSTER_ENV}); without one "
+        "the cluster is the store's.", show_default=False)] = None,
     stats_interval_s: Annotated[float, typer.Option(
-        "--stats-interval", help="Seconds between stats rounds (leader, with a cluster file).",
-        min=1, max=3600)] = 10.0,
+        "--stats-interval", help="Seconds between samples of this host's stats (and the "
+        "leader's reads of every host's).", min=1, max=3600)] = 10.0,
     ads_interval_s: Annotated[float, typer.Option(
-        "--ads-interval", help="Seconds between ADS rounds (leader, with a cluster file).",
+        "--ads-interval", help="Seconds between ADS rounds (leader).",
         min=10, max=86400)] = 900.0,
     api_listen: Annotated[str | None, typer.Option(
         "--api-listen", envvar="AHVLITE_API_LISTEN", show_default=False,
@@ -68,17 +72,23 @@ def run(
     api_uploads: Annotated[Path | None, typer.Option(
         "--api-uploads", envvar="AHVLITE_API_UPLOADS", show_default=False,
         help="Where the leader stages uploads (default /var/lib/ahvlite/uploads).")] = None,
+    libvirt_uri: Annotated[str, typer.Option(
+        "--libvirt-uri", envvar="AHVLITE_LIBVIRT_URI",
+        help="This host's own libvirt: its stats are published as stats/NAME while NAME "
+             "(--name) is a host of the cluster.")] = "qemu:///system",
 ) -> None:
     """Run a controller in the foreground until SIGTERM/SIGINT (then leave cleanly)."""
     from ahvlite.controller.api.settings import api_settings
     from ahvlite.controller.wiring import ControllerConfig, run_controller
+    from ahvlite.spec.uri import check_uri
 
-    api = api_settings(api_listen, api_cert, api_key, api_ca, api_url, api_uploads)
-    path = cluster or (Path(os.environ[ENV_VAR]) if os.environ.get(ENV_VAR) else None)
+    check_uri(libvirt_uri, "--libvirt-uri")
+    served = api_settings(api_listen, api_cert, api_key, api_ca, api_url, api_uploads)
+    path = cluster or (Path(os.environ[CLUSTER_ENV]) if os.environ.get(CLUSTER_ENV) else None)
     run_controller(ControllerConfig(
         store=store_url(store), name=name, session_timeout_s=session_timeout_s,
         workers=workers, cluster_file=path, stats_interval_s=stats_interval_s,
-        ads_interval_s=ads_interval_s, api=api))
+        ads_interval_s=ads_interval_s, api=served, libvirt_uri=libvirt_uri))
 
 
 def _when(ts: float | None) -> str:
@@ -88,16 +98,9 @@ def _when(ts: float | None) -> str:
 
 
 @app.command()
-def status(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
+def status(json_out: JsonOpt = False) -> None:
     """The leader (name, host, pid), the members with their heartbeats, the store."""
-    from ahvlite.controller.coord import open_store
-    from ahvlite.controller.status import controller_status
-
-    coord = open_store(store_url(store))
-    try:
-        st = controller_status(coord)
-    finally:
-        coord.close()
+    st = api.get("/v1/controller/status")
     if json_out:
         emit_json(st)
         return

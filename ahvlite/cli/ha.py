@@ -6,8 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ahvlite.cli.context import ClusterOpt, load
-from ahvlite.cli.controller import StoreOpt
+from ahvlite.cli import api
 from ahvlite.cli.output import console, emit_json, err_console, progress, table
 
 app = typer.Typer(no_args_is_help=True,
@@ -16,18 +15,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 
 
 @app.command()
-def show(cluster: ClusterOpt = None, json_out: JsonOpt = False,
-         store: StoreOpt = None) -> None:
-    """Mode, reservation per host, protected VMs and failover capacity; with a
-    controller store also the leader's view (host verdicts, restarts, failures)."""
-    from ahvlite.cli.task import configured_store
-    from ahvlite.controller.ha import inventory
-
-    _path, cspec = load(cluster)
+def show(json_out: JsonOpt = False) -> None:
+    """Mode, reservation per host, protected VMs and failover capacity, and the
+    leader's view (host verdicts, restarts, failures)."""
     with progress(not json_out, "reading hosts and VMs"):
-        data = inventory.show(cspec)
-        url = configured_store(store)
-        data["leader_view"] = inventory.leader_view(url) if url else None
+        data = api.get("/v1/ha")
     if json_out:
         emit_json(data)
         return
@@ -99,18 +91,30 @@ def set_(
         "restart).")] = None,
     margin_s: Annotated[float | None, typer.Option(
         "--margin", help="Extra seconds the leader waits before restarting.")] = None,
-    cluster: ClusterOpt = None,
+    wait: api.WaitOpt = True,
     json_out: JsonOpt = False,
 ) -> None:
-    """Change HA settings (only the options given); checked before anything is stored."""
-    from ahvlite.controller.ha.config import change_settings
+    """Change HA settings (only the options given); checked before anything is stored:
+    a guarantee the running VMs already break is refused with the missing MiB."""
+    from ahvlite.controller.ha.settings import HaSettings
+    from ahvlite.errors import InvalidSpec
 
-    _, cspec = load(cluster)
-    new = change_settings(cspec.state, mode=mode, rf=rf, reservation=reservation, lease_s=lease_s,
-                          watchdog_s=watchdog_s, margin_s=margin_s)
+    changes = {k: v for k, v in (("mode", mode), ("rf", rf), ("reservation", reservation),
+                                 ("lease_s", lease_s), ("watchdog_s", watchdog_s),
+                                 ("margin_s", margin_s)) if v is not None}
+    if not changes:
+        raise InvalidSpec("options", None, "at least one of --mode, --rf, --reservation, "
+                                           "--lease, --watchdog, --margin")
+    for name, value in changes.items():  # a fast error here; the leader checks again
+        HaSettings().with_changes(**{name: value})
+    doc = api.run_task("ha.set", changes, json_out=json_out, wait=wait,
+                       title="changing the HA settings")
+    if doc is None:
+        return
     if json_out:
-        emit_json(new.to_doc())
+        emit_json(doc)
     else:
+        new = HaSettings.from_doc(doc)
         console.print(f"HA: mode {new.mode}, RF{new.rf}, {new.reservation} reservation, "
                       f"lease {new.lease_s:g} s, watchdog {new.watchdog_s:g} s, restart "
                       f"after {new.restart_after_s:g} s without a heartbeat",

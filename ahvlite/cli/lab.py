@@ -36,7 +36,9 @@ def _show_status(st: dict[str, Any]) -> None:
     console.print(table("hosts", ["host", "hostname", "address", "daemons", "segment",
                                   "libvirt"], rows))
     console.print(f"cluster file: {st['cluster_file']}")
-    console.print(f"shared pool:  {st['pool']['name']} at {st['pool']['path']}")
+    console.print(f"shared pool:  {st['pool']['name']} at {st['pool']['path']}"
+                  + (" (VM disks over iSCSI: `ahvlite storage show`)"
+                     if st.get("storage") == "iscsi" else ""))
     if st["timings_s"]:
         console.print("timings (s): " + ", ".join(f"{k} {v}" for k, v in st["timings_s"].items()))
 
@@ -54,11 +56,14 @@ def up(
         "--controllers/--no-controllers", help="On every host a controller with its API, "
         "a host agent and a watchdog, run as their systemd units run them (implies "
         "--zk).")] = True,
+    storage: Annotated[str, typer.Option(
+        "--storage", help="dir (guests open the shared files) or iscsi (tgtd and the "
+                          "redirector on every host; disks are iSCSI LUNs).")] = "dir",
     json_out: JsonOpt = False,
 ) -> None:
     """Build a lab of N hosts (each with OVS, libvirt over TLS and sshd)."""
     spec = build(LabSpec, name=name, hosts=hosts, subnet=subnet, zk=zk or controllers,
-                 controllers=controllers)
+                 controllers=controllers, storage=storage)
     with progress(not json_out, f"lab {name}: starting") as report:
         st = lab.up(spec, report=report)
     if json_out:
@@ -174,7 +179,8 @@ def daemon(
     action: Annotated[str, typer.Argument(help="stop or start")],
     host: Annotated[str, typer.Argument(help="Lab host, e.g. h2.")],
     role: Annotated[str, typer.Argument(
-        help="ovsdb-server, ovs-vswitchd, virtlogd, virtlockd, libvirtd or sshd")],
+        help="ovsdb-server, ovs-vswitchd, virtlogd, virtlockd, libvirtd, sshd; with "
+             "--storage iscsi also storage (tgtd: killed at once) and redirector")],
     name: NameOpt = "lab",
     json_out: JsonOpt = False,
 ) -> None:

@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "agent": ("ahvlite.cli.agent", "app", "The host agent (HA fencing) of one host."),
     "auth": ("ahvlite.cli.auth", "app", "Who you are to the API; bearer tokens."),
     "pki": ("ahvlite.cli.pki", "app", "The cluster CA: client certificates."),
+    "storage": ("ahvlite.cli.storage", "app", "Shared storage: the iSCSI path's targets "
+                "and sessions."),
     "version": ("ahvlite.cli.main", "version", "Print ahvlite's version."),
 }
 

@@ -1,36 +1,60 @@
-"""``ahvlite host maintenance enter|exit|show``.
+"""``ahvlite host maintenance enter|exit|show``, through the API.
 
-``enter`` marks the host unschedulable at once. With ``--wait`` it then empties the host
-here, showing progress; without, it hands the emptying to a detached ``enter --wait``
-process (its log beside the state) and returns, and ``show`` follows it. The host's
-maintenance lock is taken before the host is marked and handed to that process, so a
-second ``enter`` or an ``exit`` meanwhile is refused (Conflict) until it ends.
+``enter`` is a task the leader runs: it marks the host unschedulable, empties it and
+shuts its pinned VMs down, and goes on without the CLI (a new leader finishes it).
+Without ``--wait`` the command returns once the host takes no new VMs and HA admitted
+its moves (a refusal is still this command's error); with it, it follows the task to
+its end, showing each VM's progress. While an ``enter`` of a host
+runs, an ``exit`` of it is refused (Conflict).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from ahvlite.cli.context import ClusterOpt, load
-from ahvlite.cli.migrate import migration_bar, settings_from_options
+from ahvlite.cli import api
 from ahvlite.cli.output import console, emit_json, err_console, table
-from ahvlite.cluster import maintenance
-from ahvlite.errors import InvalidSpec
+from ahvlite.errors import InvalidSpec, OperationTimeout, error_of
 
 app = typer.Typer(no_args_is_help=True,
                   help="Maintenance mode: empty a host (live migration), bring it back.")
 HostArg = Annotated[str, typer.Argument(help="Host name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+ParallelOpt = Annotated[int, typer.Option("--parallel", help="Migrations at a time.")]
+DowntimeOpt = Annotated[int, typer.Option(
+    "--max-downtime-ms", help="Longest pause a guest may see (the stun window cap).")]
+MARKED_WAIT_S = 60.0  # how long `enter` waits for the leader to mark the host
+STARTED_STEP = "admitted"  # cluster.maintenance.ADMITTED (not imported: `--help` stays light)
 
 
-def _log_path(path: Path, host: str) -> Path:
-    return path.resolve().parent / "cluster-state" / f"maintenance-{host}.log"
+def _check(parallel: int, max_downtime_ms: int) -> None:
+    """Cheap checks here, for a fast error naming the option (the leader checks again)."""
+    if parallel < 1 or parallel > 16:
+        raise InvalidSpec("--parallel", parallel, "a whole number of migrations at a time, "
+                                                  "1 to 16")
+    if max_downtime_ms < 1 or max_downtime_ms > 60_000:
+        raise InvalidSpec("--max-downtime-ms", max_downtime_ms,
+                          "1 to 60000 (a guest paused longer loses its network sessions)")
+
+
+def _wait_marked(c: Any, task_id: str) -> Any:
+    """Follow the task until the host is marked and its moves admitted (from then on
+    it empties the host, come what may) or until it ended."""
+    version = -1
+    waited = 0.0
+    while waited < MARKED_WAIT_S:
+        task = c.get(f"/v1/tasks/{task_id}", wait_s=5, after_version=version)
+        version = task["version"]
+        if STARTED_STEP in (task.get("steps_done") or {}):
+            return {**task, "state": "running"}  # whatever came after is for `show`
+        if task["state"] in ("succeeded", "failed", "cancelled"):
+            return task
+        waited += 5
+    raise OperationTimeout(f"the leader has not started task {task_id} in "
+                           f"{MARKED_WAIT_S:g} s", hint=f"`ahvlite task show {task_id}`; "
+                           "the task stays queued until a leader runs it")
 
 
 @app.command()
@@ -38,66 +62,55 @@ def enter(
     host: HostArg,
     wait: Annotated[bool, typer.Option(
         "--wait", help="Stay until the host is empty, showing progress.")] = False,
-    parallel: Annotated[int, typer.Option(
-        "--parallel", help="Migrations at a time.")] = maintenance.DEFAULT_PARALLEL,
-    max_downtime_ms: Annotated[int, typer.Option(
-        "--max-downtime-ms", help="Longest pause a guest may see (the stun window cap).")]
-    = 300,
+    parallel: ParallelOpt = 2,
+    max_downtime_ms: DowntimeOpt = 300,
     shutdown_timeout_s: Annotated[float, typer.Option(
         "--shutdown-timeout-s", help="Wait this long for a pinned VM's clean shutdown, "
                                      "then power it off.")] = 60,
-    cluster: ClusterOpt = None, json_out: JsonOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Stop placing VMs on HOST, live-migrate its VMs away, shut its pinned VMs down."""
-    path, cspec = load(cluster)
-    # Every check before anything changes: a bad option must not leave the host
+    # Every check before anything is submitted: a bad option must not leave the host
     # unschedulable with nothing emptying it.
-    maintenance.check_parallel(parallel, "--parallel")
-    settings = settings_from_options(max_downtime_ms=max_downtime_ms)
-    if shutdown_timeout_s <= 0:
-        raise InvalidSpec("--shutdown-timeout-s", shutdown_timeout_s, "seconds > 0")
-    cspec.host(host)
-    if not wait:
-        log = _log_path(path, host)
-        with maintenance.host_lock(cspec, host, doing="enter"):
-            entry = maintenance.mark_unschedulable(cspec, host)
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with log.open("ab") as out:
-                # A session of its own: the emptying outlives this command and its
-                # terminal.
-                subprocess.Popen(
-                    [sys.executable, "-m", "ahvlite.cli.main", "host", "maintenance",
-                     "enter", host, "--wait", "--json", "--parallel", str(parallel),
-                     "--max-downtime-ms", str(max_downtime_ms),
-                     "--shutdown-timeout-s", str(shutdown_timeout_s), "--cluster",
-                     str(path)],
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                    start_new_session=True,
-                    env={**os.environ, "COLUMNS": "120"})
-        data = {"host": host, "state": entry["state"], "log": str(log)}
-        if json_out:
-            emit_json(data)
-        else:
-            console.print(f"{host} takes no new VMs; emptying it in the background "
-                          f"(log {log}). `ahvlite host maintenance show` follows it.",
-                          highlight=False)
+    _check(parallel, max_downtime_ms)
+    if not 0 < shutdown_timeout_s <= 3600:
+        raise InvalidSpec("--shutdown-timeout-s", shutdown_timeout_s, "seconds, above 0 and "
+                                                                      "at most 3600")
+    params = {"host": host, "parallel": parallel, "max_downtime_ms": max_downtime_ms,
+              "shutdown_timeout_s": float(shutdown_timeout_s)}
+    if wait:
+        result = api.run_task("maintenance.enter", params, json_out=json_out,
+                              title=f"entering maintenance of {host}")
+        assert result is not None
+        _show_entered(host, result, json_out)
         return
-    with migration_bar(not json_out) as on_progress:
-        def report(msg: str) -> None:
-            if not json_out:
-                err_console.log(msg)
-        result = maintenance.enter(cspec, host, settings=settings,
-                                   parallel=parallel, shutdown_timeout_s=shutdown_timeout_s,
-                                   report=report, on_progress=on_progress)
+    with api.session() as c:
+        task = c.submit("maintenance.enter", params)
+        seen = _wait_marked(c, task.id)
+    if seen["state"] in ("failed", "cancelled"):
+        raise error_of(seen.get("error_kind"), f"{seen.get('error') or seen['state']} "
+                       f"(task {task.id} {seen['state']})", seen.get("error_hint"))
+    data = {"host": host, "state": "entering" if seen["state"] != "succeeded"
+            else (seen.get("result") or {}).get("state", "in_maintenance"), "task": task.id}
     if json_out:
-        emit_json(result.to_dict())
+        emit_json(data)
+    else:
+        console.print(f"{host} takes no new VMs; task {task.id} empties it (the leader "
+                      f"goes on without this command). `ahvlite task wait {task.id}` or "
+                      "`ahvlite host maintenance show` follows it.", highlight=False)
+
+
+def _show_entered(host: str, result: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        emit_json(result)
         return
-    console.print(f"[bold]{host}[/] is in maintenance ({result.took_s} s): "
-                  f"{len(result.moved)} migrated, {len(result.shut_down)} pinned shut down",
-                  highlight=False)
-    rows = [[m["vm"], "migrated", m["to"], m["downtime_ms"]] for m in result.moved]
-    rows += [[v, "shut down (pinned)", "", ""] for v in result.shut_down]
-    rows += [[v, "not running, stays defined here", "", ""] for v in result.left]
+    console.print(f"[bold]{host}[/] is in maintenance ({result['took_s']} s): "
+                  f"{len(result['moved'])} migrated, {len(result['shut_down'])} pinned shut "
+                  "down", highlight=False)
+    rows = [[m["vm"], "migrated", m["to"], m.get("downtime_ms") or ""]
+            for m in result["moved"]]
+    rows += [[v, "shut down (pinned)", "", ""] for v in result["shut_down"]]
+    rows += [[v, "not running, stays defined here", "", ""] for v in result["left"]]
     if rows:
         console.print(table(f"VMs of {host}", ["vm", "what", "to", "downtime ms"], rows))
 
@@ -107,16 +120,19 @@ def exit_(
     host: HostArg,
     restore: Annotated[bool, typer.Option(
         "--restore", help="Migrate the VMs maintenance moved away back here.")] = False,
-    cluster: ClusterOpt = None, json_out: JsonOpt = False,
+    parallel: ParallelOpt = 2,
+    max_downtime_ms: DowntimeOpt = 300,
+    wait: api.WaitOpt = True,
+    json_out: JsonOpt = False,
 ) -> None:
     """Make HOST schedulable again (and start the pinned VMs it shut down)."""
-    _path, cspec = load(cluster)
-    with migration_bar(not json_out) as on_progress:
-        def report(msg: str) -> None:
-            if not json_out:
-                err_console.log(msg)
-        data = maintenance.exit_(cspec, host, restore=restore,
-                                 report=report, on_progress=on_progress)
+    _check(parallel, max_downtime_ms)
+    data = api.run_task("maintenance.exit", {"host": host, "restore": restore,
+                                             "parallel": parallel,
+                                             "max_downtime_ms": max_downtime_ms},
+                        json_out=json_out, wait=wait, title=f"leaving maintenance of {host}")
+    if data is None:
+        return
     if json_out:
         emit_json(data)
         return
@@ -128,10 +144,9 @@ def exit_(
 
 
 @app.command()
-def show(cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
+def show(json_out: JsonOpt = False) -> None:
     """Each host's maintenance state and what maintenance did with its VMs."""
-    _, cspec = load(cluster)
-    data = maintenance.status(cspec)
+    data = api.get("/v1/maintenance")
     if json_out:
         emit_json(data)
         return
@@ -139,5 +154,5 @@ def show(cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
              ", ".join(e.get("shut_down", [])),
              "; ".join(f"{f['vm']}: {f['reason']}" for f in e.get("failed", []))]
             for h, e in data["hosts"].items()]
-    console.print(table(f"maintenance in {cspec.name}",
+    console.print(table(f"maintenance in {data.get('cluster')}",
                         ["host", "state", "migrated", "shut down", "failed"], rows))

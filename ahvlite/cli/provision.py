@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ahvlite.cli.output import console, emit_json, err_console, progress, table
-from ahvlite.cluster import provision
+from ahvlite.cluster import provision, sharedpool
 from ahvlite.errors import NotFound
 
 if TYPE_CHECKING:
@@ -146,6 +146,13 @@ def provision_inputs(hosts: list[str], *, spec: ClusterSpec, cluster_file: Path,
         profile, pki, per_host = provision.Profile(), pki_dir or default, {}
     inventory = provision.build_inventory(spec, hosts, cluster_file=cluster_file.resolve(),
                                           pki_dir=pki, profile=profile, per_host=per_host)
+    # Refused before anything is written: no shared storage, no provisioning.
+    pool_vars, pool_per_host = sharedpool.provision_vars(spec)
+    group = inventory["all"]["children"][provision.GROUP]
+    for h, v in pool_per_host.items():
+        if h in group["hosts"]:
+            group["hosts"][h].update(v)
+    group["vars"] = {**pool_vars, **group["vars"]}
     return inventory, provision.run_vars(zk_secret(pki, create=not check))
 
 

@@ -1,4 +1,5 @@
-"""``ahvlite stats``: the newest per-host and per-VM figures the leader published."""
+"""``ahvlite stats``: the newest per-host and per-VM figures each host's controller
+published (through the API)."""
 
 from __future__ import annotations
 
@@ -6,32 +7,17 @@ from typing import Annotated
 
 import typer
 
-from ahvlite.cli.controller import StoreOpt, store_url
+from ahvlite.cli import api
 from ahvlite.cli.output import console, emit_json, table
-from ahvlite.errors import NotFound
 
 
 def stats(
     host: Annotated[str | None, typer.Option("--host", help="Only this host.")] = None,
     vm: Annotated[str | None, typer.Option("--vm", help="Only this VM.")] = None,
-    store: StoreOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Host utilization and VM CPU %, memory, disk and network rates."""
-    from ahvlite.controller.coord import open_store
-    from ahvlite.controller.hostmon import read_stats
-    from ahvlite.controller.stats import select
-
-    coord = open_store(store_url(store))
-    try:
-        records = select(read_stats(coord), host, vm)
-    finally:
-        coord.close()
-    if (host or vm) and not records:
-        raise NotFound(f"no stats for {'host ' + host if host else ''}"
-                       f"{' ' if host and vm else ''}{'VM ' + vm if vm else ''}",
-                       hint="the leader publishes every --stats-interval seconds; "
-                            "see `ahvlite controller status`")
+    records = api.get("/v1/stats", host=host, vm=vm)
     if json_out:
         emit_json(records)
         return

@@ -9,13 +9,15 @@ answering), running VMs (memory, CPU demand history in percent of a core = the s
 load is attributed to the host's other VMs by their share of disk bytes, so moving an
 I/O-heavy VM moves that load to the destination's CVM.
 
-Where the demand history comes from, best first: the leader's in-memory stats history,
-the controller store (newest ``stats/HOST`` record per host: one sample), or two local
-samples ``sample_s`` apart.
+Where the demand history comes from, best first: the leader's history of the
+``stats/HOST`` records each host's own controller publishes, the store (the newest
+record per host: one sample), or two local samples ``sample_s`` apart (hosts whose
+controller publishes nothing).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -32,8 +34,9 @@ from ahvlite.controller.ads.model import (
     VmHostAffinity,
 )
 from ahvlite.controller.ads.placement import rank
-from ahvlite.controller.stats import History, host_stats
+from ahvlite.controller.stats import History, host_stats, parse_host_stats
 from ahvlite.errors import AhvliteError, Conflict, InvalidSpec, NotFound
+from ahvlite.kv import DocStore
 from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.spec.labels import ROLE_LABEL
 from ahvlite.spec.vm import VmSpec
@@ -42,6 +45,8 @@ from ahvlite.virt.stats import sample_host
 log = logging.getLogger(__name__)
 
 RULES_KEY = "ads-rules"
+LAST_RUN_KEY = "ads-last-run"  # the last `ads run`: {"at", "plan", "migrations", "error"}
+STATS_PREFIX = "stats"
 RUNNING = ("running", "paused", "blocked")  # states that hold CPU and memory on a host
 
 Records = Mapping[str, list[dict[str, Any]]]  # host -> HostStats dicts, oldest first
@@ -165,10 +170,31 @@ def records_of(history: History, cluster: ClusterSpec) -> dict[str, list[dict[st
     return {h.name: [s.to_dict() for s in history.series(h.name)] for h in cluster.hosts}
 
 
-def local_records(hosts: vms.Hosts, sample_s: float) -> dict[str, list[dict[str, Any]]]:
-    """Two samples per host ``sample_s`` apart -> one stats record each."""
+def stored_records(store: DocStore, *, max_age_s: float,
+                   now: float | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The newest ``stats/HOST`` record of each host, when it is younger than
+    ``max_age_s`` (a host whose controller stopped publishing has none); records that
+    do not parse are left out."""
+    now = time.time() if now is None else now
+    out = {}
+    for name, v in store.children(STATS_PREFIX).items():
+        try:
+            raw = json.loads(v.value)
+        except (ValueError, UnicodeDecodeError):
+            continue
+        rec = parse_host_stats(raw)
+        if rec is not None and rec.host == name and now - rec.at <= max_age_s:
+            out[name] = [rec.to_dict()]
+    return out
+
+
+def local_records(hosts: vms.Hosts, sample_s: float,
+                  only: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Two samples per host (of ``only``) ``sample_s`` apart -> one stats record each."""
     first = {}
     for name, conn in hosts.conns.items():
+        if only is not None and name not in only:
+            continue
         try:
             first[name] = sample_host(conn)
         except AhvliteError:
@@ -185,13 +211,18 @@ def local_records(hosts: vms.Hosts, sample_s: float) -> dict[str, list[dict[str,
 
 
 def snapshot(cluster: ClusterSpec, *, records: Records | None = None,
-             sample_s: float = 1.0) -> Problem:
-    """The live cluster as a Problem; ``records`` from the controller when it has them."""
+             sample_s: float = 1.0, sample_missing: bool = False) -> Problem:
+    """The live cluster as a Problem; ``records`` from the controller when it has them
+    (with ``sample_missing``, hosts without any are sampled here)."""
     infos, _ = vms.list_vms(cluster)
     with vms.connect(cluster) as hosts:
         memory = {c.name: c.total_mib for c in vms.capacities(hosts) if c.reachable}
         if records is None:
             records = local_records(hosts, sample_s)
+        elif sample_missing:
+            missing = [h for h in hosts.conns if not records.get(h)]
+            if missing:
+                records = {**records, **local_records(hosts, sample_s, only=missing)}
     closed = schedulable.unschedulable_hosts(cluster.state)
     return problem_from(cluster, infos, records, memory_mib=memory, closed=closed,
                         rules=load_rules(cluster.state))

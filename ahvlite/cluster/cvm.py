@@ -17,8 +17,9 @@ from typing import Any
 
 from ahvlite.cluster import cvmplan
 from ahvlite.cluster.inventory import ssh_target
+from ahvlite.cluster.paths import IMAGES_DIR, confine
 from ahvlite.cluster.state import ClusterState
-from ahvlite.cluster.vms import connect, host_policy
+from ahvlite.cluster.vms import connect, host_policy, shared_pool
 from ahvlite.errors import (
     AhvliteError,
     Conflict,
@@ -128,10 +129,23 @@ def _loop_detach(target: SshTarget, device: str, file: str) -> bool:
     return ssh_run(target, ["sh", "-c", script], timeout_s=30, check=False).rc == 0
 
 
-def _check_lun_files(target: SshTarget, host: str, files: list[str]) -> None:
+def lun_roots(conn: Connection, cluster: ClusterSpec) -> tuple[str, ...]:
+    """Where lab LUN files may be: what the cluster owns (the shared pool's directory,
+    ahvlite's image directory), never any file of the host."""
+    try:
+        return (str(storage.pool_path(storage.lookup_pool(conn, shared_pool(cluster)))),
+                IMAGES_DIR)
+    except AhvliteError:
+        return (IMAGES_DIR,)
+
+
+def _check_lun_files(target: SshTarget, host: str, files: list[str],
+                     roots: tuple[str, ...]) -> None:
     for f in files:
         if not f.startswith("/"):
             raise InvalidSpec("lab_lun", f, "an absolute path of a file on the host")
+        confine("lab_lun", f, roots, hint="put the LUN file in the cluster's shared pool "
+                                          f"or in {IMAGES_DIR}/")
         if ssh_run(target, ["test", "-f", f], timeout_s=20, check=False).rc != 0:
             raise InvalidSpec("lab_lun", f, f"an existing regular file on {host}",
                               hint=f"e.g. truncate -s 64M {f} (on {host})")
@@ -168,7 +182,7 @@ def deploy(cluster: ClusterSpec, host: str, *, image: Path,
         refuse_blocked(p)
         target = _target(spec, "--lab-lun") if lab_luns else None
         if target is not None:
-            _check_lun_files(target, host, list(lab_luns))
+            _check_lun_files(target, host, list(lab_luns), lun_roots(conn, cluster))
         policy = host_policy(hosts, host)
         fmt = image_fmt
         boot_vol, seed_vol = _volume_names(host, fmt)

@@ -24,7 +24,7 @@ LAB_LABEL = "ahvlite.lab"  # set on the cluster file `ahvlite lab up` writes
 # one would silently become two tags.
 _TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 TAGS = ("packages", "iommu", "libvirt", "tls", "virtlockd", "network", "virbr0", "services",
-        "zookeeper", "controller", "checks")
+        "zookeeper", "controller", "checks", "storage")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ahvlite.cluster import cpustore, schedulable
+from ahvlite.cluster import cpustore, luns, schedulable
 from ahvlite.cluster.inventory import parallel
 from ahvlite.cluster.paths import check_spec_paths
 from ahvlite.cluster.placement import HostCapacity, place
@@ -88,9 +88,15 @@ def seed_volume(vm: str, tag: str) -> str:
     return f"vm-{vm}-seed-{tag}.iso"
 
 
+def disk_volumes(vm: str, disk: str, tag: str) -> list[str]:
+    """The names a disk's volume may have with ``tag`` (a file, or an iSCSI LUN's)."""
+    return [vm_volume(vm, disk, tag), luns.lun_volume(vm, disk, tag)]
+
+
 def tagged_volumes(spec: VmSpec, tag: str) -> list[str]:
     """Every volume name :func:`create_on_host` may make for ``spec`` with ``tag``."""
     return [*(vm_volume(spec.name, n, tag) for n in spec.disk_names()),
+            *(luns.lun_volume(spec.name, n, tag) for n in spec.disk_names()),
             nvram_volume(spec.name, tag)]
 
 
@@ -266,6 +272,7 @@ def info_of(host: str, dom: DomainHandle) -> VmInfo:
     devs = d.devices
     disks = [{"name": names.get(x.target_dev or "", x.serial or x.target_dev),
               "dev": x.target_dev, "bus": x.target_bus, "path": x.source_file,
+              **({"iscsi": x.source_name} if x.source_protocol == "iscsi" else {}),
               "volume": volumes.get(names.get(x.target_dev or "", "") or "")}
              for x in (devs.disks if devs else [])]
     nics = [{"mac": n.mac, "network": nets.get(n.mac or ""), "bridge": n.source_bridge,
@@ -427,21 +434,29 @@ def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
                 info = storage.volume_info(found)
                 made.append(d.volume)  # handed over: it goes with the VM, or on failure
                 # The dir pool calls a seed ISO "iso"; to QEMU it is raw bytes.
-                placements[name] = DiskPlacement(
-                    info.path, d.volume, format="qcow2" if info.format == "qcow2" else "raw")
+                placements[name] = luns.placement(
+                    hosts.cluster, d.volume, info.path,
+                    "qcow2" if info.format == "qcow2" else "raw", cdrom=d.cdrom)
                 continue
-            vol = vm_volume(spec.name, name, tag)
+            # storage: iscsi makes raw volumes (a target serves bytes), exported as LUNs.
+            iscsi = luns.uses_iscsi(hosts.cluster)
+            fmt = "raw" if iscsi else "qcow2"
+            vol = luns.lun_volume(spec.name, name, tag) if iscsi \
+                else vm_volume(spec.name, name, tag)
             report(f"disk {name}: volume {vol}")
             check()
             if d.image is not None or d.clone_of is not None:
                 source = d.clone_of or image_volume_name(d.image or "")
-                path = storage.clone_volume(pool, vol, source,
-                                            full=d.full_clone, capacity_mib=d.size_mib)
+                path = storage.clone_volume(pool, vol, source, full=d.full_clone,
+                                            capacity_mib=d.size_mib, fmt=fmt)
             else:
                 assert d.size_mib is not None
-                path = storage.create_volume(pool, vol, d.size_mib)
+                path = storage.create_volume(pool, vol, d.size_mib, fmt=fmt)
             made.append(vol)
-            placements[name] = DiskPlacement(str(path), vol)
+            if iscsi:
+                check()
+                luns.export_lun(hosts.cluster, vol, str(path), must=(target,), report=report)
+            placements[name] = luns.placement(hosts.cluster, vol, str(path), fmt)
         nvram = None
         if spec.boot.firmware == "uefi":
             nvram = str(storage.pool_path(pool) / nvram_volume(spec.name, tag))
@@ -468,6 +483,7 @@ def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
         # NVRAM is libvirt's to create (at define or first start): its tagged name is ours.
         for vol in [*made, nvram_volume(spec.name, tag)]:
             with suppress(AhvliteError):
+                luns.forget_lun(hosts.cluster, vol)
                 storage.delete_volume(pool, vol)
         raise
 
@@ -506,8 +522,9 @@ def render_on_host(conn: Connection, cluster: ClusterSpec, host: str, spec_doc: 
                 raise NotFound(f"{spec.name}: volume {d.volume} is not in pool "
                                f"{cluster.shared_pool} on {host}")
             info = storage.volume_info(found)
-            placements[name] = DiskPlacement(
-                info.path, d.volume, format="qcow2" if info.format == "qcow2" else "raw")
+            placements[name] = luns.placement(
+                cluster, d.volume, info.path, "qcow2" if info.format == "qcow2" else "raw",
+                cdrom=d.cdrom)
         elif d.path is not None:
             placements[name] = DiskPlacement(d.path, format="raw" if d.cdrom else "qcow2")
         else:
@@ -574,6 +591,8 @@ def delete_vm(cluster: ClusterSpec, name: str, *, force: bool = False) -> dict[s
         domains.power_off(dom)
         domains.undefine_everything(dom)
         pool = hosts.pool(host)
+        for v in volumes:
+            luns.forget_lun(cluster, v)  # its targets go before the file (iSCSI disks)
         removed = [v for v in volumes if storage.delete_volume(pool, v)]
         # libvirt removes NVRAM with the definition; it is in the pool only if that failed.
         if nvram and storage.delete_volume(pool, Path(nvram).name):
@@ -618,26 +637,38 @@ def add_disk(cluster: ClusterSpec, name: str, disk: DiskSpec, *, tag: str | None
         used = {x.target_dev or "" for x in d.devices.disks} if d.devices else set()
         dev = designer.next_target_dev(used, disk.bus)
         pool = hosts.pool(host)
-        vol = vm_volume(name, disk_name, tag or new_tag())
+        iscsi = luns.uses_iscsi(cluster)
+        fmt = "raw" if iscsi else "qcow2"
+        tag = tag or new_tag()
+        vol = luns.lun_volume(name, disk_name, tag) if iscsi else vm_volume(name, disk_name, tag)
         if disk.image is not None:
             storage.refresh(pool)
             _image_source({v.name: v for v in storage.list_volumes(pool)}, disk.image)
             guard()
             path = storage.clone_volume(pool, vol, image_volume_name(disk.image),
-                                        full=disk.full_clone, capacity_mib=disk.size_mib)
+                                        full=disk.full_clone, capacity_mib=disk.size_mib,
+                                        fmt=fmt)
         elif disk.size_mib is not None:
             guard()
-            path = storage.create_volume(pool, vol, disk.size_mib)
+            path = storage.create_volume(pool, vol, disk.size_mib, fmt=fmt)
         else:
             raise InvalidSpec("disk", disk.path, "a size or an image (vm disk add)")
-        device = designer.disk_device(str(path), disk.bus, dev, serial=disk_name,
-                                      boot_order=None)
+        place = luns.placement(cluster, vol, str(path), fmt)
         try:
+            guard()
+            if isinstance(place, designer.IscsiDiskPlacement):
+                luns.export_lun(cluster, vol, str(path), must=(host,))
+                device = designer.network_disk_device(place, disk.bus, dev, serial=disk_name,
+                                                      boot_order=None)
+            else:
+                device = designer.disk_device(str(path), disk.bus, dev, serial=disk_name,
+                                              boot_order=None)
             guard()
             domains.attach_device(dom, device.to_xml())
         except BaseException:
             if _still(guard):
                 with suppress(AhvliteError):
+                    luns.forget_lun(cluster, vol)
                     storage.delete_volume(pool, vol)
             raise
         # Attached: from here on the volume is the VM's, whatever else fails.
@@ -741,6 +772,7 @@ def drop_leftovers(hosts: Hosts, volumes: list[str], guard: Guard = _no_guard) -
     for vol in volumes:
         if vol not in used:
             guard()
+            luns.forget_lun(hosts.cluster, vol)  # an iSCSI volume's target goes first
             if storage.delete_volume(pool, vol):
                 dropped.append(vol)
     return dropped

@@ -35,8 +35,11 @@ class AdsService:
                  interval_s: float = 900.0, first_delay_s: float | None = None,
                  poll_s: float = 2.0, clock: Callable[[], float] = time.time,
                  solver: SolverChoice = "auto",
-                 time_limit_s: float = 5.0) -> None:
+                 time_limit_s: float = 5.0,
+                 admit: Callable[[list[tuple[str, str]]], None] = lambda _moves: None,
+                 ) -> None:
         self.coord = coord
+        self.admit = admit
         self.snapshot = snapshot
         self.interval_s = interval_s
         self.poll_s = poll_s
@@ -101,8 +104,19 @@ class AdsService:
         self.next_run = self.clock() + self.interval_s
         plan = make_plan(self.snapshot(), solver=self.solver, time_limit_s=self.time_limit_s)
         self.last_plan = plan
-        record = json.dumps({"at": self.clock(), **plan.to_dict()}).encode()
+        refused = None
+        if plan.moves:
+            try:
+                self.admit([(m.vm, m.target) for m in plan.moves])
+            except AhvliteError as exc:
+                refused = exc.message
+        record = json.dumps({"at": self.clock(), **plan.to_dict(),
+                             **({"refused": refused} if refused else {})}).encode()
         puts: list[Op] = [Put(LAST_PLAN_KEY, record)]
+        if refused is not None:
+            self.coord.fenced(puts)
+            log.warning("ads: %d move(s) refused: %s", len(plan.moves), refused)
+            return
         if plan.moves:
             puts.append(Put(LAST_MOVING_KEY, record))
         self.coord.fenced(puts)

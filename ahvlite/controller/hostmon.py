@@ -1,11 +1,12 @@
-"""The leader's view of the hosts: link state, a VM state cache, periodic stats.
+"""The leader's view of the hosts: link state and a VM state cache.
 
 One :class:`~ahvlite.virt.hostconn.HostConnection` per host (keepalive, close callback,
-reconnect). Link changes and domain lifecycle events update the cache at once; every
-``interval_s`` one bulk stats call per host refreshes it and yields rates, and the
-maintenance state (``closed``: the cluster state ``host maintenance`` writes) is read
-again. Host state goes to ``hosts/NAME`` and the newest stats to ``stats/NAME``, both
-through the fence: a deposed leader's monitor cannot publish.
+reconnect): the links HA reads. Link changes and domain lifecycle events update the
+cache at once; every ``interval_s`` the maintenance state (``closed``: the cluster state
+``host maintenance`` writes) is read again, and each host's VM list is refreshed from
+the newest stats its own controller published (``latest``; the leader polls no host
+for stats, see ``hoststats``). Host state goes to ``hosts/NAME`` through the fence: a
+deposed leader's monitor cannot publish.
 """
 
 from __future__ import annotations
@@ -15,16 +16,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ahvlite.controller.coord.api import Coordinator, NotLeader, Put
-from ahvlite.controller.stats import History, host_stats
-from ahvlite.errors import AhvliteError, OperationTimeout
+from ahvlite.controller.stats import HostStats
+from ahvlite.errors import AhvliteError
 from ahvlite.virt.hostconn import DomainEvent, LinkState, StateChange
-from ahvlite.virt.stats import HostCounters, sample_host
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +67,8 @@ def apply_event(vms: dict[str, str], event: str, domain: str) -> None:
 
 class HostMonitor:
     def __init__(self, coord: Coordinator, links: list[Link], *, interval_s: float = 10.0,
-                 history: int = 360, clock: Callable[[], float] = time.time,
-                 sampler: Callable[[Any], HostCounters] = sample_host,
-                 call_timeout_s: float = 10.0,
+                 clock: Callable[[], float] = time.time,
+                 latest: Callable[[str], HostStats | None] = lambda _h: None,
                  closed: Callable[[], set[str]] = set) -> None:
         self.coord = coord
         self.closed = closed  # hosts in maintenance (the cluster state the CLI writes)
@@ -80,13 +77,9 @@ class HostMonitor:
         self.links = {link.host: link for link in links}
         self.interval_s = interval_s
         self.clock = clock
-        self.sampler = sampler
-        self.history = History(history)
+        self.latest = latest  # the newest stats the host's own controller published
         self.hosts = {h: HostRecord(h, since=clock(), vms={}) for h in self.links}
-        self.call_timeout_s = call_timeout_s
-        self._workers: dict[str, ThreadPoolExecutor] = {}
-        self._pending: dict[str, Future[HostCounters]] = {}
-        self._prev: dict[str, HostCounters] = {}
+        self._applied: dict[str, float] = {}  # host -> `at` of the stats record applied
         self._mu = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -105,8 +98,6 @@ class HostMonitor:
             link.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        for pool in self._workers.values():
-            pool.shutdown(wait=False, cancel_futures=True)
 
     def _maintenance(self, host: str) -> bool:
         try:
@@ -161,62 +152,28 @@ class HostMonitor:
         self._publish(ev.host)
 
     def collect_once(self) -> None:
-        """One bulk stats call per connected host; refresh the cache, publish."""
+        """Maintenance state again; each connected host's VM list from its newest
+        published stats (events may have been missed while its link was down)."""
         self._refresh_maintenance()
         for host, link in self.links.items():
-            conn = link.conn  # None unless connected and alive
-            if conn is None:
+            if link.conn is None:
                 continue
             try:
-                counters = self._sample(host, conn)
+                rec = self.latest(host)
             except AhvliteError as exc:
                 log.warning("stats of %s: %s", host, exc.message)
                 continue
-            stats = host_stats(host, self._prev.get(host), counters, self.clock())
-            self._prev[host] = counters
-            self.history.add(stats)
+            if rec is None or rec.at <= self._applied.get(host, 0.0):
+                continue
+            self._applied[host] = rec.at
             with self._mu:
-                self.hosts[host].vms = {d.name: d.state for d in counters.domains}
-            try:
-                self.coord.fenced([Put(f"stats/{host}", json.dumps(stats.to_dict()).encode())])
-            except NotLeader:
-                self._stop.set()
-                return
-            except AhvliteError as exc:
-                log.warning("publish stats of %s: %s", host, exc.message)
+                self.hosts[host].vms = {v.name: v.state for v in rec.vms}
             self._publish(host)
-
-    def _sample(self, host: str, conn: Any) -> HostCounters:
-        """Run the stats call on ``host``'s own worker thread, waiting ``call_timeout_s``.
-
-        A call on a connection that breaks mid-call can block for good, and a second
-        call on it from another thread crashed libvirt's client in the lab. So each
-        host has one worker, a call still pending blocks the next one (the host is
-        skipped), and this loop never waits longer than the timeout.
-        """
-        pending = self._pending.get(host)
-        if pending is not None and not pending.done():
-            raise OperationTimeout(f"host {host}: an earlier stats call has not returned")
-        pool = self._workers.get(host)
-        if pool is None:
-            pool = self._workers[host] = ThreadPoolExecutor(
-                1, thread_name_prefix=f"hostmon-{host}")
-        future = self._pending[host] = pool.submit(self.sampler, conn)
-        try:
-            return future.result(timeout=self.call_timeout_s)
-        except FutureTimeout:
-            raise OperationTimeout(f"host {host}: stats call did not return in "
-                                   f"{self.call_timeout_s:g} s") from None
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.collect_once()
             self._stop.wait(self.interval_s)
-
-
-def read_stats(coord: Coordinator) -> list[dict[str, Any]]:
-    return sorted((json.loads(v.value) for v in coord.children("stats").values()),
-                  key=lambda r: r["host"])
 
 
 def read_hosts(coord: Coordinator) -> list[dict[str, Any]]:

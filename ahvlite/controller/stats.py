@@ -2,7 +2,8 @@
 
 Pure: two samples of a host's counters in, plain records out; a bounded history per
 host keeps the recent ones in memory. The newest record per host also goes to the
-store (``stats/HOST``) for ``ahvlite stats``, ADS and HA.
+store (``stats/HOST``, published by that host's own controller) for ``ahvlite stats``,
+ADS and HA.
 """
 
 from __future__ import annotations
@@ -109,6 +110,46 @@ class History:
     def latest(self, host: str) -> HostStats | None:
         q = self._by_host.get(host)
         return q[-1] if q else None
+
+
+def _num(value: Any, *, whole: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) if whole else True
+
+
+_VM_NUMBERS = ("cpu_pct", "memory_mib", "memory_max_mib", "net_rx_bytes_per_s",
+               "net_tx_bytes_per_s", "disk_read_bytes_per_s", "disk_write_bytes_per_s")
+_HOST_NUMBERS = ("interval_s", "cpu_pct", "memory_total_mib", "memory_used_mib",
+                 "memory_pct")
+
+
+def parse_host_stats(raw: Any) -> HostStats | None:
+    """A ``stats/HOST`` record read back from the store, or None when it is not one
+    (a record from outside this process is never trusted to have the right shape)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("host"), str):
+        return None
+    if not _num(raw.get("at")) or not _num(raw.get("cpus"), whole=True):
+        return None
+    if any(raw.get(k) is not None and not _num(raw.get(k)) for k in _HOST_NUMBERS):
+        return None
+    vms = raw.get("vms")
+    if not isinstance(vms, list):
+        return None
+    parsed = []
+    for v in vms:
+        if not (isinstance(v, dict) and isinstance(v.get("name"), str)
+                and isinstance(v.get("uuid"), str) and isinstance(v.get("state"), str)):
+            return None
+        if v.get("vcpus") is not None and not _num(v.get("vcpus"), whole=True):
+            return None
+        if any(v.get(k) is not None and not _num(v.get(k)) for k in _VM_NUMBERS):
+            return None
+        parsed.append(VmStats(v["name"], v["uuid"], v["state"], v.get("vcpus"),
+                              *(v.get(k) for k in _VM_NUMBERS)))
+    return HostStats(raw["host"], float(raw["at"]), raw.get("interval_s"), int(raw["cpus"]),
+                     raw.get("cpu_pct"), raw.get("memory_total_mib"),
+                     raw.get("memory_used_mib"), raw.get("memory_pct"), tuple(parsed))
 
 
 def select(records: list[dict[str, Any]], host: str | None, vm: str | None) -> list[dict[str, Any]]:

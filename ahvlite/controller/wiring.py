@@ -17,6 +17,7 @@ from typing import Any
 
 from ahvlite.cluster.legacy import open_cluster_file
 from ahvlite.cluster.state import ClusterState
+from ahvlite.controller.adslive import STATS_MAX_AGE_S
 from ahvlite.controller.clusterview import ClusterView
 from ahvlite.controller.coord import open_store, parse_store_url
 from ahvlite.controller.coord.url import refuse_default_auth
@@ -36,6 +37,8 @@ class ControllerConfig:
     stats_interval_s: float = 10.0
     ads_interval_s: float = 900.0
     api: Any = None  # controller.api.settings.ApiSettings: serve the HTTPS API
+    # This controller's own host's libvirt: its stats are published as stats/NAME.
+    libvirt_uri: str = "qemu:///system"
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,8 @@ def _daemon_setup() -> threading.Event:
 
 def leader_services(coord: Any, view: ClusterView,
                     cfg: ControllerConfig) -> Callable[[], list[Any]]:
-    """What only the leader runs (host monitor, HA, ADS), around the cluster's hosts as
-    they are when it is elected (rebuilt when they change)."""
+    """What only the leader runs (the stats feed, host monitor, HA, ADS), around the
+    cluster's hosts as they are when it is elected (rebuilt when they change)."""
     from ahvlite.cluster import vms
     from ahvlite.cluster.adsinput import load_rules
     from ahvlite.cluster.schedulable import unschedulable_hosts
@@ -72,6 +75,7 @@ def leader_services(coord: Any, view: ClusterView,
     from ahvlite.controller.ha.hostops import LibvirtHosts
     from ahvlite.controller.ha.service import HaService
     from ahvlite.controller.hostmon import HostMonitor
+    from ahvlite.controller.hoststats import StatsFeed
     from ahvlite.virt.hostconn import HostConnection
 
     ha_settings = settings_loader(view.state)
@@ -89,8 +93,10 @@ def leader_services(coord: Any, view: ClusterView,
         def closed() -> set[str]:
             return unschedulable_hosts(view.state)
 
+        feed = StatsFeed(coord, interval_s=cfg.stats_interval_s,
+                         max_age_s=max(STATS_MAX_AGE_S, 3 * cfg.stats_interval_s))
         monitor = HostMonitor(coord, links, interval_s=cfg.stats_interval_s,  # type: ignore[arg-type]
-                              closed=closed)
+                              latest=feed.latest, closed=closed)
 
         def render(conn: Any, host: str, vm: Any, epoch: int) -> str:
             return vms.render_on_host(conn, view(), host, vm.spec, vm.nvram_volume, epoch)
@@ -98,21 +104,41 @@ def leader_services(coord: Any, view: ClusterView,
         ha = HaService(coord, lambda: [h.name for h in view().hosts],
                        LibvirtHosts(monitor, render), ha_settings,
                        place_fn=ads_place(lambda: load_rules(view.state)), closed=closed)
-        return [monitor, ha, ads_service(coord, view, monitor, cfg.ads_interval_s)]
+        return [feed, monitor, ha, ads_service(coord, view, feed, cfg.ads_interval_s)]
 
     return services
 
 
-def ads_service(coord: Any, view: ClusterView, monitor: Any, interval_s: float) -> Any:
-    """ADS on the monitor's stats history; its moves become vm.migrate tasks."""
-    from ahvlite.cluster.adsinput import records_of, snapshot
+def ads_service(coord: Any, view: ClusterView, feed: Any, interval_s: float) -> Any:
+    """ADS on the history of the stats every host's controller publishes; its plans are
+    admitted by HA (guarantee mode) as a whole, its moves become vm.migrate tasks."""
+    from ahvlite.cluster.adsinput import snapshot
     from ahvlite.controller.adsservice import AdsService
+    from ahvlite.controller.ha.inventory import check_moves
 
     def problem() -> Any:
         spec = view()
-        return snapshot(spec, records=records_of(monitor.history, spec))
+        feed.refresh()
+        return snapshot(spec, records=feed.records(spec))
 
-    return AdsService(coord, problem, interval_s=interval_s)
+    return AdsService(coord, problem, interval_s=interval_s,
+                      admit=lambda moves: check_moves(view(), moves))
+
+
+def own_stats(coord: Any, view: ClusterView, name: str, cfg: ControllerConfig) -> Any:
+    """Every controller's own host: sampled from its local libvirt, published as
+    ``stats/NAME`` while NAME is a host of the cluster."""
+    from ahvlite.controller.hoststats import OwnStats
+
+    def is_host(host: str) -> bool:
+        return view.known() and any(h.name == host for h in view().hosts)
+
+    def connect() -> Any:
+        from ahvlite.virt.conn import open_connection  # libvirt: only once it is needed
+
+        return open_connection(cfg.libvirt_uri)
+
+    return OwnStats(coord, name, connect, interval_s=cfg.stats_interval_s, is_host=is_host)
 
 
 def run_controller(cfg: ControllerConfig) -> None:
@@ -142,7 +168,10 @@ def run_controller(cfg: ControllerConfig) -> None:
                             leader_services=leader_services(coord, view, cfg),
                             api_url=published)
     view.on_hosts_changed(controller.restart_services)
+    stats = own_stats(coord, view, name, cfg)
+    stats.start()
     controller.run(stop)
+    stats.stop()
     view.stop()
     if server is not None:
         server.stop()

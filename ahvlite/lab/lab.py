@@ -46,6 +46,7 @@ from ahvlite.spec.cluster import ClusterSpec, HostSpec, SshSpec
 from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.labels import DOMAIN_TYPE_LABEL
 from ahvlite.spec.network import BondSpec, BridgeSpec, NetworkSpec, OvsdbSpec
+from ahvlite.spec.storage import PoolSpec
 from ahvlite.virt import storage
 from ahvlite.virt.conn import connection, local_socket_connection
 
@@ -55,6 +56,8 @@ Report = Callable[[str], None]
 OVSDB_TLS_PORT = 6640
 # Daemons of a host in start order; ``down`` stops them in reverse.
 DAEMONS = ("ovsdb-server", "ovs-vswitchd", "virtlogd", "virtlockd", "libvirtd", "sshd")
+# Roles stopped with SIGKILL at once: tgtd ignores SIGTERM, and a drill wants it dead.
+KILLED_AT_ONCE = ("storage",)
 
 
 def _quiet(_: str) -> None:
@@ -85,11 +88,17 @@ def up(spec: LabSpec, *, report: Report = _quiet) -> dict[str, Any]:
     report("building the test guest (cached after the first run)")
     images = build_guest(cache_dir() / "guest")
 
-    state = LabState(name=spec.name, subnet=str(layout.subnet), hosts=spec.hosts)
+    state = LabState(name=spec.name, subnet=str(layout.subnet), hosts=spec.hosts,
+                     storage=spec.storage)
     root.mkdir(parents=True, exist_ok=True)
     state.save(layout.state_file)
     try:
         _build(layout, state, images, report)
+        if spec.storage == "iscsi":
+            from ahvlite.lab import iscsi
+
+            iscsi.start_storage(layout, report=report, start=lambda host, role, argv: _start(
+                state, layout, host, role, argv))
         url = services.start_lab_services(
             layout, zk=spec.zk or spec.controllers, controllers=spec.controllers,
             report=report,
@@ -224,7 +233,7 @@ def _build(layout: LabLayout, state: LabState, images: GuestImages, report: Repo
 
     state.domain_type, state.domain_type_reason = probe_domain_type(layout, images)
     state.timings_s["probe"] = round(time.monotonic() - t0, 2)
-    _write_cluster_file(layout, state.domain_type)
+    _write_cluster_file(layout, state.domain_type, state.storage)
 
 
 def _refuse_running(layout: LabLayout) -> None:
@@ -424,10 +433,15 @@ def _wait_for_tls(layout: LabLayout, state: LabState, host: HostLayout,
             time.sleep(0.25)
 
 
-def _write_cluster_file(layout: LabLayout, domain_type: str | None) -> None:
+def _write_cluster_file(layout: LabLayout, domain_type: str | None,
+                        storage_kind: str = "dir") -> None:
     spec = ClusterSpec(
         name=layout.name,
         shared_pool=SHARED_POOL,
+        # One directory every lab host sees (a dir pool), as NFS would be on real hosts.
+        pool=PoolSpec(kind="dir", path=str(layout.shared_dir),
+                      lockspace=str(layout.lockspace_dir)),
+        storage="iscsi" if storage_kind == "iscsi" else "dir",
         labels={"ahvlite.lab": layout.name},
         hosts=[HostSpec(
             name=h.name, uri=layout.libvirt_uri(h),
@@ -494,6 +508,7 @@ def status(name: str) -> dict[str, Any]:
         "state_dir": str(layout.root),
         "hosts": hosts,
         "pool": {"name": SHARED_POOL, "path": str(layout.shared_dir)},
+        "storage": state.storage,
         "guest": {"kernel": str(images / "vmlinuz"), "initrd": str(images / "initrd.img"),
                   "disk": str(layout.shared_dir / GUEST_BASE)},
         "guest_addresses": [str(a) for a in layout.guest_addresses],
@@ -527,7 +542,7 @@ def stop_daemon(name: str, host: str, role: str) -> int:
     """Stop one daemon of a lab host by its recorded PID (to test failure handling)."""
     layout, state = _layout_for(name)
     record = _daemon_record(layout, state, host, role)
-    processes.stop([record])
+    processes.stop([record], grace_s=0 if role in KILLED_AT_ONCE else 5.0)
     return record.pid
 
 
@@ -581,6 +596,7 @@ def teardown(name: str, *, keep: bool) -> dict[str, Any]:
     victims = list(state.processes)
     for ns in netns_names:
         victims += processes.pids_in_netns(netlink.netns_path(ns))
+    processes.stop([v for v in victims if v.role in KILLED_AT_ONCE], grace_s=0)
     processes.stop(victims)
     removed["loops"] = _detach_loops(root)
     by_pid = {p.pid: p for p in reversed(victims)}  # recorded roles win over "leftover"

@@ -30,6 +30,7 @@ class LabState:
     phase: str = "creating"  # creating -> up; down removes the file
     domain_type: str | None = None
     domain_type_reason: str | None = None
+    storage: str = "dir"  # dir, or iscsi (tgtd and a redirector on every host)
     bridge: str | None = None
     netns: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)

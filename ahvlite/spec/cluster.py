@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ahvlite.errors import InvalidSpec, NotFound
 from ahvlite.spec.errors import build
 from ahvlite.spec.network import HostNetworkSpec, NetworkSpec, OvsdbSpec
+from ahvlite.spec.storage import STORAGE_KINDS, IscsiSpec, PoolSpec, StorageKind
 from ahvlite.spec.uri import check_uri
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -50,10 +51,34 @@ class ClusterSpec(BaseModel):
     shared_pool: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     network: NetworkSpec = Field(default_factory=NetworkSpec)  # cluster-wide defaults
+    # How every host gets the shared pool (the playbook mounts and defines it), and
+    # whether QEMU opens its files (dir) or reaches them over iSCSI (spec/storage.py).
+    pool: PoolSpec | None = None
+    storage: StorageKind = "dir"
+    iscsi: IscsiSpec | None = None
     # Where the cluster's documents live (a cluster.state.ClusterState over the store),
     # and the file this spec was read from, if any. Not part of the spec itself.
     _state: Any = PrivateAttr(default=None)
     _source: Path | None = PrivateAttr(default=None)
+
+    @field_validator("storage", mode="before")
+    @classmethod
+    def _storage(cls, value: object) -> object:
+        if value not in STORAGE_KINDS:
+            raise InvalidSpec("storage", value, f"one of {', '.join(STORAGE_KINDS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _storage_needs(self) -> ClusterSpec:
+        if self.storage == "iscsi" and not self.shared_pool:
+            raise InvalidSpec("storage", "iscsi", "a cluster with a shared_pool (the "
+                              "targets serve its volumes)")
+        names = {h.name for h in self.hosts}
+        for host in (self.iscsi.portals if self.iscsi else {}):
+            if host not in names:
+                raise InvalidSpec("iscsi.portals", host, f"a host of the cluster "
+                                  f"({', '.join(sorted(names)) or 'none'})")
+        return self
 
     @property
     def source(self) -> Path | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -34,6 +34,9 @@ class LabSpec(BaseModel):
     # on every host a controller (with its API), a host agent and a watchdog.
     zk: bool = True
     controllers: bool = True  # implies zk
+    # dir: guests open the shared directory's files; iscsi: tgtd and the redirector on
+    # every host, and VM disks are iSCSI LUNs (storage: iscsi in the cluster file).
+    storage: Literal["dir", "iscsi"] = "dir"
 
     @field_validator("subnet", mode="before")
     @classmethod

@@ -75,6 +75,17 @@ class DiskPlacement:
 
 
 @dataclass(frozen=True)
+class IscsiDiskPlacement(DiskPlacement):
+    """A disk QEMU reaches over iSCSI (its own initiator) through the host's
+    redirector; ``path`` is the volume file the targets serve."""
+
+    iqn: str = ""
+    lun: int = 1
+    portal_host: str = "127.0.0.1"
+    portal_port: int = 3261
+
+
+@dataclass(frozen=True)
 class Design:
     """Inputs resolved by the caller."""
 
@@ -161,6 +172,30 @@ def disk_device(path: str, bus: str, dev: str, *, serial: str, boot_order: int |
     disk.driver_cache = "none"
     disk.driver_discard = "unmap"
     disk.source_file = path
+    disk.target_dev = dev
+    disk.target_bus = bus
+    disk.serial = serial
+    disk.boot_order = boot_order
+    return disk
+
+
+def network_disk_device(place: IscsiDiskPlacement, bus: str, dev: str, *, serial: str,
+                        boot_order: int | None) -> Disk:
+    """An iSCSI LUN through QEMU's initiator (libiscsi). The portal is the host's
+    redirector on 127.0.0.1: the same on every host, so the definition migrates as is
+    and each host's QEMU is sent to a target from wherever it runs."""
+    disk = Disk()
+    disk.type = "network"
+    disk.device = "disk"
+    disk.driver_name = "qemu"
+    disk.driver_type = place.format
+    # libiscsi keeps no cache; "none" also tells libvirt the disk is migration-safe.
+    disk.driver_cache = "none"
+    disk.driver_discard = "unmap"
+    disk.source_protocol = "iscsi"
+    disk.source_name = f"{place.iqn}/{place.lun}"
+    disk.source_host = place.portal_host
+    disk.source_port = str(place.portal_port)
     disk.target_dev = dev
     disk.target_bus = bus
     disk.serial = serial
@@ -300,6 +335,10 @@ def _devices(dom: Domain, spec: VmSpec, ctx: Design) -> None:
         used.add(dev)
         place = ctx.disks[name]
         boots = i == 0 and not spec.boot.kernel and not d.cdrom
+        if isinstance(place, IscsiDiskPlacement) and not d.cdrom:
+            devs.disks.append(network_disk_device(place, d.bus, dev, serial=name,
+                                                  boot_order=1 if boots else None))
+            continue
         disk = disk_device(place.path, d.bus, dev, serial=name,
                            boot_order=1 if boots else None, fmt=place.format)
         if d.cdrom:

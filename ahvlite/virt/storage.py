@@ -146,18 +146,21 @@ def _refuse_existing(pool: libvirt.virStoragePool, name: str) -> None:
                        hint="pick another name, or delete the volume first")
 
 
-def create_volume(pool: libvirt.virStoragePool, name: str, capacity_mib: int) -> Path:
-    """An empty qcow2 volume; refuses a name already in use."""
+def create_volume(pool: libvirt.virStoragePool, name: str, capacity_mib: int, *,
+                  fmt: str = "qcow2") -> Path:
+    """An empty volume (qcow2, or raw for an iSCSI LUN); refuses a name in use."""
     _refuse_existing(pool, name)
     with libvirt_errors(f"create volume {name}"):
-        vol = pool.createXML(_volume_xml(name, capacity_mib * 1024 * 1024), 0)
+        vol = pool.createXML(_volume_xml(name, capacity_mib * 1024 * 1024, fmt=fmt), 0)
         return Path(vol.path())
 
 
 def clone_volume(pool: libvirt.virStoragePool, name: str, source: str, *,
-                 full: bool = False, capacity_mib: int | None = None) -> Path:
-    """A new qcow2 volume from volume ``source``: a backing-file overlay (instant), or
-    with ``full`` an independent copy."""
+                 full: bool = False, capacity_mib: int | None = None,
+                 fmt: str = "qcow2") -> Path:
+    """A new volume from volume ``source``: a qcow2 backing-file overlay (instant), or
+    with ``full`` an independent copy (in ``fmt``: raw for an iSCSI LUN, which has no
+    backing file)."""
     _refuse_existing(pool, name)
     src = find_volume(pool, source)
     if src is None:
@@ -165,8 +168,8 @@ def clone_volume(pool: libvirt.virStoragePool, name: str, source: str, *,
     info = volume_info(src)
     capacity = max(info.capacity_mib, capacity_mib or 0) * 1024 * 1024
     with libvirt_errors(f"clone {source} to {name}"):
-        if full:
-            vol = pool.createXMLFrom(_volume_xml(name, capacity), src, 0)
+        if full or fmt != "qcow2":
+            vol = pool.createXMLFrom(_volume_xml(name, capacity, fmt=fmt), src, 0)
         else:
             vol = pool.createXML(_volume_xml(name, capacity, backing=info), 0)
         return Path(vol.path())

@@ -53,31 +53,6 @@ def test_must_affinity_decides_the_host_and_a_dead_end_creates_nothing(cluster):
                 vms.delete_vm(spec, "ads-pl2", force=True)
 
 
-def test_cli_run_records_the_run_and_effectiveness_reads_it(cluster):
-    import json
-    import subprocess
-    import sys
-
-    path, _ = cluster
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "ads", *args,
-                               "--cluster", str(path)], capture_output=True, text=True,
-                              timeout=120, env={"PATH": "/usr/bin:/bin"})
-
-    missing = cli("effectiveness")
-    assert missing.returncode == 3 and "ads run" in missing.stderr
-    run = cli("run", "--json", "--sample", "0.2")
-    assert run.returncode == 0, run.stderr
-    record = json.loads(run.stdout)
-    # The test driver's hosts are idle: no hotspot, nothing migrated, the run recorded.
-    assert record["plan"]["status"] == "no-hotspot" and record["migrations"] == []
-    eff = cli("effectiveness", "--json", "--sample", "0.2")
-    assert eff.returncode == 0, eff.stderr
-    hosts = {h["host"] for h in json.loads(eff.stdout)["hosts"]}
-    assert hosts == {"h1", "h2"}
-
-
 def test_a_rule_naming_a_removed_host_does_not_break_vm_create(cluster, caplog):
     path, spec = cluster
     add_rule(spec, VmHostAffinity("on-h2", ("ads-st",), ("h2",)))

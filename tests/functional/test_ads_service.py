@@ -135,3 +135,28 @@ def test_an_unexpected_error_does_not_end_the_ads_thread(leader):
         assert svc._thread.is_alive()  # type: ignore[union-attr]
     finally:
         svc.stop()
+
+
+def test_a_plan_ha_admission_refuses_moves_nothing_and_says_why(leader):
+    from ahvlite.errors import Conflict
+
+    seen: list[list[tuple[str, str]]] = []
+
+    def admit(moves):
+        seen.append(moves)
+        raise Conflict("moving h3-8g to host2 would break the HA guarantee: 8192 MiB missing")
+
+    now = [0.0]
+    svc = AdsService(leader, ahv_doc_example, interval_s=900, first_delay_s=0,
+                     clock=lambda: now[0], admit=admit)
+    svc.step()
+    # The whole plan is admitted at once (a later move may need an earlier one's room).
+    assert seen == [[("h3-8g", "host2"), ("h1-small", "host3")]]
+    assert tasks(leader) == [] and svc.queue == [] and svc.current is None
+    stored = json.loads(leader.get(LAST_PLAN_KEY).value)
+    assert "8192 MiB missing" in stored["refused"] and stored["moves"]
+    assert leader.get(LAST_MOVING_KEY) is None  # nothing moved: effectiveness keeps its plan
+    now[0] = 900
+    svc.admit = lambda moves: None  # admitted next round (room was made meanwhile)
+    svc.step()
+    assert [t.params["name"] for t in tasks(leader)] == ["h3-8g"]

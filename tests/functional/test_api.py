@@ -371,8 +371,9 @@ def test_over_zookeeper_a_call_survives_the_leader_dying_and_a_dead_store_is_rep
         recs[name] = processes.spawn(["env", *env, *controller_argv(name, url)],
                                      log=tmp_path / f"{name}.log", host="", role=name)
     try:
-        with client(pki, *urls.values()) as probe:
-            lead = wait_for(lambda: probe.info().leader, 20)
+        # Two interpreters starting on a loaded 2-core machine: give them time to serve.
+        with client(pki, *urls.values(), deadline_s=40) as probe:
+            lead = wait_for(lambda: probe.info().leader, 40)
         assert lead.api == urls[lead.name]
         other = next(u for n, u in urls.items() if n != lead.name)
         with client(pki, lead.api, other, deadline_s=20) as api:  # the leader's API first

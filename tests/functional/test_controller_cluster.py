@@ -28,6 +28,7 @@ from ahvlite.lab import processes
 from ahvlite.lab.services import controller_argv, member_mode, start_local_ensemble
 from ahvlite.virt import guest
 from ahvlite.virt.conn import local_socket_connection
+from tests.apicluster import client_env, make_pki
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.functional
@@ -84,14 +85,18 @@ def cluster(zk, tmp_path, request):
     sock = request.getfixturevalue("libvirt_sock") if "libvirt_sock" in \
         request.fixturenames else None
     recs = {}
+    pki = make_pki(tmp_path / "pki")  # each controller serves the API (the CLI's way in)
     for i in (1, 2, 3):
         name = f"ctl{i}"
-        argv = controller_argv(name, url)
+        api = ["--api-listen", "127.0.0.1:0", "--api-cert", str(pki / "server.pem"),
+               "--api-key", str(pki / "server-key.pem"), "--api-ca", str(pki / "ca.pem"),
+               "--api-uploads", str(tmp_path / f"uploads-{name}")]
+        argv = controller_argv(name, url, extra=api)
         if sock is not None:
             cluster_file = tmp_path / "cluster.yaml"
             cluster_file.write_text("name: cc\nhosts:\n  - name: lv\n    uri: qemu:///system\n")
             argv = with_libvirt_run(sock, controller_argv(
-                name, url, extra=["--cluster", str(cluster_file)]))
+                name, url, extra=["--cluster", str(cluster_file), *api]))
         recs[name] = processes.spawn(argv, log=tmp_path / f"{name}.log", host="", role=name)
     coord = open_store(url)
     try:
@@ -108,15 +113,18 @@ def acting_leader(coord):
     return json.loads(rec.value) if rec else None
 
 
-def test_one_leader_and_failover_within_the_bound_after_sigkill(cluster):
-    url, coord, recs = cluster
+def test_one_leader_and_failover_within_the_bound_after_sigkill(cluster, tmp_path):
+    _url, coord, recs = cluster
     first = wait_for(lambda: acting_leader(coord), 20)
     assert first and first["name"] in recs
     st = wait_for(lambda: (s := controller_status(coord)) and len(s["members"]) == 3 and s, 10)
     assert st["leader"]["name"] == first["name"] and st["leader"]["pid"] == first["pid"]
     assert [m["name"] for m in st["members"] if m["leader"]] == [first["name"]]
+    apis = wait_for(lambda: (a := [json.loads(v).get("api")
+                                   for v in coord.members().values()]) and all(a) and a, 10)
     out = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "controller", "status",
-                          "--store", url, "--json"], capture_output=True, text=True, timeout=30)
+                          "--json"], capture_output=True, text=True, timeout=30,
+                         env=client_env(tmp_path / "pki", *apis))
     cli = json.loads(out.stdout)
     assert {"name", "host", "pid"} <= set(cli["leader"]) and len(cli["members"]) == 3
 

@@ -1,10 +1,9 @@
-"""The host monitor on libvirt's test driver, publishing into a real SQLite store."""
+"""The host monitor on libvirt's test driver, publishing into a real SQLite store: link
+state, lifecycle events, and the VM list refreshed from the stats the host's own
+controller published (it polls no host for stats itself)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -12,7 +11,8 @@ import uuid
 import pytest
 
 from ahvlite.controller.coord.sqlite import SqliteCoordinator
-from ahvlite.controller.hostmon import HostMonitor, read_hosts, read_stats
+from ahvlite.controller.hostmon import HostMonitor, read_hosts
+from ahvlite.controller.stats import HostStats, VmStats
 from ahvlite.virt import guest
 from ahvlite.virt.hostconn import HostConnection
 from tests.waiting import wait_for
@@ -22,23 +22,33 @@ pytestmark = pytest.mark.functional
 
 
 
-def test_monitor_tracks_links_events_and_stats(tmp_path):
+def published(host: str, at: float, vms: dict[str, str]) -> HostStats:
+    return HostStats(host, at, 1.0, 2, 5.0, 3072.0, 100.0, 3.3,
+                     tuple(VmStats(n, n, s, 1, 1.0, 64.0, 64.0, 0.0, 0.0, 0.0, 0.0)
+                           for n, s in vms.items()))
+
+
+def test_monitor_tracks_links_events_and_the_published_vm_list(tmp_path):
     coord = SqliteCoordinator(tmp_path / "c.db")
     elected = threading.Event()
     coord.campaign("me", lambda t: elected.set(), lambda r: None)
     assert elected.wait(5)
     link = HostConnection("h1", "test:///default")
-    mon = HostMonitor(coord, [link], interval_s=0.2)
+    latest: dict[str, HostStats] = {}
+    mon = HostMonitor(coord, [link], interval_s=0.2, latest=latest.get)
     mon.start()
     try:
         assert wait_for(lambda: any(h["state"] == "connected" for h in read_hosts(coord)))
-        assert wait_for(lambda: len(mon.history.series("h1")) >= 2)
-        stats = read_stats(coord)
-        assert stats[0]["host"] == "h1" and stats[0]["cpus"] > 0
-        assert stats[0]["interval_s"] is not None  # rates come from two samples
-        assert [(v["name"], v["state"]) for v in stats[0]["vms"]] == [("test", "running")]
-        # Lifecycle events update the cache between stats rounds. test:///default is
-        # shared by every connection in this process: use our own domain, leave "test".
+        # The VM list follows what the host's own controller published, newest only.
+        latest["h1"] = published("h1", time.time(), {"test": "running", "ghost": "paused"})
+        assert wait_for(lambda: read_hosts(coord)[0]["vms"].get("ghost") == "paused")
+        latest["h1"] = published("h1", time.time() - 3600, {"test": "running"})
+        time.sleep(0.6)  # older than the one applied: ignored
+        assert "ghost" in read_hosts(coord)[0]["vms"]
+        latest["h1"] = published("h1", time.time(), {"test": "running"})
+        assert wait_for(lambda: "ghost" not in read_hosts(coord)[0]["vms"])
+        # Lifecycle events update the cache between rounds. test:///default is shared
+        # by every connection in this process: use our own domain, leave "test".
         mon.interval_s = 3600
         time.sleep(0.5)  # let the round in progress finish; from here on only events count
         dom = guest.define(link.conn, guest.simple_domain_xml(guest.SimpleGuest(
@@ -49,18 +59,12 @@ def test_monitor_tracks_links_events_and_stats(tmp_path):
         dom.undefine()
         assert wait_for(lambda: "hostmon-vm" not in read_hosts(coord)[0]["vms"])
         assert read_hosts(coord)[0]["vms"]["test"] == "running"
-        out = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "stats", "--store",
-                              coord.url, "--vm", "test", "--json"], capture_output=True,
-                             text=True, timeout=30)
-        assert json.loads(out.stdout)[0]["vms"][0]["name"] == "test"
-        missing = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "stats", "--store",
-                                  coord.url, "--host", "nope"], capture_output=True, text=True,
-                                 timeout=30)
-        assert missing.returncode == 3 and "Traceback" not in missing.stderr
+        assert coord.children("stats") == {}  # the leader's monitor publishes no stats
         coord.resign()  # a deposed leader's monitor stops publishing
-        before = read_stats(coord)[0]["at"]
+        before = read_hosts(coord)[0]["since"], coord.get("hosts/h1").version
+        latest["h1"] = published("h1", time.time(), {"late": "running"})
         mon.collect_once()
-        assert read_stats(coord)[0]["at"] == before
+        assert (read_hosts(coord)[0]["since"], coord.get("hosts/h1").version) == before
     finally:
         mon.stop()
         coord.close()

@@ -21,7 +21,7 @@ from ahvlite.lab.services import lab_store_url
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest
 from ahvlite.virt.conn import connection
-from tests.lab.conftest import assert_gone
+from tests.lab.conftest import ahv, assert_gone
 from tests.waiting import wait_for
 
 NAME = "tctl"
@@ -58,15 +58,16 @@ def acting(coord):
 
 
 def test_one_leader_monitors_every_host(ctl_lab):
-    status, url, coord = ctl_lab
+    status, _url, coord = ctl_lab
     first = wait_for(lambda: acting(coord), 30)
-    st = json.loads(ahvlite("controller", "status", "--json", store=url).stdout)
+    st = json.loads(ahv(NAME, "controller", "status", "--json").stdout)
     assert st["leader"]["name"] == first["name"] and len(st["members"]) == 3
     daemons = {h["name"]: h["daemons"] for h in status["hosts"]}
     assert st["leader"]["pid"] == daemons[first["name"]]["controller"]["pid"]
     assert all("zookeeper" in d and "controller" in d for d in daemons.values())
-    # Stats come from each host's libvirtd over TLS: one record per host.
-    stats = wait_for(lambda: (s := json.loads(ahvlite("stats", "--json", store=url).stdout))
+    # Each host's controller publishes its own host's stats (its local libvirtd): one
+    # record per host, read through the API.
+    stats = wait_for(lambda: (s := json.loads(ahv(NAME, "stats", "--json").stdout))
                      and len(s) == 3 and s, 30)
     assert sorted(r["host"] for r in stats) == ["h1", "h2", "h3"]
     assert all(r["memory_total_mib"] and r["cpus"] > 0 for r in stats)

@@ -5,10 +5,8 @@ each host with lab LUNs (loop devices over files), the CVM boots, sees its LUNs,
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from ahvlite.lab import lab
 from ahvlite.spec.lab import LabSpec
 from tests.waiting import wait_for
 
-from .conftest import in_host
+from .conftest import ahv, in_host
 
 NAME = "tcvm"
 SUBNET = "10.213.249.0/26"
@@ -32,7 +30,8 @@ READY = re.compile(r"AHVLITE-GUEST-READY ip=(\S+)")
 def cvmlab():
     status = lab.up(LabSpec(name=NAME, hosts=2, subnet=SUBNET))
     layout = lab.layout_of(NAME)
-    luns = lab.lab_root(NAME) / "cvm-luns"
+    # LUN files must be the cluster's (the shared pool's directory), not any host file.
+    luns = layout.shared_dir / "cvm-luns"
     luns.mkdir(exist_ok=True)
     files = {}
     for h in HOSTS:
@@ -47,10 +46,9 @@ def cvmlab():
         lab.down(NAME)
 
 
-def cli(status, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AHVLITE_CLUSTER": status["cluster_file"], "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args, "--json"],
-                          capture_output=True, text=True, env=env, timeout=300)
+def cli(_status, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ahvlite ARGS --json`` as a client of this lab's API."""
+    return ahv(NAME, *args, "--json", timeout_s=300)
 
 
 def loops_of(root: Path) -> list[str]:
@@ -91,8 +89,10 @@ def test_refused_deployments_leave_nothing_behind(cvmlab):
     status, layout, files = cvmlab
     root = lab.lab_root(NAME)
     cases = [
-        (deploy_args(status, "h2", [*files["h2"], str(root / "missing.img")]), 2,
-         "lab_lun"),
+        (deploy_args(status, "h2", [*files["h2"], str(layout.shared_dir / "missing.img")]),
+         2, "lab_lun"),
+        # a file of the host, not the cluster's: refused before the host is asked
+        (deploy_args(status, "h2", ["/etc/shadow"]), 2, "lab_lun"),
         (deploy_args(status, "h2", files["h2"], "--vcpus", "999"), 2, "vcpus"),
         (deploy_args(status, "h2", files["h2"], "--controller", "0000:ff:1f.7"), 2,
          "controller"),

@@ -10,10 +10,8 @@ cut) and records any VM seen running on two hosts at once.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 
@@ -30,7 +28,7 @@ from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.labels import HA_PRIORITY_LABEL
 from ahvlite.virt import guest
 from ahvlite.virt.conn import local_socket_connection
-from tests.lab.conftest import assert_gone
+from tests.lab.conftest import ahv, assert_gone
 from tests.waiting import wait_for
 
 NAME = "tha"
@@ -155,28 +153,26 @@ def test_partitioned_host_fences_itself_before_the_restart_elsewhere(ha_lab):
     assert watch.polls > 20 and watch.twins == []
 
 
-def cli(*argv: str, cluster) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *argv, "--cluster",
-                           str(cluster)], capture_output=True, text=True, timeout=120,
-                          env={k: v for k, v in os.environ.items() if k != "AHVLITE_STORE"})
+def cli(*argv: str) -> subprocess.CompletedProcess:
+    """``ahvlite ARGV`` as a client of this lab's API (no cluster file, no store)."""
+    return ahv(NAME, *argv, timeout_s=120)
 
 
 def test_priority_label_and_guarantee_admission(ha_lab):
-    layout, coord = ha_lab
-    cluster = layout.cluster_file
+    _layout, coord = ha_lab
     # The HA priority lands in the VM's metadata, and the leader's record follows it.
     where = recorded_on(coord, "hapart")
-    up = cli("vm", "update", "hapart", "--ha-priority", "7", "--json", cluster=cluster)
+    up = cli("vm", "update", "hapart", "--ha-priority", "7", "--json")
     assert up.returncode == 0, up.stderr + up.stdout
     assert json.loads(up.stdout)["labels"] == {HA_PRIORITY_LABEL: "7"}
     assert wait_for(lambda: StoredVm.from_bytes(coord.get(key("hapart")).value).labels
                     .get(HA_PRIORITY_LABEL) == "7", 30, 0.2)
-    bad = cli("ha", "set", "--mode", "always", cluster=cluster)
+    bad = cli("ha", "set", "--mode", "always")
     assert bad.returncode == 2 and "mode" in bad.stderr
     on = cli("ha", "set", "--mode", "guarantee", "--rf", "3", "--reservation", "segment",
-             "--json", cluster=cluster)
+             "--json")
     assert on.returncode == 0 and json.loads(on.stdout)["mode"] == "guarantee", on.stderr
-    shown = json.loads(cli("ha", "show", "--json", cluster=cluster).stdout)
+    shown = json.loads(cli("ha", "show", "--json").stdout)
     assert shown["settings"]["mode"] == "guarantee" and shown["reservation"]["ok"]
     protected = {v["name"]: v for v in shown["vms"]}
     assert protected["hapart"]["protected"] and protected["hapart"]["priority"] == 7
@@ -185,13 +181,13 @@ def test_priority_label_and_guarantee_admission(ha_lab):
     # nearly a host's size cannot fit beside another VM: refused, memory named.
     total = min(h["total_mib"] for h in shown["hosts"])
     refused = cli("vm", "create", "toobig", "--memory-mib", str(total - 64), "--start",
-                  "--json", cluster=cluster)
+                  "--json")
     assert refused.returncode == 4, refused.stderr + refused.stdout
     err = json.loads(refused.stdout)
     assert "would break the HA guarantee" in err["message"] and "MiB missing" in err["message"]
-    listed = json.loads(cli("vm", "list", "--json", cluster=cluster).stdout)
+    listed = json.loads(cli("vm", "list", "--json").stdout)
     assert "toobig" not in {v["name"] for v in listed}  # nothing half-created
-    cli("ha", "set", "--mode", "default", cluster=cluster)
+    cli("ha", "set", "--mode", "default")
 
 
 def zk_leader_host(layout: LabLayout) -> str | None:

@@ -31,7 +31,7 @@ from tests.lab.conftest import assert_gone
 from tests.waiting import wait_for
 
 NAME = "tsplit"
-SUBNET = "10.213.237.0/26"
+SUBNET = "10.213.235.0/26"
 MINORITY = ("h3", "h4")
 ROUNDS = 5
 

@@ -1,10 +1,8 @@
-"""Live-cluster input for ADS: stats records -> Problem, rules in cluster state, the CLI."""
+"""Live-cluster input for ADS: stats records -> Problem, rules in cluster state (the CLI
+through the API: tests/functional/test_ops_cli.py)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +11,7 @@ from ahvlite.cluster.adsinput import add_rule, load_rules, problem_from, remove_
 from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.cluster.vms import VmInfo
 from ahvlite.controller.ads.model import AntiAffinityGroup, Rules, VmHostAffinity
-from ahvlite.controller.ads.plan import make_plan
 from ahvlite.errors import Conflict, InvalidSpec, NotFound
-from tests.unit.test_ads_planner import ahv_doc_example
 
 
 def info(name: str, host: str, *, vcpus: int = 2, mem: int = 2048, state: str = "running",
@@ -79,67 +75,12 @@ def test_rules_are_stored_validated_and_removed(cluster):
         remove_rule(spec.state, "spread")
 
 
-def ahvlite(*args: str, env_cluster: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args],
-                          capture_output=True, text=True, timeout=60,
-                          env={"AHVLITE_CLUSTER": str(env_cluster), "PATH": "/usr/bin:/bin"})
-
-
-def test_cli_plans_on_a_snapshot_and_refuses_bad_input(cluster, tmp_path):
-    path, spec = cluster
-    snap = tmp_path / "snap.json"
-    snap.write_text(json.dumps(ahv_doc_example().to_dict()))
-    out = ahvlite("ads", "plan", "--snapshot", str(snap), "--json", env_cluster=path)
-    assert out.returncode == 0, out.stderr
-    plan = json.loads(out.stdout)
-    assert plan == json.loads(json.dumps(make_plan(ahv_doc_example()).to_dict()))
-    bad = tmp_path / "bad.json"
-    raw = ahv_doc_example().to_dict()
-    raw["thresholds"]["cpu_pct"] = 140
-    bad.write_text(json.dumps(raw))
-    out = ahvlite("ads", "plan", "--snapshot", str(bad), env_cluster=path)
-    assert out.returncode == 2 and "thresholds.cpu_pct=140" in out.stderr
-    assert "Traceback" not in out.stderr
-    out = ahvlite("ads", "rules", "add", "x", "--kind", "anti", "--vms", "a", env_cluster=path)
-    assert out.returncode == 2 and "--vms" in out.stderr and "Traceback" not in out.stderr
-    assert load_rules(spec.state).names() == []
-
-
-def test_cli_refuses_an_unreadable_snapshot_naming_the_option(cluster, tmp_path):
-    path, _ = cluster
-    binary = tmp_path / "latin1.json"
-    binary.write_bytes(b'{"hosts": "\xff\xfe"}')
-    for bad in (tmp_path, binary):  # a directory; not UTF-8
-        out = ahvlite("ads", "plan", "--snapshot", str(bad), env_cluster=path)
-        assert out.returncode == 2, out.stderr
-        assert "--snapshot" in out.stderr and "Traceback" not in out.stderr
-
-
-def test_cli_checks_the_solver_before_reading_anything(tmp_path):
-    # The cluster file does not exist: a solver check after reading it never runs.
-    out = ahvlite("ads", "plan", "--solver", "magic", env_cluster=tmp_path / "none.yaml")
-    assert out.returncode == 2 and "--solver" in out.stderr, out.stderr
-    assert "Traceback" not in out.stderr
-
-
 def test_rule_on_an_empty_cluster_says_it_has_no_hosts(tmp_path):
     path = tmp_path / "cluster.yaml"
     path.write_text("name: empty\nhosts: []\n")
     with pytest.raises(InvalidSpec) as e:
         add_rule(load_cluster(path), VmHostAffinity("r", ("db",), ("h9",)))
     assert e.value.allowed == "the cluster empty has no hosts"
-
-
-def test_rules_list_flags_rules_naming_removed_hosts(cluster):
-    path, spec = cluster
-    add_rule(spec, VmHostAffinity("db-on-h1", ("db",), ("h1", "h2")))
-    add_rule(spec, VmHostAffinity("web-on-h2", ("web",), ("h2",)))
-    path.write_text("name: c1\nhosts:\n  - name: h2\n    uri: test:///default\n")
-    out = ahvlite("ads", "rules", "list", "--json", env_cluster=path)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["stale"] == {"db-on-h1": ["h1"]}
-    out = ahvlite("ads", "rules", "list", env_cluster=path)
-    assert out.returncode == 0 and "hosts gone: h1" in out.stdout, out.stdout
 
 
 def test_vm_migrate_task_kind_checks_its_params():

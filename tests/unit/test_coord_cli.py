@@ -10,16 +10,21 @@ import pytest
 
 
 def ahvlite(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k != "AHVLITE_STORE"} | (env or {})
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith("AHVLITE_") or k == "AHVLITE_DRILL_KINDS"} | (env or {})
     return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args],
                           capture_output=True, text=True, env=full_env, timeout=60)
 
 
 @pytest.mark.parametrize(("args", "code", "needle"), [
-    (["controller", "status"], 3, "no controller store given"),
-    (["controller", "status", "--store", "etcd://h/x"], 2, "store='etcd://h/x'"),
+    (["controller", "run"], 3, "no controller store given"),
+    (["controller", "run", "--store", "etcd://h/x"], 2, "store='etcd://h/x'"),
     (["controller", "run", "--store", "zk://h1:2181"], 2, "name a chroot"),
-    (["stats", "--store", "sqlite:///nonexistent-dir/c.db"], 6, "does not exist"),
+    (["controller", "run", "--store", "sqlite:///nonexistent-dir/c.db"], 6,
+     "does not exist"),
+    # `controller status` and `stats` are API clients: without a client config, say so
+    (["controller", "status"], 3, "no API endpoints configured"),
+    (["stats"], 3, "no API endpoints configured"),
     # a controller refuses the credential every ahvlite knows, and shows no secret
     (["controller", "run", "--store", "zk://127.0.0.1:1/ahvlite"], 2, "credential of your own"),
     (["controller", "run", "--store", "zk://ahvlite:ahvlite@127.0.0.1:1/a"], 2,
@@ -27,7 +32,7 @@ def ahvlite(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     (["controller", "run", "--store", "zk://me:hunter2@h1:x/a"], 2, "zk://me:***@h1:x/a"),
 ])
 def test_store_mistakes(args, code, needle):
-    r = ahvlite(*args, env={"COLUMNS": "300"})
+    r = ahvlite(*args, env={"COLUMNS": "300", "HOME": "/nonexistent"})
     assert r.returncode == code, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr + r.stdout
     assert "hunter2" not in r.stderr + r.stdout

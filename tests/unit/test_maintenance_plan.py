@@ -1,15 +1,11 @@
-"""Maintenance mode: the pure move plan and the state that survives CLI restarts."""
+"""Maintenance mode: the pure move plan and the state that survives CLI restarts (the
+CLI through the API, and a run resumed by a new leader: tests/functional)."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import pytest
 
 from ahvlite.cluster import maintenance
-from ahvlite.cluster.legacy import open_cluster_file
 from ahvlite.cluster.maintenance import VmOnHost, plan_evacuation
 from ahvlite.cluster.placement import HostCapacity
 from ahvlite.cluster.schedulable import unschedulable_hosts
@@ -125,19 +121,70 @@ def test_a_late_update_does_not_bring_back_an_entry_exit_removed(tmp_path):
     assert unschedulable_hosts(cluster.state) == set()
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["--parallel", "0"], "--parallel=0"),
-    (["--max-downtime-ms", "-5"], "--max-downtime-ms=-5"),
-])
-def test_background_enter_checks_options_before_marking_the_host(tmp_path, args, needle):
-    cluster = ClusterSpec(name="c", hosts=[HostSpec(name=n, uri="test:///default")
-                                           for n in ("h1", "h2")])
-    cf = tmp_path / "cluster.yaml"
-    cf.write_text(cluster.dump_yaml())
-    env = {**os.environ, "AHVLITE_CLUSTER": str(cf), "COLUMNS": "200"}
-    r = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "host", "maintenance",
-                        "enter", "h1", *args], capture_output=True, text=True, env=env,
-                       timeout=60)
-    out = r.stdout + r.stderr
-    assert r.returncode == 2 and needle in out and "Traceback" not in out, out
-    assert unschedulable_hosts(open_cluster_file(cf).state) == set()
+# -- the run, on a simulated cluster (tests/simhosts.py) -------------------------------
+
+def _three(tmp_path):
+    return in_store(ClusterSpec(name="c", hosts=[HostSpec(name=n, uri="test:///default")
+                                                 for n in ("h1", "h2", "h3")]), tmp_path)
+
+
+def test_a_refused_admission_moves_nothing_and_leaves_the_host_schedulable(tmp_path):
+    from ahvlite.cluster.maintenance import Hooks
+    from tests.simhosts import SimHosts
+
+    cluster, sim, asked = _three(tmp_path), SimHosts(), []
+
+    def admit(moves):
+        asked.append(moves)
+        raise Conflict("moving v1 to h2 would break the HA guarantee: 512 MiB missing")
+
+    with pytest.raises(Conflict, match="512 MiB missing"):
+        maintenance.enter(cluster, "h1", ops=sim, hooks=Hooks(admit=admit))
+    assert sorted(vm for vm, _ in asked[0]) == ["v1", "v2", "v3"]  # the plan as a whole
+    assert sim.migrations == {} and sim.shutdowns == {}
+    assert unschedulable_hosts(cluster.state) == set()
+    # A host an earlier run left in maintenance stays there.
+    maintenance.mark_unschedulable(cluster, "h1")
+    with pytest.raises(Conflict):
+        maintenance.enter(cluster, "h1", ops=sim, hooks=Hooks(admit=admit))
+    assert unschedulable_hosts(cluster.state) == {"h1"}
+
+
+def test_a_host_the_plan_cannot_judge_is_replaced_by_an_admitted_one(tmp_path):
+    from ahvlite.cluster.maintenance import Hooks
+    from tests.simhosts import SimHosts
+
+    cluster, sim, asked = _three(tmp_path), SimHosts(), []
+    sim.vms = {"v1": {"host": "h1", "state": "running", "mib": 512, "pinned": False}}
+    sim.refuse["h2"] = Conflict("v1's CPU cannot run on h2")
+    progress: list[tuple[int, str]] = []
+    out = maintenance.enter(cluster, "h1", ops=sim, hooks=Hooks(
+        admit=asked.append, progress=lambda pct, msg: progress.append((pct, msg))))
+    assert asked == [[("v1", "h2")], [("v1", "h3")]]  # the plan, then the replacement
+    assert [(m["vm"], m["to"]) for m in out.moved] == [("v1", "h3")]
+    assert out.state == "in_maintenance" and sim.vms["v1"]["host"] == "h3"
+    assert any("h2 refused" in msg for _, msg in progress)
+    assert progress[-1][0] == 100 and [p for p, _ in progress] == sorted(
+        p for p, _ in progress)
+
+
+def test_exit_restores_what_admission_allows_and_says_why_not_the_rest(tmp_path):
+    from ahvlite.cluster.maintenance import Hooks
+    from tests.simhosts import SimHosts
+
+    cluster, sim = _three(tmp_path), SimHosts()
+    maintenance.enter(cluster, "h1", ops=sim)
+    assert sim.shutdowns == {"p1": 1} and all(
+        sim.vms[v]["host"] != "h1" for v in ("v1", "v2", "v3"))
+
+    def admit(moves):
+        if len(moves) > 1 or moves == [("v2", "h1")]:
+            raise Conflict(f"moving {moves[0][0]} would break the HA guarantee: 512 MiB "
+                           "missing")
+
+    out = maintenance.exit_(cluster, "h1", restore=True, ops=sim, hooks=Hooks(admit=admit))
+    assert sorted(r["vm"] for r in out["restored"]) == ["v1", "v3"]
+    assert out["not_restored"] == [{"vm": "v2", "reason": "moving v2 would break the HA "
+                                                          "guarantee: 512 MiB missing"}]
+    assert out["started"] == ["p1"] and sim.vms["v2"]["host"] != "h1"
+    assert unschedulable_hosts(cluster.state) == set()

@@ -153,7 +153,9 @@ def test_host_playbook_passes_ansible_syntax_check_and_lists_every_role(tmp_path
 
 def _cluster_file(tmp_path: Path) -> Path:
     cf = tmp_path / "cluster.yaml"
-    cf.write_text(yaml.safe_dump(cluster().model_dump(mode="json", exclude_none=True)))
+    shared = {"shared_pool": "shared",
+              "pool": {"kind": "netfs", "server": "10.0.0.5", "export": "/srv/ahvlite"}}
+    cf.write_text(yaml.safe_dump(cluster(**shared).model_dump(mode="json", exclude_none=True)))
     return cf
 
 

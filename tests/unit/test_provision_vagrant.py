@@ -97,10 +97,12 @@ def test_provisioned_by_the_playbook_that_exists(evaluated):
              if c["call"] == "vm.define.vm.provision"]
     assert kinds.count(("ahvlite", "ansible")) == 1
     playbooks = [c["args"][0] for c in calls if c["call"] == "vm.define.vm.provision.playbook"]
-    assert len(playbooks) == 1  # one run, from the last host, for all of them
-    assert Path(playbooks[0]) == REPO / "playbooks" / "host.yml" and Path(playbooks[0]).exists()
+    # The first box's NFS export, then one run of host.yml, from the last host, for all.
+    assert [Path(p) for p in playbooks] == [REPO / "playbooks" / "nfs_server.yml",
+                                            REPO / "playbooks" / "host.yml"]
+    assert all(Path(p).exists() for p in playbooks)
     inv = [c["args"][0] for c in calls if c["call"] == "vm.define.vm.provision.inventory_path"]
-    assert inv == [str(state / "inventory.yml")]
+    assert inv == [str(state / "inventory.yml")] * 2
     cmd = [c["args"][0] for c in calls if c["call"] == "vm.define.vm.provision.playbook_command"]
     assert cmd[0].endswith("/bin/ansible-playbook")
 
@@ -119,12 +121,13 @@ def test_written_inventory_parses_with_ansible_and_sets_the_real_host_profile(ev
     assert sorted(listed["ahvlite_hosts"]["hosts"]) == ["h1", "h2", "h3"]
     assert listed["_meta"]["hostvars"]["h2"]["ahvlite_mgmt_ip"] == "10.77.1.12"
     # The playbook accepts it (syntax and variables the play asserts on are present).
-    syntax = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i",
-                             str(state / "inventory.yml"), "--syntax-check",
-                             str(REPO / "playbooks" / "host.yml")],
-                            capture_output=True, text=True, timeout=120,
-                            env={**env, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"})
-    assert syntax.returncode == 0, syntax.stdout + syntax.stderr
+    for book in ("host.yml", "nfs_server.yml"):
+        syntax = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i",
+                                 str(state / "inventory.yml"), "--syntax-check",
+                                 str(REPO / "playbooks" / book)],
+                                capture_output=True, text=True, timeout=120,
+                                env={**env, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"})
+        assert syntax.returncode == 0, syntax.stdout + syntax.stderr
 
 
 def test_written_cluster_file_is_a_valid_ahvlite_cluster(evaluated):
@@ -135,3 +138,14 @@ def test_written_cluster_file_is_a_valid_ahvlite_cluster(evaluated):
                for h in spec.hosts)
     (br0,) = spec.network.bridges
     assert br0.uplink is not None and len(br0.uplink.members) == 2
+    # Shared storage: h1's NFS export as the netfs pool (host provision needs one).
+    assert spec.shared_pool == "ahvlite-shared" and spec.pool is not None
+    assert (spec.pool.kind, spec.pool.server, spec.pool.export) == ("netfs", "10.77.1.11",
+                                                                    "/srv/ahvlite")
+    from ahvlite.cluster import sharedpool
+
+    group, _ = sharedpool.provision_vars(spec)
+    inv = yaml.safe_load((state / "inventory.yml").read_text())["all"]["children"]
+    assert {k: v for k, v in inv["ahvlite_hosts"]["vars"].items() if k in group} == group
+    assert list(inv["ahvlite_nfs_server"]["hosts"]) == ["h1"]
+    assert inv["ahvlite_nfs_server"]["vars"]["nfs_server_clients"] == "10.77.1.0/24"

@@ -107,7 +107,15 @@ def cpu(ctx: ReadContext, _q: NoQuery) -> dict[str, Any]:
     return {"cluster": spec.name, **cpulevel.show(spec, cpustore.store_for(spec))}
 
 
+def storage(ctx: ReadContext, _q: NoQuery) -> dict[str, Any]:
+    from ahvlite.cluster import luns
+
+    return luns.storage_view(ctx.spec())
+
+
 READS: tuple[Read, ...] = (
+    Read("/v1/storage", storage, "storage: iscsi: every host's targets and their health as "
+         "its redirector sees them, and the target each VM disk's session is on"),
     Read("/v1/cluster", cluster_spec, "the cluster spec (hosts, networks, pools, labels)"),
     Read("/v1/cluster/documents", cluster_documents,
          "the keys of the cluster's state documents and templates the store holds"),

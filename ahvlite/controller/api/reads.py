@@ -118,7 +118,8 @@ def stats(ctx: ReadContext, q: StatsQuery) -> list[dict[str, Any]]:
     if (q.host or q.vm) and not found:
         what = " ".join(x for x in (q.host and f"host {q.host}", q.vm and f"VM {q.vm}") if x)
         raise NotFound(f"no stats for {what}",
-                       hint="the leader publishes every --stats-interval seconds")
+                       hint="each host's controller publishes its own every "
+                            "--stats-interval seconds")
     return found
 
 
@@ -139,7 +140,13 @@ CORE: tuple[Read, ...] = (
 
 def all_reads() -> tuple[Read, ...]:
     """Every read the API serves: the core ones above and each noun's own table."""
-    from ahvlite.controller.api import read_cluster, read_images, read_templates, read_vms
+    from ahvlite.controller.api import (
+        read_cluster,
+        read_images,
+        read_ops,
+        read_templates,
+        read_vms,
+    )
 
-    return (*CORE, *read_vms.READS, *read_cluster.READS, *read_images.READS,
+    return (*CORE, *read_vms.READS, *read_cluster.READS, *read_ops.READS, *read_images.READS,
             *read_templates.READS)

@@ -71,12 +71,12 @@ def start_api(settings: ApiSettings, coord: Coordinator, controller: str,
     """Serve the API for this controller; returns (server handle, published URL)."""
     from ahvlite.controller.api.app import ApiBackend, create_app
     from ahvlite.controller.api.server import serve_api
-    from ahvlite.controller.api.uploads import UploadArea
+    from ahvlite.controller.api.uploads import TakesUploads, UploadArea
 
     area = UploadArea(settings.uploads, max_bytes=settings.upload_max_bytes)
-    for kind in registry.values():  # kinds that consume uploads (image.import)
-        if hasattr(kind, "use_uploads"):
-            kind.use_uploads(area)
+    for handler in registry.values():  # kinds that take what was uploaded here
+        if isinstance(handler, TakesUploads):
+            handler.use_uploads(area)
     app = create_app(ApiBackend(coord, controller, registry, cluster=cluster, uploads=area))
     handle = serve_api(app, settings.host, settings.port, settings.cert, settings.key,
                        settings.ca)

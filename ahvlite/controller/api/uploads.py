@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from ahvlite.errors import InvalidSpec, NotFound
 
@@ -25,6 +25,13 @@ DEFAULT_MAX_BYTES = 64 << 30
 MAX_AGE_S = 3600.0
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
 STAGED_RE = re.compile(r"^[0-9a-f]{32}(\.part)?$")
+
+
+@runtime_checkable
+class TakesUploads(Protocol):
+    """A task kind that consumes staged uploads (it runs on the leader, where they are)."""
+
+    def use_uploads(self, area: UploadArea) -> None: ...
 
 
 class TooLarge(InvalidSpec):

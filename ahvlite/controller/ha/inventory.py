@@ -6,8 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from ahvlite.cluster import vms
+from ahvlite.cluster.schedulable import unschedulable_hosts
 from ahvlite.controller.ha.config import load_settings
-from ahvlite.controller.ha.reservation import HostMem, VmLoad, admit, admit_moves, reservation
+from ahvlite.controller.ha.reservation import (
+    HostMem,
+    VmLoad,
+    admit,
+    admit_moves,
+    reservation,
+)
 from ahvlite.controller.ha.restart import VmRecord
 from ahvlite.controller.ha.settings import HaSettings
 from ahvlite.errors import Conflict
@@ -86,31 +93,43 @@ def check_power_on(cluster: ClusterSpec, name: str, *,
     return verdict.host
 
 
-def leader_view(store_url: str) -> dict[str, Any] | None:
-    """What the leader's HA service last published (``ha/status``), if anything."""
-    import json
-
-    from ahvlite.controller.coord import open_store
-    from ahvlite.controller.ha.records import STATUS_KEY
-
-    coord = open_store(store_url)
-    try:
-        raw = coord.get(STATUS_KEY)
-    finally:
-        coord.close()
-    return json.loads(raw.value) if raw is not None else None
-
-
 def check_moves(cluster: ClusterSpec, moves: list[tuple[str, str]], *,
                 settings: HaSettings | None = None) -> None:
     """In guarantee mode: Conflict naming the missing memory when these live moves
     (``(vm, destination)``: a migration, a maintenance evacuation, an ADS plan) would
-    break the HA reservation. The one check every move goes through on the leader."""
+    break the HA reservation. The one check every move goes through on the leader.
+
+    Hosts in maintenance do not count as room for restarts (HA never restarts a VM
+    there), so emptying a host cannot pass off that host as the reserve."""
     settings = settings or load_settings(cluster.state)
     if settings.mode != "guarantee" or not moves:
         return
     host_mem, loads, _, _ = _gather(cluster)
+    closed = unschedulable_hosts(cluster.state)
+    host_mem = [h for h in host_mem if h.name not in closed]
     verdict = admit_moves(settings, host_mem, loads, moves)
     if not verdict.ok:
         raise Conflict(verdict.message,
                        hint="add a host, stop VMs, or `ahvlite ha set --mode default`")
+
+
+def check_settings(cluster: ClusterSpec, new: HaSettings, old: HaSettings) -> None:
+    """Conflict naming the missing memory when ``new`` asks for a guarantee the cluster
+    cannot give now (entering guarantee mode, or making it stricter). A change that
+    leaves the guarantee no worse than it is (timings, going back to default) passes."""
+    if new.mode != "guarantee":
+        return
+    host_mem, loads, _, _ = _gather(cluster)
+    closed = unschedulable_hosts(cluster.state)
+    host_mem = [h for h in host_mem if h.name not in closed]
+    after = reservation(new, host_mem, loads)
+    if after.ok:
+        return
+    if old.mode == "guarantee" and after.missing_mib <= reservation(old, host_mem,
+                                                                     loads).missing_mib:
+        return
+    raise Conflict(f"the HA guarantee (RF{new.rf}, {new.reservation} reservation) does not "
+                   f"hold with the VMs running now: {after.missing_mib} MiB missing "
+                   f"({after.detail})",
+                   hint="stop or move VMs, add a host, or choose another --reservation / "
+                        "--rf; `ahvlite ha show` shows the reservation")

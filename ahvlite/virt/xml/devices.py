@@ -19,6 +19,10 @@ class Disk(XmlObject):
     driver_queues = Int("driver", attr="queues")
     source_file = Str("source", attr="file")
     source_dev = Str("source", attr="dev")  # type='block' (CVM LUNs)
+    source_protocol = Str("source", attr="protocol")  # type='network': iscsi
+    source_name = Str("source", attr="name")  # type='network': IQN/LUN
+    source_host = Str("source/host", attr="name")
+    source_port = Str("source/host", attr="port")
     sgio = Str(attr="sgio")  # device='lun': which SCSI commands reach the device
     target_dev = Str("target", attr="dev")
     target_bus = Str("target", attr="bus")

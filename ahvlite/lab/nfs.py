@@ -1,0 +1,76 @@
+"""An NFS server in a lab host's namespaces: nfs-ganesha (userspace, VFS backend).
+
+For drills and tests of the shared pool on "real" hosts: the playbook defines a
+libvirt netfs pool against it, as a Vagrant box's export or a filer would be. NFSv4
+only over TCP, so no rpcbind is needed; the process is recorded like every lab daemon
+(role ``nfs-server``) and ended by ``lab down``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ahvlite.errors import OperationTimeout
+from ahvlite.lab import lab, namespaces, processes
+from ahvlite.lab.layout import HostLayout
+
+ROLE = "nfs-server"
+PSEUDO = "/ahvlite"  # the NFSv4 path clients mount: SERVER:/ahvlite
+NFS_PORT = 2049
+
+
+def ganesha_conf(export_dir: Path, recovery_dir: Path) -> str:
+    return f"""\
+NFS_CORE_PARAM {{
+    Protocols = 4;
+    NFS_Port = {NFS_PORT};
+    Enable_NLM = false;
+    Enable_RQUOTA = false;
+    Enable_UDP = false;
+}}
+NFSv4 {{
+    RecoveryRoot = "{recovery_dir}";
+    Graceless = true;
+    Only_Numeric_Owners = true;
+}}
+EXPORT {{
+    Export_Id = 1;
+    Path = "{export_dir}";
+    Pseudo = "{PSEUDO}";
+    Protocols = 4;
+    Transports = TCP;
+    Access_Type = RW;
+    Squash = No_Root_Squash;
+    SecType = sys;
+    FSAL {{ Name = VFS; }}
+}}
+LOG {{ Default_Log_Level = EVENT; }}
+"""
+
+
+def start_server(name: str, host: str, export_dir: Path, *, timeout_s: float = 20) -> str:
+    """Serve ``export_dir`` over NFSv4 from lab host ``host``; returns SERVER:/PATH."""
+    layout, state = lab.layout_of(name), lab.state_of(name)
+    h: HostLayout = layout.host(host)
+    base = h.state_dir / "nfs"
+    (base / "recovery").mkdir(parents=True, exist_ok=True)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    conf = base / "ganesha.conf"
+    conf.write_text(ganesha_conf(export_dir, base / "recovery"))
+    argv = [*namespaces.enter_argv(h.netns, h.mnt_ns_file, h.uts_ns_file),
+            "ganesha.nfsd", "-F", "-f", str(conf), "-L", str(base / "ganesha.log"),
+            "-p", str(base / "ganesha.pid")]
+    record = processes.spawn(argv, log=h.state_dir / "logs" / f"{ROLE}.log", host=host,
+                             role=ROLE)
+    state.processes.append(record)
+    state.save(layout.state_file)
+    deadline = time.monotonic() + timeout_s
+    probe = [*namespaces.enter_argv(h.netns, h.mnt_ns_file, h.uts_ns_file),
+             "nfs-ls", f"nfs://{h.ip}{PSEUDO}?version=4"]
+    while namespaces.run(probe, check=False, timeout_s=10).returncode != 0:
+        if time.monotonic() > deadline or not processes.is_alive(record):
+            raise OperationTimeout(f"{host}: nfs-ganesha did not serve {PSEUDO} in "
+                                   f"{timeout_s:g} s", hint=f"see {base / 'ganesha.log'}")
+        time.sleep(0.3)
+    return f"{h.ip}:{PSEUDO}"
