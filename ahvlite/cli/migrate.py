@@ -4,23 +4,15 @@ expected pause against the cap)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from ahvlite.cli.api import WaitOpt
-from ahvlite.cli.output import console, emit_json, err_console
+from ahvlite.cli.output import console, emit_json
 from ahvlite.errors import InvalidSpec, OperationFailed
 
-if TYPE_CHECKING:
-    from ahvlite.cluster.convergence import ConvergenceSettings
-    from ahvlite.cluster.migrate import MigrationProgress
-
 MIB = 1024 * 1024
-
-ProgressFn = Callable[["MigrationProgress"], None]
 
 # vm.migrate's parameter (ConvergenceSettings' field) -> the command-line option that
 # sets it, so a bad value is reported as the user typed it.
@@ -34,57 +26,8 @@ def _as_option(exc: InvalidSpec) -> InvalidSpec:
     return InvalidSpec(OPTION_OF[exc.field], exc.value, exc.allowed, hint=exc.hint)
 
 
-def settings_from_options(**fields: Any) -> ConvergenceSettings:
-    """ConvergenceSettings from CLI options; errors name the option, not the field."""
-    from ahvlite.cluster.convergence import ConvergenceSettings
-
-    try:
-        return ConvergenceSettings(**fields)
-    except InvalidSpec as exc:
-        raise _as_option(exc) from None
-
-
 def _mib(n: int | None) -> str:
     return "?" if n is None else f"{n / MIB:.1f}"
-
-
-@contextmanager
-def migration_bar(enabled: bool) -> Iterator[ProgressFn | None]:
-    """A rich progress bar per VM from in-process migration polls (data copied of the
-    VM's memory, what is left, the dirty rate, the iteration, the expected downtime);
-    None when disabled."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-
-    bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                   TextColumn("left {task.fields[left]} MiB"),
-                   TextColumn("dirty {task.fields[dirty]} MiB/s"),
-                   TextColumn("iter {task.fields[iteration]}"),
-                   TextColumn("downtime ~{task.fields[downtime]}/{task.fields[cap]} ms"),
-                   TextColumn("{task.fields[note]}"), TimeElapsedColumn(),
-                   console=err_console, transient=False)
-    tasks: dict[str, TaskID] = {}
-
-    def update(p: MigrationProgress) -> None:
-        if p.vm not in tasks:
-            tasks[p.vm] = bar.add_task(f"{p.vm} {p.source}→{p.destination}", total=None,
-                                       left="?", dirty="?", iteration=0, downtime="?",
-                                       cap=p.max_downtime_ms, note="")
-        total = p.data_total_bytes or 0
-        done = total - (p.data_remaining_bytes or 0)
-        notes = [n for n, on in (("stalled", p.stalled),
-                                 (f"throttle {p.throttle_pct}%", p.throttle_pct > 0),
-                                 ("post-copy", p.postcopy)) if on]
-        bar.update(tasks[p.vm], total=total or None, completed=max(done, 0),
-                   left=_mib(p.data_remaining_bytes), dirty=_mib(p.dirty_rate_bytes_s),
-                   iteration=p.iteration,
-                   downtime="?" if p.expected_downtime_ms is None else p.expected_downtime_ms,
-                   cap=p.max_downtime_ms, note=" ".join(notes))
-
-    with bar:
-        yield update
 
 
 def render_result(r: dict[str, Any]) -> None:

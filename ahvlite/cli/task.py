@@ -4,7 +4,6 @@ wait, cancel)."""
 from __future__ import annotations
 
 import json
-import os
 from typing import Annotated, Any
 
 import typer
@@ -17,14 +16,6 @@ from ahvlite.errors import InvalidSpec, OperationFailed
 app = typer.Typer(no_args_is_help=True, help="Controller tasks: submit, list, show, wait, cancel.")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 IdArg = Annotated[str, typer.Argument(help="Task id (from `task list`).")]
-
-
-def configured_store(store: str | None) -> str | None:
-    """The store ``--store`` or $AHVLITE_STORE names (commands not yet converted to the
-    API read the leader's records there)."""
-    from ahvlite.cli.controller import STORE_ENV
-
-    return store or os.environ.get(STORE_ENV) or None
 
 
 def _row(t: Any) -> list[Any]:

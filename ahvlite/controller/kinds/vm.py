@@ -282,8 +282,9 @@ class VmDiskAdd(Kind[DiskAddParams]):
                 if any(d["name"] == disk_name for d in info.disks):
                     return info.to_dict()  # the earlier attempt attached it
                 with vms.connect(cspec) as hosts:
-                    vms.drop_leftovers(hosts, [vms.vm_volume(p.name, disk_name, t)
-                                               for t in _earlier_tags(ctx)], ctx.check_leader)
+                    vms.drop_leftovers(hosts, [v for t in _earlier_tags(ctx)
+                                               for v in vms.disk_volumes(p.name, disk_name, t)],
+                                       ctx.check_leader)
             return vms.add_disk(cspec, p.name, disk,
                                 tag=attempt_tag(ctx.task.id, ctx.task.attempts),
                                 guard=ctx.check_leader).to_dict()
