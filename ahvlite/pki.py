@@ -1,9 +1,15 @@
 """The cluster's certificate authority: issue TLS certificates, read who they name.
 
 One CA signs every certificate of a cluster: libvirt's and QEMU's on each host, the
-controllers' API server certificates and the admins' client certificates (the API's
-mutual TLS). Keys are EC P-256. The CA lives in a directory as ``cacert.pem`` and
-``cakey.pem`` (the playbook's and the lab's layout).
+controllers' API server certificates, the store's (ZooKeeper's TLS) and the admins'
+client certificates (the API's mutual TLS). Keys are EC P-256. The CA lives in a
+directory as ``cacert.pem`` and ``cakey.pem`` (the playbook's and the lab's layout).
+
+Being issued by the CA is not being an admin: a host's libvirt client certificate is
+from the same CA. Admins are the certificates whose subject carries the organizational
+unit :data:`ADMINS_UNIT` (``ahvlite pki issue-client`` issues those); the API serves
+only them, and libvirtd accepts exactly the hosts' and the admins' subjects
+(:func:`libvirt_dn`, for ``tls_allowed_dn_list``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from ahvlite.errors import InvalidSpec, NotFound
 VALIDITY = dt.timedelta(days=825)
 CA_CERT = "cacert.pem"
 CA_KEY = "cakey.pem"
+ADMINS_UNIT = "ahvlite-admins"
 
 
 @dataclass(frozen=True)
@@ -45,11 +52,12 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def _name(organization: str, common_name: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
+def _name(organization: str, common_name: str, unit: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization)]
+    if unit is not None:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit))
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return x509.Name(attrs)
 
 
 class CertificateAuthority:
@@ -112,8 +120,13 @@ class CertificateAuthority:
         orgs = self.cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
         return str(orgs[0].value) if orgs else "ahvlite"
 
+    def subject_of(self, common_name: str, unit: str | None = None) -> x509.Name:
+        """The subject :meth:`issue` gives a certificate for ``common_name``."""
+        return _name(self.organization, common_name, unit)
+
     def issue(self, common_name: str, *, ips: tuple[str, ...] = (), dns: tuple[str, ...] = (),
-              server: bool, client: bool, validity: dt.timedelta = VALIDITY) -> Issued:
+              server: bool, client: bool, validity: dt.timedelta = VALIDITY,
+              unit: str | None = None) -> Issued:
         key = _key()
         now = dt.datetime.now(dt.UTC)
         usages = []
@@ -126,7 +139,7 @@ class CertificateAuthority:
         not_before = min(now - dt.timedelta(minutes=5), not_after - dt.timedelta(minutes=5))
         builder = (
             x509.CertificateBuilder()
-            .subject_name(_name(self.organization, common_name)).issuer_name(self.cert.subject)
+            .subject_name(self.subject_of(common_name, unit)).issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_before)
@@ -152,10 +165,36 @@ class CertificateAuthority:
 
 def common_name(cert_pem: str | bytes) -> str | None:
     """The subject CN of a PEM certificate, or None if it has none."""
-    data = cert_pem.encode() if isinstance(cert_pem, str) else cert_pem
-    cert = x509.load_pem_x509_certificate(data)
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    cns = _cert(cert_pem).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(cns[0].value) if cns else None
+
+
+def _cert(cert_pem: str | bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(
+        cert_pem.encode() if isinstance(cert_pem, str) else cert_pem)
+
+
+def is_admin(cert_pem: str | bytes) -> bool:
+    """Whether the certificate's subject names it an admin (:data:`ADMINS_UNIT`)."""
+    units = _cert(cert_pem).subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    return any(u.value == ADMINS_UNIT for u in units)
+
+
+# libvirt matches tls_allowed_dn_list entries as shell globs (a subject holding one of
+# * ? [ ] would match more than itself) and reads its config strings without escapes.
+_UNSAFE_IN_DN = frozenset('*?[]"\\')
+
+
+def libvirt_dn(name: x509.Name | str | bytes) -> str:
+    """A subject as libvirtd sees it (GnuTLS's ``gnutls_x509_crt_get_dn``: attributes in
+    the certificate's order, e.g. ``O=ahvlite,CN=h1``), for ``tls_allowed_dn_list``.
+    ``name``: a subject, or a PEM certificate."""
+    subject = name if isinstance(name, x509.Name) else _cert(name).subject
+    dn = ",".join(rdn.rfc4514_string() for rdn in subject.rdns)
+    if _UNSAFE_IN_DN & set(dn):
+        raise InvalidSpec("subject", dn, "no * ? [ ] \" \\ (libvirt reads the first "
+                          "as wildcards, and its config strings have no escapes)")
+    return dn
 
 
 def certificate_problem(cert_pem: bytes, ca_pem: bytes,

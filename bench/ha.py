@@ -23,13 +23,12 @@ import threading
 import time
 from typing import Any
 
-from ahvlite.controller.coord import open_store
 from ahvlite.controller.daemon import LEADER_KEY
 from ahvlite.controller.ha.settings import HaSettings
 from ahvlite.lab import faults, guests, lab
 from ahvlite.lab.drills import pings, running_on
 from ahvlite.lab.layout import LabLayout
-from ahvlite.lab.services import lab_store_url, lab_zk_members, member_mode
+from ahvlite.lab.services import lab_zk_members, member_mode, open_lab_store
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest
 from ahvlite.virt.conn import local_socket_connection
@@ -80,7 +79,7 @@ class Twins:
 def _up() -> tuple[LabLayout, Any]:
     lab.up(LabSpec(name=NAME, hosts=3, subnet=SUBNET, zk=True, controllers=True))
     layout = lab.layout_of(NAME)
-    coord = open_store(lab_store_url(layout))
+    coord = open_lab_store(layout)
     _until(lambda: coord.get(LEADER_KEY), 60, "no leader")
     return layout, coord
 

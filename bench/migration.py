@@ -87,12 +87,12 @@ def host_of(_cluster: ClusterSpec, name: str) -> str:
 
 
 def virsh_peer(cluster: ClusterSpec, name: str, to: str) -> dict[str, Any]:
-    """Plain virsh p2p live migration, default settings but the same link limit; aborted
-    (domjobabort) when not done in PEER_LIMIT_S."""
+    """Plain virsh p2p live migration, default settings but the same link limit and TLS
+    (ahvlite always encrypts); aborted (domjobabort) when not done in PEER_LIMIT_S."""
     src = cluster.host(host_of(cluster, name)).uri
     dst_ip = check_uri(cluster.host(to).uri).host
     argv = ["virsh", "-c", src, "migrate", "--live", "--p2p", "--persistent",
-            "--undefinesource", "--unsafe", "--bandwidth", str(LINK_MIB_S), name,
+            "--undefinesource", "--unsafe", "--tls", "--bandwidth", str(LINK_MIB_S), name,
             f"qemu+tls://{dst_ip}/system", f"tcp://{dst_ip}"]
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

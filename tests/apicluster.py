@@ -24,7 +24,7 @@ from ahvlite.controller.clusterview import ClusterView
 from ahvlite.controller.coord.sqlite import SqliteCoordinator
 from ahvlite.controller.daemon import LEADER_KEY, Controller, Identity
 from ahvlite.controller.kinds import registry
-from ahvlite.pki import CertificateAuthority, write_secret
+from ahvlite.pki import ADMINS_UNIT, CertificateAuthority, write_secret
 from ahvlite.spec.cluster import ClusterSpec
 from tests.waiting import wait_for
 
@@ -61,7 +61,8 @@ def make_pki(d: Path) -> Path:
     (d / "ca.pem").write_bytes(ca.cert_pem)
     for name, issued in (("server", ca.issue("ctl", ips=("127.0.0.1",), server=True,
                                              client=False)),
-                         ("admin", ca.issue("admin", server=False, client=True))):
+                         ("admin", ca.issue("admin", server=False, client=True,
+                                            unit=ADMINS_UNIT))):
         (d / f"{name}.pem").write_bytes(issued.cert_pem)
         write_secret(d / f"{name}-key.pem", issued.key_pem)
     return d

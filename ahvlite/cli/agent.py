@@ -9,18 +9,17 @@ from typing import Annotated
 import typer
 
 from ahvlite.cli.context import ENV_VAR, ClusterOpt
-from ahvlite.cli.controller import StoreOpt, store_url
+from ahvlite.cli.controller import HOST_ENV, StoreOpt, store_url
 
 app = typer.Typer(no_args_is_help=True, help="The host agent: keeps this host's protected "
                   "VMs only while it holds its lease, and feeds the host's watchdog.")
-HOST_ENV = "AHVLITE_HOST"
 
 
 @app.command()
 def run(
     store: StoreOpt = None,
     host: Annotated[str | None, typer.Option(
-        "--host", help=f"This host's name in the cluster (default ${HOST_ENV}).",
+        "--host", envvar=HOST_ENV, help="This host's name in the cluster.",
         show_default=False)] = None,
     libvirt_uri: Annotated[str, typer.Option(
         "--libvirt-uri", envvar="AHVLITE_LIBVIRT_URI",
@@ -30,12 +29,13 @@ def run(
         "hardware), or unix:PATH (the lab's watchdog process).")] = "/dev/watchdog",
     cluster: ClusterOpt = None,
 ) -> None:
-    """Run the agent in the foreground until SIGTERM/SIGINT."""
+    """Run the agent in the foreground until SIGTERM/SIGINT (every option may come from
+    the environment, as the systemd unit gives it: /etc/ahvlite/controller.env)."""
     from ahvlite.controller.wiring import AgentConfig, run_agent
     from ahvlite.errors import InvalidSpec
     from ahvlite.spec.vm import check_name
 
-    name = host or os.environ.get(HOST_ENV)
+    name = host
     if not name:
         raise InvalidSpec("--host", None, f"this host's name (or set ${HOST_ENV})")
     check_name("--host", name)

@@ -18,9 +18,12 @@ app = typer.Typer(no_args_is_help=True, help="The controller daemon: run it, see
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 STORE_ENV = "AHVLITE_STORE"
 CLUSTER_ENV = "AHVLITE_CLUSTER"  # cli.context's, not imported: it loads the spec models
+HOST_ENV = "AHVLITE_HOST"
 StoreOpt = Annotated[str | None, typer.Option(
-    "--store", help=f"sqlite:///PATH or zk://[USER:SECRET@]H:P,.../CHROOT (default ${STORE_ENV}).",
-    show_default=False)]
+    "--store", envvar=STORE_ENV, show_default=False,
+    help="sqlite:///PATH or zk://H:P,.../CHROOT; the ZooKeeper credential comes from the "
+         "file $AHVLITE_STORE_SECRET_FILE names (USER:SECRET), TLS from the directory "
+         "$AHVLITE_STORE_TLS_DIR (ca.pem, client.pem, client-key.pem).")]
 
 
 def store_url(store: str | None) -> str:
@@ -37,7 +40,7 @@ def store_url(store: str | None) -> str:
 def run(
     store: StoreOpt = None,
     name: Annotated[str | None, typer.Option(
-        "--name", envvar="AHVLITE_HOST", show_default=False,
+        "--name", envvar=HOST_ENV, show_default=False,
         help="Member name: this host's name in the cluster (default: the hostname).")] = None,
     session_timeout_s: Annotated[float, typer.Option(
         "--session-timeout", help="Seconds without contact before a controller counts as "

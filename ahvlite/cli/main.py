@@ -51,9 +51,11 @@ def version() -> None:
 
 
 def _command(name: str, target: Any) -> Any:
+    cmd: Any
     if isinstance(target, typer.Typer):
         target._add_completion = False  # a sub-app: no shell-completion options of its own
-        cmd = typer.main.get_command(target)
+        # Always a group, even of one command: `ahvlite agent run`, as the unit runs it.
+        cmd = typer.main.get_group(target)
     else:
         one = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
         one.command(name=name)(target)

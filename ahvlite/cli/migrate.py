@@ -57,9 +57,6 @@ def migrate(
     postcopy: Annotated[bool, typer.Option(
         "--postcopy", help="Switch to post-copy when pre-copy stops making progress.")]
     = False,
-    tls: Annotated[bool, typer.Option(
-        "--tls", help="Encrypt the migration stream (needs /etc/pki/qemu on each host).")]
-    = False,
     max_iterations: Annotated[int, typer.Option(
         "--max-iterations", help="Give up after this many memory copy iterations.")] = 50,
     timeout_s: Annotated[float, typer.Option(
@@ -69,8 +66,9 @@ def migrate(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     wait: WaitOpt = True,
 ) -> None:
-    """Live-migrate a running VM (peer to peer; persistent on the destination). The
-    leader runs it; HA guarantee mode must admit the move."""
+    """Live-migrate a running VM (peer to peer; persistent on the destination; the
+    stream always encrypted with QEMU's TLS, certificates in /etc/pki/qemu). The leader
+    runs it; HA guarantee mode must admit the move."""
     from ahvlite.cli.api import session
     from ahvlite.cli.progressbar import task_bar
     from ahvlite.controller.kinds.vm import ABORTED_STEP, MigrateParams
@@ -79,7 +77,7 @@ def migrate(
 
     params: dict[str, Any] = {
         "name": name, "to": to, "max_downtime_ms": max_downtime_ms,
-        "bandwidth_mib_s": bandwidth_mib, "postcopy": postcopy, "tls": tls,
+        "bandwidth_mib_s": bandwidth_mib, "postcopy": postcopy,
         "max_iterations": max_iterations, "timeout_s": timeout_s,
         "auto_converge": not no_auto_converge}
     try:

@@ -31,8 +31,9 @@ def issue_client(
     force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """A client certificate for the API's mutual TLS (principal cert:NAME)."""
-    from ahvlite.pki import CertificateAuthority, write_secret
+    """An admin's client certificate for the API's mutual TLS (principal cert:NAME;
+    OU=ahvlite-admins in its subject, which is what makes it an admin)."""
+    from ahvlite.pki import ADMINS_UNIT, CertificateAuthority, write_secret
 
     if not CN.match(name):
         raise InvalidSpec("name", name, "letters, digits, . _ @ - (at most 64)")
@@ -41,7 +42,8 @@ def issue_client(
     existing = [str(p) for p in (cert, key) if p.exists()]
     if existing and not force:
         raise Conflict(f"{', '.join(existing)} exist", hint="pass --force to replace them")
-    issued = ca.issue(name, server=False, client=True, validity=dt.timedelta(days=days))
+    issued = ca.issue(name, server=False, client=True, validity=dt.timedelta(days=days),
+                      unit=ADMINS_UNIT)
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_secret(key, issued.key_pem)
     cert.write_bytes(issued.cert_pem)

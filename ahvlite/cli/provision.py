@@ -40,10 +40,12 @@ DEFAULT_PKI_DIR = Path("~/.config/ahvlite/pki")
 
 
 def _lab_settings(name: str, cluster: ClusterSpec
-                  ) -> tuple[provision.Profile, Path, dict[str, dict[str, Any]]]:
-    """A lab's hosts: external daemons, and certificates where the lab keeps them."""
+                  ) -> tuple[provision.Profile, Path, dict[str, dict[str, Any]], str]:
+    """A lab's hosts: external daemons, certificates where the lab keeps them, and the
+    lab's own store credential."""
     from ahvlite.lab.layout import plan_layout
-    from ahvlite.lab.paths import lab_root
+    from ahvlite.lab.paths import cache_dir, lab_root
+    from ahvlite.lab.services import LAB_WATCHDOG, lab_zk_members
     from ahvlite.lab.state import LabState
     from ahvlite.spec.lab import LabSpec
 
@@ -55,9 +57,20 @@ def _lab_settings(name: str, cluster: ClusterSpec
                                  subnet=ipaddress.IPv4Network(state.subnet)), lab_root(name))
     # The lab issued each host's certificates into its private /etc/pki (seen from
     # here under its state directory); the play keeps them while they are valid.
-    per_host = {h.name: {"libvirt_tls_source_dir": str(h.state_dir / "etc" / "pki")}
+    per_host = {h.name: {"libvirt_tls_source_dir": str(h.state_dir / "etc" / "pki"),
+                         "ahvlite_pki_source_dir": str(h.etc_ahvlite / "pki"),
+                         "ahvlite_cert_name": h.hostname}
                 for h in layout.hosts}
-    return provision.lab_profile(lockspace_dir=layout.lockspace_dir), layout.pki_dir, per_host
+    members = [h.name for h in layout.hosts[:len(lab_zk_members(layout))]]
+    profile = provision.lab_profile(lockspace_dir=layout.lockspace_dir, zk_members=members,
+                                    # Seen by the lab hosts (their /var/lib/ahvlite is
+                                    # private); built again for a new version.
+                                    wheel_dir=cache_dir() / "wheels" / name,
+                                    watchdog=f"unix:{LAB_WATCHDOG}")
+    secret = ""
+    if layout.store_secret_file.exists():
+        secret = layout.store_secret_file.read_text().strip().partition(":")[2]
+    return profile, layout.pki_dir, per_host, secret
 
 
 def zk_secret(pki_dir: Path, *, create: bool = True) -> str:
@@ -138,8 +151,9 @@ def provision_inputs(hosts: list[str], *, spec: ClusterSpec, cluster_file: Path,
     """The inventory and extra variables of a run (nothing is written if one is refused).
     ``pki_dir`` None: beside ``cluster_file`` when the spec came from one (``-f``)."""
     lab_name = provision.is_lab(spec)
+    lab_secret = ""
     if lab_name:
-        profile, pki, per_host = _lab_settings(lab_name, spec)
+        profile, pki, per_host, lab_secret = _lab_settings(lab_name, spec)
     else:
         default = (cluster_file.resolve().parent / "pki" if spec.source is not None
                    else DEFAULT_PKI_DIR.expanduser())
@@ -153,7 +167,9 @@ def provision_inputs(hosts: list[str], *, spec: ClusterSpec, cluster_file: Path,
         if h in group["hosts"]:
             group["hosts"][h].update(v)
     group["vars"] = {**pool_vars, **group["vars"]}
-    return inventory, provision.run_vars(zk_secret(pki, create=not check))
+    # A lab's daemons already use the lab's credential: provisioning keeps it.
+    secret = lab_secret or zk_secret(pki, create=not check)
+    return inventory, provision.run_vars(secret)
 
 
 def provision_hosts(hosts: list[str], *, spec_file: Path | None, pki_dir: Path | None,

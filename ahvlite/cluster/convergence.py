@@ -38,7 +38,6 @@ class ConvergenceSettings:
     auto_converge_increment_pct: int = 10
     postcopy: bool = False  # allow switching to post-copy when stalled at the cap
     bandwidth_mib_s: int | None = None
-    tls: bool = False
     poll_interval_s: float = 0.25
 
     def __post_init__(self) -> None:
@@ -74,13 +73,14 @@ class ConvergenceSettings:
         return min(self.initial_downtime_ms, self.max_downtime_ms)
 
     def options(self, *, same_kernel_storage: bool = False) -> MigrationOptions:
-        """How the job starts (what cannot change once it runs)."""
+        """How the job starts (what cannot change once it runs). Always over TLS: there
+        is no setting that sends guest memory in clear."""
         return MigrationOptions(
             max_downtime_ms=self.first_downtime_ms, bandwidth_mib_s=self.bandwidth_mib_s,
             auto_converge=self.auto_converge,
             auto_converge_initial_pct=self.auto_converge_initial_pct,
             auto_converge_increment_pct=self.auto_converge_increment_pct,
-            postcopy=self.postcopy, tls=self.tls, same_kernel_storage=same_kernel_storage)
+            postcopy=self.postcopy, tls=True, same_kernel_storage=same_kernel_storage)
 
 
 @dataclass(frozen=True)

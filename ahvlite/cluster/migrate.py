@@ -69,6 +69,7 @@ class MigrateResult:
     postcopy_used: bool
     max_downtime_ms_used: int
     checks: dict[str, str] = field(default_factory=dict)
+    encrypted: bool = True  # the stream went over QEMU's TLS (VIR_MIGRATE_TLS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -317,7 +318,8 @@ def _run(job: MigrationJob, settings: ConvergenceSettings, hosts: vms.Hosts, vm:
             downtime_ms=None,
             data_transferred_bytes=last.data_processed_bytes if last else None,
             iterations=last.iteration if last else None, throttle_max_pct=throttle,
-            postcopy_used=postcopy, max_downtime_ms_used=downtime_ms, checks=checks))
+            postcopy_used=postcopy, max_downtime_ms_used=downtime_ms, checks=checks,
+            encrypted=job.options.tls))
     # (An abort that came too late loses the race: the VM moved, and that is a success.)
     done = migration.completed_stats(hosts.conn(dest), vm.name)
     # After post-copy the destination's completed stats are sparse; the last poll and
@@ -331,7 +333,8 @@ def _run(job: MigrationJob, settings: ConvergenceSettings, hosts: vms.Hosts, vm:
             last.data_processed_bytes if last else None),
         iterations=done.get("memory_iteration") or (last.iteration if last else None),
         throttle_max_pct=max(throttle, int(done.get("auto_converge_throttle", 0))),
-        postcopy_used=postcopy, max_downtime_ms_used=downtime_ms, checks=checks)
+        postcopy_used=postcopy, max_downtime_ms_used=downtime_ms, checks=checks,
+        encrypted=job.options.tls)
 
 
 def _steer(job: MigrationJob, settings: ConvergenceSettings, history: list[JobSample],

@@ -24,7 +24,7 @@ LAB_LABEL = "ahvlite.lab"  # set on the cluster file `ahvlite lab up` writes
 # one would silently become two tags.
 _TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 TAGS = ("packages", "iommu", "libvirt", "tls", "virtlockd", "network", "virbr0", "services",
-        "zookeeper", "controller", "checks", "storage")
+        "zookeeper", "watchdog", "controller", "checks", "storage")
 
 
 @dataclass(frozen=True)
@@ -57,13 +57,22 @@ class Profile:
         return {**out, **self.extra}
 
 
-def lab_profile(*, lockspace_dir: Path) -> Profile:
+def lab_profile(*, lockspace_dir: Path, zk_members: list[str], wheel_dir: Path,
+                watchdog: str) -> Profile:
     """A lab host: a set of namespaces on this machine (see docs/architecture.md)."""
     # /run is bind-mounted per lab host; ansible's default ~/.ansible/tmp would be this
-    # machine's /root.
+    # machine's /root. A lab host reaches no package index (its network is the lab's):
+    # ahvlite and its dependencies are installed from wheels built here, in a directory
+    # it sees. Its agent feeds the lab's watchdog process, never this machine's.
     return Profile(service_manager="external", packages="verify", manage_boot=False,
                    reboot_allowed=False, remote_tmp="/run/ahvlite-ansible",
-                   extra={"ahvlite_lockspace_dir": str(lockspace_dir)})
+                   extra={"ahvlite_lockspace_dir": str(lockspace_dir),
+                          "zookeeper_members": zk_members,
+                          "controller_wheel_dir": str(wheel_dir),
+                          "controller_wheel_deps": True,
+                          "controller_pip_extra_args": "--no-cache-dir --no-index "
+                                                       f"--find-links={wheel_dir}",
+                          "controller_watchdog": watchdog})
 
 
 def is_lab(cluster: ClusterSpec) -> str | None:
@@ -139,10 +148,10 @@ def build_inventory(cluster: ClusterSpec, names: list[str], *, cluster_file: Pat
     return {"all": {"children": {GROUP: {"hosts": hosts, "vars": group_vars}}}}
 
 
-# The controllers' ZooKeeper digest credential (coord/url.py: zk://USER:SECRET@...): the
-# controller role writes it into /etc/ahvlite/controller.env with the role's
-# controller_zk_user. It sits in a URL and a systemd EnvironmentFile, so only characters
-# that need no quoting in either; the CLI keeps one per cluster beside the CA.
+# The controllers' ZooKeeper digest credential: the controller role writes it as
+# USER:SECRET into /etc/ahvlite/store.secret (0600), the file $AHVLITE_STORE_SECRET_FILE
+# names (coord/url.py), never into a URL or onto a command line. Only characters that
+# need no quoting anywhere; the CLI keeps one per cluster beside the CA.
 ZK_SECRET_VAR = "ahvlite_zk_secret"
 ZK_SECRET_FILE = "zk-secret"
 ZK_SECRET_MIN_CHARS = 16

@@ -45,12 +45,11 @@ def pings(layout: LabLayout, host: str, ip: str) -> bool:
 
 
 def _leader_host(name: str) -> str | None:
-    from ahvlite.controller.coord import open_store
-    from ahvlite.lab.services import lab_store_url
+    from ahvlite.lab.services import open_lab_store
 
     layout = lab.layout_of(name)
     try:
-        coord = open_store(lab_store_url(layout), session_timeout_s=5)
+        coord = open_lab_store(layout, session_timeout_s=5)
     except AhvliteError as exc:
         raise Conflict(f"lab {name} runs no controllers to restart VMs ({exc.message})",
                        hint=f"`ahvlite lab up --name {name} --zk --controllers`") from None

@@ -7,9 +7,12 @@ from pathlib import Path
 from ahvlite.lab.layout import HostLayout, LabLayout
 
 
-def libvirtd_conf(host: HostLayout) -> str:
+def libvirtd_conf(host: HostLayout, allowed_dns: list[str]) -> str:
     # TLS only, on the management address; clients are verified by certificate (no
-    # unauthenticated TCP). The unix socket needs no auth: only root reaches it.
+    # unauthenticated TCP), and only the cluster's hosts and admins are let in, not
+    # whoever holds some certificate of the CA. The unix socket needs no auth: only
+    # root reaches it.
+    dns = ", ".join(f'"{dn}"' for dn in allowed_dns)  # pki.libvirt_dn: no quotes in them
     return f"""\
 listen_tls = 1
 listen_tcp = 0
@@ -17,6 +20,7 @@ listen_addr = "{host.ip}"
 auth_tls = "none"
 tls_no_verify_certificate = 0
 tls_no_sanity_certificate = 0
+tls_allowed_dn_list = [{dns}]
 auth_unix_rw = "none"
 auth_unix_ro = "none"
 unix_sock_group = "root"

@@ -35,13 +35,14 @@ from ahvlite.lab.layout import (
     veth_prefix,
 )
 from ahvlite.lab.paths import cache_dir, lab_root, labs_dir
-from ahvlite.lab.pki import LabCA, install_client_pki, install_host_pki
+from ahvlite.lab.pki import LabCA, allowed_dns, install_client_pki, install_host_pki
 from ahvlite.lab.prereqs import check_lab_prerequisites, find_program
 from ahvlite.lab.sshkeys import known_hosts_line, make_keypair
 from ahvlite.lab.state import LabState, ProcessRecord
 from ahvlite.net import netlink
 from ahvlite.net.ovs import ops as ovs_ops
 from ahvlite.net.ovs.api import ovsdb
+from ahvlite.pki import ADMINS_UNIT
 from ahvlite.spec.cluster import ClusterSpec, HostSpec, SshSpec
 from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.labels import DOMAIN_TYPE_LABEL
@@ -138,7 +139,8 @@ def _build(layout: LabLayout, state: LabState, images: GuestImages, report: Repo
     report("creating the lab CA, certificates and SSH keys")
     ca = LabCA.create(layout.name)
     ca.save(layout.pki_dir / "ca")
-    install_client_pki(ca, layout.client_pki_dir, name=f"ahvlite-{layout.name}-client")
+    install_client_pki(ca, layout.client_pki_dir, name=admin_name(layout))
+    services.write_lab_store_credentials(layout, ca)
     _install_admin(ca, layout)
     layout.ssh_dir.mkdir(parents=True, exist_ok=True)
     user_key = make_keypair(layout.ssh_key, f"ahvlite-lab-{layout.name}")
@@ -277,13 +279,18 @@ def _ethtool_tx_off(dev: str, host: HostLayout | None = None) -> None:
     namespaces.run(argv)
 
 
+def admin_name(layout: LabLayout) -> str:
+    """Who the root namespace's client certificate names: the lab's admin."""
+    return f"ahvlite-{layout.name}-client"
+
+
 def _install_admin(ca: LabCA, layout: LabLayout) -> None:
     """The lab admin's API credentials (the root namespace is the admin's machine)."""
     from ahvlite.lab.pki import write_secret
 
     d = layout.admin_pki_dir
     d.mkdir(parents=True, exist_ok=True)
-    admin = ca.issue("admin", server=False, client=True)
+    admin = ca.issue("admin", server=False, client=True, unit=ADMINS_UNIT)
     (d / "ca.pem").write_bytes(ca.cert_pem)
     (d / "admin.pem").write_bytes(admin.cert_pem)
     write_secret(d / "admin-key.pem", admin.key_pem)
@@ -295,11 +302,14 @@ def _host_copies(layout: LabLayout, host: HostLayout, ca: LabCA) -> None:
     host with its own: its private /var/lib/ahvlite hides the lab directory. So the
     spec reads the same on the admin's machine and on every controller, as paths under
     /etc would on real hosts."""
+    # The host's own client identity (its libvirtd's, which every libvirtd admits), not
+    # an admin's.
     install_client_pki(ca, services.inside(host, layout.client_pki_dir),
-                       name=f"{host.hostname}-client")
+                       name=host.hostname, admin=False)
     ssh = services.inside(host, layout.ssh_dir)
     ssh.mkdir(parents=True, exist_ok=True)
-    for name in ("id_ed25519", "known_hosts"):
+    # authorized_keys: sshd in the host reads it at the path its sshd_config names.
+    for name in ("id_ed25519", "known_hosts", "authorized_keys"):
         src = layout.ssh_dir / name
         if src.exists():
             (ssh / name).write_bytes(src.read_bytes())
@@ -311,10 +321,9 @@ def _bootstrap_cluster(layout: LabLayout, url: str, timeout_s: float = 90) -> No
     until every controller's API answers."""
     from ahvlite.cluster.legacy import open_cluster_file
     from ahvlite.cluster.state import ClusterState
-    from ahvlite.controller.coord import open_store
 
     spec = open_cluster_file(layout.cluster_file)
-    coord = open_store(url)
+    coord = services.open_lab_store(layout)
     try:
         st = ClusterState(coord)
         st.write_spec(spec, st.spec_version())
@@ -360,7 +369,8 @@ def client_env(name: str) -> dict[str, str]:
 def _write_host_files(layout: LabLayout, host: HostLayout, ca: LabCA) -> None:
     d = host.state_dir
     files = {
-        "etc/libvirt/libvirtd.conf": hostconfig.libvirtd_conf(host),
+        "etc/libvirt/libvirtd.conf": hostconfig.libvirtd_conf(host, allowed_dns(
+            ca, [h.hostname for h in layout.hosts], [admin_name(layout)])),
         "etc/libvirt/qemu.conf": hostconfig.qemu_conf(host),
         "etc/libvirt/qemu-lockd.conf": hostconfig.qemu_lockd_conf(layout.lockspace_dir),
         "etc/ssh/sshd_config": hostconfig.sshd_config(host, layout),

@@ -59,6 +59,12 @@ class HostLayout:
         return self.run_dir / "openvswitch" / "db.sock"
 
     @property
+    def etc_ahvlite(self) -> Path:
+        """The host's private /etc/ahvlite, seen from the root namespace: store.secret
+        and pki/ (install_ahvlite_pki), as the playbook lays them out."""
+        return self.state_dir / "etc" / "ahvlite"
+
+    @property
     def mnt_ns_file(self) -> Path:
         return self.state_dir.parent.parent / "ns" / f"{self.name}.mnt"
 
@@ -102,6 +108,16 @@ class LabLayout:
     def client_pki_dir(self) -> Path:
         """What ``pkipath=`` in a libvirt URI points at: cacert, clientcert, clientkey."""
         return self.pki_dir / "client"
+
+    @property
+    def store_tls_dir(self) -> Path:
+        """The root namespace's store client TLS files ($AHVLITE_STORE_TLS_DIR)."""
+        return self.pki_dir / "zk"
+
+    @property
+    def store_secret_file(self) -> Path:
+        """The store's USER:SECRET for clients in the root namespace (0600)."""
+        return self.pki_dir / "store.secret"
 
     @property
     def ssh_dir(self) -> Path:

@@ -26,7 +26,10 @@ PRIVATE_DIRS: tuple[tuple[str, str], ...] = (
     ("/var/log/openvswitch", "var/log/openvswitch"),
     ("/etc/pki", "etc/pki"),
     ("/etc/ssh", "etc/ssh"),
+    # ahvlite's own, as the playbook lays them out on a real host: controller.env,
+    # store.secret and pki/ (ahvlite/lab/pki.py), and its virtualenv.
     ("/etc/ahvlite", "etc/ahvlite"),
+    ("/opt/ahvlite", "opt/ahvlite"),
 )
 # ahvlite's own state: private like the rest, but mounted last, because the lab's
 # directory (with the shared storage the hosts do see) lives below it.

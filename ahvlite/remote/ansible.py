@@ -8,6 +8,7 @@ the host and ansible's message.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -210,9 +211,14 @@ def run_playbook(playbook: str, inventory: dict[str, Any], *, check: bool = Fals
         # PATH above makes the venv's ansible-playbook the one found.
         # No --diff: it would put the contents of copied private keys into events.
         cmdline = ["--check"] if check else []
+        if extravars:
+            # ansible-runner puts a dict of extra vars on ansible-playbook's command line,
+            # where every user of the machine reads them (the store's secret is one): a
+            # file of this run's (0600, in its private directory) goes there instead.
+            _write_private(private / "env" / "extravars", json.dumps(extravars))
         runner = ansible_runner.run(
             private_data_dir=str(private), project_dir=str(project), playbook=playbook,
-            inventory=inventory, envvars=envvars, extravars=extravars or {},
+            inventory=inventory, envvars=envvars,
             cmdline=" ".join(cmdline) or None, limit=limit,
             tags=",".join(tags) if tags else None,
             skip_tags=",".join(skip_tags) if skip_tags else None,
@@ -226,6 +232,13 @@ def run_playbook(playbook: str, inventory: dict[str, Any], *, check: bool = Fals
                             failures=events.failures, tasks_seen=events.tasks)
     _raise_on_failure(result, stdout_tail)
     return result
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _close_ssh_masters(control_dir: Path) -> None:

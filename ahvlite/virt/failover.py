@@ -33,6 +33,9 @@ class DomainFacts:
     # Off because its guest shut down, or its owner powered it off through ahvlite (not
     # destroyed by a fence, nor killed with its host): HA leaves it off.
     shut_down: bool = False
+    # One end of a live migration, paused by it (the destination until the switch-over,
+    # the source in post-copy): with the other end it is one VM, not two copies.
+    migrating: bool = False
 
 
 def _facts(dom: libvirt.virDomain, flags: int) -> DomainFacts | None:
@@ -63,9 +66,11 @@ def _facts(dom: libvirt.virDomain, flags: int) -> DomainFacts | None:
     shut_down = state == libvirt.VIR_DOMAIN_SHUTOFF and (
         reason == libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN
         or (meta is not None and meta.power == "off"))
+    migrating = state == libvirt.VIR_DOMAIN_PAUSED and reason in (
+        libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
     return DomainFacts(dom.name(), dom.UUIDString(), active, memory_mib, labels,
                        bool(parsed.el.findall("devices/hostdev[@type='pci']")), epoch, spec,
-                       nvram, shut_down)
+                       nvram, shut_down, migrating)
 
 
 def domain_facts(conn: libvirt.virConnect) -> list[DomainFacts]:

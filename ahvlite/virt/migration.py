@@ -17,6 +17,11 @@ changed while the job runs, and what cannot (libvirt 9 / QEMU 7):
   QEMU applied is read back from the job stats (``auto_converge_throttle``).
 * abort (``abortJob``): any time before the switch to post-copy; afterwards the guest
   runs on the destination and cannot go back.
+
+The stream carries the guest's memory, so it is always encrypted (``VIR_MIGRATE_TLS``:
+QEMU's own TLS, with the certificates libvirt's qemu.conf points at, /etc/pki/qemu by
+default: ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, client-key.pem;
+both ends verify each other).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ class MigrationOptions:
     auto_converge_initial_pct: int = 20
     auto_converge_increment_pct: int = 10
     postcopy: bool = False
-    tls: bool = False
+    tls: bool = True  # guest memory never crosses the network in clear
     # Lab only: see flags_for.
     same_kernel_storage: bool = False
 
@@ -177,6 +182,10 @@ class MigrationJob:
                                    flags_for(self.options))
         except libvirt.libvirtError as exc:
             self._error = translate(exc, f"migrate {self.name} to {self.dest_uri}")
+            if self.options.tls and "pki/qemu" in self._error.message:
+                self._error.hint = ("the migration stream is encrypted with the certificates "
+                                    "in /etc/pki/qemu on both hosts: provision them again "
+                                    "(`ahvlite host provision`)")
         except Exception as exc:  # handed to the caller's thread, never lost
             self._error = OperationFailed(f"migrate {self.name}: {exc}")
         finally:

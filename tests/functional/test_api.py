@@ -27,7 +27,7 @@ from ahvlite.controller.tasks import TaskStore
 from ahvlite.errors import Conflict, HostUnreachable, InvalidSpec, NotFound, Unauthorized
 from ahvlite.lab import processes
 from ahvlite.lab.services import controller_argv, free_ports, start_local_ensemble
-from ahvlite.pki import CertificateAuthority, write_secret
+from ahvlite.pki import ADMINS_UNIT, CertificateAuthority, write_secret
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.functional
@@ -45,9 +45,12 @@ def pki(tmp_path_factory):
         write_secret(d / f"{name}-key.pem", issued.key_pem)
 
     put("server", ca.issue("ctl", ips=("127.0.0.1",), server=True, client=False))
-    put("admin", ca.issue("admin", server=False, client=True))
-    put("expired", ca.issue("old", server=False, client=True, validity=-dt.timedelta(days=1)))
-    put("stranger", other.issue("admin", server=False, client=True))
+    put("admin", ca.issue("admin", server=False, client=True, unit=ADMINS_UNIT))
+    put("expired", ca.issue("old", server=False, client=True, validity=-dt.timedelta(days=1),
+                            unit=ADMINS_UNIT))
+    put("stranger", other.issue("admin", server=False, client=True, unit=ADMINS_UNIT))
+    # A host's libvirt client certificate: the same CA, but not an admin.
+    put("host", ca.issue("h1", ips=("127.0.0.1",), dns=("h1",), server=False, client=True))
     return SimpleNamespace(dir=d, ca=d / "ca" / "cacert.pem")
 
 
@@ -152,6 +155,27 @@ def test_a_certificate_the_ca_does_not_vouch_for_fails_the_handshake(pki, cluste
         client(pki, s.url, cert=cert, deadline_s=30, sleep=slept.append)
     assert time.monotonic() - start < 5 and slept == []  # a refusal is not retried
     assert c.children("tasks") == {}
+
+
+def test_a_hosts_certificate_of_the_same_ca_is_refused_and_an_admins_works(pki, cluster):
+    c = cluster.coord()
+    s = cluster.serve(c)
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    ctx.load_cert_chain(pki.dir / "host.pem", pki.dir / "host-key.pem")
+    with httpx.Client(verify=ctx, timeout=10) as http:
+        for method, path, body in [("GET", "/v1/info", None), ("GET", "/v1/tasks", None),
+                                   ("POST", "/v1/tasks", {"kind": "sleep", "params": {}}),
+                                   ("POST", "/v1/auth/tokens", {"name": "x"})]:
+            r = http.request(method, s.url + path, json=body)
+            assert r.status_code == 403, (path, r.text)
+            assert "OU=ahvlite-admins" in r.json()["message"]
+    with client(pki, s.url, cert="host") as host, pytest.raises(Unauthorized,
+                                                                match="not an admin"):
+        host.whoami()
+    with client(pki, s.url) as admin:
+        assert admin.whoami().principal == "cert:admin"
+        admin.submit("sleep", {"steps": 1})
+    assert len(c.children("tasks")) == 1 and c.children("auth/tokens") == {}
 
 
 def test_certificate_and_token_principals_are_recorded_on_their_tasks(pki, cluster):

@@ -11,6 +11,7 @@ all of these are our own injected interfaces; libvirt and the stores are real.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -230,6 +231,36 @@ def test_twins_are_resolved_the_older_epoch_goes(tmp_path, leader):
     c.step(0.5, {"a", "b"})
     assert running(c.conns["a"]) == set() and running(c.conns["b"]) == {"app"}
     assert c.status()["twins_resolved"][0]["destroyed"] == "a"
+
+
+class Migrating:
+    """The leader's host operations, with ``host``'s copies at the paused end of a live
+    migration (what libvirt reports for an incoming domain until the switch-over)."""
+
+    def __init__(self, ops, host: str) -> None:
+        self.ops, self.host = ops, host
+
+    def __getattr__(self, name):
+        return getattr(self.ops, name)
+
+    def facts(self, host):
+        fs = self.ops.facts(host)
+        return [dataclasses.replace(f, migrating=True) for f in fs] if host == self.host \
+            else fs
+
+
+def test_the_two_ends_of_a_live_migration_are_not_twins(tmp_path, leader):
+    c = Cluster(tmp_path, leader, {"a": (4096, [("app", 256, {})]),
+                                   "b": (4096, [("app", 256, {})])})
+    plain = c.svc.ops
+    c.svc.ops = Migrating(plain, "b")
+    c.step(0.5, {"a", "b"})
+    c.step(0.5, {"a", "b"})
+    assert running(c.conns["a"]) == {"app"} and running(c.conns["b"]) == {"app"}
+    assert c.status()["twins_resolved"] == []
+    c.svc.ops = plain  # the migration is over and both still run: twins after all
+    c.step(0.5, {"a", "b"})
+    assert len(running(c.conns["a"])) + len(running(c.conns["b"])) == 1
 
 
 def test_hosts_in_maintenance_take_no_restarts_but_their_own_loss_counts(tmp_path, leader):

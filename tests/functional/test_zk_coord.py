@@ -10,10 +10,12 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.protocol.connection import _SESSION_EXPIRED
+from kazoo.security import make_acl, make_digest_acl
 
 from ahvlite.controller.coord import MUST_NOT_EXIST, NotLeader, Put, VersionMismatch, open_store
 from ahvlite.controller.coord.api import Delete
-from ahvlite.errors import HostUnreachable, OperationTimeout
+from ahvlite.controller.tasks import TaskStore
+from ahvlite.errors import AhvliteError, HostUnreachable, OperationTimeout
 from ahvlite.lab.services import free_ports, start_local_ensemble
 from tests.waiting import wait_for
 
@@ -89,22 +91,69 @@ def test_watch_follows_changes_in_order_to_the_latest(coords):
     assert [order.index(v) for v in seen] == sorted(order.index(v) for v in seen)
 
 
-def test_only_ahvlite_credentials_can_write(zk, coords, url):
+def _stranger(zk, auth: str | None = None) -> KazooClient:
+    client = KazooClient(zk.hosts, auth_data=[("digest", auth)] if auth else None)
+    client.start(timeout=5)
+    return client
+
+
+@pytest.mark.parametrize("auth", [None, "ahvlite:not-the-secret", "intruder:x"])
+def test_nobody_else_reads_lists_or_writes_anything(zk, coords, url, auth):
     c = coords()
-    c.put("guarded", b"ours")
-    chroot = url.rsplit("/", 1)[1]
-    stranger = KazooClient(zk.hosts)
-    stranger.start(timeout=5)
+    task = TaskStore(c, time.time).submit("vm.create", {"uri": "qemu:///system",
+                                                        "name": "secret-vm"})
+    c.join("ctl-a", b"A")
+    chroot = "/" + url.rsplit("/", 1)[1]
+    stranger = _stranger(zk, auth)
     try:
-        assert stranger.get(f"/{chroot}/kv/guarded")[0] == b"ours"  # world may read
+        for path in (chroot, f"{chroot}/kv", f"{chroot}/kv/tasks", f"{chroot}/members",
+                     f"{chroot}/election", f"{chroot}/locks"):
+            with pytest.raises(NoAuthError):
+                stranger.get_children(path)
+        for path in (f"{chroot}/kv/tasks/{task.id}", chroot, f"{chroot}/members/ctl-a"):
+            with pytest.raises(NoAuthError):
+                stranger.get(path)
         with pytest.raises(NoAuthError):
-            stranger.set(f"/{chroot}/kv/guarded", b"theirs")
+            stranger.set(f"{chroot}/kv/tasks/{task.id}", b"theirs")
         with pytest.raises(NoAuthError):
-            stranger.create(f"/{chroot}/kv/intruder", b"x")
+            stranger.create(f"{chroot}/kv/intruder", b"x")
     finally:
         stranger.stop()
         stranger.close()
-    assert c.get("guarded").value == b"ours"
+    assert c.get(f"tasks/{task.id}").version == 0
+
+
+def test_a_store_readable_by_the_world_is_tightened_when_a_controller_connects(zk, url):
+    # What an older ahvlite left: every znode world-readable.
+    chroot = "/" + url.rsplit("/", 1)[1]
+    old = [make_digest_acl("ahvlite", "test-secret", all=True),
+           make_acl("world", "anyone", read=True)]
+    writer = _stranger(zk, "ahvlite:test-secret")
+    try:
+        for sub in ("kv/tasks/t1", "members", "election", "locks"):
+            writer.create(f"{chroot}/{sub}", b"params", acl=old, makepath=True)
+    finally:
+        writer.stop()
+        writer.close()
+    open_store(url).close()
+    stranger = _stranger(zk)
+    try:
+        with pytest.raises(NoAuthError):
+            stranger.get(f"{chroot}/kv/tasks/t1")
+        with pytest.raises(NoAuthError):
+            stranger.get_children(chroot)
+    finally:
+        stranger.stop()
+        stranger.close()
+
+
+def test_a_wrong_credential_is_refused_at_once_and_never_shown(zk, url):
+    open_store(url).close()  # the store exists, with its owner's ACL
+    wrong = url.replace("test-secret", "hunter2-wrong")
+    with pytest.raises(AhvliteError) as err:
+        open_store(wrong).close()
+    text = f"{err.value.message} {err.value.hint}"
+    assert "refused our credentials" in text and "hunter2" not in text
 
 
 def test_members_are_ephemeral(coords):

@@ -17,13 +17,12 @@ import time
 
 import pytest
 
-from ahvlite.controller.coord import open_store
 from ahvlite.controller.daemon import LEADER_KEY
 from ahvlite.controller.ha.records import StoredVm, key
 from ahvlite.lab import drills, faults, guests, lab, processes
 from ahvlite.lab.drills import pings, running_on
 from ahvlite.lab.layout import LabLayout
-from ahvlite.lab.services import lab_store_url, lab_zk_members, member_mode
+from ahvlite.lab.services import lab_zk_members, member_mode, open_lab_store
 from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.labels import HA_PRIORITY_LABEL
 from ahvlite.virt import guest
@@ -74,7 +73,7 @@ class TwinWatch:
 def ha_lab(tmp_path_factory):
     lab.up(LabSpec(name=NAME, hosts=3, subnet=SUBNET, zk=True, controllers=True))
     layout = lab.layout_of(NAME)
-    coord = open_store(lab_store_url(layout))
+    coord = open_lab_store(layout)
     try:
         wait_for(lambda: coord.get(LEADER_KEY), 60, 0.2)
         yield layout, coord

@@ -17,13 +17,12 @@ import time
 
 import pytest
 
-from ahvlite.controller.coord import open_store
 from ahvlite.controller.daemon import LEADER_KEY
 from ahvlite.controller.ha.records import StoredVm, key
 from ahvlite.lab import faults, guests, lab
 from ahvlite.lab.drills import running_on
 from ahvlite.lab.layout import LabLayout
-from ahvlite.lab.services import lab_store_url, lab_zk_members, member_mode
+from ahvlite.lab.services import lab_zk_members, member_mode, open_lab_store
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest
 from ahvlite.virt.conn import local_socket_connection
@@ -83,7 +82,7 @@ class Timeline:
 def split_lab(tmp_path_factory):
     lab.up(LabSpec(name=NAME, hosts=4, subnet=SUBNET, zk=True, controllers=True))
     layout = lab.layout_of(NAME)
-    coord = open_store(lab_store_url(layout))
+    coord = open_lab_store(layout)
     try:
         assert wait_for(lambda: coord.get(LEADER_KEY), 60, 0.2)
         yield layout, coord

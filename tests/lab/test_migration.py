@@ -20,9 +20,13 @@ from ahvlite.cluster import vms
 from ahvlite.cluster.convergence import ConvergenceSettings
 from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.cluster.migrate import migrate_vm
+from ahvlite.errors import AhvliteError
 from ahvlite.lab import guests, lab
+from ahvlite.lab.pki import LabCA
+from ahvlite.pki import ADMINS_UNIT
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import domains, migration
+from ahvlite.virt.conn import connection
 
 from ..waiting import wait_for
 from .conftest import ahv, in_host
@@ -101,6 +105,7 @@ def test_live_migration_moves_the_guest_and_it_keeps_answering(miglab):
     assert result["downtime_ms"] is not None and result["iterations"] >= 1
     assert result["data_transferred_bytes"] > 10 * 1024 * 1024
     assert set(result["checks"]) == {"cpu", "memory", "networks", "storage"}
+    assert result["encrypted"]
     assert where(cluster, "g1") == ("h2", "running")
     with vms.connect(cluster) as hosts:
         assert domains.find_domain(hosts.conn("h1"), "g1") is None  # undefined at source
@@ -158,17 +163,37 @@ def test_pinned_and_stopped_vms_are_refused_before_anything_moves(miglab):
         ok(ahv(NAME, "vm", "delete", name, "--json"))
 
 
+def migration_parameters(layout, host: str, vm: str) -> dict:
+    """QEMU's own migration parameters of ``vm`` (query-migrate-parameters)."""
+    r = in_host(layout.host(host), "virsh", "qemu-monitor-command", vm,
+                '{"execute": "query-migrate-parameters"}')
+    return json.loads(r.stdout)["return"] if r.returncode == 0 else {}
+
+
 def test_dirtying_guest_fails_to_converge_and_keeps_running_on_the_source(miglab):
     _status, layout, _path, cluster, ips = miglab
     t0 = time.monotonic()
-    r = ahv(NAME, "vm", "migrate", "dirty", "--to", "h2", "--bandwidth-mib", "20",
-            "--max-downtime-ms", "10", "--max-iterations", "3", "--json")
-    assert r.returncode == 9, r.stdout + r.stderr
-    err = json.loads(r.stdout)
+    assert migration_parameters(layout, "h1", "dirty").get("tls-creds") == ""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "ahvlite.cli.main", "vm", "migrate", "dirty", "--to", "h2",
+         "--bandwidth-mib", "20", "--max-downtime-ms", "10", "--max-iterations", "3",
+         "--json"], env={**{k: v for k, v in os.environ.items() if not k.startswith("AHVLITE_")},
+                        **lab.client_env(NAME)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # While the stream runs, QEMU sends it through its TLS credentials (the ones libvirt
+    # made from /etc/pki/qemu), to the name the destination's certificate carries.
+    during = wait_for(lambda: (m := migration_parameters(layout, "h1", "dirty"))
+                      .get("tls-creds") and m, timeout_s=60, interval_s=0.2)
+    out, errout = run.communicate(timeout=180)
+    assert during and during["tls-creds"].startswith("objlibvirt_migrate_tls"), during
+    assert during["tls-hostname"] == layout.host("h2").ip
+    assert run.returncode == 9, out + errout
+    err = json.loads(out)
     assert "failed to converge after 3 iterations" in err["message"]
     assert "keeps running on h1" in err["message"]
     res = err["result"]
     assert res["aborted"] and not res["converged"] and res["iterations"] >= 3
+    assert res["encrypted"]
     assert time.monotonic() - t0 < 120
     assert where(cluster, "dirty") == ("h1", "running")
     with vms.connect(cluster) as hosts:
@@ -189,7 +214,7 @@ def test_maintenance_empties_a_host_and_exit_restores_it(miglab):
     # of racing it.
     r = ahv(NAME, "host", "maintenance", "exit", "h3", "--json")
     assert r.returncode == 4, r.stdout + r.stderr
-    assert "`maintenance enter` of h3 is still running" in json.loads(r.stdout)["message"]
+    assert "maintenance run of h3 is still running" in json.loads(r.stdout)["message"]
 
     def state() -> dict:
         return json.loads(ahv(NAME, "host", "maintenance", "show", "--json").stdout)[
@@ -232,3 +257,36 @@ def test_migrate_vm_is_the_api_and_picks_the_host_with_most_free_memory(miglab):
     # (free memory measured after the move, so add the VM's 128 MiB back).
     others = [h for h in ("h1", "h2") if h != res.destination]
     assert free[res.destination] + 128 >= free[others[0]]
+
+
+def pkipath(directory: Path, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "cacert.pem").write_bytes(ca_pem)
+    (directory / "clientcert.pem").write_bytes(cert_pem)
+    (directory / "clientkey.pem").write_bytes(key_pem)
+    return directory
+
+
+def test_libvirtd_admits_the_hosts_and_admins_not_every_certificate_of_the_ca(miglab,
+                                                                            tmp_path):
+    _status, layout, *_ = miglab
+    ca = LabCA.load(layout.pki_dir / "ca")
+    uri = layout.host("h1").libvirt_tls_uri
+    conf = (layout.host("h1").state_dir / "etc/libvirt/libvirtd.conf").read_text()
+    assert "tls_allowed_dn_list = [" in conf
+    # The same CA, other subjects: a stranger, and an admin the cluster does not list.
+    for name, unit in (("intruder", None), ("someone-else", ADMINS_UNIT)):
+        other = ca.issue(name, server=False, client=True, unit=unit)
+        d = pkipath(tmp_path / name, ca.cert_pem, other.cert_pem, other.key_pem)
+        with pytest.raises(AhvliteError), connection(f"{uri}?pkipath={d}",
+                                                     timeout_s=10) as conn:
+            conn.getHostname()
+    # Another host's client certificate (what its libvirtd presents for a peer-to-peer
+    # migration) is admitted, as is the admin's (every other test here uses it).
+    h2 = layout.host("h2").state_dir / "etc/pki"
+    d = pkipath(tmp_path / "h2", ca.cert_pem, (h2 / "libvirt/clientcert.pem").read_bytes(),
+                (h2 / "libvirt/private/clientkey.pem").read_bytes())
+    with connection(f"{uri}?pkipath={d}", timeout_s=10) as conn:
+        assert conn.getHostname() == layout.host("h1").hostname
+    with connection(layout.libvirt_uri(layout.host("h1")), timeout_s=10) as conn:
+        assert conn.getHostname() == layout.host("h1").hostname

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import ahvlite
 from ahvlite.lab import lab
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt.conn import connection
@@ -115,6 +116,48 @@ def test_first_run_configures_the_host(first_run):
     (bond,) = br0["bonds"]
     assert bond["name"] == "br0-up"
     assert sorted(m["name"] for m in bond["members"]) == ["eth0", "eth1"]
+
+
+def test_ahvlite_is_installed_and_configured_as_on_a_real_host(first_run):
+    _status, host, result, _, _ = first_run
+    layout = lab.layout_of(NAME)
+    # Installed (from this checkout's wheel, offline) in the host's private /opt/ahvlite.
+    version = in_host(host, "/opt/ahvlite/bin/ahvlite", "version", timeout_s=60)
+    assert version.returncode == 0 and version.stdout.strip() == ahvlite.__version__, version
+    assert in_host(host, "/opt/ahvlite/bin/ahvlite", "agent", "run", "--help",
+                   timeout_s=60).returncode == 0
+    # controller.env: every option of both daemons, and no secret.
+    env_text = in_host(host, "cat", "/etc/ahvlite/controller.env").stdout
+    env = dict(line.split("=", 1) for line in env_text.splitlines()
+               if line and not line.startswith("#"))
+    secret = layout.store_secret_file.read_text().strip().partition(":")[2]
+    assert len(secret) >= 24 and secret not in env_text
+    assert env["AHVLITE_HOST"] == "h1" and env["AHVLITE_API_LISTEN"] == f"{host.ip}:9440"
+    assert env["AHVLITE_STORE"] == f"zk://{host.ip}:2281/ahvlite"
+    assert env["AHVLITE_WATCHDOG"] == "unix:/run/ahvlite/watchdog.sock"  # never /dev's
+    # The lab's own credential, readable by root only; the files the env file names.
+    st = in_host(host, "stat", "-c", "%a %U", "/etc/ahvlite/store.secret",
+                 "/etc/ahvlite/controller.env", "/etc/ahvlite/pki/api-key.pem",
+                 "/etc/ahvlite/pki/zk/client-key.pem").stdout.split("\n")
+    assert st[:4] == ["600 root"] * 4, st
+    assert in_host(host, "cat", "/etc/ahvlite/store.secret").stdout == f"ahvlite:{secret}\n"
+    for key in ("AHVLITE_API_CERT", "AHVLITE_API_KEY", "AHVLITE_API_CA"):
+        assert in_host(host, "test", "-s", env[key]).returncode == 0, key
+    for name in ("ca.pem", "client.pem", "client-key.pem"):
+        assert in_host(host, "test", "-s", f"{env['AHVLITE_STORE_TLS_DIR']}/{name}"
+                       ).returncode == 0
+    # QEMU's migration TLS, and libvirtd admitting exactly the host and the admin.
+    for name in ("ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem",
+                 "client-key.pem"):
+        assert in_host(host, "test", "-s", f"/etc/pki/qemu/{name}").returncode == 0, name
+    allowed = in_host(host, "grep", "^tls_allowed_dn_list", "/etc/libvirt/libvirtd.conf")
+    assert allowed.stdout.strip() == (
+        f'tls_allowed_dn_list = ["O=ahvlite lab,CN={host.hostname}", '
+        f'"O=ahvlite lab,OU=ahvlite-admins,CN=ahvlite-{NAME}-client"]')
+    # Nothing of systemd's, and no softdog: a lab host shares this machine's kernel.
+    tasks = {c["task"] for c in result["changes"]}
+    assert not any("watchdog module" in t or "systemd unit" in t for t in tasks), tasks
+    assert "Install ahvlite into its virtualenv" in tasks
 
 
 def test_nothing_outside_the_lab_hosts_private_directories_changed(first_run):

@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from ahvlite.controller.api.auth import TokenTable, authenticate, token_hash
+from ahvlite.controller.api.auth import Forbidden, TokenTable, authenticate, token_hash
 from ahvlite.controller.api.uploads import TooLarge, UploadArea
 from ahvlite.controller.coord.sqlite import SqliteCoordinator
 from ahvlite.errors import Conflict, NotFound, Unauthorized
-from ahvlite.pki import CertificateAuthority, certificate_problem
+from ahvlite.pki import ADMINS_UNIT, CertificateAuthority, certificate_problem
 
 
 @pytest.fixture
@@ -53,7 +53,8 @@ def test_a_damaged_token_record_refuses_rather_than_crashes(table):
 def test_authenticate_needs_valid_credentials_and_never_ignores_bad_ones(table):
     tokens, _ = table
     token, _ = tokens.create("ci", "cert:admin")
-    admin = CertificateAuthority.new("t").issue("alice", server=False, client=True)
+    admin = CertificateAuthority.new("t").issue("alice", server=False, client=True,
+                                                unit=ADMINS_UNIT)
     tls = {"client_cert_chain": [admin.cert_pem.decode()]}
     assert authenticate(tokens, tls, None).name == "cert:alice"
     assert authenticate(tokens, None, f"Bearer {token}").name == "token:ci"
@@ -62,6 +63,24 @@ def test_authenticate_needs_valid_credentials_and_never_ignores_bad_ones(table):
                             (None, "Bearer short"), (tls, "Bearer " + "x" * 43)]:
         with pytest.raises(Unauthorized):
             authenticate(tokens, tls_ext, header)
+
+
+def test_only_an_admins_certificate_is_a_principal_a_hosts_is_forbidden(table):
+    tokens, _ = table
+    token, _ = tokens.create("ci", "cert:admin")
+    ca = CertificateAuthority.new("t")
+    host = ca.issue("h1", ips=("10.0.0.1",), server=False, client=True)  # libvirt's
+    tls = {"client_cert_chain": [host.cert_pem.decode()]}
+    with pytest.raises(Forbidden, match="not an admin"):
+        authenticate(tokens, tls, None)
+    # A valid token still speaks for its holder; a bad one is never ignored.
+    assert authenticate(tokens, tls, f"Bearer {token}").name == "token:ci"
+    with pytest.raises(Unauthorized, match="not valid"):
+        authenticate(tokens, tls, "Bearer " + "x" * 43)
+    # Another unit is no admin either.
+    other = ca.issue("bob", server=False, client=True, unit="ahvlite-operators")
+    with pytest.raises(Forbidden):
+        authenticate(tokens, {"client_cert_chain": [other.cert_pem.decode()]}, None)
 
 
 def test_certificate_problem_names_the_reason():

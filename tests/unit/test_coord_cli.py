@@ -39,3 +39,16 @@ def test_store_mistakes(args, code, needle):
 
 
 # The task commands (through the API) are in tests/functional/test_cli_task.py.
+
+
+@pytest.mark.parametrize("daemon", ["controller", "agent"])
+def test_the_daemons_run_as_their_units_run_them(daemon):
+    """`ahvlite controller run` / `ahvlite agent run`, no arguments: every option comes
+    from the environment file the units read (here: no store in it, so it says so)."""
+    r = ahvlite(daemon, "run", env={"COLUMNS": "300", "AHVLITE_HOST": "h1"})
+    assert r.returncode == 3 and "no controller store given" in r.stderr, r.stderr
+    helped = ahvlite(daemon, "run", "--help", env={"COLUMNS": "300"})
+    for var in ("AHVLITE_STORE", "AHVLITE_HOST"):
+        assert var in helped.stdout, var
+    if daemon == "agent":
+        assert "AHVLITE_WATCHDOG" in helped.stdout and "AHVLITE_LIBVIRT_URI" in helped.stdout

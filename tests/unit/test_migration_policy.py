@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -180,15 +181,23 @@ def test_bad_settings_name_the_field(field, value):
 def test_start_flags_and_params_follow_the_options():
     o = MigrationOptions(bandwidth_mib_s=20, postcopy=True, auto_converge=True)
     assert flag_names(o) == {"LIVE", "PEER2PEER", "PERSIST_DEST", "UNDEFINE_SOURCE",
-                             "POSTCOPY", "AUTO_CONVERGE"}
+                             "POSTCOPY", "AUTO_CONVERGE", "TLS"}
     # libvirt's typed-parameter names (VIR_MIGRATE_PARAM_*), as libvirt spells them.
     p = params_for(o, "tcp://10.0.0.3")
     assert p["migrate_uri"] == "tcp://10.0.0.3"
     assert p["bandwidth"] == 20 and p["auto_converge.initial"] == 20
     assert flag_names(MigrationOptions(auto_converge=False)) == \
-        {"LIVE", "PEER2PEER", "PERSIST_DEST", "UNDEFINE_SOURCE"}
-    assert {"TLS", "UNSAFE"} <= flag_names(MigrationOptions(tls=True,
-                                                            same_kernel_storage=True))
+        {"LIVE", "PEER2PEER", "PERSIST_DEST", "UNDEFINE_SOURCE", "TLS"}
+    assert {"TLS", "UNSAFE"} <= flag_names(MigrationOptions(same_kernel_storage=True))
+
+
+def test_every_migration_ahvlite_starts_is_encrypted():
+    # The CLI, maintenance, ADS and the vm.migrate task all start from these settings.
+    for settings in (ConvergenceSettings(), ConvergenceSettings(postcopy=True,
+                                                                 auto_converge=False)):
+        for lab in (False, True):
+            assert "TLS" in flag_names(settings.options(same_kernel_storage=lab))
+    assert "tls" not in {f.name for f in dataclasses.fields(ConvergenceSettings)}
 
 
 def test_peer_uri_drops_only_the_clients_pki_path():
@@ -246,6 +255,7 @@ class FakeJob:
         self.samples, self.unwind_s, self.give_up_s = samples, unwind_s, give_up_s
         self.aborted = threading.Event()
         self.postcopy_started = False
+        self.options = MigrationOptions()
         self.error: OperationFailed | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.t0 = 0.0

@@ -63,7 +63,9 @@ def test_real_host_profile_reaches_everything_and_lab_profile_does_not():
     assert real["ahvlite_packages_mode"] == "install"
     assert real["ahvlite_manage_boot"] is True and real["ahvlite_reboot_allowed"] is False
     assert "ansible_remote_tmp" not in real
-    lab = group(inventory(profile=provision.lab_profile(lockspace_dir=Path("/s/.lock"))))["vars"]
+    lab = group(inventory(profile=provision.lab_profile(
+        lockspace_dir=Path("/s/.lock"), zk_members=["h1"], wheel_dir=Path("/s/wheels"),
+        watchdog="unix:/run/ahvlite/watchdog.sock")))["vars"]
     assert lab["ahvlite_service_manager"] == "external"
     assert lab["ahvlite_packages_mode"] == "verify"
     assert lab["ahvlite_manage_boot"] is False and lab["ahvlite_reboot_allowed"] is False
@@ -71,6 +73,13 @@ def test_real_host_profile_reaches_everything_and_lab_profile_does_not():
     assert lab["ahvlite_lockspace_dir"] == "/s/.lock"
     assert lab["ahvlite_cluster_file"] == "/c/cluster.yaml"
     assert lab["ahvlite_pki_dir"] == "/c/pki"
+    # A lab host shares this machine's kernel: its agent never gets /dev/watchdog, and
+    # the play never loads softdog there (the watchdog role needs ahvlite_manage_boot).
+    assert lab["controller_watchdog"].startswith("unix:")
+    assert "--no-index" in lab["controller_pip_extra_args"]
+    play = yaml.safe_load((REPO / "playbooks" / "host.yml").read_text())[0]
+    (watchdog,) = [r for r in play["roles"] if r["role"] == "watchdog"]
+    assert "ahvlite_manage_boot" in watchdog["when"] and "systemd" in watchdog["when"]
 
 
 def test_per_host_vars_override_and_limit():
@@ -200,25 +209,73 @@ def test_check_mode_writes_no_secret_and_a_bad_one_is_refused(tmp_path):
     assert "short" not in exc.value.message  # never echoed
 
 
-def test_controller_env_carries_the_secret_in_the_store_url_the_controller_parses(tmp_path):
+def _render(role: str, template: str, inv: dict, host: str, **extra) -> str:
     import jinja2
 
+    d = REPO / "playbooks" / "roles" / role
+    defaults = yaml.safe_load((d / "defaults" / "main.yml").read_text())
+    group_vars = yaml.safe_load((REPO / "playbooks" / "group_vars" /
+                                 f"{provision.GROUP}.yml").read_text())
+    hostvars = group(inv)["hosts"]
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    ctx = {"ansible_managed": "managed", "groups": {provision.GROUP: list(hostvars)},
+           "ansible_facts": {"os_family": "Debian"},
+           "hostvars": hostvars, "inventory_hostname": host, **group(inv)["vars"],
+           **hostvars[host]}
+    for name, value in {**group_vars, **defaults}.items():  # role defaults win, as in ansible
+        try:
+            ctx[name] = env.from_string(value).render(ctx) if isinstance(value, str) else value
+        except jinja2.TemplateError:  # ansible's own filters: not needed by the template
+            continue
+    ctx["zookeeper_members"] = list(hostvars)
+    return env.from_string((d / "templates" / template).read_text()).render(**ctx, **extra)
+
+
+def test_controller_env_names_everything_the_daemons_need_and_no_secret(tmp_path):
     from ahvlite.controller.coord.url import ZkUrl, parse_store_url
 
     cf = _cluster_file(tmp_path)
     inv, extra = provision_inputs([], cluster=cf, check=False)
-    role = REPO / "playbooks" / "roles" / "controller"
-    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
-    hostvars = group(inv)["hosts"]
-    text = jinja2.Template((role / "templates" / "controller.env.j2").read_text()).render(
-        ansible_managed="managed", groups={provision.GROUP: list(hostvars)},
-        hostvars=hostvars, **defaults, **extra)
-    line = next(x for x in text.splitlines() if x.startswith("AHVLITE_STORE="))
-    url = parse_store_url(line.partition("=")[2], env={})
+    text = _render("controller", "controller.env.j2", inv, "h2", **extra)
+    env = dict(line.split("=", 1) for line in text.splitlines()
+               if line and not line.startswith("#"))
+    assert extra[provision.ZK_SECRET_VAR] not in text
+    assert set(env) == {"AHVLITE_STORE", "AHVLITE_STORE_SECRET_FILE", "AHVLITE_STORE_TLS_DIR",
+                        "AHVLITE_HOST", "AHVLITE_API_LISTEN", "AHVLITE_API_CERT",
+                        "AHVLITE_API_KEY", "AHVLITE_API_CA", "AHVLITE_LIBVIRT_URI",
+                        "AHVLITE_WATCHDOG"}
+    assert env["AHVLITE_HOST"] == "h2" and env["AHVLITE_API_LISTEN"] == "10.0.0.12:9440"
+    assert env["AHVLITE_STORE_SECRET_FILE"] == "/etc/ahvlite/store.secret"
+    assert env["AHVLITE_STORE_TLS_DIR"] == "/etc/ahvlite/pki/zk"
+    assert env["AHVLITE_WATCHDOG"] == "/dev/watchdog"
+    # The URL carries no credential; the controller takes it from the secret file,
+    # which the role writes as USER:SECRET (what coord/url.py reads).
+    secret_file = tmp_path / "store.secret"
+    secret_file.write_text(f"ahvlite:{extra[provision.ZK_SECRET_VAR]}\n")
+    secret_file.chmod(0o600)
+    assert "@" not in env["AHVLITE_STORE"]
+    url = parse_store_url(env["AHVLITE_STORE"],
+                          env={"AHVLITE_STORE_SECRET_FILE": str(secret_file)})
     assert isinstance(url, ZkUrl)
     assert (url.user, url.secret) == ("ahvlite", extra[provision.ZK_SECRET_VAR])
-    assert url.hosts == (("10.0.0.11", 2181), ("10.0.0.12", 2181))
+    assert url.hosts == (("10.0.0.11", 2281), ("10.0.0.12", 2281))
     assert url.chroot == "/ahvlite"
+    tasks = (REPO / "playbooks" / "roles" / "controller" / "tasks" / "main.yml").read_text()
+    assert 'content: "{{ controller_zk_user }}:{{ ahvlite_zk_secret }}\\n"' in tasks
+
+
+def test_zoo_cfg_opens_only_the_tls_port_with_pem_stores(tmp_path):
+    inv, _ = provision_inputs([], cluster=_cluster_file(tmp_path), check=False)
+    cfg = dict(line.split("=", 1) for line in _render(
+        "zookeeper", "zoo.cfg.j2", inv, "h1").splitlines() if line and line[0] != "#")
+    assert "clientPort" not in cfg and cfg["secureClientPort"] == "2281"
+    assert cfg["secureClientPortAddress"] == "10.0.0.11"
+    assert cfg["serverCnxnFactory"] == "org.apache.zookeeper.server.NettyServerCnxnFactory"
+    assert cfg["sslQuorum"] == "true" and cfg["ssl.clientAuth"] == "need"
+    for prefix in ("ssl", "ssl.quorum"):
+        assert cfg[f"{prefix}.keyStore.location"] == "/etc/zookeeper/tls/server.pem"
+        assert cfg[f"{prefix}.keyStore.type"] == cfg[f"{prefix}.trustStore.type"] == "PEM"
+    assert cfg["server.2"] == "10.0.0.12:2888:3888"
 
 
 # --- the IOMMU reboot handler refuses while VMs run ---

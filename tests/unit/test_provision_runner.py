@@ -66,6 +66,31 @@ def test_changes_then_idempotent_with_progress(books):
     assert second.stats["t1"]["ok"] == 2
 
 
+SECRET_PLAY = """\
+- name: Secret play
+  hosts: ahvlite_hosts
+  gather_facts: false
+  tasks:
+    - name: Every process's command line while the play runs
+      ansible.builtin.command: ps -eo args
+      register: procs
+      changed_when: false
+    - name: The variable arrived, and no command line carries it
+      ansible.builtin.assert:
+        that:
+          - the_secret | length == 24
+          - the_secret not in procs.stdout
+          - ansible_playbook_python in procs.stdout or 'ansible-playbook' in procs.stdout
+"""
+
+
+def test_extra_vars_reach_the_play_but_no_command_line(books):
+    inv, _ = books
+    (Path(os.environ[ansible.PLAYBOOKS_ENV]) / "secret.yml").write_text(SECRET_PLAY)
+    result = ansible.run_playbook("secret.yml", inv, extravars={"the_secret": "k" * 24})
+    assert result.status == "successful" and result.failures == []
+
+
 def test_check_mode_reports_and_changes_nothing(books):
     inv, out = books
     result = ansible.run_playbook("host.yml", inv, check=True)
@@ -154,6 +179,15 @@ PKI_PLAY = """\
         create_ca: true
         ca_name: testcluster
         client_dir: "{{ out }}/client"
+        ahvlite_dir: "{{ out }}/hosts/t1-ahvlite"
+        peers: [t1, t2]
+      register: pki
+    - name: Keep what it said
+      ansible.builtin.copy:
+        dest: "{{ out }}/allowed.json"
+        content: "{{ pki.allowed_dns | to_json }}"
+        mode: "0644"
+      when: not ansible_check_mode
 """
 
 
@@ -177,11 +211,28 @@ def test_pki_module_issues_once_keeps_valid_certs_and_plans_reissue(tmp_path, mo
                          "ansible_python_interpreter": sys.executable}},
         "vars": {"out": str(out), "ip": "10.1.2.3"}}}}}
     first = ansible.run_playbook("host.yml", inv)
-    assert first.changed == 1
+    assert first.changed == 2
     server = out / "hosts/t1/libvirt/servercert.pem"
     assert _san_ips(server) == ["10.1.2.3"]
     assert (out / "hosts/t1/libvirt/private/serverkey.pem").stat().st_mode & 0o077 == 0
     assert (out / "client/clientcert.pem").exists() and (out / "ca/cakey.pem").exists()
+    # QEMU's migration TLS, and ahvlite's own (API, store client, ZooKeeper member).
+    for name in ("ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem",
+                 "client-key.pem"):
+        assert (out / "hosts/t1/qemu" / name).exists(), name
+    assert _san_ips(out / "hosts/t1/qemu/server-cert.pem") == ["10.1.2.3"]
+    ahv = out / "hosts/t1-ahvlite"
+    assert _san_ips(ahv / "api.pem") == ["10.1.2.3"]
+    assert _san_ips(ahv / "zk-server/server.pem") == ["10.1.2.3"]
+    assert (ahv / "zk/client-key.pem").stat().st_mode & 0o077 == 0
+    # libvirtd's list: each peer's client certificate subject, then the admin's (the
+    # controller machine's, which is an admin's certificate).
+    org = "O=ahvlite lab"
+    assert json.loads((out / "allowed.json").read_text()) == [
+        f"{org},CN=t1", f"{org},CN=t2",
+        f"{org},OU=ahvlite-admins,CN=ahvlite-testcluster-controller"]
+    from ahvlite.pki import libvirt_dn
+    assert libvirt_dn((out / "hosts/t1/libvirt/clientcert.pem").read_bytes()) == f"{org},CN=t1"
     issued = server.read_bytes()
     second = ansible.run_playbook("host.yml", inv)
     assert second.changed == 0 and server.read_bytes() == issued

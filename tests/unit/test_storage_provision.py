@@ -52,7 +52,7 @@ def test_cli_refuses_with_a_clear_message(tmp_path):
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump({"name": "c", "hosts": HOSTS, "shared_pool": "p"}))
     out = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "host", "provision",
-                          "--cluster", str(path), "--json"], capture_output=True, text=True,
+                          "-f", str(path), "--json"], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 2, out.stdout + out.stderr
     err = json.loads(out.stdout)

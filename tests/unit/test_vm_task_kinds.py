@@ -119,7 +119,7 @@ def test_migrate_takes_the_cli_settings_and_a_null_destination():
     kind = registry()["vm.migrate"]
     assert kind.validate({"name": "a", "to": None}) == {"name": "a", "to": None}
     p = kind.validate({"name": "a", "to": None, "max_downtime_ms": 500, "bandwidth_mib_s": 20,
-                       "postcopy": True, "max_iterations": 9, "timeout_s": 30, "tls": False})
+                       "postcopy": True, "max_iterations": 9, "timeout_s": 30})
     assert p == {"name": "a", "to": None, "max_downtime_ms": 500, "bandwidth_mib_s": 20,
                  "postcopy": True, "max_iterations": 9, "timeout_s": 30.0}
     assert kind.validate(p) == p  # the leader validates again when it claims the task
@@ -134,6 +134,7 @@ def test_migrate_takes_the_cli_settings_and_a_null_destination():
     ("vm.migrate", {"name": "a", "to": None, "max_iterations": 0}, "max_iterations"),
     ("vm.migrate", {"name": "a", "to": None, "timeout_s": 0}, "timeout_s"),
     ("vm.migrate", {"name": "a", "to": None, "postcopy": "yes"}, "postcopy"),
+    ("vm.migrate", {"name": "a", "to": None, "tls": False}, "tls"),  # always encrypted
     ("vm.update", {"name": "a"}, "labels"),
     ("vm.update", {"name": "a", "ha_priority": 1001}, "ha_priority"),
     ("vm.update", {"name": "a", "ha_priority": "7"}, "ha_priority"),

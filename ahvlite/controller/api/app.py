@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ahvlite.controller.api.auth import Principal, TokenTable, authenticate
+from ahvlite.controller.api.auth import Forbidden, Principal, TokenTable, authenticate
 from ahvlite.controller.api.models import (
     API_VERSION,
     MAX_WAIT_S,
@@ -72,10 +72,6 @@ MAX_JSON_BYTES = 1 << 20
 UPLOAD_PATH = "/v1/uploads"
 WRITE_CHUNK = 1 << 20
 SWEEP_EVERY_S = 600.0
-
-
-class Forbidden(Unauthorized):
-    """Authenticated, but this principal may not do this (HTTP 403)."""
 
 
 @dataclass

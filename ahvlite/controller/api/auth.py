@@ -1,7 +1,10 @@
-"""Who is calling: a client certificate of the cluster CA, or a bearer token.
+"""Who is calling: an admin's client certificate of the cluster CA, or a bearer token.
 
 Mutual TLS is decided in the handshake (an unverifiable certificate never gets here);
-a verified one names the principal ``cert:CN``. Tokens are random strings handed out
+a verified one names the principal ``cert:CN`` only if it is an admin's: its subject
+carries ``OU=ahvlite-admins`` (``ahvlite pki issue-client``). Any other certificate of
+the CA (a host's libvirt client certificate, say) is authenticated but refused (403).
+Tokens are random strings handed out
 once; the store keeps only their SHA-256 (``auth/tokens/HEX``) and a name index
 (``auth/token-names/NAME``) that makes names unique by compare-and-set. A token whose
 record is gone (revoked) or past ``expires_at`` is refused like an unknown one.
@@ -24,7 +27,7 @@ from typing import Any, Literal
 from ahvlite.controller.coord.api import MUST_NOT_EXIST, Coordinator, Delete, Put
 from ahvlite.controller.coord.api import VersionMismatch as _VersionMismatch
 from ahvlite.errors import Conflict, NotFound, Unauthorized
-from ahvlite.pki import common_name
+from ahvlite.pki import ADMINS_UNIT, common_name, is_admin
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,10 @@ NAMES = "auth/token-names"
 # token_urlsafe(32) gives 43 characters; anything far from that shape is not ours and
 # is refused before the store is asked.
 TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{20,256}$")
+
+
+class Forbidden(Unauthorized):
+    """Authenticated, but this principal may not do this (HTTP 403)."""
 
 
 @dataclass(frozen=True)
@@ -138,21 +145,32 @@ class TokenTable:
 
 
 def cert_principal(tls: dict[str, Any] | None) -> Principal | None:
-    """The principal of a client certificate the TLS handshake verified, if any."""
+    """The principal of a client certificate the TLS handshake verified, if any;
+    Forbidden when it is not an admin's."""
     chain = (tls or {}).get("client_cert_chain") or []
     if not chain:
         return None
     cn = common_name(chain[0])
     if not cn:
         raise Unauthorized("the client certificate names no common name (CN)")
+    if not is_admin(chain[0]):
+        raise Forbidden(f"the client certificate of {cn!r} is not an admin's (its subject "
+                        f"has no OU={ADMINS_UNIT})",
+                        hint="use a certificate from `ahvlite pki issue-client`, or a token")
     return Principal(f"cert:{cn}", "cert")
 
 
 def authenticate(tokens: TokenTable, tls: dict[str, Any] | None,
                  authorization: str | None) -> Principal:
-    """The caller, or Unauthorized. A bearer token that is given must be valid, even
-    beside a certificate (bad credentials are never ignored)."""
-    by_cert = cert_principal(tls)
+    """The caller, or Unauthorized (Forbidden for a certificate that is not an
+    admin's). A bearer token that is given must be valid, even beside a certificate
+    (bad credentials are never ignored); a valid one speaks for a caller whose
+    certificate is not an admin's."""
+    try:
+        by_cert = cert_principal(tls)
+        refused = None
+    except Forbidden as exc:
+        by_cert, refused = None, exc
     if authorization:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -162,7 +180,9 @@ def authenticate(tokens: TokenTable, tls: dict[str, Any] | None,
             raise Unauthorized("the token is not valid (unknown, revoked or expired)",
                                hint="ask an admin for a new one: `ahvlite auth token create`")
         return by_cert or Principal(f"token:{rec.name}", "token")
+    if refused is not None:
+        raise refused
     if by_cert is None:
-        raise Unauthorized("no credentials: present a client certificate of the cluster CA "
-                           "or an `Authorization: Bearer TOKEN` header")
+        raise Unauthorized("no credentials: present an admin's client certificate of the "
+                           "cluster CA or an `Authorization: Bearer TOKEN` header")
     return by_cert

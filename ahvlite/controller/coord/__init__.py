@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ahvlite.controller.coord.api import (
     MUST_NOT_EXIST,
     Coordinator,
@@ -19,9 +21,12 @@ DEFAULT_SESSION_TIMEOUT_S = 3.0
 
 
 def open_store(url: str, *, session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S,
-               connect_timeout_s: float = 5.0, retry_s: float | None = None) -> Coordinator:
-    """Open the store named by ``url`` (sqlite:///PATH or zk://HOSTS/CHROOT)."""
-    parsed = parse_store_url(url)
+               connect_timeout_s: float = 5.0, retry_s: float | None = None,
+               env: Mapping[str, str] | None = None) -> Coordinator:
+    """Open the store named by ``url`` (sqlite:///PATH or zk://HOSTS/CHROOT); its
+    credential and TLS files as ``env`` (default: this process's environment) names
+    them (see coord/url.py)."""
+    parsed = parse_store_url(url, env)
     if isinstance(parsed, SqliteUrl):
         from ahvlite.controller.coord.sqlite import SqliteCoordinator
 

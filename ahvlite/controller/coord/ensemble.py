@@ -9,17 +9,23 @@ counts, and only from a majority of the configured ensemble (see docs/ha.md).
 
 Every member is asked in parallel, name resolution included, and the whole call
 returns after ``timeout_s`` whatever is still pending (a pending member counts as
-unreachable), so a dead DNS server cannot stall the agent.
+unreachable), so a dead DNS server cannot stall the agent. A store behind TLS is asked
+over TLS on the same port (ZooKeeper's Netty server answers four-letter words there),
+with the client's certificate and the member's certificate checked against its address.
 """
 
 from __future__ import annotations
 
+import functools
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 
 from ahvlite.controller.coord.api import MemberState
+from ahvlite.controller.coord.url import ZkTls
+from ahvlite.errors import InvalidSpec
 
 NOT_SERVING = "not currently serving"
 SERVING_MODES = ("leader", "follower", "standalone", "observer")
@@ -29,15 +35,42 @@ _POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="srvr")
 Asker = Callable[[str, int, float], str]
 
 
-def srvr(host: str, port: int, timeout_s: float) -> str:
-    """The ``srvr`` answer of one member (raises OSError when it cannot be had)."""
-    with socket.create_connection((host, port), timeout=timeout_s) as s:
-        s.settimeout(timeout_s)
-        s.sendall(b"srvr")
-        chunks = []
-        while data := s.recv(4096):
-            chunks.append(data)
+def tls_context(tls: ZkTls) -> ssl.SSLContext:
+    """A client context for ZooKeeper's TLS port: the cluster CA only, our certificate,
+    and the member's certificate must name the address we asked for."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_verify_locations(cafile=str(tls.ca))
+        ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    except (ssl.SSLError, OSError) as exc:
+        raise InvalidSpec("AHVLITE_STORE_TLS_DIR", str(tls.ca.parent),
+                          f"PEM files: CA, certificate and its key ({exc})") from None
+    return ctx
+
+
+def srvr(host: str, port: int, timeout_s: float, context: ssl.SSLContext | None = None) -> str:
+    """The ``srvr`` answer of one member (raises OSError when it cannot be had; a TLS
+    failure is an ssl.SSLError, itself an OSError)."""
+    with socket.create_connection((host, port), timeout=timeout_s) as raw:
+        raw.settimeout(timeout_s)
+        s = raw if context is None else context.wrap_socket(raw, server_hostname=host)
+        try:
+            s.sendall(b"srvr")
+            chunks = []
+            while data := s.recv(4096):
+                chunks.append(data)
+        finally:
+            if s is not raw:
+                s.close()
     return b"".join(chunks).decode(errors="replace")
+
+
+def asker(tls: ZkTls | None) -> Asker:
+    """How to ask members: in clear, or over TLS with ``tls``'s files (read once)."""
+    if tls is None:
+        return srvr
+    return functools.partial(srvr, context=tls_context(tls))
 
 
 def state_of(answer: str) -> str:

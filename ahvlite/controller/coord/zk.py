@@ -2,8 +2,10 @@
 
 Layout under the chroot: ``kv/KEY`` (values, znode version = key version),
 ``members/NAME`` (ephemeral), ``election`` (kazoo Election), ``locks/NAME`` (kazoo
-Lock). Every znode we create carries a digest ACL: ahvlite's credentials may do
-everything, anyone else may only read. The election znode is the fencing token:
+Lock). Every znode we create carries only a digest ACL of ahvlite's credentials:
+nobody else may read a task's parameters or a VM's spec, nor list the keys. A store
+whose chroot still lets the world read (written by an older ahvlite) is tightened,
+children first, when a coordinator connects. The election znode is the fencing token:
 :meth:`ZkCoordinator.fenced` puts a ``check`` of it at the head of the transaction,
 so once the session is gone (and the ephemeral znode with it) nothing more commits.
 A SUSPENDED connection stops acting at once; LOST gives leadership up.
@@ -42,7 +44,7 @@ from kazoo.exceptions import (
 from kazoo.exceptions import OperationTimeoutError as ZkOperationTimeout
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry, RetryFailedError
-from kazoo.security import make_acl, make_digest_acl
+from kazoo.security import make_digest_acl
 
 from ahvlite.controller.coord import ensemble
 from ahvlite.controller.coord.api import (
@@ -68,6 +70,7 @@ from ahvlite.errors import (
     OperationTimeout,
 )
 
+log = logging.getLogger(__name__)
 LOCK_MARK = "__lock__"
 # kazoo logs every dropped connection; our errors say what matters. A daemon that
 # configures logging still gets kazoo's records through propagation.
@@ -86,7 +89,7 @@ def translate(exc: Exception, context: str) -> AhvliteError:
     if isinstance(exc, NoAuthError):
         return OperationFailed(f"{context}: ZooKeeper refused our credentials",
                                hint="every controller needs the same USER:SECRET "
-                                    "(zk://USER:SECRET@... or $AHVLITE_ZK_AUTH)")
+                                    "(the file $AHVLITE_STORE_SECRET_FILE names)")
     if isinstance(exc, NotEmptyError):
         return Conflict(f"{context}: key has children")
     if isinstance(exc, ConnectionLoss | SessionExpiredError | ConnectionClosedError):
@@ -144,11 +147,17 @@ class ZkCoordinator:
         # soon: its tick must go on to fence; a controller can wait for an election).
         self._retry_s = retry_s if retry_s is not None else max(2 * session_timeout_s, 10.0)
         auth = f"{url.user}:{url.secret}"
-        self._acl = [make_digest_acl(url.user, url.secret, all=True),
-                     make_acl("world", "anyone", read=True)]
+        self._acl = [make_digest_acl(url.user, url.secret, all=True)]
+        self._ask = ensemble.asker(url.tls)  # checks the TLS files before anything starts
+        tls: dict[str, Any] = {}
+        if url.tls is not None:
+            # kazoo also trusts the system's CAs; checking that the member's certificate
+            # names the address we dialled keeps them from vouching for a member.
+            tls = {"use_ssl": True, "ca": str(url.tls.ca), "certfile": str(url.tls.cert),
+                   "keyfile": str(url.tls.key), "verify_certs": True, "check_hostname": True}
         self._client = KazooClient(
             hosts=url.hosts_string(), timeout=session_timeout_s,
-            auth_data=[("digest", auth)], default_acl=self._acl,
+            auth_data=[("digest", auth)], default_acl=self._acl, **tls,
             connection_retry=KazooRetry(max_tries=-1, delay=0.1, max_delay=0.5),
             # A member going away costs a reconnect (and maybe a quorum election):
             # retry commands across that, but not past the time a session would live.
@@ -179,6 +188,7 @@ class ZkCoordinator:
         with zk_errors(f"store {self.url}"):
             for sub in ("kv", "members", "election", "locks"):
                 self._client.ensure_path(f"{self.root}/{sub}", acl=self._acl)
+            self._tighten_acls()
         threading.Thread(target=self._rejoin_loop, daemon=True, name="zk-rejoin").start()
 
     # -- session ----------------------------------------------------------------
@@ -215,11 +225,34 @@ class ZkCoordinator:
     def _path(self, key: str) -> str:
         return f"{self.root}/kv/{check_key(key)}"
 
+    def _tighten_acls(self) -> None:
+        """Give every znode under the chroot our ACL alone, if the chroot (the last one
+        changed) still carries another: an older ahvlite let the world read."""
+        if self._client.get_acls(self.root)[0] == self._acl:
+            return
+        log.warning("store %s: znodes readable by others; restricting them to "
+                    "ahvlite's credentials", self.url)
+        for path in [*self._walk(self.root)][::-1]:  # children first, the chroot last
+            try:
+                if self._client.get_acls(path)[0] != self._acl:
+                    self._client.set_acls(path, self._acl)
+            except NoNodeError:
+                continue
+
+    def _walk(self, path: str) -> Iterator[str]:
+        yield path
+        try:
+            children = self._client.get_children(path)
+        except NoNodeError:
+            return
+        for name in children:
+            yield from self._walk(f"{path}/{name}")
+
     # -- keys -------------------------------------------------------------------
 
     def ensemble(self, timeout_s: float = 0.5) -> list[MemberState]:
         """Every ensemble member's ``srvr`` answer (see coord/ensemble.py)."""
-        return ensemble.probe(self._members, timeout_s)
+        return ensemble.probe(self._members, timeout_s, ask=self._ask)
 
     @_op("sync")
     def sync(self, key: str) -> None:

@@ -245,7 +245,12 @@ class HaService:
             rec, version = records.get(name, (None, -1))
             copies = [(h, f) for h, f in running.get(name, [])
                       if rec is None or f.uuid == rec.uuid]
-            if len(copies) > 1:
+            if len(copies) > 1 and any(f.migrating for _, f in copies):
+                # A live migration's two ends: libvirt leaves one of them, and the disk
+                # leases never let both run; neither is a stray to power off.
+                log.info("ha: %s is being migrated between %s", name,
+                         " and ".join(h for h, _ in copies))
+            elif len(copies) > 1:
                 self._resolve_twins(name, rec, copies)
             elif copies:
                 self._seen_running(name, rec, version, *copies[0])

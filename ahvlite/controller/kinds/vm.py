@@ -423,7 +423,6 @@ class MigrateParams(Params):
                                  description="the longest pause the guest may see")
     bandwidth_mib_s: int | None = Field(None, ge=1, description="stream limit, MiB/s")
     postcopy: bool = False
-    tls: bool = False
     max_iterations: int = Field(50, ge=1, le=100_000)
     timeout_s: float = Field(600, gt=0, le=86_400)
     auto_converge: bool = True
@@ -433,7 +432,7 @@ class MigrateParams(Params):
 
         return ConvergenceSettings(
             max_downtime_ms=self.max_downtime_ms, bandwidth_mib_s=self.bandwidth_mib_s,
-            postcopy=self.postcopy, tls=self.tls, max_iterations=self.max_iterations,
+            postcopy=self.postcopy, max_iterations=self.max_iterations,
             timeout_s=self.timeout_s, auto_converge=self.auto_converge)
 
 
