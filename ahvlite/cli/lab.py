@@ -232,6 +232,23 @@ def kill(
                       f"({', '.join(result['killed'])})", highlight=False)
 
 
+@app.command(name="power-on")
+def power_on(
+    host: Annotated[str, typer.Argument(help="Lab host `lab kill` stopped, e.g. h2.")],
+    name: NameOpt = "lab",
+    json_out: JsonOpt = False,
+) -> None:
+    """Power a killed lab host back on: its daemons start again (its VMs stay off; HA
+    decides about them)."""
+    from ahvlite.lab import faults
+
+    result = faults.power_on(name, host)
+    if json_out:
+        emit_json(result)
+    else:
+        console.print(f"{host}: started {', '.join(result['started'])}", highlight=False)
+
+
 @app.command()
 def partition(
     hosts: Annotated[list[str], typer.Argument(

@@ -114,7 +114,7 @@ def client_config_text(layout: LocalLayout, listen: str) -> str:
 def write_files(layout: LocalLayout, listen: str, host: str) -> None:
     """CA, certificates and environment file; an existing CA is kept (the admin's
     certificates stay valid across `local down` / `local up`)."""
-    from ahvlite.pki import CA_CERT, CertificateAuthority, write_secret
+    from ahvlite.pki import ADMINS_UNIT, CA_CERT, CertificateAuthority, write_secret
 
     addr, _ = parse_listen(listen)
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,7 @@ def write_files(layout: LocalLayout, listen: str, host: str) -> None:
     (layout.server_dir / "ca.pem").write_bytes(ca.cert_pem)
     (layout.server_dir / "api.pem").write_bytes(server.cert_pem)
     write_secret(layout.server_dir / "api-key.pem", server.key_pem)
-    admin = ca.issue("admin", server=False, client=True)
+    admin = ca.issue("admin", server=False, client=True, unit=ADMINS_UNIT)
     layout.admin_dir.mkdir(parents=True, exist_ok=True)
     (layout.admin_dir / "ca.pem").write_bytes(ca.cert_pem)
     (layout.admin_dir / "admin.pem").write_bytes(admin.cert_pem)

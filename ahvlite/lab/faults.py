@@ -5,7 +5,8 @@ plus what lives in its network namespace: QEMUs, ZooKeeper, the controller), as 
 power would: no daemon gets to clean up. ``partition`` moves a group of hosts onto a
 top-of-rack segment of their own (see segments.py): they keep running and reach each
 other, but nobody else; a group of one hears nothing and is heard by nobody. ``heal``
-puts hosts back on the main segment.
+puts hosts back on the main segment. ``power_on`` starts a killed host's daemons again,
+so one lab serves many drills.
 """
 
 from __future__ import annotations
@@ -49,6 +50,24 @@ def kill(name: str, host: str) -> dict[str, Any]:
             time.sleep(0.02)
     return {"host": host, "killed": sorted(f"{p.role}:{p.pid}" for p in victims),
             "survivors": sorted(f"{p.role}:{p.pid}" for p in live)}
+
+
+def power_on(name: str, host: str) -> dict[str, Any]:
+    """Power a host ``kill`` stopped back on: its recorded daemons start again in the
+    order they first started, with their recorded command lines, and it answers over
+    libvirt TLS before this returns. Its VMs do not come back by themselves (a power
+    cycle lost them): what happens to them is the cluster's HA's decision."""
+    from ahvlite.errors import Conflict
+
+    layout, state = lab.layout_of(name), lab.state_of(name)
+    h = layout.host(host)
+    dead = [p for p in state.processes if p.host == h.name and not processes.is_alive(p)]
+    if not dead:
+        raise Conflict(f"{host} is running: nothing to power on",
+                       hint=f"`ahvlite lab kill {host}` cuts its power first")
+    started = [f"{p.role}:{lab.start_daemon(name, host, p.role)}" for p in dead]
+    lab.wait_libvirt(name, host)
+    return {"host": host, "started": started}
 
 
 def partition(name: str, *hosts: str) -> dict[str, Any]:

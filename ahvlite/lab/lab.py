@@ -569,6 +569,12 @@ def start_daemon(name: str, host: str, role: str) -> int:
     return fresh.pid
 
 
+def wait_libvirt(name: str, host: str, timeout_s: float = 45) -> None:
+    """Wait until ``host``'s libvirtd answers over TLS (after its daemons started)."""
+    layout, state = _layout_for(name)
+    _wait_for_tls(layout, state, layout.host(host), timeout_s=timeout_s)
+
+
 def _daemon_record(layout: LabLayout, state: LabState, host: str, role: str) -> ProcessRecord:
     layout.host(host)  # unknown host -> InvalidSpec listing the known ones
     for record in state.processes:

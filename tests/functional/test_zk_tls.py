@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -17,6 +16,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from ahvlite.controller.coord import ensemble, open_store
 from ahvlite.controller.coord.url import ZkTls
+from ahvlite.controller.daemon import LEADER_KEY
 from ahvlite.lab import processes
 from ahvlite.lab.pki import LabCA, install_ahvlite_pki, install_store_client
 from ahvlite.lab.services import free_ports, member_mode, start_local_ensemble, zk_argv
@@ -110,18 +110,19 @@ def test_the_election_probe_reads_modes_over_tls_in_parallel(zk, secret_file):
 def test_a_controller_runs_from_its_environment_and_no_command_line_holds_the_secret(
         zk, secret_file, tmp_path):
     env = {**env_of(zk, secret_file, f"c{uuid.uuid4().hex[:8]}"), "AHVLITE_HOST": "ctl-env"}
-    full = {k: v for k, v in os.environ.items() if not k.startswith("AHVLITE_")} | env
     rec = processes.spawn(["env", *(f"{k}={v}" for k, v in env.items()), sys.executable,
                            "-m", "ahvlite.cli.main", "controller", "run"],
                           log=tmp_path / "ctl.log", host="", role="controller")
     try:
+        c = open_store(env["AHVLITE_STORE"], env=env)  # as a peer controller would
+
         def leader() -> dict | None:
-            r = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "controller",
-                                "status", "--json"], env=full, capture_output=True,
-                               text=True, timeout=60)
-            st = json.loads(r.stdout) if r.returncode == 0 else {}
-            return st.get("leader")
-        lead = wait_for(leader, 60)
+            raw = c.get(LEADER_KEY)
+            return json.loads(raw.value) if raw else None
+        try:
+            lead = wait_for(leader, 60)
+        finally:
+            c.close()
         assert lead["name"] == "ctl-env"
         secret = SECRET.split(":", 1)[1]
         for pid in os.listdir("/proc"):
