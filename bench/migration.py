@@ -6,6 +6,9 @@
   faster than the link copies): plain ``virsh migrate --live --p2p`` with its defaults
   and a time limit (the peer) vs ``ahvlite vm migrate`` with its policy (downtime steps,
   auto-converge), and with ``--postcopy``: which converge, how long, what downtime.
+The ahvlite side goes through the lab's API, as ``ahvlite vm migrate`` from an admin's
+machine (the leader's ``vm.migrate`` task).
+
 * ``maintenance enter`` on a host with 4 running VMs: time until the host is empty, one
   migration at a time vs two.
 """
@@ -22,14 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ahvlite.cluster import maintenance, vms
-from ahvlite.cluster.convergence import ConvergenceSettings
+from ahvlite.cluster import maintenance
 from ahvlite.cluster.legacy import open_cluster_file as load_cluster
-from ahvlite.cluster.migrate import MigrationAborted, migrate_vm
 from ahvlite.lab import guests, lab, namespaces
 from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.uri import check_uri
+from bench.labapi import ahv, create_vm, ok
 
 NAME = "bmig"
 SUBNET = "10.213.251.0/26"
@@ -70,18 +72,18 @@ def idle_gap(cluster: ClusterSpec, layout: Any, ip: str, to: str, pinger_host: s
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     time.sleep(1)
     try:
-        res = migrate_vm(cluster, "idle", to=to)
+        res = ok(ahv(NAME, "vm", "migrate", "idle", "--to", to, "--json"))
         time.sleep(1)
     finally:
         ping.send_signal(2)
         out, _ = ping.communicate(timeout=10)
     gap, replies, _ = longest_gap_ms(out)
-    return {"to": to, "gap_ms": round(gap), "qemu_downtime_ms": res.downtime_ms,
-            "total_ms": res.total_ms, "replies": replies}
+    return {"to": to, "gap_ms": round(gap), "qemu_downtime_ms": res["downtime_ms"],
+            "total_ms": res["total_ms"], "replies": replies}
 
 
-def host_of(cluster: ClusterSpec, name: str) -> str:
-    return vms.show_vm(cluster, name).host
+def host_of(_cluster: ClusterSpec, name: str) -> str:
+    return str(ok(ahv(NAME, "vm", "show", name, "--json"))["host"])
 
 
 def virsh_peer(cluster: ClusterSpec, name: str, to: str) -> dict[str, Any]:
@@ -112,17 +114,19 @@ def virsh_peer(cluster: ClusterSpec, name: str, to: str) -> dict[str, Any]:
             "still_on": host_of(cluster, name)}
 
 
-def ahvlite_dirty(cluster: ClusterSpec, name: str, to: str, **kw: Any) -> dict[str, Any]:
+def ahvlite_dirty(cluster: ClusterSpec, name: str, to: str, *options: str) -> dict[str, Any]:
+    """``ahvlite vm migrate`` through the lab's API (the leader's vm.migrate task)."""
     t0 = time.monotonic()
-    settings = ConvergenceSettings(bandwidth_mib_s=LINK_MIB_S, **kw)
-    try:
-        r = migrate_vm(cluster, name, to=to, settings=settings)
-    except MigrationAborted as exc:
-        r = exc.result
-    return {"converged": r.converged, "took_s": round(time.monotonic() - t0, 1),
-            "downtime_ms": r.downtime_ms, "iterations": r.iterations,
-            "throttle_max_pct": r.throttle_max_pct, "postcopy": r.postcopy_used,
-            "reason": r.reason, "still_on": host_of(cluster, name)}
+    done = ahv(NAME, "vm", "migrate", name, "--to", to, "--bandwidth-mib", str(LINK_MIB_S),
+               *options, "--json")
+    out = json.loads(done.stdout)
+    r = out if done.returncode == 0 else out.get("result")  # given up: how far it got
+    if r is None:
+        raise RuntimeError(f"vm migrate {name}: {out.get('message')}")
+    return {"converged": r["converged"], "took_s": round(time.monotonic() - t0, 1),
+            "downtime_ms": r["downtime_ms"], "iterations": r["iterations"],
+            "throttle_max_pct": r["throttle_max_pct"], "postcopy": r["postcopy_used"],
+            "reason": r["reason"], "still_on": host_of(cluster, name)}
 
 
 def evacuate(cluster: ClusterSpec, path: Path, host: str, parallel: int) -> dict[str, Any]:
@@ -144,13 +148,12 @@ def main() -> None:
         layout = lab.layout_of(NAME)
         path = Path(status["cluster_file"])
         cluster = load_cluster(path)
-        vms.import_image(cluster, Path(status["guest"]["disk"]), "guest")
+        ok(ahv(NAME, "image", "import", status["guest"]["disk"], "guest", "--json"))
         addrs = status["guest_addresses"]
-        vms.create_vm(cluster, guests.vm_spec("idle", addrs[0]), host="h1", start=True)
-        vms.create_vm(cluster, guests.vm_spec("dirty", addrs[1], dirty_mib_s=DIRTY_MIB_S),
-                      host="h1", start=True)
+        create_vm(NAME, guests.vm_spec("idle", addrs[0]), "h1")
+        create_vm(NAME, guests.vm_spec("dirty", addrs[1], dirty_mib_s=DIRTY_MIB_S), "h1")
         for i in range(4):
-            vms.create_vm(cluster, guests.vm_spec(f"m{i}"), host="h3", start=True)
+            create_vm(NAME, guests.vm_spec(f"m{i}"), "h3")
         wait_line(layout, "h1", "idle", "AHVLITE-GUEST-READY")
         wait_line(layout, "h1", "dirty", "AHVLITE-GUEST-READY")
         for i in range(4):
@@ -162,9 +165,9 @@ def main() -> None:
         results["dirty_ahvlite"] = ahvlite_dirty(cluster, "dirty", "h2")
         back = "h1" if host_of(cluster, "dirty") == "h2" else "h2"
         results["dirty_ahvlite_postcopy"] = ahvlite_dirty(cluster, "dirty", back,
-                                                          postcopy=True)
+                                                          "--postcopy")
         # Quiet the dirtier before the maintenance runs: it is not what they measure.
-        vms.stop_vm(cluster, "dirty", force=True)
+        ok(ahv(NAME, "vm", "stop", "dirty", "--force", "--json"))
         results["maintenance"] = [evacuate(cluster, path, "h3", 1),
                                   evacuate(cluster, path, "h3", 2)]
     finally:

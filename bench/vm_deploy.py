@@ -2,8 +2,9 @@
 
 Brings up its own 3-host lab (name ``bvm``), measures, and takes it down again.
 
-* ahvlite: ``template deploy tp --count 20`` (placement, a backing-file clone and a
-  NoCloud seed ISO per VM, define, start; in parallel over the hosts);
+* ahvlite: ``ahvlite template deploy tp --count 20`` through the lab's API (the
+  leader's task: placement, a backing-file clone and a NoCloud seed ISO per VM, define,
+  start; in parallel over the hosts), timed from the CLI's start to its end;
 * peer: for the same 20 domain XMLs, ``virsh -c URI define FILE`` then ``virsh -c URI
   start NAME`` one after another, the way a shell script would. The peer's volumes
   already exist (left from the ahvlite run), so it does strictly less work.
@@ -18,12 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from ahvlite.cluster import templates, vms
+from ahvlite.cluster import vms
 from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.lab import lab
 from ahvlite.spec.lab import LabSpec
-from ahvlite.spec.vm import DiskSpec, NicSpec, VmSpec
 from ahvlite.virt import domains
+from bench.labapi import ahv, ok
 
 COUNT = 20
 NAME = "bvm"
@@ -33,24 +34,24 @@ def main() -> None:
     status = lab.up(LabSpec(name=NAME, hosts=3, subnet="10.213.252.0/26"))
     try:
         cluster_file = Path(status["cluster_file"])
-        cluster = load_cluster(cluster_file)
-        vms.import_image(cluster, Path(status["guest"]["disk"]), "guest")
-        vms.create_vm(cluster, VmSpec(name="src", memory_mib=128,
-                                      disks=[DiskSpec(image="guest")],
-                                      nics=[NicSpec(network="br0")]))
-        templates.create_template(cluster, "tp", "src")
+        cluster = load_cluster(cluster_file)  # the peer's harness: libvirt directly
+        ok(ahv(NAME, "image", "import", status["guest"]["disk"], "guest", "--json"))
+        ok(ahv(NAME, "vm", "create", "src", "--memory-mib", "128", "--disk", "guest",
+               "--nic", "br0", "--json"))
+        ok(ahv(NAME, "template", "create", "tp", "--from-vm", "src", "--json"))
 
         t0 = time.perf_counter()
-        result = templates.deploy(cluster, "tp", count=COUNT, prefix="b")
+        result = ok(ahv(NAME, "template", "deploy", "tp", "--count", str(COUNT), "--prefix",
+                        "b", "--json"))
         ours = time.perf_counter() - t0
-        assert not result.failed, result.failed
+        assert not result["failed"], result["failed"]
 
         # Keep each VM's XML and volumes; remove only the definitions.
         saved: list[tuple[str, str, str]] = []  # (uri, name, xml)
         with vms.connect(cluster) as hosts:
-            for v in result.vms:
-                host, dom = hosts.find(v.name)
-                saved.append((cluster.host(host).uri, v.name,
+            for v in result["vms"]:
+                host, dom = hosts.find(v["name"])
+                saved.append((cluster.host(host).uri, v["name"],
                               domains.domain_xml(dom, inactive=True)))
                 domains.power_off(dom)
                 domains.undefine_everything(dom)
@@ -67,8 +68,9 @@ def main() -> None:
             peer = time.perf_counter() - t0
 
         for _uri, name, _xml in saved:
-            vms.delete_vm(cluster, name, force=True)
-        per_host = {h.name: sum(v.host == h.name for v in result.vms) for h in cluster.hosts}
+            ok(ahv(NAME, "vm", "delete", name, "--force", "--json"))
+        per_host = {h.name: sum(v["host"] == h.name for v in result["vms"])
+                    for h in cluster.hosts}
         print(f"deploy {COUNT} VMs (128 MiB, TCG) over 3 lab hosts {per_host}:")
         print(f"  ahvlite template deploy:              {ours:8.2f} s")
         print(f"  sequential virsh define + start:      {peer:8.2f} s")

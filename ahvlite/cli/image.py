@@ -1,55 +1,71 @@
-"""``ahvlite image``: disk images in the shared storage pool."""
+"""``ahvlite image``: disk images in the shared storage pool and their catalogue.
+
+``import`` sends the file to the leader's staging area (``POST /v1/uploads``), then
+the leader's ``image.import`` task inspects it and uploads it into the pool.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from ahvlite.cli.context import ClusterOpt, load
-from ahvlite.cli.output import console, emit_json, err_console, table
-from ahvlite.cluster import vms
+from ahvlite.cli.api import WaitOpt, get, run_task, session
+from ahvlite.cli.output import console, emit_json, table
+from ahvlite.errors import Conflict, NotFound
 
 app = typer.Typer(no_args_is_help=True, help="Images: import, list.")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
-def _image(v: object) -> dict[str, object]:
-    d = asdict(v)  # type: ignore[call-overload]
-    d["image"] = d["name"].removeprefix(vms.IMAGE_PREFIX)
-    return d
-
-
 @app.command(name="import")
 def import_(path: Annotated[Path, typer.Argument(help="qcow2 or raw file on this machine.")],
             name: Annotated[str, typer.Argument(help="Image name.")],
-            cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
-    """Copy a disk image into the shared pool (over libvirt, so hosts may be remote)."""
-    _, cspec = load(cluster)
-    if json_out:
-        vol = vms.import_image(cspec, path, name)
-    else:
-        with err_console.status(f"importing {path} as {name}") as status:
-            def report(sent: int, total: int) -> None:
-                status.update(f"importing {path} as {name}: {sent * 100 // max(total, 1)} %")
-            vol = vms.import_image(cspec, path, name, report=report)
-    if json_out:
-        emit_json(_image(vol))
+            json_out: JsonOpt = False, wait: WaitOpt = True) -> None:
+    """Copy a disk image into the shared pool (through the leader: raw or qcow2 without
+    a backing or data file; recorded with its SHA-256)."""
+    from ahvlite.cli.progressbar import byte_bar, task_bar
+    from ahvlite.spec.vm import check_name
+
+    check_name("name", name)
+    if not path.is_file():
+        raise NotFound(f"{path} is not a file")
+    with session() as c:
+        try:  # a name in use is refused before anything is sent
+            c.get(f"/v1/images/{name}")
+        except NotFound:
+            pass
+        else:
+            raise Conflict(f"image {name} already exists", hint="pick another name")
+        with byte_bar(not json_out, f"sending {path.name}", path.stat().st_size) as sent:
+            staged = c.upload(path, sent)
+    with task_bar(not json_out and wait, f"importing {name}") as on_progress:
+        doc = run_task("image.import", {"upload": staged.upload, "name": name},
+                       json_out=json_out, wait=wait, title=f"importing {name}",
+                       on_progress=on_progress)
+    if doc is None:
         return
-    console.print(f"image {name}: {vol.format}, {vol.capacity_mib} MiB, {vol.path}",
-                  highlight=False)
+    if json_out:
+        emit_json({"image": name, **doc})
+        return
+    console.print(escape(f"image {name}: {doc['format']}, {doc['capacity_mib']} MiB, "
+                         f"{doc['path']}, sha256 {doc['sha256']}"), highlight=False)
+
+
+def _row(d: dict[str, Any]) -> list[Any]:
+    sha = d.get("sha256")
+    return [d["image"], d.get("state"), d["format"], d["capacity_mib"],
+            sha[:12] if isinstance(sha, str) else None, d.get("imported_at"), d["path"]]
 
 
 @app.command(name="list")
-def list_(cluster: ClusterOpt = None, json_out: JsonOpt = False) -> None:
-    """Images in the shared pool."""
-    _, cspec = load(cluster)
-    found = [_image(v) for v in vms.images(cspec)]
+def list_(json_out: JsonOpt = False) -> None:
+    """Images in the shared pool, with what the catalogue knows of each."""
+    found = get("/v1/images")
     if json_out:
         emit_json(found)
         return
-    console.print(table("images", ["image", "format", "size MiB", "path"],
-                        [[d["image"], d["format"], d["capacity_mib"], d["path"]]
-                         for d in found]))
+    console.print(table("images", ["image", "state", "format", "size MiB", "sha256",
+                                   "imported", "path"], [_row(d) for d in found]))

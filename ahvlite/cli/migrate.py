@@ -1,88 +1,47 @@
-"""``ahvlite vm migrate``: live migration with a progress bar from libvirt's job stats."""
+"""``ahvlite vm migrate``: live migration as a ``vm.migrate`` task, with a progress bar
+that follows the task's messages (what is left, the dirty rate, the iteration, the
+expected pause against the cap)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from ahvlite.cli.context import ClusterOpt, load
-from ahvlite.cli.output import console, emit_json, err_console
-from ahvlite.cluster.convergence import ConvergenceSettings
-from ahvlite.cluster.migrate import MigrateResult, MigrationProgress, migrate_vm
-from ahvlite.errors import InvalidSpec
+from ahvlite.cli.api import WaitOpt
+from ahvlite.cli.output import console, emit_json
+from ahvlite.errors import InvalidSpec, OperationFailed
 
 MIB = 1024 * 1024
 
-ProgressFn = Callable[[MigrationProgress], None]
-
-# ConvergenceSettings field -> the command-line option that sets it, so a bad value is
-# reported as the user typed it.
+# vm.migrate's parameter (ConvergenceSettings' field) -> the command-line option that
+# sets it, so a bad value is reported as the user typed it.
 OPTION_OF = {"max_downtime_ms": "--max-downtime-ms", "bandwidth_mib_s": "--bandwidth-mib",
              "max_iterations": "--max-iterations", "timeout_s": "--timeout-s"}
 
 
-def settings_from_options(**fields: Any) -> ConvergenceSettings:
-    """ConvergenceSettings from CLI options; errors name the option, not the field."""
-    try:
-        return ConvergenceSettings(**fields)
-    except InvalidSpec as exc:
-        if exc.field not in OPTION_OF:
-            raise
-        raise InvalidSpec(OPTION_OF[exc.field], exc.value, exc.allowed,
-                          hint=exc.hint) from None
+def _as_option(exc: InvalidSpec) -> InvalidSpec:
+    if exc.field not in OPTION_OF:
+        return exc
+    return InvalidSpec(OPTION_OF[exc.field], exc.value, exc.allowed, hint=exc.hint)
 
 
 def _mib(n: int | None) -> str:
     return "?" if n is None else f"{n / MIB:.1f}"
 
 
-@contextmanager
-def migration_bar(enabled: bool) -> Iterator[ProgressFn | None]:
-    """A rich progress bar per VM (data copied of the VM's memory), with what is left,
-    the dirty rate, the iteration and the expected downtime; None when disabled."""
-    if not enabled:
-        yield None
+def render_result(r: dict[str, Any]) -> None:
+    """A migration's result (a ``vm.migrate`` task's) in one line."""
+    if r.get("note"):
+        console.print(f"[bold]{r['vm']}[/] is on {r['destination']} ({r['note']})",
+                      highlight=False)
         return
-    bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                   TextColumn("left {task.fields[left]} MiB"),
-                   TextColumn("dirty {task.fields[dirty]} MiB/s"),
-                   TextColumn("iter {task.fields[iteration]}"),
-                   TextColumn("downtime ~{task.fields[downtime]}/{task.fields[cap]} ms"),
-                   TextColumn("{task.fields[note]}"), TimeElapsedColumn(),
-                   console=err_console, transient=False)
-    tasks: dict[str, TaskID] = {}
-
-    def update(p: MigrationProgress) -> None:
-        if p.vm not in tasks:
-            tasks[p.vm] = bar.add_task(f"{p.vm} {p.source}→{p.destination}", total=None,
-                                       left="?", dirty="?", iteration=0, downtime="?",
-                                       cap=p.max_downtime_ms, note="")
-        total = p.data_total_bytes or 0
-        done = total - (p.data_remaining_bytes or 0)
-        notes = [n for n, on in (("stalled", p.stalled),
-                                 (f"throttle {p.throttle_pct}%", p.throttle_pct > 0),
-                                 ("post-copy", p.postcopy)) if on]
-        bar.update(tasks[p.vm], total=total or None, completed=max(done, 0),
-                   left=_mib(p.data_remaining_bytes), dirty=_mib(p.dirty_rate_bytes_s),
-                   iteration=p.iteration,
-                   downtime="?" if p.expected_downtime_ms is None else p.expected_downtime_ms,
-                   cap=p.max_downtime_ms, note=" ".join(notes))
-
-    with bar:
-        yield update
-
-
-def render_result(r: MigrateResult) -> None:
     console.print(
-        f"[bold]{r.vm}[/] migrated {r.source} → {r.destination} in "
-        f"{(r.total_ms or 0) / 1000:.2f} s: downtime {r.downtime_ms} ms (QEMU), "
-        f"{_mib(r.data_transferred_bytes)} MiB in {r.iterations} iterations, "
-        f"throttle max {r.throttle_max_pct}%, post-copy {'yes' if r.postcopy_used else 'no'}",
-        highlight=False)
+        f"[bold]{r['vm']}[/] migrated {r['source']} → {r['destination']} in "
+        f"{(r['total_ms'] or 0) / 1000:.2f} s: downtime {r['downtime_ms']} ms (QEMU), "
+        f"{_mib(r['data_transferred_bytes'])} MiB in {r['iterations']} iterations, "
+        f"throttle max {r['throttle_max_pct']}%, "
+        f"post-copy {'yes' if r['postcopy_used'] else 'no'}", highlight=False)
 
 
 def migrate(
@@ -104,19 +63,57 @@ def migrate(
         "--timeout-s", help="Give up after this many seconds.")] = 600,
     no_auto_converge: Annotated[bool, typer.Option(
         "--no-auto-converge", help="Never throttle the guest's vCPUs.")] = False,
-    cluster: ClusterOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    wait: WaitOpt = True,
 ) -> None:
     """Live-migrate a running VM (peer to peer; persistent on the destination; the
-    stream always encrypted with QEMU's TLS, certificates in /etc/pki/qemu)."""
-    _path, cspec = load(cluster)
-    settings = settings_from_options(
-        max_downtime_ms=max_downtime_ms, bandwidth_mib_s=bandwidth_mib, postcopy=postcopy,
-        max_iterations=max_iterations, timeout_s=timeout_s,
-        auto_converge=not no_auto_converge)
-    with migration_bar(not json_out) as on_progress:
-        result = migrate_vm(cspec, name, to=to, settings=settings, on_progress=on_progress)
+    stream always encrypted with QEMU's TLS, certificates in /etc/pki/qemu). The leader
+    runs it; HA guarantee mode must admit the move."""
+    from ahvlite.cli.api import session
+    from ahvlite.cli.progressbar import task_bar
+    from ahvlite.controller.kinds.vm import ABORTED_STEP, MigrateParams
+    from ahvlite.errors import error_of
+    from ahvlite.spec.errors import build
+
+    params: dict[str, Any] = {
+        "name": name, "to": to, "max_downtime_ms": max_downtime_ms,
+        "bandwidth_mib_s": bandwidth_mib, "postcopy": postcopy,
+        "max_iterations": max_iterations, "timeout_s": timeout_s,
+        "auto_converge": not no_auto_converge}
+    try:
+        build(MigrateParams, **params)  # an instant error, naming the option
+    except InvalidSpec as exc:
+        raise _as_option(exc) from None
+    with session() as c:
+        task = c.submit("vm.migrate", params)
+        if not wait:
+            if json_out:
+                emit_json({"task": task.id})
+            else:
+                console.print(task.id, highlight=False)
+            return
+        with task_bar(not json_out, f"migrating {name}") as on_progress:
+            end = c.wait(task.id, on_progress)
+    if end.state != "succeeded":
+        what = f"{end.error or end.message or end.state} (task {end.id} {end.state})"
+        aborted = end.steps_done.get(ABORTED_STEP)
+        if isinstance(aborted, dict):
+            raise MigrationGaveUp(what, end.error_hint, aborted)
+        raise error_of(end.error_kind, what, end.error_hint)
+    result = dict(end.result or {})
     if json_out:
-        emit_json(result.to_dict())
+        emit_json(result)
     else:
         render_result(result)
+
+
+class MigrationGaveUp(OperationFailed):
+    """The policy gave the migration up; the VM runs on its source. JSON output carries
+    how far it got (``result``)."""
+
+    def __init__(self, message: str, hint: str | None, result: dict[str, Any]) -> None:
+        super().__init__(message, hint=hint)
+        self.result = result
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "result": self.result}

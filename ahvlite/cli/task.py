@@ -1,84 +1,26 @@
-"""``ahvlite task``: the controller's persisted tasks.
-
-Rule for mutating commands: when a controller store is configured (``--store`` or
-$AHVLITE_STORE) they submit a task and print its id (``task wait ID`` follows it);
-without one they run in this process.
-"""
+"""``ahvlite task``: the tasks the leader runs, through the API (submit, list, show,
+wait, cancel)."""
 
 from __future__ import annotations
 
 import json
-import os
-import time
-from dataclasses import asdict
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from ahvlite.cli.controller import STORE_ENV, StoreOpt, store_url
-from ahvlite.cli.output import console, emit_json, err_console, table
+from ahvlite.cli.api import session
+from ahvlite.cli.output import console, emit_json, table
 from ahvlite.errors import InvalidSpec, OperationFailed
 
 app = typer.Typer(no_args_is_help=True, help="Controller tasks: submit, list, show, wait, cancel.")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 IdArg = Annotated[str, typer.Argument(help="Task id (from `task list`).")]
-WaitOpt = Annotated[bool, typer.Option(
-    "--wait", help="With a controller store: wait for the task and print its result.")]
-WAIT_S = 3600.0
-
-
-def configured_store(store: str | None) -> str | None:
-    """The store a mutating command submits to: ``--store``, then $AHVLITE_STORE."""
-    return store or os.environ.get(STORE_ENV) or None
-
-
-def submit_and_report(store: str, kind: str, params: dict[str, Any], *, wait: bool,
-                      json_out: bool, cluster: Path | None = None) -> None:
-    """Submit ``kind`` (params validated first, host names against ``cluster`` when
-    given), print its id; with ``wait``, its end."""
-    from ahvlite.controller.kinds import registry
-
-    ts = _store(store)
-    try:
-        cspec = None
-        if cluster is not None:
-            from ahvlite.cluster.legacy import open_cluster_file
-
-            cspec = open_cluster_file(cluster)
-        task = ts.submit(kind, params, registry((lambda: cspec) if cspec is not None else None))
-        if not wait:
-            if json_out:
-                emit_json({"task": task.id})
-            else:
-                console.print(task.id)
-            return
-        if not json_out:
-            err_console.print(f"task {task.id} submitted; waiting", highlight=False)
-        task = ts.wait(task.id, WAIT_S, time.sleep, time.monotonic)
-    finally:
-        ts.coord.close()
-    if json_out:
-        emit_json({"task": task.id, "state": task.state, "result": task.result,
-                   "error": task.error})
-    else:
-        console.print(f"task {task.id} {task.state}", highlight=False)
-        for k, v in (task.result or {}).items():
-            console.print(f"[bold]{k:19}[/] {v}", highlight=False)
-    if task.state != "succeeded":
-        raise OperationFailed(f"task {task.id} {task.state}: {task.error or task.message}")
-
-
-def _store(store: str | None) -> Any:
-    from ahvlite.controller.coord import open_store
-    from ahvlite.controller.tasks import TaskStore
-
-    return TaskStore(open_store(store_url(store)), time.time)
 
 
 def _row(t: Any) -> list[Any]:
     return [t.id, t.kind, t.state, f"{t.progress_pct}%", t.owner or "",
-            t.error or t.message]
+            t.submitted_by or "", t.error or t.message]
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
@@ -94,74 +36,80 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _task_id(task_id: str) -> str:
+    """A task id checked before it goes into a URL path."""
+    import re
+
+    from ahvlite.controller.api.models import TASK_ID
+
+    if not re.fullmatch(TASK_ID, task_id):
+        raise InvalidSpec("task", task_id, "a task id like 1732582400000-1a2b3c4d "
+                          "(`ahvlite task list`)")
+    return task_id
+
+
 @app.command()
 def submit(
     kind: Annotated[str, typer.Argument(
-        help="Task kind: sleep, vm.create, vm.lifecycle, vm.spec.create.")],
+        help="Task kind, e.g. vm.lifecycle, vm.spec.create, vm.migrate, template.deploy.")],
     param: Annotated[list[str] | None, typer.Option(
         "--param", "-p", help="KEY=VALUE, repeatable.")] = None,
-    store: StoreOpt = None, json_out: JsonOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
-    """Queue a task for the leader."""
-    from ahvlite.controller.kinds import registry
-
-    ts = _store(store)
-    try:
-        task = ts.submit(kind, _parse_params(param or []), registry())
-    finally:
-        ts.coord.close()
+    """Queue a task for the leader (its parameters are checked first)."""
+    with session() as c:
+        task = c.submit(kind, _parse_params(param or []))
     if json_out:
-        emit_json(asdict(task))
+        emit_json(task.model_dump())
     else:
-        console.print(task.id)
+        console.print(task.id, highlight=False)
 
 
 @app.command(name="list")
-def list_(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
+def list_(
+    state: Annotated[str | None, typer.Option("--state", help="Only tasks in this state.")]
+    = None,
+    kind: Annotated[str | None, typer.Option("--kind", help="Only tasks of this kind.")]
+    = None,
+    json_out: JsonOpt = False,
+) -> None:
     """Every task, oldest first."""
-    ts = _store(store)
-    try:
-        tasks = [t for t, _ in ts.all()]
-    finally:
-        ts.coord.close()
+    with session() as c:
+        tasks = c.tasks(state=state, kind=kind)
     if json_out:
-        emit_json([asdict(t) for t in tasks])
+        emit_json([t.model_dump() for t in tasks])
         return
-    console.print(table("tasks", ["id", "kind", "state", "progress", "owner", "message"],
-                        [_row(t) for t in tasks]))
+    console.print(table("tasks", ["id", "kind", "state", "progress", "owner", "by",
+                                  "message"], [_row(t) for t in tasks]))
 
 
 def _show(task: Any) -> None:
-    for k, v in asdict(task).items():
-        console.print(f"[bold]{k:16}[/] {v}", highlight=False)
+    for k, v in task.model_dump().items():
+        console.print(f"[bold]{k:16}[/] {escape(str(v))}", highlight=False)
 
 
 @app.command()
-def show(task_id: IdArg, store: StoreOpt = None, json_out: JsonOpt = False) -> None:
+def show(task_id: IdArg, json_out: JsonOpt = False) -> None:
     """One task in full."""
-    ts = _store(store)
-    try:
-        task, _ = ts.load(task_id)
-    finally:
-        ts.coord.close()
+    with session() as c:
+        task = c.task(_task_id(task_id))
     if json_out:
-        emit_json(asdict(task))
+        emit_json(task.model_dump())
     else:
         _show(task)
 
 
 @app.command()
-def wait(task_id: IdArg, store: StoreOpt = None,
+def wait(task_id: IdArg,
          timeout_s: Annotated[float, typer.Option("--timeout", help="Seconds.", min=0)] = 600,
          json_out: JsonOpt = False) -> None:
     """Wait until the task ends; exit 9 if it failed or was cancelled."""
-    ts = _store(store)
-    try:
-        task = ts.wait(task_id, timeout_s, time.sleep, time.monotonic)
-    finally:
-        ts.coord.close()
+    from ahvlite.cli.api import task_progress
+
+    with session() as c, task_progress(not json_out, f"task {task_id}") as show_progress:
+        task = c.wait(_task_id(task_id), show_progress, timeout_s=timeout_s)
     if json_out:
-        emit_json(asdict(task))
+        emit_json(task.model_dump())
     else:
         _show(task)
     if task.state != "succeeded":
@@ -169,15 +117,13 @@ def wait(task_id: IdArg, store: StoreOpt = None,
 
 
 @app.command()
-def cancel(task_id: IdArg, store: StoreOpt = None, json_out: JsonOpt = False) -> None:
+def cancel(task_id: IdArg, json_out: JsonOpt = False) -> None:
     """Cancel a queued task now, or ask a running one to stop at its next step."""
-    ts = _store(store)
-    try:
-        task = ts.cancel(task_id)
-    finally:
-        ts.coord.close()
+    with session() as c:
+        task = c.cancel(_task_id(task_id))
     if json_out:
-        emit_json(asdict(task))
+        emit_json(task.model_dump())
     else:
         console.print(f"task {task.id}: "
-                      + ("cancelled" if task.state == "cancelled" else "cancel requested"))
+                      + ("cancelled" if task.state == "cancelled" else "cancel requested"),
+                      highlight=False)

@@ -242,10 +242,13 @@ def _dest_uris(cluster: ClusterSpec, dest: str) -> tuple[str, str]:
 def migrate_vm(cluster: ClusterSpec, name: str, *, to: str | None = None,
                settings: ConvergenceSettings | None = None,
                on_progress: Callable[[MigrationProgress], None] | None = None,
+               admit: Callable[[str, str], None] | None = None,
                ) -> MigrateResult:
     """Live-migrate VM ``name`` to ``to`` (default: the host with most free memory that
     passes the checks). Raises before anything moves when a check fails, and
-    :class:`MigrationAborted` when the policy gives up (the VM stays on its source)."""
+    :class:`MigrationAborted` when the policy gives up (the VM stays on its source).
+    ``admit(vm, destination)`` runs under the VM's lock once the destination is known,
+    right before the job starts, and raises to refuse the move (HA admission)."""
     check_name("name", name)
     settings = settings or ConvergenceSettings()
     maintenance = schedulable.unschedulable_hosts(cluster.state)
@@ -257,13 +260,13 @@ def migrate_vm(cluster: ClusterSpec, name: str, *, to: str | None = None,
             # Again under the lock: a migration that just ended may have moved it.
             vm = _find_vm(hosts, name)
             return _migrate_locked(cluster, hosts, vm, to, settings, maintenance,
-                                   on_progress)
+                                   on_progress, admit)
 
 
 def _migrate_locked(cluster: ClusterSpec, hosts: vms.Hosts, vm: _Vm, to: str | None,
                     settings: ConvergenceSettings, maintenance: set[str],
-                    on_progress: Callable[[MigrationProgress], None] | None) -> \
-        MigrateResult:
+                    on_progress: Callable[[MigrationProgress], None] | None,
+                    admit: Callable[[str, str], None] | None = None) -> MigrateResult:
     name = vm.name
     check_movable(vm)
     if to is not None:
@@ -274,6 +277,8 @@ def _migrate_locked(cluster: ClusterSpec, hosts: vms.Hosts, vm: _Vm, to: str | N
     if migration.has_active_job(vm.dom):
         raise Conflict(f"{name} has a libvirt job running on {vm.host} (another "
                        "migration?)", hint="wait for it, or `virsh domjobabort`")
+    if admit is not None:
+        admit(name, dest)
     lab = LAB_LABEL in cluster.host(vm.host).labels and \
         LAB_LABEL in cluster.host(dest).labels
     dest_uri, migrate_uri = _dest_uris(cluster, dest)

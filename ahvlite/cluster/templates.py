@@ -8,16 +8,15 @@ deployed VMs clone by backing file.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
 from ahvlite.cluster import schedulable, vms
-from ahvlite.cluster.inventory import parallel
 from ahvlite.cluster.placement import place
 from ahvlite.cluster.state import ClusterState
-from ahvlite.errors import AhvliteError, Conflict, InvalidSpec, NotFound, OperationFailed
+from ahvlite.errors import AhvliteError, Conflict, InvalidSpec, NotFound
 from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.spec.errors import build
 from ahvlite.spec.template import TemplateDisk, TemplateNic, TemplateSpec, TemplateVersion
@@ -28,6 +27,7 @@ from ahvlite.virt.xml.domain import Domain, VmMeta
 TEMPLATE_LABEL = "ahvlite.io/template"
 VERSION_LABEL = "ahvlite.io/template-version"
 Report = Callable[[str], None]
+Guard = Callable[[], object]
 
 
 def _quiet(_msg: str) -> None:
@@ -54,8 +54,16 @@ def template_volume(name: str, version: int, disk: str) -> str:
     return f"tmpl-{name}-v{version}-{disk}.qcow2"
 
 
+def _disk_names(d: Domain) -> list[tuple[str, Any]]:
+    """(name, disk) of each real disk of a domain (CD-ROMs belong to the VM, not its
+    shape: seed ISOs)."""
+    names = (d.meta or VmMeta()).disk_names
+    return [(names.get(x.target_dev or "") or x.serial or "", x)
+            for x in (d.devices.disks if d.devices else []) if x.device == "disk"]
+
+
 def _capture(hosts: vms.Hosts, template: str, version: int, vm: str,
-             report: Report) -> TemplateVersion:
+             report: Report, guard: Guard) -> TemplateVersion:
     """Copy ``vm``'s disks into the pool as template volumes; describe the VM."""
     host, dom = hosts.find(vm)
     if domains.domain_state(dom) != "shutoff":
@@ -64,28 +72,27 @@ def _capture(hosts: vms.Hosts, template: str, version: int, vm: str,
                             "must not change while they are copied")
     d = Domain.parse(domains.domain_xml(dom, inactive=True))
     meta = d.meta or VmMeta()
-    names, volumes, nets = meta.disk_names, meta.volumes, meta.nic_networks
+    volumes, nets = meta.volumes, meta.nic_networks
     pool = hosts.pool(host)
     disks: list[TemplateDisk] = []
     made: list[str] = []
     try:
-        for disk in (d.devices.disks if d.devices else []):
-            if disk.device != "disk":
-                continue  # CD-ROMs (seed ISOs) belong to the VM, not its shape
-            dname = names.get(disk.target_dev or "") or disk.serial or ""
+        for dname, disk in _disk_names(d):
             source = volumes.get(dname)
             if source is None:
                 raise InvalidSpec("vm disk", disk.source_file,
                                   "a disk in the shared pool made by ahvlite")
             target = template_volume(template, version, dname)
             report(f"copying disk {dname} of {vm} to {target}")
+            guard()
             storage.clone_volume(pool, target, source, full=True)
             made.append(target)
             disks.append(TemplateDisk(name=dname, bus=disk.target_bus or "scsi",
                                       volume=target))
     except BaseException:
-        for vol in made:
-            storage.delete_volume(pool, vol)
+        if _still(guard):
+            for vol in made:
+                storage.delete_volume(pool, vol)
         raise
     nics = []
     networks = vms.networks_of(hosts.cluster, host)
@@ -107,56 +114,95 @@ def _capture(hosts: vms.Hosts, template: str, version: int, vm: str,
         boot=boot, vtpm=bool(d.devices and len(d.devices.tpms)), disks=disks, nics=nics)
 
 
-def create_template(cluster: ClusterSpec, name: str, vm: str, *,
-                    report: Report = _quiet) -> TemplateSpec:
-    check_name("name", name)
-    state = cluster.state
-    if state.doc(COLLECTION, name) is not None:
-        raise Conflict(f"template {name!r} exists",
-                       hint=f"`ahvlite template version add {name} --from-vm {vm}` adds a "
-                            "version")
-    with vms.connect(cluster) as hosts:
-        version = _capture(hosts, name, 1, vm, report)
-    spec = TemplateSpec(name=name, active_version=1, versions=[version])
+def _still(guard: Guard) -> bool:
     try:
-        state.create_doc(COLLECTION, name, spec.model_dump(mode="json"))
-    except Conflict:
-        _drop_volumes(cluster, version)  # made at the same moment by someone else
-        raise
-    return spec
+        guard()
+    except BaseException:
+        return False
+    return True
 
 
-def _drop_volumes(cluster: ClusterSpec, version: TemplateVersion) -> None:
+def _no_guard() -> None:
+    pass
+
+
+def capture(cluster: ClusterSpec, template: str, version: int, vm: str, *,
+            report: Report = _quiet, guard: Guard = _no_guard) -> TemplateVersion:
+    """Version ``version`` of ``template`` from the shut-off VM ``vm``: its disks copied
+    into the pool (``tmpl-NAME-vN-DISK.qcow2``), its shape described. ``guard`` runs
+    before each copy and raises to stop (then nothing is undone)."""
+    check_name("name", template)
+    with vms.connect(cluster) as hosts:
+        return _capture(hosts, template, version, vm, report, guard)
+
+
+def drop_capture_leftovers(cluster: ClusterSpec, template: str, version: int, vm: str, *,
+                           guard: Guard = _no_guard) -> list[str]:
+    """Delete the volumes :func:`capture` of ``vm`` as that version would make, where no
+    stored template version and no VM refers to them: what an interrupted capture left
+    (a task resumed by the next leader; a run after one that died)."""
+    referenced = {d.volume for t in list_templates(cluster.state) for v in t.versions
+                  for d in v.disks}
+    with vms.connect(cluster) as hosts:
+        _, dom = hosts.find(vm)
+        d = Domain.parse(domains.domain_xml(dom, inactive=True))
+        names = [template_volume(template, version, n) for n, _ in _disk_names(d)]
+        return vms.drop_leftovers(hosts, [n for n in names if n not in referenced], guard)
+
+
+def _same(stored: TemplateVersion, version: TemplateVersion) -> bool:
+    return stored.from_vm == version.from_vm and \
+        [d.volume for d in stored.disks] == [d.volume for d in version.disks]
+
+
+def store_version(state: ClusterState, name: str, version: TemplateVersion, *,
+                  activate: bool = True) -> TemplateSpec:
+    """Store a captured version by compare-and-set: version 1 makes the template, a
+    later one is added (the active one unless ``activate`` is off). The same version
+    stored already counts as done (a resumed task); another one of that number is a
+    Conflict (someone added a version meanwhile)."""
+    if version.version == 1:
+        spec = TemplateSpec(name=name, active_version=1, versions=[version])
+        try:
+            state.create_doc(COLLECTION, name, spec.model_dump(mode="json"))
+            return spec
+        except Conflict:
+            now = load_template(state, name)
+            if any(v.version == 1 and _same(v, version) for v in now.versions):
+                return now
+            raise Conflict(f"template {name!r} exists",
+                           hint=f"`ahvlite template version add {name} --from-vm "
+                                f"{version.from_vm}` adds a version") from None
+
+    def add(doc: dict[str, Any]) -> dict[str, Any] | None:
+        now = build(TemplateSpec, **doc)
+        for v in now.versions:
+            if v.version == version.version:
+                if _same(v, version):
+                    return None  # stored by an earlier attempt
+                raise Conflict(f"template {name} got version {v.version} while this one "
+                               "was copied", hint="add the version again")
+        if now.next_version() != version.version:
+            raise Conflict(f"template {name} got version {now.next_version() - 1} while "
+                           "this one was copied", hint="add the version again")
+        return now.model_copy(update={
+            "versions": [*now.versions, version],
+            "active_version": version.version if activate else now.active_version,
+        }).model_dump(mode="json")
+
+    return build(TemplateSpec, **state.update_doc(COLLECTION, name, add))
+
+
+def drop_volumes(cluster: ClusterSpec, version: TemplateVersion) -> None:
+    """Delete a captured version's volumes that no stored version refers to (it was
+    not stored)."""
+    referenced = {d.volume for t in list_templates(cluster.state) for v in t.versions
+                  for d in v.disks}
     with vms.connect(cluster) as hosts:
         _, pool = hosts.any_pool()
         for d in version.disks:
-            storage.delete_volume(pool, d.volume)
-
-
-def add_version(cluster: ClusterSpec, name: str, vm: str, *,
-                activate: bool = True, report: Report = _quiet) -> TemplateSpec:
-    """A new version from ``vm``; it becomes the active one unless ``activate`` is off.
-    Old versions stay deployable."""
-    state = cluster.state
-    spec = load_template(state, name)
-    number = spec.next_version()
-    with vms.connect(cluster) as hosts:
-        version = _capture(hosts, name, number, vm, report)
-
-    def add(doc: dict[str, Any]) -> dict[str, Any]:
-        now = build(TemplateSpec, **doc)
-        if now.next_version() != number:  # another version was added meanwhile
-            raise Conflict(f"template {name} got version {now.next_version() - 1} while "
-                           f"this one was copied", hint="add the version again")
-        return now.model_copy(update={"versions": [*now.versions, version],
-                                      "active_version": number if activate
-                                      else now.active_version}).model_dump(mode="json")
-
-    try:
-        return build(TemplateSpec, **state.update_doc(COLLECTION, name, add))
-    except Conflict:
-        _drop_volumes(cluster, version)
-        raise
+            if d.volume not in referenced:
+                storage.delete_volume(pool, d.volume)
 
 
 def set_active(state: ClusterState, name: str, version: int) -> TemplateSpec:
@@ -167,15 +213,6 @@ def set_active(state: ClusterState, name: str, version: int) -> TemplateSpec:
 
     load_template(state, name)
     return build(TemplateSpec, **state.update_doc(COLLECTION, name, activate))
-
-
-@dataclass(frozen=True)
-class Deployed:
-    vms: list[vms.VmInfo]
-    failed: dict[str, str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"vms": [v.to_dict() for v in self.vms], "failed": self.failed}
 
 
 def vm_spec_from(template: TemplateSpec, version: TemplateVersion, name: str) -> VmSpec:
@@ -190,71 +227,86 @@ def vm_spec_from(template: TemplateSpec, version: TemplateVersion, name: str) ->
     ).with_macs()
 
 
-def deploy(cluster: ClusterSpec, name: str, *, count: int,
-           prefix: str | None = None, version: int | None = None,
-           user_data: str | None = None, start: bool = True, host: str | None = None,
-           report: Report = _quiet) -> Deployed:
-    """``count`` VMs from template ``name``, placed across the hosts, made in parallel.
+MAX_DEPLOY = 500
 
-    Each VM that fails is undone on its own; the others stay, and the failures are
-    reported by name.
-    """
-    if not 1 <= count <= 500:
-        raise InvalidSpec("count", count, "from 1 to 500")
+
+def plan_deploy(cluster: ClusterSpec, name: str, *, count: int, prefix: str | None = None,
+                version: int | None = None, start: bool = True, host: str | None = None,
+                uuid_of: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """Where each of ``count`` VMs of template ``name`` goes, checked before anything is
+    made: names free, networks and images known, hosts open and with room. Plain JSON
+    (a task records it): ``{"template", "version", "vms": [{"spec", "host"}]}``; each
+    spec has its UUID (``uuid_of(vm name)``, random when None) and MACs."""
+    if not 1 <= count <= MAX_DEPLOY:
+        raise InvalidSpec("count", count, f"from 1 to {MAX_DEPLOY}")
     template = load_template(cluster.state, name)
     chosen = template.version(version)
     base = prefix if prefix is not None else f"{name}-"
-    specs = [vm_spec_from(template, chosen, f"{base}{i}") for i in range(1, count + 1)]
-    tags = {s.name: vms.new_tag() for s in specs}  # each VM's volumes, its seed included
-    for s in specs:
-        if s.disks:
-            seed = DiskSpec(name="seed", bus="sata", cdrom=True,
-                            volume=vms.seed_volume(s.name, tags[s.name]))
-            specs[specs.index(s)] = s.model_copy(update={"disks": [*s.disks, seed]})
+    specs = []
+    for i in range(1, count + 1):
+        s = vm_spec_from(template, chosen, f"{base}{i}")
+        if uuid_of is not None:
+            s = s.model_copy(update={"uuid": uuid_of(s.name)})
+        specs.append(s)
     with vms.connect(cluster) as hosts:
-        # Everything that can be wrong with the batch, before anything is made.
-        seed_vols = {s.name: s.disks[-1].volume for s in specs if s.disks}
         for s in specs:
-            no_seed = s.model_copy(update={"disks": [d for d in s.disks if not d.cdrom]})
-            vms.check_new_vm(hosts, no_seed, host or next(iter(hosts.conns), ""))
+            vms.check_new_vm(hosts, s, host or next(iter(hosts.conns), ""))
         # Hosts in maintenance take no new VMs; named by --host, say so.
         closed = schedulable.closed_hosts(cluster, host)
         capacity = [c for c in vms.capacities(hosts) if c.name not in closed]
-        need = chosen.memory_mib
-        if chosen.overcommit:
-            need = chosen.memory_mib * designer.OVERCOMMIT_START_PERCENT // 100
-        pending: dict[str, int] = {}
-        targets: dict[str, str] = {}
-        for s in specs:
-            t = place(capacity, chosen.memory_mib, requested=host,
-                      need_free_mib=need if start else 0, pending_mib=pending)
-            targets[s.name] = t
-            pending[t] = pending.get(t, 0) + (need if start else 0)
-        report(f"deploying {count} VMs of {name} v{chosen.version}: "
-               + ", ".join(f"{n}->{h}" for n, h in targets.items()))
+    need = chosen.memory_mib
+    if chosen.overcommit:
+        need = chosen.memory_mib * designer.OVERCOMMIT_START_PERCENT // 100
+    pending: dict[str, int] = {}
+    planned = []
+    for s in specs:
+        t = place(capacity, chosen.memory_mib, requested=host,
+                  need_free_mib=need if start else 0, pending_mib=pending)
+        pending[t] = pending.get(t, 0) + (need if start else 0)
+        planned.append({"spec": s.model_dump(mode="json"), "host": t})
+    return {"template": name, "version": chosen.version, "vms": planned}
 
-        def one(s: VmSpec) -> vms.VmInfo | str:
-            target = targets[s.name]
-            vol = seed_vols.get(s.name)
-            try:
-                if vol:
-                    data = seediso.nocloud_seed(instance_id=s.uuid, hostname=s.name,
-                                                user_data=user_data)
-                    storage.upload_bytes(hosts.conn(target), hosts.pool(target), vol, data)
-                return vms.create_on_host(hosts, target, s, start=start, report=report,
-                                          tag=tags[s.name])
-            except AhvliteError as exc:
-                if vol:
-                    try:
-                        storage.delete_volume(hosts.pool(target), vol)
-                    except AhvliteError:
-                        pass
-                return exc.message
 
-        results = parallel(one, specs, workers=8)
-    made = [r for r in results if isinstance(r, vms.VmInfo)]
-    failed = {s.name: r for s, r in zip(specs, results, strict=True) if isinstance(r, str)}
-    if not made and failed:
-        first = next(iter(failed.items()))
-        raise OperationFailed(f"no VM of {name} was deployed; {first[0]}: {first[1]}")
-    return Deployed(made, failed)
+def deploy_vm(hosts: vms.Hosts, target: str, spec: VmSpec, *, tag: str,
+              earlier_tags: Sequence[str] = (), user_data: str | None = None,
+              start: bool = True, admit: Callable[[VmSpec, str], None] | None = None,
+              guard: Guard = _no_guard) -> vms.VmInfo:
+    """Make one planned VM on ``target``: its NoCloud seed ISO (VMs with disks), its
+    disks cloned, defined, started after ``admit(spec, target)`` (HA admission) passes.
+    On failure all of this one VM is undone (while ``guard`` passes), nothing else.
+
+    A VM with the spec's UUID counts as made (an earlier attempt of the task made it;
+    it is started if asked). Otherwise what earlier attempts left (their ``tag``s, on
+    volumes no VM uses) is deleted first."""
+    for h, conn in hosts.conns.items():
+        dom = domains.find_domain_by_uuid(conn, spec.uuid)
+        if dom is not None:
+            if start and domains.domain_state(dom) not in domains.ACTIVE_STATES:
+                if admit is not None:
+                    admit(spec, h)
+                guard()
+                domains.power_on(dom)
+            return vms.info_of(h, dom)
+    vms.drop_leftovers(hosts, [v for t in earlier_tags for v in
+                               (*vms.tagged_volumes(spec, t), vms.seed_volume(spec.name, t))],
+                       guard)
+    if start and admit is not None:
+        admit(spec, target)
+    seed = None
+    if spec.disks:
+        seed = vms.seed_volume(spec.name, tag)
+        spec = spec.model_copy(update={"disks": [
+            *spec.disks, DiskSpec(name="seed", bus="sata", cdrom=True, volume=seed)]})
+    try:
+        if seed is not None:
+            data = seediso.nocloud_seed(instance_id=spec.uuid, hostname=spec.name,
+                                        user_data=user_data)
+            guard()
+            storage.upload_bytes(hosts.conn(target), hosts.pool(target), seed, data)
+        return vms.create_on_host(hosts, target, spec, start=start, report=_quiet, tag=tag,
+                                  guard=guard)
+    except BaseException:
+        if seed is not None and _still(guard):
+            with suppress(AhvliteError):
+                storage.delete_volume(hosts.pool(target), seed)
+        raise

@@ -88,6 +88,11 @@ def seed_volume(vm: str, tag: str) -> str:
     return f"vm-{vm}-seed-{tag}.iso"
 
 
+def disk_volumes(vm: str, disk: str, tag: str) -> list[str]:
+    """The names a disk's volume may have with ``tag`` (a file, or an iSCSI LUN's)."""
+    return [vm_volume(vm, disk, tag), luns.lun_volume(vm, disk, tag)]
+
+
 def tagged_volumes(spec: VmSpec, tag: str) -> list[str]:
     """Every volume name :func:`create_on_host` may make for ``spec`` with ``tag``."""
     return [*(vm_volume(spec.name, n, tag) for n in spec.disk_names()),
@@ -597,41 +602,60 @@ def delete_vm(cluster: ClusterSpec, name: str, *, force: bool = False) -> dict[s
 
 # -- devices ------------------------------------------------------------------------
 
-def add_disk(cluster: ClusterSpec, name: str, disk: DiskSpec) -> VmInfo:
-    """Add a disk (hot-plugged when the VM runs); the volume goes when the attach fails."""
+def free_disk_name(cluster: ClusterSpec, name: str, wanted: str | None) -> str:
+    """The name a new disk of VM ``name`` gets: ``wanted`` (Conflict when taken), else
+    the first free ``diskN``."""
+    with connect(cluster) as hosts:
+        _, dom = hosts.find(name)
+        return _disk_name(Domain.parse(domains.domain_xml(dom, inactive=True)), name, wanted)
+
+
+def _disk_name(d: Domain, vm: str, wanted: str | None) -> str:
+    meta = d.meta or VmMeta()
+    taken = set(meta.disk_names.values()) | set(meta.volumes)
+    taken |= {x.serial or "" for x in d.devices.disks} if d.devices else set()
+    if wanted is not None:
+        if wanted in taken:
+            raise Conflict(f"{vm} already has a disk named {wanted}")
+        return wanted
+    n = 0
+    while f"disk{n}" in taken:
+        n += 1
+    return f"disk{n}"
+
+
+def add_disk(cluster: ClusterSpec, name: str, disk: DiskSpec, *, tag: str | None = None,
+             guard: Guard = _no_guard) -> VmInfo:
+    """Add a disk (hot-plugged when the VM runs); the volume goes when the attach fails.
+    Its volume is named with ``tag`` (random when None); ``guard`` runs before each
+    change and raises to stop (then nothing is undone: see :func:`create_on_host`)."""
     with connect(cluster) as hosts:
         host, dom = hosts.find(name)
         d = Domain.parse(domains.domain_xml(dom, inactive=True))
         meta = d.meta or d.ensure_meta()
-        taken = set(meta.disk_names.values()) | set(meta.volumes)
-        taken |= {x.serial or "" for x in d.devices.disks} if d.devices else set()
-        disk_name = disk.name
-        if disk_name is None:
-            n = 0
-            while f"disk{n}" in taken:
-                n += 1
-            disk_name = f"disk{n}"
-        elif disk_name in taken:
-            raise Conflict(f"{name} already has a disk named {disk_name}")
+        disk_name = _disk_name(d, name, disk.name)
         used = {x.target_dev or "" for x in d.devices.disks} if d.devices else set()
         dev = designer.next_target_dev(used, disk.bus)
         pool = hosts.pool(host)
         iscsi = luns.uses_iscsi(cluster)
         fmt = "raw" if iscsi else "qcow2"
-        vol = luns.lun_volume(name, disk_name, new_tag()) if iscsi \
-            else vm_volume(name, disk_name, new_tag())
+        tag = tag or new_tag()
+        vol = luns.lun_volume(name, disk_name, tag) if iscsi else vm_volume(name, disk_name, tag)
         if disk.image is not None:
             storage.refresh(pool)
             _image_source({v.name: v for v in storage.list_volumes(pool)}, disk.image)
+            guard()
             path = storage.clone_volume(pool, vol, image_volume_name(disk.image),
                                         full=disk.full_clone, capacity_mib=disk.size_mib,
                                         fmt=fmt)
         elif disk.size_mib is not None:
+            guard()
             path = storage.create_volume(pool, vol, disk.size_mib, fmt=fmt)
         else:
             raise InvalidSpec("disk", disk.path, "a size or an image (vm disk add)")
         place = luns.placement(cluster, vol, str(path), fmt)
         try:
+            guard()
             if isinstance(place, designer.IscsiDiskPlacement):
                 luns.export_lun(cluster, vol, str(path), must=(host,))
                 device = designer.network_disk_device(place, disk.bus, dev, serial=disk_name,
@@ -639,11 +663,13 @@ def add_disk(cluster: ClusterSpec, name: str, disk: DiskSpec) -> VmInfo:
             else:
                 device = designer.disk_device(str(path), disk.bus, dev, serial=disk_name,
                                               boot_order=None)
+            guard()
             domains.attach_device(dom, device.to_xml())
         except BaseException:
-            with suppress(AhvliteError):
-                luns.forget_lun(cluster, vol)
-                storage.delete_volume(pool, vol)
+            if _still(guard):
+                with suppress(AhvliteError):
+                    luns.forget_lun(cluster, vol)
+                    storage.delete_volume(pool, vol)
             raise
         # Attached: from here on the volume is the VM's, whatever else fails.
         meta.set_disk(disk_name, dev, vol)
@@ -686,13 +712,6 @@ def remove_nic(cluster: ClusterSpec, name: str, mac: str) -> VmInfo:
         return info_of(host, dom)
 
 
-def console_target(cluster: ClusterSpec, name: str) -> tuple[str, str]:
-    """(libvirt URI, domain name) for an interactive console."""
-    with connect(cluster) as hosts:
-        host, _ = hosts.find(name)
-        return cluster.host(host).uri, name
-
-
 def console_run(cluster: ClusterSpec, name: str, command: str, *,
                 timeout_s: float = 30) -> tuple[int, str]:
     """Run a shell command on the VM's serial console."""
@@ -704,18 +723,14 @@ def console_run(cluster: ClusterSpec, name: str, command: str, *,
             return con.run(command, timeout_s=timeout_s)
 
 
-def import_image(cluster: ClusterSpec, path: Path, name: str,
-                 report: Callable[[int, int], None] | None = None) -> storage.VolumeInfo:
-    from ahvlite.spec.vm import check_name
-
-    check_name("name", name)
-    if not path.is_file():
-        raise NotFound(f"{path} is not a file")
-    # Before anything is uploaded: raw or qcow2 that names no other file on the host.
-    image = imageinfo.inspect_image(path)
+def upload_image(cluster: ClusterSpec, image: imageinfo.ImageInfo, name: str, *,
+                 report: Callable[[int, int], None] | None = None,
+                 guard: Guard = _no_guard) -> storage.VolumeInfo:
+    """Upload an inspected image file into the shared pool as image ``name``."""
     with connect(cluster) as hosts:
         host, pool = hosts.any_pool()
         vol = image_volume_name(name)
+        guard()
         storage.upload_volume(hosts.conn(host), pool, vol, image.path, report=report,
                               fmt=image.format)
         found = storage.find_volume(pool, vol)
@@ -723,12 +738,44 @@ def import_image(cluster: ClusterSpec, path: Path, name: str,
         info = storage.volume_info(found)
         if info.backing:  # the file changed since it was inspected: never keep that
             storage.delete_volume(pool, vol)
-            raise InvalidSpec("image", str(path), "an image without a backing file",
+            raise InvalidSpec("image", name, "an image without a backing file",
                               hint=f"the uploaded copy names {info.backing!r}")
         for other in hosts.conns:
             if other != host:
                 storage.refresh(hosts.pool(other))
         return info
+
+
+def image_volume(cluster: ClusterSpec, name: str) -> storage.VolumeInfo | None:
+    """Image ``name``'s volume in the shared pool, if there is one."""
+    with connect(cluster) as hosts:
+        _, pool = hosts.any_pool()
+        storage.refresh(pool)
+        found = storage.find_volume(pool, image_volume_name(name))
+        return None if found is None else storage.volume_info(found)
+
+
+def delete_image_volume(cluster: ClusterSpec, name: str) -> bool:
+    with connect(cluster) as hosts:
+        _, pool = hosts.any_pool()
+        return storage.delete_volume(pool, image_volume_name(name))
+
+
+def drop_leftovers(hosts: Hosts, volumes: list[str], guard: Guard = _no_guard) -> list[str]:
+    """Delete those of ``volumes`` (what an earlier attempt of a task may have left
+    half-made) that no VM on a reachable host uses; returns the ones deleted."""
+    if not volumes or not hosts.conns:
+        return []
+    _, pool = hosts.any_pool()
+    used = volumes_in_use(hosts)
+    dropped = []
+    for vol in volumes:
+        if vol not in used:
+            guard()
+            luns.forget_lun(hosts.cluster, vol)  # an iSCSI volume's target goes first
+            if storage.delete_volume(pool, vol):
+                dropped.append(vol)
+    return dropped
 
 
 def set_labels(cluster: ClusterSpec, name: str, changes: dict[str, str | None]) -> VmInfo:

@@ -88,7 +88,24 @@ def ended(store: TaskStore, task_id: str, timeout_s: float = 20) -> Task:
     return wait_for(lambda: (t := store.load(task_id)[0]).terminal and t, timeout_s)
 
 
-def test_bad_records_fail_with_the_reason_and_the_next_task_runs(leader, store_url):
+def cli_over(store: TaskStore, tmp_path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``ahvlite ARGV`` through an API served over ``store``'s coordinator."""
+    from ahvlite.controller.api.settings import ApiSettings, start_api
+    from tests.apicluster import client_env, make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    settings = ApiSettings("127.0.0.1", 0, pki / "server.pem", pki / "server-key.pem",
+                           pki / "ca.pem", None, tmp_path / "uploads")
+    server, url = start_api(settings, store.coord, "reader", registry())
+    try:
+        return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *argv],
+                              capture_output=True, text=True, env=client_env(pki, url),
+                              timeout=60)
+    finally:
+        server.stop()
+
+
+def test_bad_records_fail_with_the_reason_and_the_next_task_runs(leader, tmp_path):
     store, thread = leader
     bad = {  # what: (task id, what its error names)
         "not json": (put_raw(store, b"\xff{not json"), "JSON"),
@@ -113,10 +130,8 @@ def test_bad_records_fail_with_the_reason_and_the_next_task_runs(leader, store_u
     assert store.load(bad["newer schema"][0])[0].kind == "sleep"
     assert thread.is_alive()
 
-    # The CLI lists and shows every one of them, as failed.
-    env = {**os.environ, "AHVLITE_STORE": store_url}
-    listed = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "task", "list",
-                             "--json"], capture_output=True, text=True, env=env, timeout=60)
+    # The CLI (through an API over the same store) lists every one of them, as failed.
+    listed = cli_over(store, tmp_path, "task", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     states = {t["id"]: t["state"] for t in json.loads(listed.stdout)}
     assert all(states[i] == "failed" for i, _ in bad.values()) and states[good] == "succeeded"

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -22,6 +19,7 @@ from ahvlite.spec.vm import BootSpec, DiskSpec, NicSpec, VmSpec
 from ahvlite.virt import domains, storage
 from ahvlite.virt.conn import connection
 from ahvlite.virt.xml.domain import Domain
+from tests.apicluster import api_cluster
 from tests.stores import sqlite_state
 
 POOL = "default-pool"
@@ -154,12 +152,12 @@ def test_overcommit_vm_has_a_balloon_and_starts_below_its_memory(image):
 
 # -- the CLI: one message, a distinct exit code, never a traceback ----------------------
 
-def ahvlite(tmp_path, *args: str) -> subprocess.CompletedProcess[str]:
-    cluster = tmp_path / "cluster.yaml"
-    cluster.write_text(CLUSTER.dump_yaml())
-    env = {**os.environ, "AHVLITE_CLUSTER": str(cluster), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args],
-                          capture_output=True, text=True, env=env, timeout=60)
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    """A controller serving CLUSTER's hosts through its API (the CLI's only way in)."""
+    with connection("test:///default"), \
+            api_cluster(tmp_path_factory.mktemp("lifecycle"), CLUSTER) as c:
+        yield c
 
 
 @pytest.mark.parametrize(("args", "code", "needle"), [
@@ -188,25 +186,33 @@ def ahvlite(tmp_path, *args: str) -> subprocess.CompletedProcess[str]:
     # input that looks like the terminal renderer's markup is shown as it is
     (["vm", "create", "a[/x]"], 2, "name='a[/x]'"),
 ])
-def test_cli_errors(tmp_path, args, code, needle):
-    r = ahvlite(tmp_path, *args)
+def test_cli_errors(api, args, code, needle):
+    r = api.cli(*args)
     assert r.returncode == code, r.stdout + r.stderr
     assert needle in r.stderr
     assert "Traceback" not in r.stdout + r.stderr
 
 
-def test_cli_create_show_list_json(tmp_path):
-    r = ahvlite(tmp_path, "vm", "create", "fv-cli", "--cpus", "2", "--memory-mib", "128",
+def test_cli_create_show_list_json(api):
+    r = api.cli("vm", "create", "fv-cli", "--cpus", "2", "--memory-mib", "128",
                 "--disk", "64M", "--disk", "64M,bus=virtio", "--nic", "vlan10",
                 "--nic", "br0:trunk=10,20", "--vtpm", "--uefi", "--start", "--json")
     assert r.returncode == 0, r.stderr
-    vm = json.loads(r.stdout)
-    assert vm["state"] == "running" and vm["vcpus"] == 2 and len(vm["disks"]) == 2
-    assert [n["mode"] for n in vm["nics"]] == ["access", "trunk"]
-    r = ahvlite(tmp_path, "vm", "list", "--json")
-    assert r.returncode == 0 and isinstance(json.loads(r.stdout), list)
-    r = ahvlite(tmp_path, "vm", "show", "test", "--json")
-    assert json.loads(r.stdout)["name"] == "test"
+    try:
+        vm = json.loads(r.stdout)
+        assert vm["state"] == "running" and vm["vcpus"] == 2 and len(vm["disks"]) == 2
+        assert [n["mode"] for n in vm["nics"]] == ["access", "trunk"]
+        r = api.cli("vm", "list", "--json")
+        assert r.returncode == 0 and isinstance(json.loads(r.stdout), list)
+        assert "fv-cli" in [v["name"] for v in json.loads(r.stdout)]
+        r = api.cli("vm", "show", "test", "--json")
+        assert json.loads(r.stdout)["name"] == "test"
+    finally:
+        r = api.cli("vm", "delete", "fv-cli", "--force", "--json")
+    assert r.returncode == 0, r.stderr
+    assert sorted(json.loads(r.stdout)["deleted_volumes"]) == sorted(
+        d["volume"] for d in vm["disks"])
+    assert "fv-cli" not in domain_names()
 
 
 def test_metadata_updates_reach_libvirt(image):

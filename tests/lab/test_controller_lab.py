@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -47,15 +45,6 @@ def ctl_lab():
                                                                           "controller"))
 
 
-def ahvlite(*argv: str, store: dict[str, str]) -> subprocess.CompletedProcess:
-    """The CLI with the lab's store: its URL, secret file and TLS files."""
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *argv],
-                          env={**os.environ, **store}, capture_output=True,
-                          text=True, timeout=60)
-
-
-
-
 def daemon_pid(supervisor_pid: int) -> int:
     """The daemon a lab supervisor (ahvlite.lab.supervise) runs: its only child."""
     children = Path(f"/proc/{supervisor_pid}/task/{supervisor_pid}/children").read_text()
@@ -84,36 +73,33 @@ def test_one_leader_monitors_every_host(ctl_lab):
     assert all(r["memory_total_mib"] and r["cpus"] > 0 for r in stats)
 
 
-def test_vm_create_and_delete_go_through_tasks_when_a_store_is_set(ctl_lab):
-    _, env, coord = ctl_lab
+def test_vm_create_and_delete_go_through_tasks(ctl_lab):
+    _, _env, coord = ctl_lab
     wait_for(lambda: acting(coord), 30)
-    cluster = str(lab.layout_of(NAME).cluster_file)
     vm = f"viatask-{uuid.uuid4().hex[:6]}"
 
     def listed() -> list[str]:
-        out = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "vm", "list", "--json",
-                              "--cluster", cluster], capture_output=True, text=True, timeout=60,
-                             env={k: v for k, v in os.environ.items() if k != "AHVLITE_STORE"})
-        return [v["name"] for v in json.loads(out.stdout)]
+        return [v["name"] for v in json.loads(ahv(NAME, "vm", "list", "--json").stdout)]
 
+    def tasks_of(kind: str) -> set[str]:
+        return {t.id for t, _ in TaskStore(coord, time.time).all() if t.kind == kind}
+
+    before = tasks_of("vm.spec.create")
     try:
-        made = ahvlite("vm", "create", vm, "--memory-mib", "128", "--disk", "16M", "--nic",
-                       "br0", "--host", "h1", "--cluster", cluster, "--wait", "--json",
-                       store=env)
+        made = ahv(NAME, "vm", "create", vm, "--memory-mib", "128", "--disk", "16M", "--nic",
+                   "br0", "--host", "h1", "--json")
         assert made.returncode == 0, made.stderr + made.stdout
-        end = json.loads(made.stdout)
-        assert end["state"] == "succeeded" and end["result"]["host"] == "h1", end
-        assert store_task(coord, end["task"]).kind == "vm.spec.create"
+        assert json.loads(made.stdout)["host"] == "h1"
+        (task_id,) = tasks_of("vm.spec.create") - before
+        assert store_task(coord, task_id).params["spec"]["name"] == vm
         assert listed().count(vm) == 1
-        gone = ahvlite("vm", "delete", vm, "--cluster", cluster, "--wait", "--json", store=env)
+        gone = ahv(NAME, "vm", "delete", vm, "--json")
         assert gone.returncode == 0, gone.stderr + gone.stdout
-        assert json.loads(gone.stdout)["result"]["host"] == "h1"
+        assert json.loads(gone.stdout)["host"] == "h1"
         assert vm not in listed()
     finally:
         if vm in listed():
-            subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "vm", "delete", vm,
-                            "--force", "--cluster", cluster], timeout=60,
-                           env={k: v for k, v in os.environ.items() if k != "AHVLITE_STORE"})
+            ahv(NAME, "vm", "delete", vm, "--force")
 
 
 def store_task(coord, task_id):
@@ -121,7 +107,7 @@ def store_task(coord, task_id):
 
 
 def test_sigkill_leader_mid_vm_create_on_a_lab_host(ctl_lab):
-    status, env, coord = ctl_lab
+    status, _url, coord = ctl_lab
     first = wait_for(lambda: acting(coord), 30)
     target = next(h for h in status["hosts"] if h["name"] != first["name"])
     vm = f"once-{uuid.uuid4().hex[:6]}"
@@ -142,7 +128,7 @@ def test_sigkill_leader_mid_vm_create_on_a_lab_host(ctl_lab):
     with connection(target["libvirt_uri"]) as conn:
         assert [n for n, _ in guest.list_domains(conn)].count(vm) == 1
         guest.destroy_and_undefine(conn, vm)
-    waited = ahvlite("task", "wait", task.id, "--json", store=env)
+    waited = ahv(NAME, "task", "wait", task.id, "--json")
     assert waited.returncode == 0 and json.loads(waited.stdout)["state"] == "succeeded"
 
 

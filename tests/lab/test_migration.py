@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ from ahvlite.cluster import vms
 from ahvlite.cluster.convergence import ConvergenceSettings
 from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.cluster.migrate import migrate_vm
-from ahvlite.errors import AhvliteError, Conflict
+from ahvlite.errors import AhvliteError
 from ahvlite.lab import guests, lab
 from ahvlite.lab.pki import LabCA
 from ahvlite.pki import ADMINS_UNIT
@@ -45,13 +46,13 @@ def miglab():
     status = lab.up(LabSpec(name=NAME, hosts=3, subnet=SUBNET))
     layout = lab.layout_of(NAME)
     path = Path(status["cluster_file"])
-    cluster = load_cluster(path)
-    vms.import_image(cluster, Path(status["guest"]["disk"]), "guest")
+    cluster = load_cluster(path)  # to look at libvirt directly (instrumentation)
+    r = ahv(NAME, "image", "import", status["guest"]["disk"], "guest", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
     ips = [a.split("/")[0] for a in status["guest_addresses"]]
-    vms.create_vm(cluster, guests.vm_spec("g1", status["guest_addresses"][0]), host="h1",
-                  start=True)
-    vms.create_vm(cluster, guests.vm_spec("dirty", status["guest_addresses"][1], dirty_mib_s=40),
-                  host="h1", start=True)
+    create(guests.vm_spec("g1", status["guest_addresses"][0]), "h1", start=True)
+    create(guests.vm_spec("dirty", status["guest_addresses"][1], dirty_mib_s=40), "h1",
+           start=True)
     for name in ("g1", "dirty"):
         assert wait_for(lambda n=name: ready(layout, "h1", n), timeout_s=240,
                         interval_s=0.5), name
@@ -61,15 +62,23 @@ def miglab():
         lab.down(NAME)
 
 
-def cli(path: Path, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AHVLITE_CLUSTER": str(path), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args],
-                          capture_output=True, text=True, env=env, timeout=timeout_s)
+def ok(r: subprocess.CompletedProcess[str]) -> Any:
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
 
 
-def where(cluster, name: str) -> tuple[str, str]:
-    info = vms.show_vm(cluster, name)
-    return info.host, info.state
+def create(spec: Any, host: str, *, start: bool = False) -> dict[str, Any]:
+    """A full VmSpec (serial log, fw_cfg) made by the leader: the vm.spec.create task
+    `vm create` submits."""
+    task = ok(ahv(NAME, "task", "submit", "vm.spec.create", "-p",
+                  f"spec={spec.model_dump_json()}", "-p", f"host={host}", "-p",
+                  f"start={json.dumps(start)}", "--json"))
+    return dict(ok(ahv(NAME, "task", "wait", task["id"], "--json"))["result"])
+
+
+def where(_cluster, name: str) -> tuple[str, str]:
+    info = ok(ahv(NAME, "vm", "show", name, "--json"))
+    return info["host"], info["state"]
 
 
 def pings(layout, host: str, ip: str) -> bool:
@@ -77,14 +86,14 @@ def pings(layout, host: str, ip: str) -> bool:
 
 
 def test_live_migration_moves_the_guest_and_it_keeps_answering(miglab):
-    _status, layout, path, cluster, ips = miglab
+    _status, layout, _path, cluster, ips = miglab
     assert pings(layout, "h3", ips[0])
     # Ping all through the move from a third host: the guest must never go away for good.
     pinger = subprocess.Popen(
         [*_enter(layout, "h3"), "ping", "-i", "0.2", "-W", "1", ips[0]],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        r = cli(path, "vm", "migrate", "g1", "--to", "h2", "--json")
+        r = ahv(NAME, "vm", "migrate", "g1", "--to", "h2", "--json")
         time.sleep(1)  # a few pings after the switch-over too
     finally:
         pinger.send_signal(signal.SIGINT)  # ping prints its summary on SIGINT
@@ -116,18 +125,21 @@ def _enter(layout, host: str) -> list[str]:
 
 
 def test_a_second_migration_of_the_same_vm_is_refused_not_raced(miglab):
-    _status, _layout, path, cluster, _ips = miglab
+    _status, _layout, _path, cluster, _ips = miglab
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AHVLITE_")}
     first = subprocess.Popen(
         [sys.executable, "-m", "ahvlite.cli.main", "vm", "migrate", "g1", "--to", "h3",
          "--bandwidth-mib", "40", "--json"],
-        env={**os.environ, "AHVLITE_CLUSTER": str(path)}, stdout=subprocess.PIPE,
+        env={**env, **lab.client_env(NAME)}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     try:
         with vms.connect(cluster) as hosts:
             dom = hosts.conn("h2").lookupByName("g1")
             assert wait_for(lambda: migration.has_active_job(dom), timeout_s=60)
-        with pytest.raises(Conflict, match=r"already being migrated|job running"):
-            migrate_vm(cluster, "g1", to="h1")
+        # A second task for the same VM runs beside the first on the leader: refused.
+        second = ahv(NAME, "vm", "migrate", "g1", "--to", "h1")
+        assert second.returncode == 4, second.stdout + second.stderr
+        assert re.search(r"already being migrated|job running", second.stderr), second.stderr
     finally:
         out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err + out
@@ -135,21 +147,20 @@ def test_a_second_migration_of_the_same_vm_is_refused_not_raced(miglab):
 
 
 def test_pinned_and_stopped_vms_are_refused_before_anything_moves(miglab):
-    _status, _layout, path, cluster, _ips = miglab
-    vms.create_vm(cluster, guests.vm_spec("pinned", labels={"ahvlite.io/pinned": "true"}),
-                  host="h1")
-    r = cli(path, "vm", "migrate", "pinned", "--json")
+    _status, _layout, _path, cluster, _ips = miglab
+    create(guests.vm_spec("pinned", labels={"ahvlite.io/pinned": "true"}), "h1")
+    r = ahv(NAME, "vm", "migrate", "pinned", "--json")
     assert r.returncode == 4, r.stdout
     assert "pinned" in json.loads(r.stdout)["message"]
-    vms.create_vm(cluster, guests.vm_spec("stopped"), host="h1")
-    r = cli(path, "vm", "migrate", "stopped")
+    create(guests.vm_spec("stopped"), "h1")
+    r = ahv(NAME, "vm", "migrate", "stopped")
     assert r.returncode == 4 and "shutoff" in r.stderr, r.stderr
-    assert vms.show_vm(cluster, "pinned").pinned
-    r = cli(path, "vm", "migrate", "g1", "--to", "h3")  # g1 is on h3 already
+    assert ok(ahv(NAME, "vm", "show", "pinned", "--json"))["pinned"]
+    r = ahv(NAME, "vm", "migrate", "g1", "--to", "h3")  # g1 is on h3 already
     assert r.returncode == 2 and "a host other than" in r.stderr, r.stderr
     for name in ("pinned", "stopped"):
         assert where(cluster, name) == ("h1", "shutoff")
-        vms.delete_vm(cluster, name)
+        ok(ahv(NAME, "vm", "delete", name, "--json"))
 
 
 def migration_parameters(layout, host: str, vm: str) -> dict:
@@ -160,13 +171,14 @@ def migration_parameters(layout, host: str, vm: str) -> dict:
 
 
 def test_dirtying_guest_fails_to_converge_and_keeps_running_on_the_source(miglab):
-    _status, layout, path, cluster, ips = miglab
+    _status, layout, _path, cluster, ips = miglab
     t0 = time.monotonic()
     assert migration_parameters(layout, "h1", "dirty").get("tls-creds") == ""
     run = subprocess.Popen(
         [sys.executable, "-m", "ahvlite.cli.main", "vm", "migrate", "dirty", "--to", "h2",
          "--bandwidth-mib", "20", "--max-downtime-ms", "10", "--max-iterations", "3",
-         "--json"], env={**os.environ, "AHVLITE_CLUSTER": str(path)},
+         "--json"], env={**{k: v for k, v in os.environ.items() if not k.startswith("AHVLITE_")},
+                        **lab.client_env(NAME)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # While the stream runs, QEMU sends it through its TLS credentials (the ones libvirt
     # made from /etc/pki/qemu), to the name the destination's certificate carries.
@@ -191,7 +203,7 @@ def test_dirtying_guest_fails_to_converge_and_keeps_running_on_the_source(miglab
 
 def test_maintenance_empties_a_host_and_exit_restores_it(miglab):
     _status, layout, _path, cluster, ips = miglab
-    vms.create_vm(cluster, guests.vm_spec("m1"), host="h3", start=True)
+    create(guests.vm_spec("m1"), "h3", start=True)
     # Without --wait: unschedulable at once, emptied by the leader's task (which goes on
     # without this command).
     r = ahv(NAME, "host", "maintenance", "enter", "h3", "--json")
@@ -211,7 +223,8 @@ def test_maintenance_empties_a_host_and_exit_restores_it(miglab):
                     timeout_s=240, interval_s=2)
     assert done, ahv(NAME, "task", "show", started["task"], "--json").stdout[-2000:]
     assert sorted(m["vm"] for m in done["moved"]) == ["g1", "m1"]
-    running = [v for v in vms.list_vms(cluster)[0] if v.host == "h3" and v.state == "running"]
+    running = [v for v in ok(ahv(NAME, "vm", "list", "--json"))
+               if v["host"] == "h3" and v["state"] == "running"]
     assert running == []
     assert pings(layout, "h1", ips[0])
     # Placement respects the state (in the store, read by every controller).

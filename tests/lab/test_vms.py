@@ -4,17 +4,15 @@ delete that leaves nothing behind, and templates."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lxml import etree
 
-from ahvlite.cluster import vms
 from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.lab import lab
 from ahvlite.lab.layout import OVS_BRIDGE
@@ -23,7 +21,7 @@ from ahvlite.spec.vm import BootSpec, DiskSpec, NicSpec, VmSpec
 from ahvlite.virt import domains
 from ahvlite.virt.conn import connection
 
-from .conftest import in_host
+from .conftest import ahv, in_host
 
 NAME = "tvm"
 SUBNET = "10.213.246.0/26"
@@ -34,17 +32,16 @@ READY = re.compile(r"AHVLITE-GUEST-READY ip=(\S+)")
 def vmlab():
     status = lab.up(LabSpec(name=NAME, hosts=2, subnet=SUBNET))
     layout = lab.layout_of(NAME)
-    cluster = load_cluster(Path(status["cluster_file"]))
-    vms.import_image(cluster, Path(status["guest"]["disk"]), "guest")
+    cluster = load_cluster(Path(status["cluster_file"]))  # to look at libvirt directly
+    ok(ahv(NAME, "image", "import", status["guest"]["disk"], "guest", "--json"))
     yield status, layout, cluster
     if NAME in lab.list_labs():
         lab.down(NAME)
 
 
-def cli(status, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AHVLITE_CLUSTER": status["cluster_file"], "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args],
-                          capture_output=True, text=True, env=env, timeout=300)
+def ok(r: subprocess.CompletedProcess[str]) -> Any:
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
 
 
 def serial_log(name: str) -> str:
@@ -64,10 +61,12 @@ def wait_ready(layout, host: str, name: str, timeout_s: float = 240) -> str:
     raise AssertionError(f"{name} not ready in {timeout_s} s: {tail}")
 
 
-def run_in(cluster, name: str, command: str) -> str:
-    status, out = vms.console_run(cluster, name, command, timeout_s=60)
-    assert status == 0, out
-    return out
+def run_in(_cluster, name: str, command: str) -> str:
+    """``command`` on the VM's serial console (a vm.console.run task on the leader)."""
+    r = ahv(NAME, "vm", "console", name, "--command", command, "--timeout", "60", "--json")
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["exit_status"] == 0, r.stdout + r.stderr
+    return out["output"]
 
 
 def shared_files(layout, name: str) -> list[str]:
@@ -84,8 +83,13 @@ def test_uefi_vtpm_genid_vm_with_two_disks_and_two_nics_boots_on_host_2(vmlab):
               NicSpec(network=OVS_BRIDGE, mode="trunk", trunk_vlans=(10, 20))],
         boot=BootSpec(firmware="uefi"), vtpm=True, serial_log=serial_log("big"),
         fw_cfg={"opt/ahvlite/ip": address})
-    info = vms.create_vm(cluster, spec, host="h2", start=True)
-    assert info.host == "h2" and info.state == "running" and info.genid == spec.genid
+    # A full spec (a serial log file is no `vm create` option): the task the CLI submits.
+    task = ok(ahv(NAME, "task", "submit", "vm.spec.create", "-p",
+                  f"spec={spec.model_dump_json()}", "-p", "host=h2", "-p", "start=true",
+                  "--json"))
+    info = ok(ahv(NAME, "task", "wait", task["id"], "--json"))["result"]
+    assert info["host"] == "h2" and info["state"] == "running"
+    assert info["genid"] == spec.genid
     assert wait_ready(layout, "h2", "big") == address
 
     out = run_in(cluster, "big", "ls /sys/block; ls /sys/class/net; ls /sys/class/tpm; "
@@ -99,22 +103,22 @@ def test_uefi_vtpm_genid_vm_with_two_disks_and_two_nics_boots_on_host_2(vmlab):
     # Both NICs are OVS ports on h2's br0 carrying the VM's identity.
     ids = in_host(layout.host("h2"), "ovs-vsctl", "--bare", "--columns=external_ids",
                   "list", "Interface").stdout
-    for nic in info.nics:
+    for nic in info["nics"]:
         assert nic["mac"] in ids and nic["interface_id"] in ids
 
-    shown = json.loads(cli(status, "vm", "show", "big", "--json").stdout)
+    shown = json.loads(ahv(NAME, "vm", "show", "big", "--json").stdout)
     assert shown["host"] == "h2" and shown["firmware"] == "uefi" and shown["vtpm"]
-    listed = json.loads(cli(status, "vm", "list", "--json").stdout)
+    listed = json.loads(ahv(NAME, "vm", "list", "--json").stdout)
     assert [v["name"] for v in listed if v["host"] == "h2"] == ["big"]
     assert address in next(v for v in listed if v["name"] == "big")["ips"]
 
 
 def test_hot_plug_a_disk_and_a_nic_into_the_running_vm(vmlab):
-    status, _layout, cluster = vmlab
-    r = cli(status, "vm", "disk", "add", "big", "16M", "--json")
+    _status, _layout, cluster = vmlab
+    r = ahv(NAME, "vm", "disk", "add", "big", "16M", "--json")
     assert r.returncode == 0, r.stderr
     assert sorted(d["dev"] for d in json.loads(r.stdout)["disks"]) == ["sda", "sdb", "vda"]
-    r = cli(status, "vm", "nic", "add", "big", f"{OVS_BRIDGE}:mac=52:54:00:00:fe:01", "--json")
+    r = ahv(NAME, "vm", "nic", "add", "big", f"{OVS_BRIDGE}:mac=52:54:00:00:fe:01", "--json")
     assert r.returncode == 0, r.stderr
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -123,14 +127,14 @@ def test_hot_plug_a_disk_and_a_nic_into_the_running_vm(vmlab):
             break
         time.sleep(1)
     assert "sdb" in out.split() and "eth2" in out.split(), out
-    r = cli(status, "vm", "nic", "remove", "big", "52:54:00:00:fe:01", "--json")
+    r = ahv(NAME, "vm", "nic", "remove", "big", "52:54:00:00:fe:01", "--json")
     assert r.returncode == 0, r.stderr
     assert "52:54:00:00:fe:01" not in [n["mac"] for n in json.loads(r.stdout)["nics"]]
 
 
 def test_overcommit_vm_has_a_balloon_and_runs_below_its_memory(vmlab):
-    status, _layout, cluster = vmlab
-    r = cli(status, "vm", "create", "oc", "--memory-mib", "128", "--disk", "guest",
+    _status, _layout, cluster = vmlab
+    r = ahv(NAME, "vm", "create", "oc", "--memory-mib", "128", "--disk", "guest",
             "--overcommit", "--host", "h1", "--start", "--json")
     assert r.returncode == 0, r.stderr
     vm = json.loads(r.stdout)
@@ -147,50 +151,50 @@ def test_overcommit_vm_has_a_balloon_and_runs_below_its_memory(vmlab):
             time.sleep(1)
         assert dom.info()[2] < dom.info()[1], dom.info()
         live = etree.fromstring(domains.domain_xml(dom).encode())
-    assert vms.show_vm(cluster, "oc").current_memory_mib < 128
+    assert ok(ahv(NAME, "vm", "show", "oc", "--json"))["current_memory_mib"] < 128
     balloon = live.find("devices/memballoon")
     assert balloon.get("model") == "virtio" and balloon.get("freePageReporting") == "on"
     assert int(live.findtext("currentMemory")) < int(live.findtext("memory"))
-    assert cli(status, "vm", "delete", "oc", "--force").returncode == 0
+    assert ahv(NAME, "vm", "delete", "oc", "--force").returncode == 0
 
 
 def test_delete_leaves_no_volume_nvram_or_tpm_state(vmlab):
-    status, layout, cluster = vmlab
-    info = vms.show_vm(cluster, "big")
-    tpm_dir = layout.host("h2").state_dir / "var/lib/libvirt/swtpm" / info.uuid
+    _status, layout, _cluster = vmlab
+    info = ok(ahv(NAME, "vm", "show", "big", "--json"))
+    tpm_dir = layout.host("h2").state_dir / "var/lib/libvirt/swtpm" / info["uuid"]
     assert tpm_dir.exists()
     assert [f for f in shared_files(layout, "big")
             if re.fullmatch(r"vm-big-VARS-[0-9a-f]{8}\.fd", f)]
-    r = cli(status, "vm", "delete", "big")
+    r = ahv(NAME, "vm", "delete", "big")
     assert r.returncode == 4 and "running" in r.stderr  # running: needs --force
-    r = cli(status, "vm", "delete", "big", "--force", "--json")
+    r = ahv(NAME, "vm", "delete", "big", "--force", "--json")
     assert r.returncode == 0, r.stderr
     assert shared_files(layout, "big") == []
     assert not tpm_dir.exists()
-    assert "big" not in [v["name"] for v in json.loads(cli(status, "vm", "list",
+    assert "big" not in [v["name"] for v in json.loads(ahv(NAME, "vm", "list",
                                                                "--json").stdout)]
 
 
 def test_template_versions_and_deploy_count_5(vmlab):
-    status, layout, _cluster = vmlab
-    r = cli(status, "vm", "create", "tsrc", "--memory-mib", "128", "--disk", "guest",
+    _status, layout, _cluster = vmlab
+    r = ahv(NAME, "vm", "create", "tsrc", "--memory-mib", "128", "--disk", "guest",
             "--nic", OVS_BRIDGE)
     assert r.returncode == 0, r.stderr
-    r = cli(status, "template", "create", "tp", "--from-vm", "tsrc", "--json")
+    r = ahv(NAME, "template", "create", "tp", "--from-vm", "tsrc", "--json")
     assert r.returncode == 0, r.stderr
-    r = cli(status, "vm", "create", "tsrc2", "--cpus", "2", "--memory-mib", "128",
+    r = ahv(NAME, "vm", "create", "tsrc2", "--cpus", "2", "--memory-mib", "128",
             "--disk", "guest")
     assert r.returncode == 0, r.stderr
-    r = cli(status, "template", "version", "add", "tp", "--from-vm", "tsrc2", "--json")
+    r = ahv(NAME, "template", "version", "add", "tp", "--from-vm", "tsrc2", "--json")
     assert json.loads(r.stdout)["active_version"] == 2
-    r = cli(status, "template", "set-active", "tp", "1", "--json")
+    r = ahv(NAME, "template", "set-active", "tp", "1", "--json")
     assert json.loads(r.stdout)["active_version"] == 1
-    versions = json.loads(cli(status, "template", "versions", "tp", "--json").stdout)
+    versions = json.loads(ahv(NAME, "template", "versions", "tp", "--json").stdout)
     assert [v["version"] for v in versions["versions"]] == [1, 2]
 
     user_data = layout.root / "user-data"
     user_data.write_text("#cloud-config\nruncmd: [echo hi]\n")
-    r = cli(status, "template", "deploy", "tp", "--count", "5", "--prefix", "web",
+    r = ahv(NAME, "template", "deploy", "tp", "--count", "5", "--prefix", "web",
             "--user-data", str(user_data), "--json")
     assert r.returncode == 0, r.stderr
     made = json.loads(r.stdout)["vms"]
@@ -214,11 +218,11 @@ def test_template_versions_and_deploy_count_5(vmlab):
             assert label == "cidata" and b"runcmd" in files["user-data"]
             assert v["uuid"].encode() in files["meta-data"]
         # An old version stays deployable.
-        r = cli(status, "template", "deploy", "tp", "--version", "2", "--prefix", "old",
+        r = ahv(NAME, "template", "deploy", "tp", "--version", "2", "--prefix", "old",
                 "--no-start", "--json")
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["vms"][0]["vcpus"] == 2
     finally:
         for name in [v["name"] for v in made] + ["old1", "tsrc", "tsrc2"]:
-            cli(status, "vm", "delete", name, "--force")
+            ahv(NAME, "vm", "delete", name, "--force")
     assert [p.name for p in layout.shared_dir.glob("vm-*")] == []

@@ -26,14 +26,18 @@ from ahvlite.cluster.convergence import (
 )
 from ahvlite.cluster.migrate import (
     MigrationAborted,
+    MigrationProgress,
     migrate_vm,
     pinned_reason,
     vm_migration_lock,
 )
+from ahvlite.controller.kinds.vm import progress_line
 from ahvlite.errors import Conflict, InvalidSpec, NotFound, OperationFailed
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.virt.migration import JobSample, MigrationOptions, flag_names, params_for, peer_uri
 from tests.stores import in_store, sqlite_state
+
+MIB = 1024 * 1024
 
 DATA = Path(__file__).parent.parent / "data" / "jobstats"
 
@@ -321,13 +325,32 @@ def test_timeout_holds_even_when_libvirt_reports_no_job_stats():
     (["--bandwidth-mib", "0"], "--bandwidth-mib", "bandwidth_mib_s"),
 ])
 def test_cli_errors_name_the_option(tmp_path, args, option, field):
-    cluster = ClusterSpec(name="c", hosts=[HostSpec(name=n, uri="test:///default")
-                                           for n in ("h1", "h2")])
-    cf = tmp_path / "cluster.yaml"
-    cf.write_text(cluster.dump_yaml())
-    env = {**os.environ, "AHVLITE_CLUSTER": str(cf), "COLUMNS": "200"}
+    # Checked before anything is sent: no client config needed for the error.
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AHVLITE_")},
+           "HOME": str(tmp_path), "COLUMNS": "200"}
     r = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "vm", "migrate", "v1",
                         *args], capture_output=True, text=True, env=env, timeout=60)
     out = r.stdout + r.stderr
     assert r.returncode == 2, out
     assert f"{option}=" in out and f"{field}=" not in out and "Traceback" not in out
+
+
+def test_progress_line_says_what_is_left_the_dirty_rate_iteration_and_pause():
+    p = MigrationProgress(vm="v1", source="h1", destination="h2", elapsed_s=3.0,
+                          iteration=4, data_total_bytes=400 * MIB,
+                          data_remaining_bytes=100 * MIB, dirty_rate_bytes_s=8 * MIB,
+                          transfer_rate_bytes_s=100 * MIB, expected_downtime_ms=120,
+                          max_downtime_ms=300, throttle_pct=20, stalled=False,
+                          postcopy=False)
+    pct, line = progress_line(p)
+    assert pct == 75
+    assert line == ("v1 h1→h2: iter 4, left 100.0 MiB, dirty 8.0 MiB/s, "
+                    "downtime ~120/300 ms (throttle 20%)")
+    unknown = MigrationProgress(vm="v1", source="h1", destination="h2", elapsed_s=0,
+                                iteration=0, data_total_bytes=None, data_remaining_bytes=None,
+                                dirty_rate_bytes_s=None, transfer_rate_bytes_s=None,
+                                expected_downtime_ms=None, max_downtime_ms=50,
+                                throttle_pct=0, stalled=True, postcopy=True)
+    assert progress_line(unknown) == (
+        1, "v1 h1→h2: iter 0, left ? MiB, dirty ? MiB/s, downtime ~?/50 ms "
+           "(stalled, post-copy)")

@@ -1,12 +1,7 @@
-"""Param checks of the VM task kinds that `ahvlite vm ...` submits with a store."""
+"""Param checks of the task kinds `ahvlite vm|image|template ...` submit: bad input is
+refused with the field named, before anything runs; good input comes back normalised."""
 
 from __future__ import annotations
-
-import json
-import os
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -73,39 +68,6 @@ def test_spec_create_rejects_bad_params(params, field):
     assert exc.value.field == field
 
 
-def cli(*argv: str, store: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("AHVLITE_CLUSTER",)}
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *argv],
-                          env={**env, "AHVLITE_STORE": store}, capture_output=True,
-                          text=True, timeout=60)
-
-
-def test_cli_with_a_store_submits_after_the_same_checks(tmp_path):
-    from ahvlite.controller.coord import open_store
-    from ahvlite.controller.tasks import TaskStore
-
-    url = f"sqlite:///{tmp_path}/c.db"
-    bad = cli("vm", "create", "web1", "--memory-mib", "1", "--json", store=url)
-    assert bad.returncode == 2 and "memory_mib" in bad.stdout
-    assert cli("vm", "stop", "web1", "--json", store=url).returncode == 2
-    made = cli("vm", "create", "web1", "--memory-mib", "128", "--disk", "16M", "--host", "h1",
-               "--json", store=url)
-    assert made.returncode == 0, made.stderr
-    stopped = cli("vm", "stop", "web1", "--force", store=url)
-    assert stopped.returncode == 0, stopped.stderr
-    ts = TaskStore(open_store(url), time.time)
-    try:
-        tasks = {t.id: t for t, _ in ts.all()}
-    finally:
-        ts.coord.close()
-    assert len(tasks) == 2
-    created = tasks[json.loads(made.stdout)["task"]]
-    assert created.kind == "vm.spec.create" and created.params["host"] == "h1"
-    assert created.params["spec"]["disks"][0]["size_mib"] == 16
-    assert tasks[stopped.stdout.strip()].params == {
-        "action": "stop", "name": "web1", "force": True, "timeout_s": 60.0}
-
-
 CLUSTER_YAML = """name: c
 hosts:
   - name: h1
@@ -151,3 +113,79 @@ def test_cluster_hosts_pass(kinds):
     assert kinds["vm.create"].validate({"host": "h2", "name": "a"})["host"] == "h2"
     assert kinds["vm.migrate"].validate({"name": "a", "to": "h1"}) == {"name": "a", "to": "h1"}
     assert kinds["vm.spec.create"].validate({"spec": SPEC, "host": "h1"})["host"] == "h1"
+
+
+def test_migrate_takes_the_cli_settings_and_a_null_destination():
+    kind = registry()["vm.migrate"]
+    assert kind.validate({"name": "a", "to": None}) == {"name": "a", "to": None}
+    p = kind.validate({"name": "a", "to": None, "max_downtime_ms": 500, "bandwidth_mib_s": 20,
+                       "postcopy": True, "max_iterations": 9, "timeout_s": 30})
+    assert p == {"name": "a", "to": None, "max_downtime_ms": 500, "bandwidth_mib_s": 20,
+                 "postcopy": True, "max_iterations": 9, "timeout_s": 30.0}
+    assert kind.validate(p) == p  # the leader validates again when it claims the task
+    assert kind.Params(**p).settings().max_iterations == 9
+
+
+@pytest.mark.parametrize(("kind", "params", "field"), [
+    ("vm.migrate", {"name": "a"}, "to"),  # null for "the best host", never left out
+    ("vm.migrate", {"name": "a", "to": None, "max_downtime_ms": 0}, "max_downtime_ms"),
+    ("vm.migrate", {"name": "a", "to": None, "max_downtime_ms": 60_001}, "max_downtime_ms"),
+    ("vm.migrate", {"name": "a", "to": None, "bandwidth_mib_s": 0}, "bandwidth_mib_s"),
+    ("vm.migrate", {"name": "a", "to": None, "max_iterations": 0}, "max_iterations"),
+    ("vm.migrate", {"name": "a", "to": None, "timeout_s": 0}, "timeout_s"),
+    ("vm.migrate", {"name": "a", "to": None, "postcopy": "yes"}, "postcopy"),
+    ("vm.migrate", {"name": "a", "to": None, "tls": False}, "tls"),  # always encrypted
+    ("vm.update", {"name": "a"}, "labels"),
+    ("vm.update", {"name": "a", "ha_priority": 1001}, "ha_priority"),
+    ("vm.update", {"name": "a", "ha_priority": "7"}, "ha_priority"),
+    ("vm.update", {"name": "a", "labels": {"k": "a\x1bb"}}, "labels.k"),
+    ("vm.update", {"name": "a", "labels": {"": "v"}}, "labels (key)"),
+    ("vm.update", {"name": "a", "labels": {"ahvlite.io/ha-priority": "1"}, "ha_priority": 2},
+     "labels.ahvlite.io/ha-priority"),
+    ("vm.disk.add", {"name": "a", "disk": {"size_mib": 16, "bus": "floppy"}}, "disk.bus"),
+    ("vm.disk.add", {"name": "a", "disk": {"path": "/etc/shadow"}}, "disk"),
+    ("vm.disk.add", {"name": "a", "disk": {"volume": "vm-b-disk0-12345678.qcow2"}}, "disk"),
+    ("vm.disk.add", {"name": "a", "disk": {"size_mib": 16, "colour": "red"}}, "colour"),
+    ("vm.disk.add", {"name": "a"}, "disk"),
+    ("vm.nic.add", {"name": "a", "nic": {"network": "br0", "mac": "01:00:00:00:00:01"}},
+     "nic.mac"),
+    ("vm.nic.add", {"name": "a", "nic": {"network": "a b"}}, "nic.network"),
+    ("vm.nic.remove", {"name": "a", "mac": "nope"}, "mac"),
+    ("vm.console.run", {"name": "a", "command": "ls\nreboot"}, "command"),
+    ("vm.console.run", {"name": "a", "command": ""}, "command"),
+    ("vm.console.run", {"name": "a", "command": "ls", "timeout_s": 0}, "timeout_s"),
+    ("image.import", {"upload": "../../etc/shadow", "name": "a"}, "upload"),
+    ("image.import", {"upload": "0" * 32, "name": "a b"}, "name"),
+    ("image.import", {"upload": "0" * 32, "name": "a", "path": "/tmp/x"}, "path"),
+    ("template.create", {"name": "t", "from_vm": "-x"}, "from_vm"),
+    ("template.version.add", {"name": "t", "from_vm": "v", "activate": 1}, "activate"),
+    ("template.activate", {"name": "t", "version": 0}, "version"),
+    ("template.deploy", {"name": "t", "count": 0}, "count"),
+    ("template.deploy", {"name": "t", "count": 501}, "count"),
+    ("template.deploy", {"name": "t", "prefix": "a/b"}, "prefix"),
+    ("template.deploy", {"name": "t", "user_data": "x" * (64 * 1024 + 1)}, "user_data"),
+    ("template.deploy", {"name": "t", "user_data": "a\x00b"}, "user_data"),
+    ("template.deploy", {"name": "t", "host": "../h1"}, "host"),
+])
+def test_new_kinds_refuse_bad_params_naming_the_field(kind, params, field):
+    with pytest.raises(InvalidSpec) as exc:
+        registry()[kind].validate(params)
+    assert exc.value.field == field
+
+
+def test_good_params_come_back_normalised():
+    kinds = registry()
+    assert kinds["vm.update"].validate({"name": "a", "ha_priority": 3}) == {
+        "name": "a", "labels": {}, "ha_priority": 3}
+    assert kinds["vm.nic.remove"].validate({"name": "a", "mac": "52:54:00:00:00:01"})[
+        "mac"] == "52:54:00:00:00:01"
+    assert kinds["template.deploy"].validate({"name": "t"}) == {
+        "name": "t", "count": 1, "prefix": None, "version": None, "user_data": None,
+        "start": True, "host": None}
+    assert kinds["vm.console.run"].resumable is False  # a command never runs twice
+
+
+def test_deploy_and_migrate_name_only_cluster_hosts(kinds):
+    with pytest.raises(InvalidSpec) as exc:
+        kinds["template.deploy"].validate({"name": "t", "host": "h9"})
+    assert exc.value.field == "host"

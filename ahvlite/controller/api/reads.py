@@ -140,6 +140,13 @@ CORE: tuple[Read, ...] = (
 
 def all_reads() -> tuple[Read, ...]:
     """Every read the API serves: the core ones above and each noun's own table."""
-    from ahvlite.controller.api import read_cluster, read_ops, read_vms
+    from ahvlite.controller.api import (
+        read_cluster,
+        read_images,
+        read_ops,
+        read_templates,
+        read_vms,
+    )
 
-    return (*CORE, *read_vms.READS, *read_cluster.READS, *read_ops.READS)
+    return (*CORE, *read_vms.READS, *read_cluster.READS, *read_ops.READS, *read_images.READS,
+            *read_templates.READS)

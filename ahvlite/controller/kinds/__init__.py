@@ -7,13 +7,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ahvlite.controller.kinds import cluster, drill, hosts, net, ops, vm
+from ahvlite.controller.kinds import cluster, drill, hosts, image, net, ops, template, vm
 from ahvlite.controller.kinds.base import Kind, attempt_tag, cluster_host
 from ahvlite.controller.kinds.vm import VM_UUID_NAMESPACE, create_once
 from ahvlite.controller.tasks import Handler
 
 KINDS: tuple[type[Kind[Any]], ...] = (*vm.KINDS, *hosts.KINDS, *net.KINDS, *cluster.KINDS,
-                                     *ops.KINDS)
+                                      *ops.KINDS, *image.KINDS, *template.KINDS)
 
 __all__ = ["KINDS", "VM_UUID_NAMESPACE", "Kind", "attempt_tag", "cluster_host", "create_once",
            "registry"]
