@@ -225,7 +225,7 @@ def test_maintenance_finishes_without_its_cli_and_after_its_leader_dies(truth, a
         assert all(where(layout).get(vm) == [src] for vm in vms)
         with Moves(layout, vms) as moves:
             # 1. The CLI dies right after submitting: the leader empties the host anyway.
-            cli = admin.popen("host", "maintenance", "enter", src)
+            cli = admin.popen("host", "maintenance", "enter", src, "--wait")
             wait_for(lambda: any(t["kind"] == "maintenance.enter" and t["state"] in
                                  ("queued", "running", "succeeded")
                                  for t in admin.ok("task", "list")), 60, 0.2)
@@ -246,7 +246,7 @@ def test_maintenance_finishes_without_its_cli_and_after_its_leader_dies(truth, a
         for vm in vms:
             admin.ok("vm", "migrate", vm, "--to", src, timeout_s=600)
         with Moves(layout, vms) as moves:
-            sub = admin.ok("host", "maintenance", "enter", src, "--no-wait", "--parallel", "1")
+            sub = admin.ok("host", "maintenance", "enter", src, "--parallel", "1")
             task = sub["task"]
             # Kill the leader's controller once the first VM has left.
             wait_for(lambda: sum(src not in where(layout).get(vm, [src]) for vm in vms) >= 1,
@@ -278,7 +278,7 @@ def test_the_next_leader_knows_everything_after_the_leaders_host_loses_power(
     # what we cut. The host in maintenance is another one.
     lead = leader(coord)
     spare = next(h.name for h in layout.hosts if h.name != lead)
-    admin.ok("host", "maintenance", "enter", spare, timeout_s=900)
+    admin.ok("host", "maintenance", "enter", spare, "--wait", timeout_s=900)
     other = next(h.name for h in layout.hosts if h.name not in (lead, spare))
     # web-1 and web-2 apart (one on the leader's host, one on the other); web-3 with
     # web-1 on the leader's host.

@@ -26,7 +26,7 @@ from ahvlite.lab.services import lab_zk_members, member_mode, open_lab_store
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest
 from ahvlite.virt.conn import local_socket_connection
-from tests.lab.conftest import assert_gone
+from tests.lab.conftest import ahv, assert_gone
 from tests.waiting import wait_for
 
 NAME = "tsplit"
@@ -134,6 +134,41 @@ def remove(layout: LabLayout, vm: str) -> None:
 def recorded_on(coord, vm: str) -> str | None:
     raw = coord.get(key(vm))
     return StoredVm.from_bytes(raw.value).host if raw else None
+
+
+def test_a_host_added_to_the_running_cluster_is_protected_within_10_s(split_lab):
+    """`host add` reaches the running leader through the store's watch: no restart of
+    any controller, and the VMs the new host already runs are protected at once."""
+    layout, coord = split_lab
+    assert wait_for(lambda: whole(layout, coord), 90, 0.5)
+    spec = json.loads(ahv(NAME, "cluster", "export", "--json").stdout)
+    h4 = next(h for h in spec["hosts"] if h["name"] == "h4")
+    gone = ahv(NAME, "host", "remove", "h4", "--json")
+    assert gone.returncode == 0, gone.stderr + gone.stdout
+    controllers = {p.pid for p in lab.state_of(NAME).processes if p.role == "controller"}
+    guests.boot_from_disk(layout, lab.state_of(NAME), layout.host("h4"), "joiner",
+                          str(layout.guest_addresses[3]))
+    try:
+        time.sleep(3)
+        assert recorded_on(coord, "joiner") is None  # h4 is no host of the cluster
+        argv = ["host", "add", "h4", "--uri", h4["uri"], "--ssh", f"root@{h4['ssh']['host']}",
+                "--key", h4["ssh"]["key"], "--known-hosts", h4["ssh"]["known_hosts"]]
+        for k, v in h4.get("labels", {}).items():
+            argv += ["--label", f"{k}={v}"]
+        added = ahv(NAME, *argv, "--json")
+        assert added.returncode == 0, added.stderr + added.stdout
+        t0 = time.monotonic()
+        assert wait_for(lambda: recorded_on(coord, "joiner") == "h4", 10, 0.1), \
+            "the VM of the added host was not protected within 10 s"
+        print(f"host add -> its VM protected after {time.monotonic() - t0:.1f} s")
+        shown = json.loads(ahv(NAME, "ha", "show", "--json").stdout)
+        assert {v["name"]: v for v in shown["vms"]}["joiner"]["protected"]
+        assert {p.pid for p in lab.state_of(NAME).processes
+                if p.role == "controller"} == controllers  # nothing restarted
+    finally:
+        out = ahv(NAME, "vm", "delete", "joiner", "--force", "--json")
+        if out.returncode != 0:  # not protected (the test failed): remove it directly
+            remove(layout, "joiner")
 
 
 def test_a_split_with_store_members_on_both_sides_never_runs_a_vm_twice(split_lab):
