@@ -52,12 +52,14 @@ guest: venv
 
 demo: setup
 	@$(AHV) lab down --name $(DEMO_LAB) >/dev/null 2>&1 || true
-	$(AHV) lab up --hosts 3 --name $(DEMO_LAB) --zk --controllers
+	$(AHV) lab up --hosts 3 --name $(DEMO_LAB)
 	$(AHV) lab demo --name $(DEMO_LAB)
 	@set -e; \
-	status=$$($(AHV) lab status --name $(DEMO_LAB) --json); \
-	export AHVLITE_CLUSTER=$$(echo "$$status" | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["cluster_file"])'); \
-	disk=$$(echo "$$status" | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["guest"]["disk"])'); \
+	disk=$$($(AHV) lab status --name $(DEMO_LAB) --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["guest"]["disk"])'); \
+	echo "== the CLI is a client of the cluster's API, as an admin's machine: ahvlite lab env"; \
+	eval "$$($(AHV) lab env --name $(DEMO_LAB))"; \
+	$(AHV) controller status; \
+	$(AHV) host list; \
 	echo "== image, VM, versioned template, deploy 3 VMs"; \
 	$(AHV) image import "$$disk" guest; \
 	$(AHV) vm create demo-src --memory-mib 128 --disk guest --nic br0; \
@@ -75,9 +77,9 @@ demo: setup
 	echo "== HA: a host loses power; its VMs restart on the others"; \
 	$(AHV) ha show; \
 	$(AHV) lab kill --name $(DEMO_LAB) --watch-ha
-	@echo "The lab keeps running: '$(AHV) lab status --name $(DEMO_LAB)'," \
-	      "'$(AHV) lab exec h1 --name $(DEMO_LAB) -- virsh list'; remove it with" \
-	      "'$(AHV) lab down --name $(DEMO_LAB)'."
+	@echo "The lab keeps running: 'eval \"\$$($(AHV) lab env --name $(DEMO_LAB))\"' points" \
+	      "the CLI at it ('$(AHV) vm list'); '$(AHV) lab power-on HOST --name $(DEMO_LAB)'" \
+	      "brings the killed host back; '$(AHV) lab down --name $(DEMO_LAB)' removes it."
 
 test: setup
 	$(BIN)/pytest tests

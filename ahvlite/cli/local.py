@@ -78,7 +78,7 @@ def status(directory: Annotated[Path | None, typer.Option(
         json_out: JsonOpt = False) -> None:
     """Whether the local controller runs and its API answers."""
     from ahvlite.controller import local
-    from ahvlite.lab.unit import read_env_file
+    from ahvlite.envfile import read_env_file
 
     layout = local.LocalLayout(directory or _default_dir())
     pid = local.running_pid(layout)

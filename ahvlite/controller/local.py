@@ -211,7 +211,7 @@ def api_answers(url: str, ca_file: Path, timeout_s: float = 2) -> bool:
 def start(layout: LocalLayout, listen: str, *, timeout_s: float = 60) -> int:
     """Start the controller from the environment file (as the unit does) and wait
     until its API answers; its PID."""
-    from ahvlite.lab.unit import read_env_file
+    from ahvlite.envfile import read_env_file
 
     if (pid := running_pid(layout)) is not None:
         return pid

@@ -66,7 +66,7 @@ def write_configs(layout: LabLayout) -> None:
 
 
 def start_storage(layout: LabLayout, *, start: Start, report: Callable[[str], None],
-                  timeout_s: float = 60) -> None:
+                  timeout_s: float = 120) -> None:
     """tgtd and the redirector on every host; wait until every redirector sees every
     target healthy."""
     report("iSCSI path: tgtd and the redirector on every host")
@@ -84,8 +84,28 @@ def start_storage(layout: LabLayout, *, start: Start, report: Callable[[str], No
         _wait_for(lambda h=host: (h.run_dir / "tgtd" / "socket.0").exists(),  # type: ignore[misc]
                   f"{host.name}: tgtd's control socket", 20)
         start(host, REDIRECTOR_ROLE, redirector_argv(host))
-    _wait_for(lambda: all(all_healthy(read_status(h)) for h in layout.hosts),
-              "every redirector to see every target healthy", timeout_s)
+    try:
+        _wait_for(lambda: all(all_healthy(read_status(h)) for h in layout.hosts),
+                  "every redirector to see every target healthy", timeout_s)
+    except OperationTimeout as exc:
+        raise OperationTimeout(f"{exc.message}: {_unhealthy(layout)}", hint=exc.hint) from None
+
+
+def _unhealthy(layout: LabLayout) -> str:
+    """What each redirector reported last, for the error of a wait that ran out."""
+    parts = []
+    for h in layout.hosts:
+        status = read_status(h)
+        if status is None:
+            parts.append(f"{h.name}: no status written")
+            continue
+        local = status.get("local_target") or {}
+        bad = [f"{t.get('name') or t.get('host') or '?'}={t.get('state')}"
+               for t in status.get("targets") or [] if t.get("state") != "healthy"]
+        if not local.get("health_target"):
+            bad.insert(0, "no local health target")
+        parts.append(f"{h.name}: {', '.join(bad) or 'healthy'}")
+    return "; ".join(parts)
 
 
 def read_status(host: HostLayout) -> dict[str, Any] | None:

@@ -11,24 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+from ahvlite.envfile import read_env_file
+
 ENV_FILE = Path("/etc/ahvlite/controller.env")
 DAEMONS = ("controller", "agent")
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """systemd's EnvironmentFile: ``KEY=VALUE`` lines, blank lines and ``#`` comments;
-    a value may be quoted with single or double quotes."""
-    out = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", ";")) or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        out[key.strip()] = value
-    return out
 
 
 def main() -> None:

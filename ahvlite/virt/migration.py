@@ -145,11 +145,16 @@ def peer_uri(uri: str) -> str:
 
 def has_active_job(dom: libvirt.virDomain) -> bool:
     """Whether libvirt runs a job on ``dom`` now (a migration started by anyone)."""
-    with libvirt_errors(f"job info of {dom.name()}"):
-        return int(dom.jobInfo()[0]) not in (libvirt.VIR_DOMAIN_JOB_NONE,
-                                             libvirt.VIR_DOMAIN_JOB_COMPLETED,
-                                             libvirt.VIR_DOMAIN_JOB_FAILED,
-                                             libvirt.VIR_DOMAIN_JOB_CANCELLED)
+    try:
+        kind = int(dom.jobInfo()[0])
+    except libvirt.libvirtError as exc:
+        # The incoming end of a migration: only its source reports the job ("migration
+        # statistics are available only on the source host"). A job runs all the same.
+        if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_UNSUPPORTED:
+            return True
+        raise translate(exc, f"job info of {dom.name()}") from None
+    return kind not in (libvirt.VIR_DOMAIN_JOB_NONE, libvirt.VIR_DOMAIN_JOB_COMPLETED,
+                        libvirt.VIR_DOMAIN_JOB_FAILED, libvirt.VIR_DOMAIN_JOB_CANCELLED)
 
 
 class MigrationJob:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ahvlite.errors import HostUnreachable
-from ahvlite.lab import lab
+from ahvlite.lab import lab, services
 from ahvlite.lab.pki import LabCA, install_client_pki
 from ahvlite.lab.sshkeys import make_keypair
 from ahvlite.remote import ssh
@@ -213,6 +213,13 @@ def test_bad_hosts_fail_fast_with_one_clear_line(hosts_lab, tmp_path):
     assert h1.ssh is not None
     wrong_key = layout.root / "wrong-key"
     make_keypair(wrong_key, "wrong")
+    # The leader reads it: every controller has its copy at the same path (each host's
+    # private /var/lib/ahvlite hides the lab directory, as real hosts do not share one).
+    for h in layout.hosts:
+        inside = services.inside(h, wrong_key)
+        inside.parent.mkdir(parents=True, exist_ok=True)
+        inside.write_bytes(wrong_key.read_bytes())
+        inside.chmod(0o600)
     elsewhere = tmp_path / "key"
     make_keypair(elsewhere, "elsewhere")
     cases = [

@@ -214,7 +214,8 @@ def test_maintenance_empties_a_host_and_exit_restores_it(miglab):
     # of racing it.
     r = ahv(NAME, "host", "maintenance", "exit", "h3", "--json")
     assert r.returncode == 4, r.stdout + r.stderr
-    assert "maintenance run of h3 is still running" in json.loads(r.stdout)["message"]
+    message = json.loads(r.stdout)["message"]
+    assert "maintenance enter` of h3 is still running" in message, message
 
     def state() -> dict:
         return json.loads(ahv(NAME, "host", "maintenance", "show", "--json").stdout)[

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from ahvlite.controller.coord.url import ZkTls, parse_store_url, read_secret_file
+from ahvlite.envfile import read_env_file
 from ahvlite.errors import InvalidSpec
 from ahvlite.lab.pki import LabCA, install_client_pki, install_store_client
-from ahvlite.lab.unit import read_env_file
 from ahvlite.pki import ADMINS_UNIT, CertificateAuthority, is_admin, libvirt_dn, write_secret
 
 SECRET = "s3cr3t-Zq9"
