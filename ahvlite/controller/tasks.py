@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -36,6 +34,7 @@ from ahvlite.controller.coord.api import (
     Put,
     VersionMismatch,
 )
+from ahvlite.controller.taskid import TASK_ID_RE, new_task_id
 from ahvlite.errors import AhvliteError, Conflict, InvalidSpec, NotFound, OperationTimeout
 
 log = logging.getLogger(__name__)
@@ -158,12 +157,6 @@ class Handler(Protocol):
     def run(self, ctx: TaskContext) -> dict[str, Any]: ...
 
 
-TASK_ID_RE = re.compile(r"^[0-9]{13}-[0-9a-f]{8}$")
-
-
-def new_task_id(now: float) -> str:
-    # Sortable by submission time, unique across submitters.
-    return f"{int(now * 1000):013d}-{uuid.uuid4().hex[:8]}"
 
 
 class TaskStore:

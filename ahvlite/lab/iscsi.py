@@ -21,7 +21,7 @@ from typing import Any
 from ahvlite.errors import MissingDependency, OperationTimeout
 from ahvlite.lab.layout import HostLayout, LabLayout
 from ahvlite.lab.prereqs import find_program
-from ahvlite.lab.services import supervised
+from ahvlite.lab.services import inside, supervised
 from ahvlite.spec.cluster import load_cluster
 from ahvlite.storage import config
 from ahvlite.storage.names import TARGET_PORT
@@ -37,7 +37,10 @@ Start = Callable[[HostLayout, str, list[str]], None]
 
 
 def config_path(host: HostLayout) -> Path:
-    return host.state_dir / "storage" / "redirector.json"
+    """The host's /etc/ahvlite/redirector.json, from the root namespace: the
+    redirector runs inside the host and reads its own /etc, as on a real host (the
+    lab's directory is hidden by the host's private /var/lib/ahvlite)."""
+    return inside(host, Path(config.CONFIG_FILE))
 
 
 def status_path(host: HostLayout) -> Path:
@@ -51,7 +54,7 @@ def tgtd_argv(host: HostLayout) -> list[str]:
 
 def redirector_argv(host: HostLayout) -> list[str]:
     return supervised([sys.executable, "-m", "ahvlite.cli.main", "storage", "redirector",
-                       "run", "--config", str(config_path(host))])
+                       "run", "--config", config.CONFIG_FILE])
 
 
 def write_configs(layout: LabLayout) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from ahvlite.errors import OperationTimeout
 from ahvlite.lab import lab, namespaces, processes
 from ahvlite.lab.layout import HostLayout
+from ahvlite.lab.services import inside
 
 ROLE = "nfs-server"
 PSEUDO = "/ahvlite"  # the NFSv4 path clients mount: SERVER:/ahvlite
@@ -49,18 +50,24 @@ LOG {{ Default_Log_Level = EVENT; }}
 """
 
 
-def start_server(name: str, host: str, export_dir: Path, *, timeout_s: float = 20) -> str:
-    """Serve ``export_dir`` over NFSv4 from lab host ``host``; returns SERVER:/PATH."""
+# Where the server keeps its configuration, state and export, as the host sees it: its
+# own disk (its private /var/lib/ahvlite), as a filer's export is on the filer.
+SERVER_DIR = Path("/var/lib/ahvlite/nfs")
+
+
+def start_server(name: str, host: str, *, timeout_s: float = 20) -> tuple[str, Path]:
+    """Serve an export on lab host ``host``'s own disk over NFSv4. Returns SERVER:/PATH
+    and where the export directory lies as seen from the root namespace."""
     layout, state = lab.layout_of(name), lab.state_of(name)
     h: HostLayout = layout.host(host)
-    base = h.state_dir / "nfs"
-    (base / "recovery").mkdir(parents=True, exist_ok=True)
-    export_dir.mkdir(parents=True, exist_ok=True)
-    conf = base / "ganesha.conf"
-    conf.write_text(ganesha_conf(export_dir, base / "recovery"))
+    base = inside(h, SERVER_DIR)
+    for sub in ("recovery", "export"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    (base / "ganesha.conf").write_text(ganesha_conf(SERVER_DIR / "export",
+                                                    SERVER_DIR / "recovery"))
     argv = [*namespaces.enter_argv(h.netns, h.mnt_ns_file, h.uts_ns_file),
-            "ganesha.nfsd", "-F", "-f", str(conf), "-L", str(base / "ganesha.log"),
-            "-p", str(base / "ganesha.pid")]
+            "ganesha.nfsd", "-F", "-f", str(SERVER_DIR / "ganesha.conf"),
+            "-L", str(SERVER_DIR / "ganesha.log"), "-p", str(SERVER_DIR / "ganesha.pid")]
     record = processes.spawn(argv, log=h.state_dir / "logs" / f"{ROLE}.log", host=host,
                              role=ROLE)
     state.processes.append(record)
@@ -73,4 +80,4 @@ def start_server(name: str, host: str, export_dir: Path, *, timeout_s: float = 2
             raise OperationTimeout(f"{host}: nfs-ganesha did not serve {PSEUDO} in "
                                    f"{timeout_s:g} s", hint=f"see {base / 'ganesha.log'}")
         time.sleep(0.3)
-    return f"{h.ip}:{PSEUDO}"
+    return f"{h.ip}:{PSEUDO}", base / "export"

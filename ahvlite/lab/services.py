@@ -12,6 +12,7 @@ Its credential is random per lab and reaches processes only through files
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 import ssl
@@ -182,15 +183,24 @@ def four_letter(address: str, port: int, word: str, timeout_s: float = 1.0,
     return b"".join(chunks).decode(errors="replace")
 
 
-_CONTEXTS: dict[ZkTls, ssl.SSLContext] = {}
+# Probes run ten times a second while a lab comes up, so their TLS contexts are kept;
+# keyed by the files' identity too, because the next lab of the same name has a new CA
+# at the same paths (a context keyed by path alone would refuse its members).
+_CONTEXTS: dict[tuple[ZkTls, tuple[tuple[int, int], ...]], ssl.SSLContext] = {}
 
 
 def _context(m: ZkMember) -> ssl.SSLContext | None:
     if m.tls is None:
         return None
-    if m.tls.client not in _CONTEXTS:
-        _CONTEXTS[m.tls.client] = tls_context(m.tls.client)
-    return _CONTEXTS[m.tls.client]
+    files = (m.tls.client.ca, m.tls.client.cert, m.tls.client.key)
+    try:
+        stamp = tuple((st.st_ino, st.st_mtime_ns) for st in map(os.stat, files))
+    except OSError:
+        return tls_context(m.tls.client)  # raises the clear error about the missing file
+    key = (m.tls.client, stamp)
+    if key not in _CONTEXTS:
+        _CONTEXTS[key] = tls_context(m.tls.client)
+    return _CONTEXTS[key]
 
 
 def member_mode(m: ZkMember) -> str | None:

@@ -266,6 +266,10 @@ def test_a_frozen_libvirtd_is_noticed_by_keepalive(hosts_lab):
             while hc.state != LinkState.DISCONNECTED and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert hc.state == LinkState.DISCONNECTED
+            # Listeners hear of it on the connection's own thread, just after.
+            while not any(c.state == LinkState.DISCONNECTED for c in changes) \
+                    and time.monotonic() < deadline + 2:
+                time.sleep(0.02)
             lost = next(c for c in changes if c.state == LinkState.DISCONNECTED)
             assert "keepalive" in lost.reason
         finally:

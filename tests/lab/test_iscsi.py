@@ -19,10 +19,9 @@ import pytest
 
 from ahvlite.cluster import vms
 from ahvlite.cluster.migrate import migrate_vm
-from ahvlite.controller.coord import open_store
 from ahvlite.controller.daemon import LEADER_KEY
 from ahvlite.lab import drills, guests, iodrill, iscsi, lab
-from ahvlite.lab.services import lab_store_url, lab_zk_members, member_mode
+from ahvlite.lab.services import lab_zk_members, member_mode, open_lab_store
 from ahvlite.spec.cluster import load_cluster
 from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.vm import DiskSpec
@@ -41,14 +40,16 @@ def ilab(tmp_path_factory):
                             storage="iscsi"))
     layout = lab.layout_of(NAME)
     cluster = load_cluster(Path(status["cluster_file"]))
-    coord = open_store(lab_store_url(layout))
+    coord = None
     try:
+        coord = open_lab_store(layout)
         assert cluster.storage == "iscsi"
         vms.import_image(cluster, Path(status["guest"]["disk"]), "guest")
         wait_for(lambda: coord.get(LEADER_KEY), 60, 0.2)
         yield status, layout, cluster, coord
     finally:
-        coord.close()
+        if coord is not None:
+            coord.close()
         keep = tmp_path_factory.mktemp("tiscsi-logs")
         for h in layout.hosts:
             for log in ("redirector.log", "storage.log", "controller.log", "agent.log"):

@@ -239,6 +239,7 @@ def test_maintenance_empties_a_host_and_exit_restores_it(miglab):
     back = json.loads(r.stdout)
     assert sorted(x["vm"] for x in back["restored"]) == ["g1", "m1"]
     assert where(cluster, "g1") == ("h3", "running")
+    assert where(cluster, "m1") == ("h3", "running")
     shown = json.loads(ahv(NAME, "host", "maintenance", "show", "--json").stdout)
     assert shown["hosts"]["h3"] == {"state": "schedulable"}
     assert pings(layout, "h1", ips[0])

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from ahvlite.lab import lab, nfs
+from ahvlite.lab.services import inside
 from ahvlite.spec.lab import LabSpec
 from tests.lab.conftest import in_host
 
@@ -37,8 +38,7 @@ def nfslab():
     status = lab.up(LabSpec(name=NAME, hosts=1, subnet=SUBNET))
     layout = lab.layout_of(NAME)
     try:
-        export = layout.root / "nfs-export"
-        source = nfs.start_server(NAME, "h1", export)
+        source, export = nfs.start_server(NAME, "h1")
         yield status, layout, export, source
     finally:
         pids = list(lab.state_of(NAME).processes)
@@ -55,18 +55,19 @@ def test_the_nfs_server_serves_the_lab_over_nfsv4(nfslab):
     (export / "from-disk.txt").write_text("written on the server's disk\n")
     cat = in_host(h1, "nfs-cat", f"nfs://{addr}{path}/from-disk.txt?version=4")
     assert cat.returncode == 0 and cat.stdout == "written on the server's disk\n", cat.stderr
-    local = layout.root / "to-nfs.txt"
-    local.write_text("written over NFS\n")
+    local = Path("/var/lib/ahvlite/to-nfs.txt")  # a file of h1's own
+    inside(h1, local).write_text("written over NFS\n")
     cp = in_host(h1, "nfs-cp", str(local), f"nfs://{addr}{path}/over-nfs.txt?version=4")
     assert cp.returncode == 0, cp.stderr
     assert (export / "over-nfs.txt").read_text() == "written over NFS\n"
 
 
 def provision(cluster_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AHVLITE_CLUSTER": str(cluster_file), "COLUMNS": "200"}
+    """`host provision h1 -f FILE`: a cluster file no controller has (yet)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AHVLITE_")}
     return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "host", "provision", "h1",
-                           "--json", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+                           "-f", str(cluster_file), "--json", *args], capture_output=True,
+                          text=True, env={**env, "COLUMNS": "200"}, timeout=600)
 
 
 def test_provision_with_a_netfs_pool_mounts_it_and_puts_the_lockspace_there(nfslab):
@@ -74,7 +75,7 @@ def test_provision_with_a_netfs_pool_mounts_it_and_puts_the_lockspace_there(nfsl
     h1 = layout.host("h1")
     addr, path = source.split(":", 1)
     spec = yaml.safe_load(Path(status["cluster_file"]).read_text())
-    mount_point = h1.state_dir / "nfs-pool"  # the lab host's, not this machine's
+    mount_point = Path("/var/lib/ahvlite/nfs-pool")  # inside h1 (its own /var/lib/ahvlite)
     spec["shared_pool"] = "nfs-shared"
     spec["pool"] = {"kind": "netfs", "server": addr, "export": path, "path": str(mount_point)}
     cluster_file = layout.root / "cluster-nfs.yaml"

@@ -40,7 +40,6 @@ from ahvlite.errors import (
     OperationTimeout,
     Unauthorized,
 )
-from ahvlite.pki import certificate_problem
 
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 30.0
@@ -106,16 +105,9 @@ class ApiClient:
         self.clock = clock
         self.sleep = sleep
         self._first = 0  # the endpoint that answered last
+        self._cert_checked = False
         ctx = ssl.create_default_context(cafile=str(config.ca))
         if config.cert is not None:
-            # A server drops a handshake whose client certificate it refuses without a
-            # word (asyncio sends no TLS alert): indistinguishable from a controller
-            # dying. Our own check against the same CA says it clearly, up front.
-            why = certificate_problem(config.cert.read_bytes(), config.ca.read_bytes())
-            if why is not None:
-                raise Unauthorized(f"client certificate {config.cert} would be refused: {why}",
-                                   hint=f"issue one from the cluster CA in {config.ca} "
-                                        "(`ahvlite pki issue-client`)")
             try:
                 ctx.load_cert_chain(str(config.cert), str(config.key))
             except (ssl.SSLError, OSError) as exc:
@@ -179,6 +171,7 @@ class ApiClient:
                     refusal = _tls_refusal(exc)
                     if refusal is not None:
                         raise self._refused(base, refusal) from None
+                    self._check_certificate()
                     if not resend and not _unreached(exc):
                         raise HostUnreachable(
                             f"{base} went away during {method} {path} ({type(exc).__name__}); "
@@ -205,6 +198,24 @@ class ApiClient:
                             "refuse our client certificate" if self.config.cert else ""))
             self.sleep(min(delay, left))
             delay = min(delay * 2, MAX_BACKOFF_S)
+
+    def _check_certificate(self) -> None:
+        """A server drops a handshake whose client certificate it refuses without a
+        word (asyncio sends no TLS alert): indistinguishable from a controller dying.
+        At the first connection that fails, our own check against the same CA says it
+        clearly (only then: the check needs `cryptography`, slow to import for every
+        command)."""
+        config = self.config
+        if self._cert_checked or config.cert is None:
+            return
+        self._cert_checked = True
+        from ahvlite.pki import certificate_problem
+
+        why = certificate_problem(config.cert.read_bytes(), config.ca.read_bytes())
+        if why is not None:
+            raise Unauthorized(f"client certificate {config.cert} would be refused: {why}",
+                               hint=f"issue one from the cluster CA in {config.ca} "
+                                    "(`ahvlite pki issue-client`)")
 
     @staticmethod
     def _refused(base: str, exc: ssl.SSLError) -> Unauthorized:
@@ -235,7 +246,7 @@ class ApiClient:
     def submit(self, kind: str, params: dict[str, Any]) -> TaskOut:
         """Queue a task on any controller. The id is ours, so the submission is
         idempotent and goes out again to the next controller when one dies mid-way."""
-        from ahvlite.controller.tasks import new_task_id
+        from ahvlite.controller.taskid import new_task_id
 
         body = {"kind": kind, "params": params, "id": new_task_id(time.time())}
         resp = self.request("POST", "/v1/tasks", json=body, resend=True)

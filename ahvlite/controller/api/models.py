@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ahvlite.controller.tasks import TASK_ID_RE
+from ahvlite.controller.taskid import TASK_ID_RE
 
 API_VERSION = "v1"
 DEFAULT_PORT = 9440
