@@ -81,8 +81,11 @@ demo: setup
 	      "the CLI at it ('$(AHV) vm list'); '$(AHV) lab power-on HOST --name $(DEMO_LAB)'" \
 	      "brings the killed host back; '$(AHV) lab down --name $(DEMO_LAB)' removes it."
 
+# Modules run on TEST_WORKERS parallel workers, one module per worker at a time (a lab
+# module builds its lab once), the longest first (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/pytest tests
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 test-unit: venv
 	$(BIN)/pytest tests/unit
@@ -98,7 +101,7 @@ test-functional: setup
 	$(BIN)/pytest tests/functional
 
 test-lab: setup
-	$(BIN)/pytest tests/lab
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile tests/lab
 
 lint: venv
 	$(BIN)/ruff check ahvlite tests bench

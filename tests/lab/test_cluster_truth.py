@@ -15,7 +15,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +30,7 @@ from ahvlite.lab.layout import LabLayout
 from ahvlite.lab.services import lab_zk_members, member_mode, open_lab_store
 from ahvlite.spec.lab import LabSpec
 from tests.lab.conftest import assert_gone
+from tests.lab.placements import Placements
 from tests.waiting import wait_for
 
 NAME = "ttruth"
@@ -111,37 +111,6 @@ def where(layout: LabLayout) -> dict[str, list[str]]:
         for vm in running_on(layout, h.name) or ():
             seen.setdefault(vm, []).append(h.name)
     return seen
-
-
-class Moves:
-    """Polls where every VM runs; records each VM's sequence of hosts (a VM that moves
-    twice, or runs on two hosts at once, shows here)."""
-
-    def __init__(self, layout: LabLayout, vms: list[str]) -> None:
-        self.layout, self.vms = layout, vms
-        self.path: dict[str, list[str]] = {vm: [] for vm in vms}
-        self.twins: list[tuple[str, list[str]]] = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            now = where(self.layout)
-            for vm in self.vms:
-                hosts = now.get(vm, [])
-                if len(hosts) > 1:
-                    self.twins.append((vm, hosts))
-                elif hosts and (not self.path[vm] or self.path[vm][-1] != hosts[0]):
-                    self.path[vm].append(hosts[0])
-            self._stop.wait(0.3)
-
-    def __enter__(self) -> Moves:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join(timeout=10)
 
 
 def place(admin: Admin, layout: LabLayout, vm: str, to: str) -> None:
@@ -247,7 +216,7 @@ def test_maintenance_finishes_without_its_cli_and_after_its_leader_dies(truth, a
         for vm in vms:
             place(admin, layout, vm, src)
         assert all(where(layout).get(vm) == [src] for vm in vms)
-        with Moves(layout, vms) as moves:
+        with Placements(layout) as moves:
             # 1. The CLI dies right after submitting: the leader empties the host anyway.
             cli = admin.popen("host", "maintenance", "enter", src, "--wait")
             wait_for(lambda: any(t["kind"] == "maintenance.enter" and t["state"] in
@@ -260,8 +229,9 @@ def test_maintenance_finishes_without_its_cli_and_after_its_leader_dies(truth, a
             done = wait_for(lambda: admin.ok("host", "maintenance", "show")["hosts"].get(src, {})
                             .get("state") == "in_maintenance", 60, 0.5)
             assert done, admin.ok("host", "maintenance", "show")
-        assert moves.twins == []
-        assert all(len(p) == 2 and p[0] == src for p in moves.path.values()), moves.path
+        assert moves.twins() == []
+        paths = {vm: moves.path(vm) for vm in vms}
+        assert all(len(p) == 2 and p[0] == src for p in paths.values()), paths
         admin.ok("host", "maintenance", "exit", src)
 
         # 2. The leader dies in the middle: the next leader finishes, each VM moves once.
@@ -269,7 +239,7 @@ def test_maintenance_finishes_without_its_cli_and_after_its_leader_dies(truth, a
         src = next(h.name for h in layout.hosts if h.name != lead)
         for vm in vms:
             place(admin, layout, vm, src)
-        with Moves(layout, vms) as moves:
+        with Placements(layout) as moves:
             sub = admin.ok("host", "maintenance", "enter", src, "--parallel", "1")
             task = sub["task"]
             # Kill the leader's controller once the first VM has left.
@@ -281,8 +251,9 @@ def test_maintenance_finishes_without_its_cli_and_after_its_leader_dies(truth, a
             end = admin.ok("task", "wait", task, timeout_s=900)
             assert end["state"] == "succeeded", end
             assert leader(coord) not in ("", lead)
-        assert moves.twins == []
-        assert all(len(p) == 2 and p[0] == src for p in moves.path.values()), moves.path
+        assert moves.twins() == []
+        paths = {vm: moves.path(vm) for vm in vms}
+        assert all(len(p) == 2 and p[0] == src for p in paths.values()), paths
         lab.start_daemon(NAME, lead, "controller")
         assert wait_for(lambda: whole(layout, coord), 90, 0.5)
         admin.ok("host", "maintenance", "exit", src)
@@ -317,7 +288,7 @@ def test_the_next_leader_knows_everything_after_the_leaders_host_loses_power(
     assert before["maintenance"][spare] == "in_maintenance"
     assert leader(coord) == lead, "leadership moved during the set-up"
 
-    with Moves(layout, names) as moves:
+    with Placements(layout) as moves:
         faults.kill(NAME, lead)  # power loss: controller, agent, QEMUs, ZooKeeper member
         assert wait_for(lambda: leader(coord) not in ("", lead), 60, 0.5)
         new_leader = leader(coord)
@@ -335,7 +306,7 @@ def test_the_next_leader_knows_everything_after_the_leaders_host_loses_power(
         now = where(layout)
         assert "web-1" not in now and now.get("web-2") == [other]
         assert not any(spare in hs for hs in now.values()), now
-    assert moves.twins == []
+    assert moves.twins() == []
     assert new_leader in (spare, other)
     # Out of maintenance, the spare host is where web-1 can run without breaking the rule.
     admin.ok("host", "maintenance", "exit", spare, timeout_s=600)

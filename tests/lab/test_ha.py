@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
-import time
 
 import pytest
 
@@ -28,6 +26,7 @@ from ahvlite.spec.labels import HA_PRIORITY_LABEL
 from ahvlite.virt import guest
 from ahvlite.virt.conn import local_socket_connection
 from tests.lab.conftest import ahv, assert_gone
+from tests.lab.placements import Placements
 from tests.waiting import wait_for
 
 NAME = "tha"
@@ -38,35 +37,6 @@ def defined_on(layout: LabLayout, host: str) -> dict[str, str]:
     sock = layout.host(host).libvirt_sock
     with local_socket_connection(sock, timeout_s=3) as conn:
         return dict(guest.list_domains(conn))
-
-
-class TwinWatch:
-    """Polls every host; remembers each moment a VM ran on two hosts."""
-
-    def __init__(self, layout: LabLayout) -> None:
-        self.layout = layout
-        self.twins: list[tuple[float, str, list[str]]] = []
-        self.polls = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            where: dict[str, list[str]] = {}
-            for h in self.layout.hosts:
-                for vm in running_on(self.layout, h.name) or ():
-                    where.setdefault(vm, []).append(h.name)
-            self.twins += [(time.time(), vm, hs) for vm, hs in where.items() if len(hs) > 1]
-            self.polls += 1
-            self._stop.wait(0.2)
-
-    def __enter__(self) -> TwinWatch:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +101,7 @@ def test_partitioned_host_fences_itself_before_the_restart_elsewhere(ha_lab):
     victim = next(h.name for h in layout.hosts if h.name != lead)
     g = boot(layout, victim, "hapart", 0)
     assert wait_for(lambda: recorded_on(coord, "hapart") == victim, 30, 0.2)
-    with TwinWatch(layout) as watch:
+    with Placements(layout) as watch:
         faults.partition(NAME, victim)
         try:
             moved = wait_for(lambda: next((h.name for h in layout.hosts if h.name != victim
@@ -149,7 +119,7 @@ def test_partitioned_host_fences_itself_before_the_restart_elsewhere(ha_lab):
         assert wait_for(lambda: "hapart" not in defined_on(layout, victim), 60, 0.5)
         assert recorded_on(coord, "hapart") == moved
         wait_whole(layout, coord)
-    assert watch.polls > 20 and watch.twins == []
+    assert watch.polls > 20 and watch.twins() == []
 
 
 def cli(*argv: str) -> subprocess.CompletedProcess:
@@ -229,7 +199,7 @@ def test_killed_host_vm_restarts_elsewhere_and_answers(ha_lab):
         boot(layout, lead, "habystander", 2)
     bystanders = {h: domain_ids(layout, h) for h in healthy}
     on_victim = set(domain_ids(layout, victim))
-    with TwinWatch(layout) as watch:
+    with Placements(layout) as watch:
         # The drill `ahvlite lab kill --watch-ha` runs: power loss, then its own watch.
         result = drills.kill_and_watch(NAME, victim, timeout_s=210)
         assert any(k.startswith("libvirtd:") for k in result["killed"])
@@ -244,7 +214,7 @@ def test_killed_host_vm_restarts_elsewhere_and_answers(ha_lab):
         assert result["double_starts"] == [] and result["leader"] == lead
         moved = next(vm["to"] for vm in result["vms"] if vm["name"] == "hakill")
         assert pings(layout, moved, g.ip)
-    assert watch.twins == []
+    assert watch.twins() == []
     # No healthy host's agent fenced: every VM that ran there still runs, never
     # power-cycled (same domain ID).
     for h, before in bystanders.items():

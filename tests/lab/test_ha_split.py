@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 
 import pytest
@@ -27,55 +26,13 @@ from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest
 from ahvlite.virt.conn import local_socket_connection
 from tests.lab.conftest import ahv, assert_gone
+from tests.lab.placements import Placements
 from tests.waiting import wait_for
 
 NAME = "tsplit"
 SUBNET = "10.213.235.0/26"
 MINORITY = ("h3", "h4")
 ROUNDS = 5
-
-
-class Timeline:
-    """Polls every host; keeps, per VM, when it was seen running where."""
-
-    def __init__(self, layout: LabLayout) -> None:
-        self.layout = layout
-        self.seen: list[tuple[float, dict[str, set[str]]]] = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            where = {h.name: running_on(self.layout, h.name) for h in self.layout.hosts}
-            self.seen.append((time.monotonic(), where))
-            self._stop.wait(0.1)
-
-    def twins(self) -> list[tuple[float, str, list[str]]]:
-        out = []
-        for t, where in self.seen:
-            hosts: dict[str, list[str]] = {}
-            for h, vms in where.items():
-                for vm in vms:
-                    hosts.setdefault(vm, []).append(h)
-            out += [(t, vm, hs) for vm, hs in hosts.items() if len(hs) > 1]
-        return out
-
-    def last_on(self, vm: str, host: str) -> float | None:
-        ts = [t for t, where in self.seen if vm in where[host]]
-        return max(ts) if ts else None
-
-    def first_elsewhere(self, vm: str, exclude: tuple[str, ...]) -> float | None:
-        ts = [t for t, where in self.seen
-              if any(vm in vms for h, vms in where.items() if h not in exclude)]
-        return min(ts) if ts else None
-
-    def __enter__(self) -> Timeline:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +141,7 @@ def test_a_split_with_store_members_on_both_sides_never_runs_a_vm_twice(split_la
                                   str(layout.guest_addresses[i]))  # removed each round
         assert wait_for(lambda vms=vms: all(recorded_on(coord, vm) == h
                                             for vm, h in vms.items()), 60, 0.2)
-        with Timeline(layout) as tl:
+        with Placements(layout, interval_s=0.1) as tl:
             t0 = time.monotonic()
             faults.partition(NAME, *MINORITY)
             try:

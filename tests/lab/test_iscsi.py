@@ -44,7 +44,8 @@ def ilab(tmp_path_factory):
     try:
         coord = open_lab_store(layout)
         assert cluster.storage == "iscsi"
-        vms.import_image(cluster, Path(status["guest"]["disk"]), "guest")
+        imported = ahv(NAME, "image", "import", status["guest"]["disk"], "guest", timeout_s=600)
+        assert imported.returncode == 0, imported.stdout + imported.stderr
         wait_for(lambda: coord.get(LEADER_KEY), 60, 0.2)
         yield status, layout, cluster, coord
     finally:
