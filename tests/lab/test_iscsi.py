@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
 from ahvlite.cluster import vms
 from ahvlite.cluster.migrate import migrate_vm
+from ahvlite.cluster.state import ClusterState
 from ahvlite.controller.daemon import LEADER_KEY
 from ahvlite.lab import drills, guests, iodrill, iscsi, lab
 from ahvlite.lab.services import lab_zk_members, member_mode, open_lab_store
-from ahvlite.spec.cluster import load_cluster
 from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.vm import DiskSpec
 from ahvlite.storage.tgt import parse_show
@@ -39,10 +38,12 @@ def ilab(tmp_path_factory):
     status = lab.up(LabSpec(name=NAME, hosts=3, subnet=SUBNET, zk=True, controllers=True,
                             storage="iscsi"))
     layout = lab.layout_of(NAME)
-    cluster = load_cluster(Path(status["cluster_file"]))
     coord = None
     try:
         coord = open_lab_store(layout)
+        # The cluster as the controllers have it (spec and documents from the store), for
+        # the calls this test makes into the cluster layer directly.
+        cluster = ClusterState(coord).spec()
         assert cluster.storage == "iscsi"
         imported = ahv(NAME, "image", "import", status["guest"]["disk"], "guest", timeout_s=600)
         assert imported.returncode == 0, imported.stdout + imported.stderr
