@@ -103,7 +103,7 @@ def _unhealthy(layout: LabLayout) -> str:
             parts.append(f"{h.name}: no status written")
             continue
         local = status.get("local_target") or {}
-        bad = [f"{t.get('name') or t.get('host') or '?'}={t.get('state')}"
+        bad = [f"{t.get('host')}={t.get('state')}"
                for t in status.get("targets") or [] if t.get("state") != "healthy"]
         if not local.get("health_target"):
             bad.insert(0, "no local health target")
