@@ -97,6 +97,9 @@ class HaService:
         self.failures: dict[str, str] = {}
         self.restarts: list[dict[str, Any]] = []
         self.resolved: list[dict[str, Any]] = []  # twins resolved
+        # VM -> the hosts it was seen running on at once in the last round: a twin is
+        # resolved only when the next round sees it again (see _inventory).
+        self._twin_suspects: dict[str, frozenset[str]] = {}
         self._last_try: dict[str, float] = {}
         self._stopped: dict[str, float] = {}  # desired running, seen off since
         self._in_place: set[str] = set()  # to start again on their own (healthy) host
@@ -236,6 +239,7 @@ class HaService:
                    agents: dict[str, tuple[AgentDoc, int]], views: dict[str, HostView]) -> None:
         running: dict[str, list[tuple[str, DomainFacts]]] = {}
         defined: dict[str, list[tuple[str, DomainFacts]]] = {}
+        suspects, self._twin_suspects = self._twin_suspects, {}
         for host, fs in facts.items():
             for f in fs:
                 defined.setdefault(f.name, []).append((host, f))
@@ -251,7 +255,18 @@ class HaService:
                 log.info("ha: %s is being migrated between %s", name,
                          " and ".join(h for h, _ in copies))
             elif len(copies) > 1:
-                self._resolve_twins(name, rec, copies)
+                # Hosts are read one after another, not at one instant: a migration that
+                # switched over between two reads shows its source still running and its
+                # destination already running. Only a twin seen on the same hosts again
+                # a round later is one (the leases keep a real one off the disks
+                # meanwhile; docs/ha.md).
+                on = frozenset(h for h, _ in copies)
+                if suspects.get(name) == on:
+                    self._resolve_twins(name, rec, copies)
+                else:
+                    self._twin_suspects[name] = on
+                    log.warning("ha: %s seen running on %s at once; looking again next "
+                                "round", name, " and ".join(sorted(on)))
             elif copies:
                 self._seen_running(name, rec, version, *copies[0])
             elif rec is None:
