@@ -32,14 +32,24 @@ class Placements:
         return len(self.seen)
 
     def twins(self) -> list[tuple[float, str, list[str]]]:
-        """Every (time, VM, hosts) at which a VM ran on more than one host."""
+        """Every (time, VM, hosts) at which a VM ran on more than one host.
+
+        One poll reads the hosts one after another, so a live migration that switches
+        over between two reads shows the VM on both ends once. A twin counts only when
+        the next poll sees the VM on the same hosts again (the leader's own rule, and a
+        real double run lasts far longer than two polls)."""
         out = []
+        before: dict[str, set[str]] = {}
         for t, where in self.seen:
-            hosts: dict[str, list[str]] = {}
+            hosts: dict[str, set[str]] = {}
             for h, vms in where.items():
                 for vm in vms:
-                    hosts.setdefault(vm, []).append(h)
-            out += [(t, vm, hs) for vm, hs in hosts.items() if len(hs) > 1]
+                    hosts.setdefault(vm, set()).add(h)
+            for vm, hs in hosts.items():
+                both = hs & before.get(vm, set())
+                if len(both) > 1:
+                    out.append((t, vm, sorted(both)))
+            before = hosts
         return out
 
     def path(self, vm: str) -> list[str]:
