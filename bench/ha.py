@@ -100,8 +100,10 @@ def _boot(layout: LabLayout, host: str, name: str,
 
 
 def _recorded(coord: Any, vm: str) -> str | None:
+    # Only once the leader saw it running: HA restarts nothing it recorded stopped.
     raw = coord.get(f"ha/vms/{vm}")
-    return json.loads(raw.value)["host"] if raw else None
+    rec = json.loads(raw.value) if raw else {}
+    return rec["host"] if rec.get("running") else None
 
 
 def kill_run() -> tuple[float, float, float]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+from ahvlite.controller.ha.records import StoredVm, key
 from ahvlite.lab.drills import running_on
 from ahvlite.lab.layout import LabLayout
 
@@ -77,3 +78,14 @@ class Placements:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._t.join(timeout=10)
+
+
+def recorded_on(coord, vm: str) -> str | None:
+    """The host the leader's HA record says ``vm`` runs on; None until it says it runs.
+    A lab guest is defined, then started: a round between the two records it stopped,
+    and HA restarts only what it saw running, so a drill waits for this first."""
+    raw = coord.get(key(vm))
+    if raw is None:
+        return None
+    rec = StoredVm.from_bytes(raw.value)
+    return rec.host if rec.running else None

@@ -26,7 +26,7 @@ from ahvlite.spec.labels import HA_PRIORITY_LABEL
 from ahvlite.virt import guest
 from ahvlite.virt.conn import local_socket_connection
 from tests.lab.conftest import ahv, assert_gone
-from tests.lab.placements import Placements
+from tests.lab.placements import Placements, recorded_on
 from tests.waiting import wait_for
 
 NAME = "tha"
@@ -85,14 +85,6 @@ def boot(layout: LabLayout, host: str, name: str, index: int) -> guests.LabGuest
     guests.record(layout, state, [g])
     guests.wait_ready(layout, g, timeout_s=240)
     return g
-
-
-def recorded_on(coord, vm: str) -> str | None:
-    raw = coord.get(key(vm))
-    if raw is None:
-        return None
-    rec = StoredVm.from_bytes(raw.value)
-    return rec.host if rec.running else None
 
 
 def test_partitioned_host_fences_itself_before_the_restart_elsewhere(ha_lab):

@@ -17,7 +17,6 @@ import time
 import pytest
 
 from ahvlite.controller.daemon import LEADER_KEY
-from ahvlite.controller.ha.records import StoredVm, key
 from ahvlite.lab import faults, guests, lab
 from ahvlite.lab.drills import running_on
 from ahvlite.lab.layout import LabLayout
@@ -26,7 +25,7 @@ from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest
 from ahvlite.virt.conn import local_socket_connection
 from tests.lab.conftest import ahv, assert_gone
-from tests.lab.placements import Placements
+from tests.lab.placements import Placements, recorded_on
 from tests.waiting import wait_for
 
 NAME = "tsplit"
@@ -86,11 +85,6 @@ def remove(layout: LabLayout, vm: str) -> None:
     for h in layout.hosts:
         with local_socket_connection(h.libvirt_sock) as conn:
             guest.destroy_and_undefine(conn, vm)
-
-
-def recorded_on(coord, vm: str) -> str | None:
-    raw = coord.get(key(vm))
-    return StoredVm.from_bytes(raw.value).host if raw else None
 
 
 def test_a_host_added_to_the_running_cluster_is_protected_within_10_s(split_lab):
