@@ -90,8 +90,8 @@ TEST_WORKERS ?= 2
 SERIAL_TESTS := tests/lab/test_ha.py tests/lab/test_ha_split.py \
 	tests/lab/test_cluster_truth.py tests/lab/test_iscsi.py
 test: setup
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(addprefix --ignore=,$(SERIAL_TESTS)) tests
-	$(BIN)/pytest $(SERIAL_TESTS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25 $(addprefix --ignore=,$(SERIAL_TESTS)) tests
+	$(BIN)/pytest --durations=15 $(SERIAL_TESTS)
 
 test-unit: venv
 	$(BIN)/pytest tests/unit
