@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
+from ahvlite.clock import FakeClock
 from ahvlite.controller.daemon import LEADER_KEY, Controller, Identity
 from ahvlite.controller.kinds import registry
 from ahvlite.controller.tasks import TaskState
@@ -54,7 +55,7 @@ class Svc:
 def test_controller_acts_only_while_elected():
     coord = ElectionFake()
     log: list[str] = []
-    ctl = Controller(coord, Identity("c1", "h", 42), registry(), clock=lambda: 100.0,
+    ctl = Controller(coord, Identity("c1", "h", 42), registry(), clock=FakeClock(wall=100.0),
                      leader_services=lambda: [Svc(log)])
     ctl.coord.join("c1", ctl._member_data())
     ctl._tick()
@@ -103,7 +104,7 @@ def test_the_leader_loop_survives_any_exception_and_backs_off(monkeypatch):
     coord = ElectionFake()
     log: list[str] = []
     flaky = Flaky(log, fails=2)
-    ctl = Controller(coord, Identity("c1", "h", 42), registry(), clock=lambda: 100.0,
+    ctl = Controller(coord, Identity("c1", "h", 42), registry(), clock=FakeClock(wall=100.0),
                      poll_s=0.2, leader_services=lambda: [Svc(log), flaky])
     coord.token = 5
     ctl._on_elected(5)

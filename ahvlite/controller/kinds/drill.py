@@ -3,7 +3,6 @@ controller offers them only with ``AHVLITE_DRILL_KINDS=1`` in its environment)."
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Literal
@@ -32,7 +31,7 @@ class Sleep(Kind[SleepParams]):
     def run(self, ctx: TaskContext) -> dict[str, Any]:
         p = self.params(ctx)
         for i in range(p.steps):
-            ctx.step(f"sleep-{i}", lambda: time.sleep(p.step_s))
+            ctx.step(f"sleep-{i}", lambda: ctx.clock.sleep(p.step_s))
             ctx.progress(int(100 * (i + 1) / p.steps), f"step {i + 1}/{p.steps}")
         return {"steps": p.steps}
 
@@ -62,12 +61,12 @@ class VmCreate(Kind[VmCreateParams]):
         h = self.host("host", p.host)
         assert h is not None
         vm_uuid = str(uuid.uuid5(VM_UUID_NAMESPACE, ctx.task.id))
-        ctx.step("prepare", lambda: time.sleep(p.hold_s))
+        ctx.step("prepare", lambda: ctx.clock.sleep(p.hold_s))
         ctx.progress(30, "defining")
         ctx.step("define", lambda: define_once(h.uri, p.model_dump(), vm_uuid,
                                                guard=ctx.check_leader))
         ctx.progress(70, "defined")
-        ctx.step("settle", lambda: time.sleep(p.hold_s))
+        ctx.step("settle", lambda: ctx.clock.sleep(p.hold_s))
         return {"name": p.name, "uuid": vm_uuid, "host": p.host}
 
 

@@ -6,7 +6,6 @@ host, the HA admission of every move, and progress per VM."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 from pydantic import Field
@@ -70,7 +69,7 @@ class _Reporter:
             self.ctx.progress(self.pct, message)
 
     def migration(self, p: Any) -> None:
-        now = time.monotonic()
+        now = self.ctx.clock.monotonic()
         if now - self._last.get(p.vm, 0.0) < PROGRESS_EVERY_S:
             return
         self._last[p.vm] = now

@@ -3,7 +3,6 @@ serial console, live migration."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Literal
@@ -493,7 +492,7 @@ class VmMigrate(Kind[MigrateParams]):
         last = [0.0, -1]  # when progress was last written, and its iteration
 
         def on_progress(prog: Any) -> None:
-            now = time.monotonic()
+            now = ctx.clock.monotonic()
             if now - last[0] < PROGRESS_EVERY_S and prog.iteration == last[1]:
                 return
             last[0], last[1] = now, prog.iteration
