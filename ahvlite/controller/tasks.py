@@ -179,7 +179,8 @@ class TaskStore:
         rather than a second one."""
         if registry is not None:
             if kind not in registry:
-                raise InvalidSpec("kind", kind, ", ".join(sorted(registry)))
+                raise InvalidSpec("kind", kind, ", ".join(sorted(
+                    k for k, h in registry.items() if getattr(h, "offered", True))))
             params = registry[kind].validate(params)
         now = self.clock.time()
         if task_id is not None and not TASK_ID_RE.fullmatch(task_id):

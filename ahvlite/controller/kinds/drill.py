@@ -1,5 +1,7 @@
-"""Kinds for drills and tests, not in a production controller's registry (a
-controller offers them only with ``AHVLITE_DRILL_KINDS=1`` in its environment)."""
+"""Kinds for drills and tests, not in a production controller's registry: a
+controller offers them only with ``AHVLITE_DRILL_KINDS=1`` in its environment, which
+the lab writes into its hosts' controller.env. Anywhere else a task of one fails with
+the reason (:class:`Refused`)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pydantic import Field
 from ahvlite.controller.kinds.base import HOST_FIELD, Kind, Params
 from ahvlite.controller.kinds.vm import VM_UUID_NAMESPACE
 from ahvlite.controller.tasks import TaskContext
-from ahvlite.errors import Conflict, OperationFailed
+from ahvlite.errors import Conflict, InvalidSpec, OperationFailed
 
 DRILL_ENV = "AHVLITE_DRILL_KINDS"
 
@@ -53,7 +55,7 @@ class VmCreate(Kind[VmCreateParams]):
     name = "vm.create"
     Params = VmCreateParams
 
-    def check(self, p: Any) -> None:
+    def check(self, p: VmCreateParams) -> None:
         self.host("host", p.host)
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
@@ -98,3 +100,29 @@ def define_once(uri: str, p: dict[str, Any], vm_uuid: str, *,
 
 
 KINDS: tuple[type[Kind[Any]], ...] = (Sleep, VmCreate)
+
+
+class Refused(Kind[Params]):
+    """A drill kind asked of a controller outside a lab: its tasks fail with the
+    reason when the leader claims them (submitting one is refused the same way), and
+    never run. Not listed among the kinds this controller takes."""
+
+    resumable = False
+    offered = False
+    Params = Params
+
+    def refusal(self) -> InvalidSpec:
+        return InvalidSpec("kind", self.name, "a drill kind, run only by a controller in a "
+                           "lab", hint=f"a lab's controllers have {DRILL_ENV}=1 in their "
+                           "environment")
+
+    def validate(self, params: dict[str, Any]) -> dict[str, Any]:
+        raise self.refusal()
+
+    def run(self, ctx: TaskContext) -> dict[str, Any]:
+        raise self.refusal()
+
+
+def refused(kind: type[Kind[Any]]) -> type[Kind[Any]]:
+    """The stand-in for drill kind ``kind`` on a controller outside a lab."""
+    return type(f"{kind.__name__}Refused", (Refused,), {"name": kind.name})

@@ -129,7 +129,7 @@ class VmSpecCreate(Kind[SpecCreateParams]):
         out["spec"] = dumped
         return out
 
-    def check(self, p: Any) -> None:
+    def check(self, p: SpecCreateParams) -> None:
         self.host("host", p.host)
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
@@ -478,7 +478,7 @@ class VmMigrate(Kind[MigrateParams]):
         return self.Params.model_validate(super().validate(params)).model_dump(
             mode="json", exclude_defaults=True)
 
-    def check(self, p: Any) -> None:
+    def check(self, p: MigrateParams) -> None:
         self.host("to", p.to)
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
