@@ -31,7 +31,7 @@ def put_resumed(coord: Coordinator, kind: str, params: dict[str, Any], *,
 
 
 def ended(coord: Coordinator, task_id: str, timeout_s: float = 60) -> Task:
-    store = TaskStore(coord, time.time)
+    store = TaskStore(coord)
     task = wait_for(lambda: (t := store.load(task_id)[0]).terminal and t, timeout_s)
     assert task, f"task {task_id} did not end in {timeout_s} s"
     return task

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
+from ahvlite.clock import SYSTEM
 from ahvlite.cluster import schedulable, vms
 from ahvlite.cluster.state import ClusterState
 from ahvlite.controller.ads.model import (
@@ -175,7 +175,7 @@ def stored_records(store: DocStore, *, max_age_s: float,
     """The newest ``stats/HOST`` record of each host, when it is younger than
     ``max_age_s`` (a host whose controller stopped publishing has none); records that
     do not parse are left out."""
-    now = time.time() if now is None else now
+    now = SYSTEM.time() if now is None else now
     out = {}
     for name, v in store.children(STATS_PREFIX).items():
         try:
@@ -199,14 +199,14 @@ def local_records(hosts: vms.Hosts, sample_s: float,
             first[name] = sample_host(conn)
         except AhvliteError:
             continue
-    time.sleep(sample_s)
+    SYSTEM.sleep(sample_s)
     out = {}
     for name, prev in first.items():
         try:
             cur = sample_host(hosts.conns[name])
         except AhvliteError:
             continue
-        out[name] = [host_stats(name, prev, cur, time.time()).to_dict()]
+        out[name] = [host_stats(name, prev, cur, SYSTEM.time()).to_dict()]
     return out
 
 

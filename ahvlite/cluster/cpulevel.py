@@ -5,10 +5,10 @@ can run, so any VM can live-migrate to any host. Stored through
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ahvlite.clock import SYSTEM
 from ahvlite.cluster import vms
 from ahvlite.cluster.cpustore import CpuLevel, CpuLevelStore
 from ahvlite.cluster.inventory import parallel
@@ -80,11 +80,11 @@ def given_up(cpus: list[HostCpu], level: CpuDef) -> dict[str, list[str]]:
 
 def show(cluster: ClusterSpec, store: CpuLevelStore) -> dict[str, Any]:
     """Each host's CPU, the computed baseline, the stored level, what hosts give up."""
-    t0 = time.monotonic()
+    t0 = SYSTEM.monotonic()
     with vms.connect(cluster) as hosts:
         cpus = _all_host_cpus(hosts)
         baseline = _baseline(hosts, cpus)
-    took = time.monotonic() - t0
+    took = SYSTEM.monotonic() - t0
     level = store.load()
     effective = level.cpu if level else baseline
     return {
@@ -107,7 +107,7 @@ def apply(cluster: ClusterSpec, store: CpuLevelStore, *,
         cpus = _all_host_cpus(hosts)
         level = store.load()
         if level is None or level.source != "manual" or recompute:
-            level = CpuLevel(_baseline(hosts, cpus), "baseline", time.time())
+            level = CpuLevel(_baseline(hosts, cpus), "baseline", SYSTEM.time())
             store.save(level)
         changed, next_cycle = [], []
         for conn in hosts.conns.values():
@@ -144,7 +144,7 @@ def set_level(cluster: ClusterSpec, store: CpuLevelStore, model: str) -> dict[st
         raise Conflict(f"CPU model {model} cannot run on every host: {why}",
                        hint="`ahvlite cluster cpu show` lists the hosts' models and the "
                             "baseline; pick an older model")
-    level = CpuLevel(wanted, "manual", time.time(), name=model)
+    level = CpuLevel(wanted, "manual", SYSTEM.time(), name=model)
     store.save(level)
     return {"level": level.to_dict(),
             "hosts": {h: asdict(r) for h, r in results.items()}}
@@ -260,7 +260,7 @@ def finish_host_add(cluster: ClusterSpec, store: CpuLevelStore,
                            "redefined": [], "next_power_cycle": []}
     if plan.action != "lower" or plan.level is None:
         return out
-    store.save(CpuLevel(plan.level, "baseline", time.time()))
+    store.save(CpuLevel(plan.level, "baseline", SYSTEM.time()))
     applied = apply(cluster, store)
     out.update(redefined=applied["redefined"], next_power_cycle=applied["next_power_cycle"])
     return out

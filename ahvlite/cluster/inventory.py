@@ -4,13 +4,13 @@ changes of adding and removing one (stored by the leader's ``host.*`` task kinds
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from ahvlite.clock import SYSTEM
 from ahvlite.errors import AhvliteError, Conflict
 from ahvlite.remote import facts as remote_facts
 from ahvlite.remote.ssh import SshTarget
@@ -56,12 +56,12 @@ def parallel(fn: Callable[[T], R], items: list[T], *, workers: int = 16) -> list
 
 
 def host_status(host: HostSpec, *, timeout_s: float = 5) -> HostStatus:
-    t0 = time.monotonic()
+    t0 = SYSTEM.monotonic()
     try:
         with connection(host.uri, timeout_s=timeout_s) as conn:
             running = sum(1 for _, st in guest.list_domains(conn) if st in RUNNING_STATES)
             return HostStatus(host.name, host.uri, "connected", conn.getHostname(), running,
-                              latency_ms=round((time.monotonic() - t0) * 1000, 1))
+                              latency_ms=round((SYSTEM.monotonic() - t0) * 1000, 1))
     except AhvliteError as exc:
         return HostStatus(host.name, host.uri, "unreachable", error=exc.message)
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ahvlite.clock import wait_until
 from ahvlite.cluster.state import SPEC_KEY, STATE, ClusterState
 from ahvlite.errors import NotFound, OperationTimeout
 from ahvlite.kv import MUST_NOT_EXIST, Check, Delete, Op, Put, Versioned, VersionMismatch
@@ -56,15 +56,15 @@ class DirStore:
             if timeout_s is None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             else:
-                deadline = time.monotonic() + timeout_s
-                while True:
+                def take() -> bool:
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
+                        return True
                     except BlockingIOError:
-                        if time.monotonic() >= deadline:
-                            raise OperationTimeout(f"lock {name}: held elsewhere") from None
-                        time.sleep(0.05)
+                        return False
+
+                if not wait_until(take, timeout_s=timeout_s, interval_s=0.05):
+                    raise OperationTimeout(f"lock {name}: held elsewhere")
             yield
         finally:
             os.close(fd)

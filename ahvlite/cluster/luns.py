@@ -9,10 +9,10 @@ its target only counts as healthy once it has.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
+from ahvlite.clock import SYSTEM
 from ahvlite.cluster.inventory import parallel, ssh_target
 from ahvlite.errors import AhvliteError, HostUnreachable, InvalidSpec
 from ahvlite.remote import ssh
@@ -122,7 +122,7 @@ def storage_view(cluster: ClusterSpec, *, with_vms: bool = True) -> dict[str, An
             for d in v.disks:
                 if d.get("volume"):
                     disks[d["volume"]] = (v.name, d["name"])
-    merged = view.merge(statuses, now_s=time.time(), vms=vm_names, disks=disks)
+    merged = view.merge(statuses, now_s=SYSTEM.time(), vms=vm_names, disks=disks)
     merged["cluster"] = cluster.name
     return merged
 

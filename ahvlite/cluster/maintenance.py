@@ -22,13 +22,13 @@ tested on a simulated cluster as well as on libvirt.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from ahvlite.clock import SYSTEM
 from ahvlite.cluster import migrate, vms
 from ahvlite.cluster.convergence import ConvergenceSettings
 from ahvlite.cluster.placement import HostCapacity
@@ -286,7 +286,7 @@ def mark_unschedulable(cluster: ClusterSpec, host: str) -> dict[str, Any]:
     def start(entry: dict[str, Any]) -> None:
         if entry.get("state") != "in_maintenance":
             entry["state"] = "entering"
-        entry.setdefault("since", time.time())
+        entry.setdefault("since", SYSTEM.time())
         entry.setdefault("moved", [])
         entry.setdefault("shut_down", [])
         entry["failed"] = []
@@ -328,7 +328,7 @@ class _Enter:
         self.ops, self.hooks, self.st = ops, hooks, cluster.state
 
     def run(self) -> EnterReport:
-        t0 = time.monotonic()
+        t0 = SYSTEM.monotonic()
         host, hooks = self.host, self.hooks
 
         def mark() -> dict[str, Any]:
@@ -369,7 +369,7 @@ class _Enter:
             if vm not in out.shut_down:
                 self._shut_down(vm, out, serial)
         out.state = "in_maintenance" if not out.failed else "entering"
-        out.took_s = round(time.monotonic() - t0, 2)
+        out.took_s = round(SYSTEM.monotonic() - t0, 2)
 
         def finish(e: dict[str, Any]) -> None:
             e["state"] = out.state

@@ -5,7 +5,6 @@ job steered by the convergence policy, and a result. ADS, HA and maintenance cal
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -13,6 +12,7 @@ from typing import Any
 
 from lxml import etree
 
+from ahvlite.clock import SYSTEM
 from ahvlite.cluster import convergence, cpulevel, schedulable, vms
 from ahvlite.cluster.convergence import ConvergenceSettings
 from ahvlite.errors import AhvliteError, Conflict, InvalidSpec, OperationFailed
@@ -291,7 +291,7 @@ def _run(job: MigrationJob, settings: ConvergenceSettings, hosts: vms.Hosts, vm:
          dest: str, checks: dict[str, str],
          on_progress: Callable[[MigrationProgress], None] | None) -> MigrateResult:
     history: list[JobSample] = []
-    started = time.monotonic()
+    started = SYSTEM.monotonic()
     job.start()
     try:
         abort_reason, downtime_ms, postcopy = _steer(
@@ -314,7 +314,7 @@ def _run(job: MigrationJob, settings: ConvergenceSettings, hosts: vms.Hosts, vm:
             raise job.error
         raise MigrationAborted(MigrateResult(
             vm=vm.name, source=vm.host, destination=dest, converged=False, aborted=True,
-            reason=abort_reason, total_ms=int((time.monotonic() - started) * 1000),
+            reason=abort_reason, total_ms=int((SYSTEM.monotonic() - started) * 1000),
             downtime_ms=None,
             data_transferred_bytes=last.data_processed_bytes if last else None,
             iterations=last.iteration if last else None, throttle_max_pct=throttle,
@@ -327,7 +327,7 @@ def _run(job: MigrationJob, settings: ConvergenceSettings, hosts: vms.Hosts, vm:
     return MigrateResult(
         vm=vm.name, source=vm.host, destination=dest, converged=True, aborted=False,
         reason=None,
-        total_ms=done.get("time_elapsed") or int((time.monotonic() - started) * 1000),
+        total_ms=done.get("time_elapsed") or int((SYSTEM.monotonic() - started) * 1000),
         downtime_ms=done.get("downtime"),
         data_transferred_bytes=done.get("data_processed") or (
             last.data_processed_bytes if last else None),
@@ -349,7 +349,7 @@ def _steer(job: MigrationJob, settings: ConvergenceSettings, history: list[JobSa
     while not job.wait(settings.poll_interval_s):
         # Our own clock too: the policy's timeout reads libvirt's job stats, and a job
         # that reports none (sample() None) would otherwise run without a limit.
-        elapsed_s = time.monotonic() - started
+        elapsed_s = SYSTEM.monotonic() - started
         if abort_reason is None and settings.timeout_s is not None and \
                 elapsed_s >= settings.timeout_s:
             abort_reason = (f"timed out after {elapsed_s:.0f} s (timeout "
@@ -375,7 +375,7 @@ def _steer(job: MigrationJob, settings: ConvergenceSettings, history: list[JobSa
         if on_progress is not None:
             on_progress(MigrationProgress(
                 vm=vm.name, source=vm.host, destination=dest,
-                elapsed_s=time.monotonic() - started, iteration=sample.iteration,
+                elapsed_s=SYSTEM.monotonic() - started, iteration=sample.iteration,
                 data_total_bytes=sample.data_total_bytes,
                 data_remaining_bytes=sample.data_remaining_bytes,
                 dirty_rate_bytes_s=sample.dirty_rate_bytes_s,

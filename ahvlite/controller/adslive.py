@@ -5,10 +5,10 @@ with the caller's solver options, and how well the last plan that moved VMs did.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 from typing import Any
 
+from ahvlite.clock import SYSTEM, Clock
 from ahvlite.errors import NotFound
 from ahvlite.spec.cluster import ClusterSpec
 
@@ -79,10 +79,11 @@ def effectiveness(cluster: ClusterSpec, *, sample_s: float = 1.0) -> dict[str, A
 
 
 def record_run(cluster: ClusterSpec, planned: dict[str, Any],
-               migrations: list[dict[str, Any]], error: Any) -> dict[str, Any]:
+               migrations: list[dict[str, Any]], error: Any, *,
+               clock: Clock = SYSTEM) -> dict[str, Any]:
     from ahvlite.cluster.adsinput import LAST_RUN_KEY
 
-    record = {"at": time.time(), "plan": planned, "migrations": migrations,
+    record = {"at": clock.time(), "plan": planned, "migrations": migrations,
               "error": error}
     cluster.state.put(LAST_RUN_KEY, record)
     return record

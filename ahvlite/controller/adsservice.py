@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
+from ahvlite.clock import SYSTEM, Clock
 from ahvlite.controller.ads.model import Problem
 from ahvlite.controller.ads.plan import Move, Plan, SolverChoice, make_plan
 from ahvlite.controller.coord.api import Coordinator, NotLeader, Op, Put
@@ -33,7 +33,7 @@ MIGRATE_KIND = "vm.migrate"
 class AdsService:
     def __init__(self, coord: Coordinator, snapshot: Callable[[], Problem], *,
                  interval_s: float = 900.0, first_delay_s: float | None = None,
-                 poll_s: float = 2.0, clock: Callable[[], float] = time.time,
+                 poll_s: float = 2.0, clock: Clock = SYSTEM,
                  solver: SolverChoice = "auto",
                  time_limit_s: float = 5.0,
                  admit: Callable[[list[tuple[str, str]]], None] = lambda _moves: None,
@@ -48,7 +48,7 @@ class AdsService:
         self.time_limit_s = time_limit_s
         self.store = TaskStore(coord, clock)
         # The first round waits (default: one interval) so the stats have a history.
-        self.next_run = clock() + (interval_s if first_delay_s is None else first_delay_s)
+        self.next_run = clock.time() + (interval_s if first_delay_s is None else first_delay_s)
         self.queue: list[Move] = []
         self.current: str | None = None  # id of the vm.migrate task in flight
         self.last_plan: Plan | None = None
@@ -74,7 +74,7 @@ class AdsService:
                 log.warning("ads: %s", exc.message)
             except Exception:  # a bug or a surprise must not end ADS while we lead
                 log.exception("ads: round failed; trying again in %g s", self.poll_s)
-            self._stop.wait(self.poll_s)
+            self.clock.wait(self._stop, self.poll_s)
 
     def step(self) -> None:
         """Advance: watch the move in flight, submit the next, or plan when it is time."""
@@ -99,9 +99,9 @@ class AdsService:
         if self.queue:
             self._submit(self.queue.pop(0))
             return
-        if self.clock() < self.next_run:
+        if self.clock.time() < self.next_run:
             return
-        self.next_run = self.clock() + self.interval_s
+        self.next_run = self.clock.time() + self.interval_s
         plan = make_plan(self.snapshot(), solver=self.solver, time_limit_s=self.time_limit_s)
         self.last_plan = plan
         refused = None
@@ -110,7 +110,7 @@ class AdsService:
                 self.admit([(m.vm, m.target) for m in plan.moves])
             except AhvliteError as exc:
                 refused = exc.message
-        record = json.dumps({"at": self.clock(), **plan.to_dict(),
+        record = json.dumps({"at": self.clock.time(), **plan.to_dict(),
                              **({"refused": refused} if refused else {})}).encode()
         puts: list[Op] = [Put(LAST_PLAN_KEY, record)]
         if refused is not None:

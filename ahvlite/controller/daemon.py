@@ -14,11 +14,11 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ahvlite.clock import SYSTEM, Clock
 from ahvlite.controller.coord.api import Coordinator, NotLeader, Put
 from ahvlite.controller.tasks import Handler, TaskRunner, TaskStore
 from ahvlite.errors import AhvliteError
@@ -57,7 +57,7 @@ class Controller:
 
     def __init__(self, coord: Coordinator, identity: Identity, registry: dict[str, Handler],
                  *, workers: int = 4, heartbeat_s: float = 1.0, poll_s: float = 0.2,
-                 clock: Callable[[], float] = time.time,
+                 clock: Clock = SYSTEM,
                  leader_services: Callable[[], list[Service]] | None = None,
                  api_url: str | None = None) -> None:
         self.coord = coord
@@ -70,7 +70,7 @@ class Controller:
         self.poll_s = poll_s
         self.store = TaskStore(coord, clock)
         self.runner = TaskRunner(coord, self.store, registry, identity.name, workers=workers)
-        self.started_at = clock()
+        self.started_at = clock.time()
         self._elected: int | None = None  # token handed over by the election thread
         self._acting: int | None = None  # token the main loop acts under
         self._wake = threading.Event()
@@ -80,7 +80,7 @@ class Controller:
     def _member_data(self) -> bytes:
         data = {"name": self.identity.name, "host": self.identity.host,
                 "pid": self.identity.pid, "started_at": self.started_at,
-                "heartbeat_at": self.clock(), "leader": self._acting is not None}
+                "heartbeat_at": self.clock.time(), "leader": self._acting is not None}
         if self.api_url is not None:
             data["api"] = self.api_url
         return json.dumps(data).encode()
@@ -107,15 +107,15 @@ class Controller:
         try:
             while not stop.is_set():
                 self._tick()
-                if time.monotonic() >= next_beat:
-                    next_beat = time.monotonic() + self.heartbeat_s
+                if self.clock.monotonic() >= next_beat:
+                    next_beat = self.clock.monotonic() + self.heartbeat_s
                     try:
                         self.coord.update_member(self.identity.name, self._member_data())
                     except AhvliteError as exc:
                         log.warning("heartbeat: %s", exc.message)
                     except Exception:
                         log.exception("heartbeat")
-                self._wake.wait(self._pause_s())
+                self.clock.wait(self._wake, self._pause_s())
                 self._wake.clear()
         finally:
             self._step_down()
@@ -193,7 +193,7 @@ class Controller:
     def _announce(self, token: int) -> None:
         record: dict[str, Any] = {"name": self.identity.name, "host": self.identity.host,
                                   "pid": self.identity.pid, "token": token,
-                                  "acted_at": self.clock()}
+                                  "acted_at": self.clock.time()}
         if self.api_url is not None:  # clients and followers send uploads here
             record["api"] = self.api_url
         self.coord.fenced([Put(LEADER_KEY, json.dumps(record).encode())])

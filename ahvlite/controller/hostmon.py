@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ahvlite.clock import SYSTEM
 from ahvlite.controller.coord.api import Coordinator, NotLeader, Put
 from ahvlite.controller.stats import HostStats
 from ahvlite.errors import AhvliteError
@@ -67,7 +67,7 @@ def apply_event(vms: dict[str, str], event: str, domain: str) -> None:
 
 class HostMonitor:
     def __init__(self, coord: Coordinator, links: list[Link], *, interval_s: float = 10.0,
-                 clock: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = SYSTEM.time,
                  latest: Callable[[str], HostStats | None] = lambda _h: None,
                  closed: Callable[[], set[str]] = set) -> None:
         self.coord = coord

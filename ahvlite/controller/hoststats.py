@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from ahvlite.clock import SYSTEM
 from ahvlite.controller.coord.api import Coordinator
 from ahvlite.controller.stats import History, HostStats, host_stats, parse_host_stats
 from ahvlite.errors import AhvliteError, OperationTimeout
@@ -45,7 +45,7 @@ class OwnStats:
 
     def __init__(self, coord: Coordinator, host: str, connect: Callable[[], Any], *,
                  interval_s: float = 10.0, is_host: Callable[[str], bool] = lambda _h: True,
-                 clock: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = SYSTEM.time,
                  sampler: Callable[[Any], HostCounters] = sample_host,
                  call_timeout_s: float = 10.0) -> None:
         self.coord = coord
@@ -156,7 +156,7 @@ class StatsFeed:
     """The leader's history of every host's published stats, read every ``interval_s``."""
 
     def __init__(self, coord: Coordinator, *, interval_s: float = 10.0, size: int = 360,
-                 max_age_s: float = 120.0, clock: Callable[[], float] = time.time) -> None:
+                 max_age_s: float = 120.0, clock: Callable[[], float] = SYSTEM.time) -> None:
         self.coord = coord
         self.interval_s = interval_s
         self.max_age_s = max_age_s

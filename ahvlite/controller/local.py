@@ -19,11 +19,11 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ahvlite.clock import SYSTEM, Clock, wait_until
 from ahvlite.errors import Conflict, InvalidSpec, NotFound, OperationTimeout
 
 DEFAULT_DIR = Path("/var/lib/ahvlite/local")
@@ -208,7 +208,8 @@ def api_answers(url: str, ca_file: Path, timeout_s: float = 2) -> bool:
         return False
 
 
-def start(layout: LocalLayout, listen: str, *, timeout_s: float = 60) -> int:
+def start(layout: LocalLayout, listen: str, *, timeout_s: float = 60,
+          clock: Clock = SYSTEM) -> int:
     """Start the controller from the environment file (as the unit does) and wait
     until its API answers; its PID."""
     from ahvlite.envfile import read_env_file
@@ -221,21 +222,26 @@ def start(layout: LocalLayout, listen: str, *, timeout_s: float = 60) -> int:
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=log, start_new_session=True, close_fds=True)
     layout.pid_file.write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + timeout_s
     url = f"https://{listen}"
-    while not api_answers(url, layout.admin_dir / "ca.pem"):
-        if proc.poll() is not None:
-            layout.pid_file.unlink(missing_ok=True)
-            raise NotFound(f"the controller exited with status {proc.returncode} before "
-                           f"its API answered", hint=f"see {layout.log_file}")
-        if time.monotonic() > deadline:
-            raise OperationTimeout(f"the controller's API at {url} did not answer in "
-                                   f"{timeout_s:.0f} s", hint=f"see {layout.log_file}")
-        time.sleep(0.2)
+
+    def state() -> str:
+        if api_answers(url, layout.admin_dir / "ca.pem"):
+            return "answers"
+        return "exited" if proc.poll() is not None else ""
+
+    got = wait_until(state, timeout_s=timeout_s, interval_s=0.2, clock=clock)
+    if got == "exited":
+        layout.pid_file.unlink(missing_ok=True)
+        raise NotFound(f"the controller exited with status {proc.returncode} before "
+                       f"its API answered", hint=f"see {layout.log_file}")
+    if not got:
+        raise OperationTimeout(f"the controller's API at {url} did not answer in "
+                               f"{timeout_s:.0f} s", hint=f"see {layout.log_file}")
     return proc.pid
 
 
-def stop(layout: LocalLayout, *, timeout_s: float = 15) -> int | None:
+def stop(layout: LocalLayout, *, timeout_s: float = 15,
+         clock: Clock = SYSTEM) -> int | None:
     """Stop the controller `local up` started (by its recorded PID); its PID, or None
     when none ran."""
     pid = running_pid(layout)
@@ -243,10 +249,8 @@ def stop(layout: LocalLayout, *, timeout_s: float = 15) -> int | None:
     if pid is None:
         return None
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while Path(f"/proc/{pid}").exists() and _cmdline(pid):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            break
-        time.sleep(0.1)
+    gone = wait_until(lambda: not (Path(f"/proc/{pid}").exists() and _cmdline(pid)),
+                      timeout_s=timeout_s, interval_s=0.1, clock=clock)
+    if not gone:
+        os.kill(pid, signal.SIGKILL)
     return pid

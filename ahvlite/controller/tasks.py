@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
+from ahvlite.clock import SYSTEM, Clock, wait_until
 from ahvlite.controller.coord.api import (
     MUST_NOT_EXIST,
     Coordinator,
@@ -160,9 +161,10 @@ class Handler(Protocol):
 
 
 class TaskStore:
-    """Tasks in the coordination store; ``clock`` gives wall-clock seconds."""
+    """Tasks in the coordination store; ``clock`` stamps them (wall time) and paces
+    :meth:`wait`."""
 
-    def __init__(self, coord: Coordinator, clock: Callable[[], float]) -> None:
+    def __init__(self, coord: Coordinator, clock: Clock = SYSTEM) -> None:
         self.coord = coord
         self.clock = clock
 
@@ -177,9 +179,10 @@ class TaskStore:
         rather than a second one."""
         if registry is not None:
             if kind not in registry:
-                raise InvalidSpec("kind", kind, ", ".join(sorted(registry)))
+                raise InvalidSpec("kind", kind, ", ".join(sorted(
+                    k for k, h in registry.items() if getattr(h, "offered", True))))
             params = registry[kind].validate(params)
-        now = self.clock()
+        now = self.clock.time()
         if task_id is not None and not TASK_ID_RE.fullmatch(task_id):
             raise InvalidSpec("id", task_id, "a task id like 1764117600000-0a1b2c3d")
         task = Task(id=task_id or new_task_id(now), kind=kind, params=params,
@@ -230,7 +233,7 @@ class TaskStore:
             if task.terminal:
                 raise Conflict(f"task {task_id} already {task.state}")
             if task.state == TaskState.QUEUED:
-                new = replace(task, state=TaskState.CANCELLED, finished_at=self.clock(),
+                new = replace(task, state=TaskState.CANCELLED, finished_at=self.clock.time(),
                               message="cancelled before it started")
             else:
                 new = replace(task, cancel_requested=True)
@@ -240,17 +243,13 @@ class TaskStore:
             except VersionMismatch:
                 continue  # the leader moved it meanwhile: look again
 
-    def wait(self, task_id: str, timeout_s: float, sleep: Callable[[float], None],
-             monotonic: Callable[[], float]) -> Task:
-        deadline = monotonic() + timeout_s
-        while True:
-            task, _ = self.load(task_id)
-            if task.terminal:
-                return task
-            if monotonic() >= deadline:
-                raise OperationTimeout(f"task {task_id} still {task.state} after {timeout_s:g} s",
-                                       hint="wait longer, or `ahvlite task show ID`")
-            sleep(0.1)
+    def wait(self, task_id: str, timeout_s: float) -> Task:
+        task = wait_until(lambda: self.load(task_id)[0], timeout_s=timeout_s, interval_s=0.1,
+                          clock=self.clock, done=lambda t: t.terminal)
+        if not task.terminal:
+            raise OperationTimeout(f"task {task_id} still {task.state} after {timeout_s:g} s",
+                                   hint="wait longer, or `ahvlite task show ID`")
+        return task
 
 
 class TaskContext:
@@ -261,6 +260,7 @@ class TaskContext:
         self.task = task
         self.version = version
         self.params = task.params
+        self.clock = runner.store.clock  # the controller's: steps time and wait by it
 
     def _save(self, task: Task) -> None:
         while True:
@@ -346,7 +346,7 @@ class TaskRunner:
             else:
                 why = ("not resumable" if handler is None or not handler.resumable
                        else f"{task.attempts} attempts")
-                new = replace(task, state=TaskState.FAILED, finished_at=self.store.clock(),
+                new = replace(task, state=TaskState.FAILED, finished_at=self.store.clock.time(),
                               error=f"{who} stopped while running it ({why})")
             try:
                 self.store.write(new, version, fenced=True)
@@ -380,7 +380,7 @@ class TaskRunner:
         only over the version read: a record rewritten meanwhile is looked at again)."""
         log.warning("task %s: %s; marked failed", stand_in.id, problem)
         try:
-            self.store.write(replace(stand_in, finished_at=self.store.clock()), version,
+            self.store.write(replace(stand_in, finished_at=self.store.clock.time()), version,
                              fenced=True)
         except VersionMismatch:
             pass
@@ -389,7 +389,7 @@ class TaskRunner:
         assert self._pool is not None
         claimed = replace(task, state=TaskState.RUNNING, owner=self.identity,
                           owner_token=token, attempts=task.attempts + 1,
-                          started_at=task.started_at or self.store.clock())
+                          started_at=task.started_at or self.store.clock.time())
         error = None
         if task.kind not in self.registry:
             error = f"unknown task kind {task.kind!r}"
@@ -403,7 +403,7 @@ class TaskRunner:
                 log.exception("task %s: validating its params failed", task.id)
                 error = f"invalid params ({type(exc).__name__}: {exc})"
         if error is not None:
-            claimed = replace(claimed, state=TaskState.FAILED, finished_at=self.store.clock(),
+            claimed = replace(claimed, state=TaskState.FAILED, finished_at=self.store.clock.time(),
                               error=error)
         try:
             version = self.store.write(claimed, version, fenced=True)
@@ -422,20 +422,20 @@ class TaskRunner:
             try:
                 result = self.registry[task.kind].run(ctx)
                 end = replace(ctx.task, state=TaskState.SUCCEEDED, progress_pct=100,
-                              result=result, finished_at=self.store.clock(), message="done")
+                              result=result, finished_at=self.store.clock.time(), message="done")
             except NotLeader:
                 log.warning("task %s: leadership lost; the next leader takes it over", task.id)
                 return
             except TaskCancelled as exc:
                 end = replace(ctx.task, state=TaskState.CANCELLED, error=exc.message,
-                              finished_at=self.store.clock())
+                              finished_at=self.store.clock.time())
             except AhvliteError as exc:
                 end = replace(ctx.task, state=TaskState.FAILED, error=exc.message,
                               error_kind=exc.kind, error_hint=exc.hint,
-                              finished_at=self.store.clock())
+                              finished_at=self.store.clock.time())
             except Exception as exc:  # a handler bug still ends its task, with the reason
                 log.exception("task %s failed", task.id)
-                end = replace(ctx.task, state=TaskState.FAILED, finished_at=self.store.clock(),
+                end = replace(ctx.task, state=TaskState.FAILED, finished_at=self.store.clock.time(),
                               error=f"{type(exc).__name__}: {exc}")
             self._finish(ctx, end)
         finally:
@@ -456,6 +456,6 @@ class TaskRunner:
             reason = f"its end could not be recorded ({type(exc).__name__}: {exc})"
         try:
             ctx._save(replace(ctx.task, state=TaskState.FAILED, result=None, error=reason,
-                              finished_at=self.store.clock()))
+                              finished_at=self.store.clock.time()))
         except Exception:
             log.exception("task %s: could not record its failure either", end.id)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ahvlite.clock import SYSTEM
 from ahvlite.cluster import network as cnet
 from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.lab import guests, lab
@@ -21,7 +21,7 @@ DEMO_NETWORKS = (("vm-blue", 101), ("vm-red", 102))
 def run(name: str, *, report: Callable[[str], None]) -> dict[str, Any]:
     layout = lab.layout_of(name)
     state = lab.state_of(name)
-    started = time.monotonic()
+    started = SYSTEM.monotonic()
     plan = [(host, f"demo-{host.name}", str(address))
             for host, address in zip(layout.hosts, layout.guest_addresses, strict=False)]
     for host, gname, address in plan:
@@ -29,10 +29,10 @@ def run(name: str, *, report: Callable[[str], None]) -> dict[str, Any]:
 
     def boot_and_wait(item: tuple[HostLayout, str, str]) -> tuple[guests.LabGuest, float]:
         host, gname, address = item
-        t0 = time.monotonic()
+        t0 = SYSTEM.monotonic()
         g = guests.boot_from_disk(layout, state, host, gname, address)
         guests.wait_ready(layout, g)
-        return g, time.monotonic() - t0
+        return g, SYSTEM.monotonic() - t0
 
     # Hosts boot in parallel, as they would in a real cluster.
     with ThreadPoolExecutor(max_workers=len(plan) or 1) as pool:
@@ -67,4 +67,4 @@ def run(name: str, *, report: Callable[[str], None]) -> dict[str, Any]:
     net_show = cnet.show(spec)
     return {"guests": rows, "pings": pings, "net_show": net_show,
             "ok": bool(pings) and all(p["ok"] for p in pings),
-            "elapsed_s": round(time.monotonic() - started, 1)}
+            "elapsed_s": round(SYSTEM.monotonic() - started, 1)}

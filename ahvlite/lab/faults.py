@@ -14,9 +14,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from typing import Any
 
+from ahvlite.clock import wait_until
 from ahvlite.lab import lab, processes, segments
 from ahvlite.lab.state import ProcessRecord
 from ahvlite.net import netlink
@@ -39,15 +39,17 @@ def kill(name: str, host: str) -> dict[str, Any]:
         if processes.starttime(p.pid) == p.starttime:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
     live = victims
-    while live and time.monotonic() < deadline:
+
+    def ended() -> bool:
+        nonlocal live
         for p in live:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(p.pid, os.WNOHANG)
         live = [p for p in live if processes.is_alive(p)]
-        if live:
-            time.sleep(0.02)
+        return not live
+
+    wait_until(ended, timeout_s=5, interval_s=0.02)
     return {"host": host, "killed": sorted(f"{p.role}:{p.pid}" for p in victims),
             "survivors": sorted(f"{p.role}:{p.pid}" for p in live)}
 

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ahvlite.clock import wait_until
 from ahvlite.cluster import vms
 from ahvlite.errors import OperationFailed, OperationTimeout
 from ahvlite.spec.cluster import ClusterSpec
@@ -107,13 +108,9 @@ def start_writer(cluster: ClusterSpec, vm: str, dev: str, blocks: int, *,
 def stop_writer(cluster: ClusterSpec, vm: str, timeout_s: float = 60, *,
                 first_round: int = 1) -> Progress:
     vms.console_run(cluster, vm, ": > /tmp/io-stop", timeout_s=30)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        code, _ = vms.console_run(cluster, vm, "test -e /tmp/io-done", timeout_s=30)
-        if code == 0:
-            break
-        time.sleep(0.5)
-    else:
+    if not wait_until(lambda: vms.console_run(cluster, vm, "test -e /tmp/io-done",
+                                              timeout_s=30)[0] == 0,
+                      timeout_s=timeout_s, interval_s=0.5):
         raise OperationTimeout(f"{vm}: the writer did not stop in {timeout_s:g} s")
     _, out = vms.console_run(cluster, vm, "cat /tmp/io-progress; cat /tmp/io-err 2>/dev/null",
                              timeout_s=30)

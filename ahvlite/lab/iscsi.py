@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ahvlite.clock import wait_until
 from ahvlite.errors import MissingDependency, OperationTimeout
 from ahvlite.lab.layout import HostLayout, LabLayout
 from ahvlite.lab.prereqs import find_program
@@ -128,10 +128,7 @@ def all_healthy(status: dict[str, Any] | None) -> bool:
 
 
 def _wait_for(check: Callable[[], bool], what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise OperationTimeout(f"waited {timeout_s:g} s for {what}",
-                                   hint="see the host's logs/storage.log and "
-                                        "logs/redirector.log in the lab's state dir")
-        time.sleep(0.2)
+    if not wait_until(check, timeout_s=timeout_s, interval_s=0.2):
+        raise OperationTimeout(f"waited {timeout_s:g} s for {what}",
+                               hint="see the host's logs/storage.log and "
+                                    "logs/redirector.log in the lab's state dir")

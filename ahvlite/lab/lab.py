@@ -11,11 +11,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ahvlite.clock import SYSTEM, wait_until
 from ahvlite.errors import Conflict, NotFound, OperationFailed, OperationTimeout, UnsafeNetwork
 from ahvlite.lab import hostconfig, namespaces, processes, segments, services
 from ahvlite.lab.guest import GuestImages, build_guest
@@ -69,7 +69,7 @@ def _quiet(_: str) -> None:
 
 def up(spec: LabSpec, *, report: Report = _quiet) -> dict[str, Any]:
     """Build the lab described by ``spec``; return its status."""
-    started = time.monotonic()
+    started = SYSTEM.monotonic()
     check_lab_prerequisites()
     root = lab_root(spec.name)
     layout = plan_layout(spec, root)
@@ -114,14 +114,14 @@ def up(spec: LabSpec, *, report: Report = _quiet) -> dict[str, Any]:
         report("lab up failed; removing what it created")
         teardown(spec.name, keep=True)
         raise
-    state.timings_s["lab_up"] = round(time.monotonic() - started, 2)
+    state.timings_s["lab_up"] = round(SYSTEM.monotonic() - started, 2)
     state.phase = "up"
     state.save(layout.state_file)
     return status(spec.name)
 
 
 def _build(layout: LabLayout, state: LabState, images: GuestImages, report: Report) -> None:
-    t0 = time.monotonic()
+    t0 = SYSTEM.monotonic()
     save = lambda: state.save(layout.state_file)  # noqa: E731 - recorded before each step
 
     report(f"wiring lab bridge {layout.bridge} with {layout.gateway}")
@@ -169,7 +169,7 @@ def _build(layout: LabLayout, state: LabState, images: GuestImages, report: Repo
     layout.known_hosts.write_text("\n".join(known_hosts) + "\n")
     for host in layout.hosts:
         _host_copies(layout, host, ca)
-    state.timings_s["wiring"] = round(time.monotonic() - t0, 2)
+    state.timings_s["wiring"] = round(SYSTEM.monotonic() - t0, 2)
 
     report("starting OVS on every host")
     for host in layout.hosts:
@@ -209,7 +209,7 @@ def _build(layout: LabLayout, state: LabState, images: GuestImages, report: Repo
         netlink.create_bridge("virbr0", ns=host.netns)
         netlink.add_address("virbr0", VIRBR0_ADDRESS, ns=host.netns)
         netlink.set_link_up("virbr0", ns=host.netns)
-    state.timings_s["ovs"] = round(time.monotonic() - t0, 2)
+    state.timings_s["ovs"] = round(SYSTEM.monotonic() - t0, 2)
 
     report("starting libvirt and sshd on every host")
     for host in layout.hosts:
@@ -220,7 +220,7 @@ def _build(layout: LabLayout, state: LabState, images: GuestImages, report: Repo
                                              "-e", "-f", "/etc/ssh/sshd_config"])
     for host in layout.hosts:
         _wait_for_tls(layout, state, host)
-    state.timings_s["daemons"] = round(time.monotonic() - t0, 2)
+    state.timings_s["daemons"] = round(SYSTEM.monotonic() - t0, 2)
 
     report(f"shared storage pool {SHARED_POOL} on every host")
     base = layout.shared_dir / GUEST_BASE
@@ -234,7 +234,7 @@ def _build(layout: LabLayout, state: LabState, images: GuestImages, report: Repo
     from ahvlite.lab.probe import probe_domain_type  # probe needs a running host
 
     state.domain_type, state.domain_type_reason = probe_domain_type(layout, images)
-    state.timings_s["probe"] = round(time.monotonic() - t0, 2)
+    state.timings_s["probe"] = round(SYSTEM.monotonic() - t0, 2)
     _write_cluster_file(layout, state.domain_type, state.storage)
 
 
@@ -329,19 +329,18 @@ def _bootstrap_cluster(layout: LabLayout, url: str, timeout_s: float = 90) -> No
         st.write_spec(spec, st.spec_version())
     finally:
         coord.close()
-    deadline = time.monotonic() + timeout_s
     pending = {h.name: h for h in layout.hosts}
-    while pending:
+
+    def all_answer() -> bool:
         for name, h in list(pending.items()):
             if _api_answers(layout, h):
                 del pending[name]
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            raise OperationTimeout(f"the API of {', '.join(pending)} did not answer in "
-                                   f"{timeout_s:.0f} s",
-                                   hint="see logs/controller.log in the host's state dir")
-        time.sleep(0.3)
+        return not pending
+
+    if not wait_until(all_answer, timeout_s=timeout_s, interval_s=0.3):
+        raise OperationTimeout(f"the API of {', '.join(pending)} did not answer in "
+                               f"{timeout_s:.0f} s",
+                               hint="see logs/controller.log in the host's state dir")
 
 
 def _api_answers(layout: LabLayout, host: HostLayout) -> bool:
@@ -402,11 +401,8 @@ def _start(state: LabState, layout: LabLayout, host: HostLayout, role: str,
 
 
 def _wait_for_path(path: Path, what: str, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise OperationTimeout(f"{what} did not create {path} in {timeout_s:.0f} s")
-        time.sleep(0.05)
+    if not wait_until(path.exists, timeout_s=timeout_s, interval_s=0.05):
+        raise OperationTimeout(f"{what} did not create {path} in {timeout_s:.0f} s")
 
 
 def _wait_for_tls(layout: LabLayout, state: LabState, host: HostLayout,
@@ -417,7 +413,7 @@ def _wait_for_tls(layout: LabLayout, state: LabState, host: HostLayout,
     rarely, right after clearing a killed lab) is started once more from its recorded
     argv; a second failure is reported with the tail of its log.
     """
-    started = time.monotonic()
+    started = SYSTEM.monotonic()
     restarted = False
     while True:
         try:
@@ -425,7 +421,7 @@ def _wait_for_tls(layout: LabLayout, state: LabState, host: HostLayout,
                 conn.getHostname()
                 return
         except Exception as exc:
-            waited = time.monotonic() - started
+            waited = SYSTEM.monotonic() - started
             log = host.state_dir / "logs" / "libvirtd.log"
             if not restarted and waited > restart_after_s:
                 record = _daemon_record(layout, state, host.name, "libvirtd")
@@ -440,7 +436,7 @@ def _wait_for_tls(layout: LabLayout, state: LabState, host: HostLayout,
                     f"{host.name}: libvirtd did not answer over TLS at "
                     f"{host.libvirt_tls_uri} in {timeout_s:.0f} s ({exc}); log ends: {tail}",
                     hint=f"see {log}") from None
-            time.sleep(0.25)
+            SYSTEM.sleep(0.25)
 
 
 def _write_cluster_file(layout: LabLayout, domain_type: str | None,

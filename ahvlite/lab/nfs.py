@@ -8,9 +8,9 @@ only over TCP, so no rpcbind is needed; the process is recorded like every lab d
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
+from ahvlite.clock import wait_until
 from ahvlite.errors import OperationTimeout
 from ahvlite.lab import lab, namespaces, processes
 from ahvlite.lab.layout import HostLayout
@@ -72,12 +72,15 @@ def start_server(name: str, host: str, *, timeout_s: float = 20) -> tuple[str, P
                              role=ROLE)
     state.processes.append(record)
     state.save(layout.state_file)
-    deadline = time.monotonic() + timeout_s
     probe = [*namespaces.enter_argv(h.netns, h.mnt_ns_file, h.uts_ns_file),
              "nfs-ls", f"nfs://{h.ip}{PSEUDO}?version=4"]
-    while namespaces.run(probe, check=False, timeout_s=10).returncode != 0:
-        if time.monotonic() > deadline or not processes.is_alive(record):
-            raise OperationTimeout(f"{host}: nfs-ganesha did not serve {PSEUDO} in "
-                                   f"{timeout_s:g} s", hint=f"see {base / 'ganesha.log'}")
-        time.sleep(0.3)
+
+    def serving() -> str:
+        if namespaces.run(probe, check=False, timeout_s=10).returncode == 0:
+            return "serving"
+        return "" if processes.is_alive(record) else "died"
+
+    if wait_until(serving, timeout_s=timeout_s, interval_s=0.3) != "serving":
+        raise OperationTimeout(f"{host}: nfs-ganesha did not serve {PSEUDO} in "
+                               f"{timeout_s:g} s", hint=f"see {base / 'ganesha.log'}")
     return f"{h.ip}:{PSEUDO}", base / "export"

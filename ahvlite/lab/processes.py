@@ -6,9 +6,9 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
+from ahvlite.clock import wait_until
 from ahvlite.errors import OperationFailed
 from ahvlite.lab.state import ProcessRecord
 
@@ -54,22 +54,19 @@ def stop(records: list[ProcessRecord], *, grace_s: float = 5.0) -> None:
     live = [r for r in records if is_alive(r)]
     for r in live:
         _signal(r, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while live and time.monotonic() < deadline:
+
+    def ended() -> bool:
+        nonlocal live
         _reap(live)
         live = [r for r in live if is_alive(r)]
-        if live:
-            time.sleep(0.05)
+        return not live
+
+    wait_until(ended, timeout_s=grace_s, interval_s=0.05)
     for r in live:
         _signal(r, signal.SIGKILL)
     # SIGKILL is delivered asynchronously; wait until the kernel has ended them, so
     # callers can remove namespaces and files the processes held.
-    deadline = time.monotonic() + 5
-    while live and time.monotonic() < deadline:
-        _reap(live)
-        live = [r for r in live if is_alive(r)]
-        if live:
-            time.sleep(0.02)
+    wait_until(ended, timeout_s=5, interval_s=0.02)
 
 
 def _signal(r: ProcessRecord, sig: int) -> None:

@@ -17,12 +17,12 @@ import secrets
 import socket
 import ssl
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ahvlite.clock import wait_until
 from ahvlite.controller.coord.ensemble import tls_context
 from ahvlite.controller.coord.url import (
     ENV_SECRET_FILE,
@@ -32,6 +32,7 @@ from ahvlite.controller.coord.url import (
     TLS_KEY,
     ZkTls,
 )
+from ahvlite.controller.kinds.drill import DRILL_ENV
 from ahvlite.errors import MissingDependency, OperationTimeout
 from ahvlite.lab import processes
 from ahvlite.lab.layout import HostLayout, LabLayout
@@ -216,11 +217,9 @@ def member_mode(m: ZkMember) -> str | None:
 
 
 def wait_serving(members: Sequence[ZkMember], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if all(member_mode(m) for m in members):
-            return
-        time.sleep(0.1)
+    if wait_until(lambda: all(member_mode(m) for m in members), timeout_s=timeout_s,
+                  interval_s=0.1):
+        return
     raise OperationTimeout(f"ZooKeeper did not serve within {timeout_s:g} s on "
                            + ", ".join(m.client for m in members if not member_mode(m)),
                            hint=f"see {members[0].data_dir}/zookeeper.log")
@@ -378,6 +377,8 @@ def controller_env(layout: LabLayout, host: HostLayout) -> str:
         "AHVLITE_API_CA": str(ETC / "pki" / "ca.pem"),
         "AHVLITE_LIBVIRT_URI": "qemu:///system",
         "AHVLITE_WATCHDOG": f"unix:{LAB_WATCHDOG}",
+        # A lab's controllers also run the drill task kinds (a production one refuses).
+        DRILL_ENV: "1",
     }
     return "# written by ahvlite lab up, read like systemd's EnvironmentFile=\n" + "".join(
         f"{k}={v}\n" for k, v in lines.items())

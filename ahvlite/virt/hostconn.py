@@ -21,13 +21,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
 import libvirt
 
+from ahvlite.clock import SYSTEM, wait_until
 from ahvlite.errors import AhvliteError
 from ahvlite.virt.backoff import Backoff
 from ahvlite.virt.conn import open_connection
@@ -114,11 +114,8 @@ class HostConnection:
         self._thread.start()
 
     def wait_connected(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.state == LinkState.CONNECTED:
-                return True
-            time.sleep(0.05)
+        wait_until(lambda: self.state == LinkState.CONNECTED, timeout_s=timeout_s,
+                   interval_s=0.05)
         return self.state == LinkState.CONNECTED
 
     def close(self) -> None:
@@ -156,7 +153,7 @@ class HostConnection:
             if state == self.state and state != LinkState.CONNECTED:
                 return
             self.state = state
-            change = StateChange(self.host, state, reason, time.monotonic())
+            change = StateChange(self.host, state, reason, SYSTEM.monotonic())
         self._notify(self._state_subs, change)
 
     def _notify(self, subs: list[Callable[..., None]], item: object) -> None:
@@ -233,7 +230,7 @@ class HostConnection:
     def _lifecycle(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int,
                    detail: int, _opaque: object) -> None:
         ev = DomainEvent(self.host, dom.name(), LIFECYCLE.get(event, str(event)), detail,
-                         time.monotonic())
+                         SYSTEM.monotonic())
         self._notify(self._event_subs, ev)
 
 

@@ -27,7 +27,6 @@ both ends verify each other).
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import libvirt
 
+from ahvlite.clock import SYSTEM
 from ahvlite.errors import AhvliteError, Conflict, OperationFailed
 from ahvlite.virt.conn import libvirt_errors, translate
 
@@ -176,7 +176,7 @@ class MigrationJob:
     def start(self) -> None:
         with libvirt_errors(f"max downtime of {self.name}"):
             self.dom.migrateSetMaxDowntime(self.options.max_downtime_ms, 0)
-        self.started_at = time.monotonic()
+        self.started_at = SYSTEM.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"migrate-{self.name}",
                                         daemon=True)
         self._thread.start()
@@ -194,7 +194,7 @@ class MigrationJob:
         except Exception as exc:  # handed to the caller's thread, never lost
             self._error = OperationFailed(f"migrate {self.name}: {exc}")
         finally:
-            self.finished_at = time.monotonic()
+            self.finished_at = SYSTEM.monotonic()
 
     def wait(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for the job to end; True when it has."""

@@ -11,10 +11,10 @@ alive is dropped, never reused; one returned after an error is closed.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ahvlite.clock import SYSTEM
 from ahvlite.virt.conn import Connection, close_quietly, open_connection
 from ahvlite.virt.failover import is_alive
 
@@ -31,7 +31,7 @@ class ConnectionPool:
         self.opened = 0  # connections opened, for tests and benchmarks
 
     def _take(self, uri: str) -> Connection | None:
-        now = time.monotonic()
+        now = SYSTEM.monotonic()
         while True:
             with self._mu:
                 stack = self._idle.get(uri, [])
@@ -58,7 +58,7 @@ class ConnectionPool:
             with self._mu:
                 stack = self._idle.setdefault(uri, [])
                 if len(stack) < self.per_uri:
-                    stack.append((time.monotonic(), conn))
+                    stack.append((SYSTEM.monotonic(), conn))
                     return
         close_quietly(conn)
 

@@ -7,11 +7,11 @@ group (libvirt's test driver has no node memory stats) leaves those fields None.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import libvirt
 
+from ahvlite.clock import SYSTEM
 from ahvlite.virt.conn import libvirt_errors
 from ahvlite.virt.guest import STATE_NAMES
 
@@ -89,4 +89,4 @@ def sample_host(conn: libvirt.virConnect) -> HostCounters:
         if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
             with libvirt_errors("node memory stats"):
                 raise
-    return HostCounters(time.monotonic(), cpus, busy, total, mem_total, mem_free, domains)
+    return HostCounters(SYSTEM.monotonic(), cpus, busy, total, mem_total, mem_free, domains)

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from ahvlite.clock import FakeClock
 from ahvlite.controller.adsservice import LAST_MOVING_KEY, LAST_PLAN_KEY, AdsService
 from ahvlite.controller.coord.api import NotLeader
 from ahvlite.controller.kinds import registry
@@ -20,19 +21,19 @@ pytestmark = pytest.mark.functional
 
 
 def tasks(coord) -> list:
-    return [t for t, _ in TaskStore(coord, lambda: 0.0).all()]
+    return [t for t, _ in TaskStore(coord).all()]
 
 
 def finish(coord, task_id: str, state: TaskState) -> None:
-    store = TaskStore(coord, lambda: 0.0)
+    store = TaskStore(coord)
     task, version = store.load(task_id)
     store.write(replace(task, state=state), version, fenced=True)
 
 
 def test_moves_run_in_order_one_task_at_a_time(leader):
-    now = [1000.0]
+    clock = FakeClock(1000.0)
     svc = AdsService(leader, ahv_doc_example, interval_s=900, first_delay_s=0,
-                     clock=lambda: now[0])
+                     clock=clock)
     svc.step()
     first = tasks(leader)
     assert [(t.kind, t.params["name"], t.params["to"]) for t in first] == [
@@ -54,19 +55,19 @@ def test_moves_run_in_order_one_task_at_a_time(leader):
 
     # A failed move drops the rest; no new plan before the interval is up.
     finish(leader, second[0].id, TaskState.FAILED)
-    now[0] += 899
+    clock.now += 899
     svc.step()
     assert len(tasks(leader)) == 2 and svc.queue == [] and svc.current is None
-    now[0] += 1
+    clock.now += 1
     svc.step()  # a new round: the same hot cluster, the same first move
     assert len(tasks(leader)) == 3
     assert json.loads(leader.get(LAST_PLAN_KEY).value)["at"] == 1900.0
 
 
 def test_failed_first_move_drops_the_plan(leader):
-    now = [0.0]
+    clock = FakeClock(0.0)
     svc = AdsService(leader, ahv_doc_example, interval_s=900, first_delay_s=0,
-                     clock=lambda: now[0])
+                     clock=clock)
     svc.step()
     (task,) = tasks(leader)
     assert "cluster" not in task.params  # the controller's own cluster file then
@@ -78,22 +79,22 @@ def test_failed_first_move_drops_the_plan(leader):
 def test_no_hotspot_no_tasks_and_a_deposed_leader_stops(leader):
     calm = ahv_doc_example()
     calm = calm.with_vms(tuple(replace(v, cpu_history_pct=(10.0,)) for v in calm.vms))
-    now = [0.0]
+    clock = FakeClock(0.0)
     svc = AdsService(leader, lambda: calm, interval_s=60, first_delay_s=30,
-                     clock=lambda: now[0])
+                     clock=clock)
     svc.step()
     assert leader.get(LAST_PLAN_KEY) is None  # the first round waits for stats
-    now[0] = 30
+    clock.now = 30
     svc.step()
     assert tasks(leader) == []
     assert json.loads(leader.get(LAST_PLAN_KEY).value)["status"] == "no-hotspot"
     assert leader.get(LAST_MOVING_KEY) is None  # effectiveness keeps the last real plan
     leader.resign()
-    now[0] = 100
+    clock.now = 100
     with pytest.raises(NotLeader):
         svc.step()
     # The thread form ends by itself at its next round's fenced write.
-    now[0] = 1000
+    clock.now = 1000
     svc.poll_s = 0.01
     svc.start()
     svc._thread.join(timeout=5)  # type: ignore[union-attr]
@@ -101,16 +102,16 @@ def test_no_hotspot_no_tasks_and_a_deposed_leader_stops(leader):
 
 
 def test_a_deleted_move_task_clears_the_plan_and_the_next_round_plans(leader):
-    now = [0.0]
+    clock = FakeClock(0.0)
     svc = AdsService(leader, ahv_doc_example, interval_s=900, first_delay_s=0,
-                     clock=lambda: now[0])
+                     clock=clock)
     svc.step()
     (task,) = tasks(leader)
     assert svc.current == task.id and len(svc.queue) == 1
-    leader.delete(TaskStore(leader, lambda: 0.0).key(task.id))  # e.g. a task purge
+    leader.delete(TaskStore(leader).key(task.id))  # e.g. a task purge
     svc.step()  # no NotFound on every poll: the move in flight and the rest are dropped
     assert svc.current is None and svc.queue == [] and tasks(leader) == []
-    now[0] = 900
+    clock.now = 900
     svc.step()  # the next round plans afresh and submits its first move
     assert [t.params["name"] for t in tasks(leader)] == ["h3-8g"]
 
@@ -126,9 +127,9 @@ def test_an_unexpected_error_does_not_end_the_ads_thread(leader):
         second_round.set()
         return ahv_doc_example()
 
-    now = [0.0]
+    clock = FakeClock(0.0)
     svc = AdsService(leader, snapshot, interval_s=0, first_delay_s=0, poll_s=0.01,
-                     clock=lambda: now[0])
+                     clock=clock)
     svc.start()
     try:
         assert second_round.wait(5), "the ADS thread died on the first error"
@@ -146,9 +147,9 @@ def test_a_plan_ha_admission_refuses_moves_nothing_and_says_why(leader):
         seen.append(moves)
         raise Conflict("moving h3-8g to host2 would break the HA guarantee: 8192 MiB missing")
 
-    now = [0.0]
+    clock = FakeClock(0.0)
     svc = AdsService(leader, ahv_doc_example, interval_s=900, first_delay_s=0,
-                     clock=lambda: now[0], admit=admit)
+                     clock=clock, admit=admit)
     svc.step()
     # The whole plan is admitted at once (a later move may need an earlier one's room).
     assert seen == [[("h3-8g", "host2"), ("h1-small", "host3")]]
@@ -156,7 +157,7 @@ def test_a_plan_ha_admission_refuses_moves_nothing_and_says_why(leader):
     stored = json.loads(leader.get(LAST_PLAN_KEY).value)
     assert "8192 MiB missing" in stored["refused"] and stored["moves"]
     assert leader.get(LAST_MOVING_KEY) is None  # nothing moved: effectiveness keeps its plan
-    now[0] = 900
+    clock.now = 900
     svc.admit = lambda moves: None  # admitted next round (room was made meanwhile)
     svc.step()
     assert [t.params["name"] for t in tasks(leader)] == ["h3-8g"]

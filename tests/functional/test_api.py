@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
+from ahvlite.clock import SYSTEM, FakeClock
 from ahvlite.controller.api.app import ApiBackend, create_app
 from ahvlite.controller.api.client import ApiClient
 from ahvlite.controller.api.config import ClientConfig
@@ -54,12 +55,9 @@ def pki(tmp_path_factory):
     return SimpleNamespace(dir=d, ca=d / "ca" / "cacert.pem")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
+def Clock() -> FakeClock:
+    """Wall time that moves only when the test moves ``.now``."""
+    return FakeClock(time.time())
 
 
 @pytest.fixture
@@ -70,7 +68,7 @@ def cluster(pki, tmp_path):
     def coord():
         return SqliteCoordinator(tmp_path / "store.db", session_timeout_s=2)
 
-    def serve(c, name="ctl1", *, uploads=None, clock=time.time):
+    def serve(c, name="ctl1", *, uploads=None, clock=SYSTEM):
         app = create_app(ApiBackend(c, name, registry(), uploads=uploads, clock=clock))
         h = serve_api(app, "127.0.0.1", 0, pki.dir / "server.pem", pki.dir / "server-key.pem",
                       pki.ca)
@@ -204,7 +202,7 @@ def test_certificate_and_token_principals_are_recorded_on_their_tasks(pki, clust
             by_token = bot.submit("sleep", {"steps": 1})
             with pytest.raises(Unauthorized, match="may not manage tokens"):
                 bot.create_token("more")
-            tasks = TaskStore(c, time.time)
+            tasks = TaskStore(c)
             assert tasks.load(by_cert.id)[0].submitted_by == "cert:admin"
             assert tasks.load(by_token.id)[0].submitted_by == "token:ci"
 
@@ -266,7 +264,7 @@ def test_long_poll_answers_at_the_change_or_after_wait_s(pki, cluster):
         start = time.monotonic()
         same = api.get(f"/v1/tasks/{task.id}", wait_s=1, after_version=0)
         assert same["version"] == 0 and 0.9 <= time.monotonic() - start < 5
-        threading.Timer(0.5, lambda: TaskStore(c, time.time).cancel(task.id)).start()
+        threading.Timer(0.5, lambda: TaskStore(c).cancel(task.id)).start()
         start = time.monotonic()
         got = api.get(f"/v1/tasks/{task.id}", wait_s=20, after_version=0)
         assert got["state"] == "cancelled" and got["version"] == 1

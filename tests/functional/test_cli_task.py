@@ -4,7 +4,6 @@ first), list, show, wait, cancel; one clear message and exit code, never a trace
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -41,7 +40,7 @@ def test_task_commands(api):
                                    "step_s=0.1", "--json").stdout)["id"]
                 for _ in range(WORKERS)]
     try:
-        store = TaskStore(api.coord, time.time)
+        store = TaskStore(api.coord)
         assert wait_for(lambda: all(store.load(b)[0].state == "running" for b in blockers),
                         30)
         sub = api.cli("task", "submit", "sleep", "-p", "steps=2", "--json")
@@ -85,7 +84,7 @@ def test_wait_follows_a_task_to_its_end(api):
                               "--json").stdout)
     timed_out = api.cli("task", "wait", slow["id"], "--timeout", "0.5")
     assert timed_out.returncode == 8 and "still running" in timed_out.stderr
-    TaskStore(api.coord, time.time).cancel(slow["id"])
+    TaskStore(api.coord).cancel(slow["id"])
 
 
 @pytest.mark.parametrize(("params", "needle"), [

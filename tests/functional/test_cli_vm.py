@@ -58,7 +58,7 @@ def ok(r, *, as_json: bool = True):
 
 
 def tasks(api) -> dict:
-    return {t.id: t for t, _ in TaskStore(api.coord, lambda: 0.0).all()}
+    return {t.id: t for t, _ in TaskStore(api.coord).all()}
 
 
 def test_create_is_checked_here_first_then_submitted(api, cluster):

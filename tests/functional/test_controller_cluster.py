@@ -141,7 +141,7 @@ def test_one_leader_and_failover_within_the_bound_after_sigkill(cluster, tmp_pat
 def test_leader_killed_mid_vm_create_makes_each_vm_once(libvirt_sock, cluster):
     _, coord, recs = cluster
     first = wait_for(lambda: acting_leader(coord), 20)
-    store = TaskStore(coord, time.time)
+    store = TaskStore(coord)
     names = [f"drill-{uuid.uuid4().hex[:6]}" for _ in range(2)]
     # a: killed after its define is recorded; b: killed before it defines. The holds
     # are long enough that a loaded machine cannot finish either before the kill.
@@ -154,7 +154,7 @@ def test_leader_killed_mid_vm_create_makes_each_vm_once(libvirt_sock, cluster):
     assert "define" not in store.load(b.id)[0].steps_done
     os.kill(recs[first["name"]].pid, signal.SIGKILL)
 
-    ends = [store.wait(t.id, 30, time.sleep, time.monotonic) for t in (a, b)]
+    ends = [store.wait(t.id, 30) for t in (a, b)]
     for end in ends:
         assert end.state == TaskState.SUCCEEDED, end.error
         assert end.attempts == 2 and end.owner != first["name"]
@@ -170,9 +170,9 @@ def test_killing_one_zookeeper_member_keeps_the_cluster_working(cluster, zk):
     assert wait_for(lambda: acting_leader(coord), 20)
     zk_leader = next(m for m in zk.members if member_mode(m) == "leader")
     zk.kill(zk_leader.myid)
-    store = TaskStore(coord, time.time)
+    store = TaskStore(coord)
     t = store.submit("sleep", {"steps": 2, "step_s": 0.1}, registry())
-    end = store.wait(t.id, 30, time.sleep, time.monotonic)
+    end = store.wait(t.id, 30)
     assert end.state == TaskState.SUCCEEDED
     before = acting_leader(coord)
     assert wait_for(lambda: (a := acting_leader(coord)) and a["acted_at"] > before["acted_at"], 10)

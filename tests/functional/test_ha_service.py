@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from ahvlite.clock import FakeClock
 from ahvlite.controller.coord.ensemble import majority_electing
 from ahvlite.controller.coord.sqlite import SqliteCoordinator
 from ahvlite.controller.ha.agent import HostAgent
@@ -95,12 +96,7 @@ class Monitor:
         self.links = {h: Link(c) for h, c in conns.items()}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+Clock = FakeClock
 
 
 def running(conn) -> set[str]:
@@ -123,7 +119,7 @@ class Cluster:
         self.seq = 0
         self.svc = HaService(coord, lambda: list(self.conns),
                              LibvirtHosts(self.mon, render, open_conn=self.conns.__getitem__),
-                             lambda: S, clock=self.clock, wall=self.clock, retry_s=1.0, **kw)
+                             lambda: S, clock=self.clock, retry_s=1.0, **kw)
 
     def step(self, seconds: float, alive: set[str]) -> None:
         """Let ``seconds`` pass: the agents of ``alive`` beat, then one HA round."""

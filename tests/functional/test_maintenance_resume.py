@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -136,7 +135,7 @@ def test_enter_resumed_by_a_new_leader_moves_each_vm_once(tmp_path):
                 assert started["state"] == "entering" and started["task"]
                 assert unschedulable_hosts(state) == {"h1"}
                 assert sim.holding.setdefault("v2", threading.Event()).wait(30)
-                tasks = TaskStore(setup, lambda: 0.0)
+                tasks = TaskStore(setup)
                 task, _ = tasks.load(started["task"])
                 assert task.owner == "a" and task.message.startswith("migrating v2 to")
                 assert task.progress_pct > 10  # v1 is done: progress per VM
@@ -156,7 +155,7 @@ def test_enter_resumed_by_a_new_leader_moves_each_vm_once(tmp_path):
                 a.halt()
                 sim.hold["v2"].set()
                 assert wait_for(lambda: leader_name(setup) == "b", 20, 0.05)
-                end = tasks.wait(started["task"], 60, time.sleep, time.monotonic)
+                end = tasks.wait(started["task"], 60)
                 assert end.state == TaskState.SUCCEEDED, end.error
                 assert end.attempts == 2 and end.owner == "b"
                 assert sorted(m["vm"] for m in end.result["moved"]) == ["v1", "v2", "v3"]
@@ -205,8 +204,7 @@ def test_a_second_enter_of_the_host_is_refused_while_the_first_runs(tmp_path):
             assert r.returncode == 4, r.stdout + r.stderr
             assert "still running" in json.loads(r.stdout)["message"]
             sim.hold["v1"].set()
-            end = TaskStore(setup, lambda: 0.0).wait(first["task"], 60, time.sleep,
-                                                     time.monotonic)
+            end = TaskStore(setup).wait(first["task"], 60)
             assert end.state == TaskState.SUCCEEDED, end.error
             assert sim.migrations == Counter({"v1": 1, "v2": 1, "v3": 1})
     finally:

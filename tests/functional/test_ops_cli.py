@@ -119,8 +119,8 @@ def test_bad_settings_are_refused_and_nothing_is_stored(api, default_ha, args, n
 
 
 def test_the_leader_refuses_bad_settings_too(api, default_ha):
-    task = TaskStore(api.coord, time.time).submit("ha.set", {"lease_s": 1})  # no checks
-    end = TaskStore(api.coord, time.time).wait(task.id, 30, time.sleep, time.monotonic)
+    task = TaskStore(api.coord).submit("ha.set", {"lease_s": 1})  # no checks
+    end = TaskStore(api.coord).wait(task.id, 30)
     assert end.state == "failed" and "lease_s=1" in end.error
     assert load_settings(api.state) == HaSettings()
 
@@ -220,8 +220,7 @@ def test_enter_a_host_a_vm_cannot_leave_then_exit(api, driver, default_ha):
     assert "h3" in unschedulable_hosts(api.state)
     # The test driver cannot live-migrate: g1 cannot leave, the task says why (exit 9
     # from --wait), and the host stays unschedulable in state "entering".
-    end = TaskStore(api.coord, time.time).wait(started["task"], 60, time.sleep,
-                                               time.monotonic)
+    end = TaskStore(api.coord).wait(started["task"], 60)
     assert end.state == "failed" and end.error_kind == "failed", end.error
     shown = json.loads(api.cli("host", "maintenance", "show", "--json").stdout)["hosts"]
     assert shown["h3"]["state"] == "entering" and shown["h1"] == {"state": "schedulable"}

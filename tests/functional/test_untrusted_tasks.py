@@ -60,7 +60,7 @@ def leader(store_url, tmp_path):
     thread.start()
     reader = open_store(store_url)
     try:
-        yield TaskStore(reader, time.time), thread
+        yield TaskStore(reader), thread
     finally:
         stop.set()
         thread.join(timeout=15)
@@ -140,7 +140,7 @@ def test_bad_records_fail_with_the_reason_and_the_next_task_runs(leader, tmp_pat
 def test_a_record_written_undecodable_is_listed_as_failed_before_any_leader(tmp_path):
     coord = SqliteCoordinator(tmp_path / "c.db")
     try:
-        store = TaskStore(coord, time.time)
+        store = TaskStore(coord)
         task_id = put_raw(store, b'{"id": 1}')
         (task, _), = store.all()
         assert task.id == task_id and task.state == TaskState.FAILED

@@ -100,7 +100,7 @@ def _stranger(zk, auth: str | None = None) -> KazooClient:
 @pytest.mark.parametrize("auth", [None, "ahvlite:not-the-secret", "intruder:x"])
 def test_nobody_else_reads_lists_or_writes_anything(zk, coords, url, auth):
     c = coords()
-    task = TaskStore(c, time.time).submit("vm.create", {"uri": "qemu:///system",
+    task = TaskStore(c).submit("vm.create", {"uri": "qemu:///system",
                                                         "name": "secret-vm"})
     c.join("ctl-a", b"A")
     chroot = "/" + url.rsplit("/", 1)[1]

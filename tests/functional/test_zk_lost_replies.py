@@ -5,7 +5,6 @@ right after ZooKeeper applied it; the ensemble itself is real and applies every 
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -161,7 +160,7 @@ def coord_url(coord, zk) -> str:
 
 
 def test_a_claim_whose_reply_was_lost_still_runs_its_task(leader, monkeypatch):
-    store = TaskStore(leader, time.time)
+    store = TaskStore(leader)
     task = store.submit("sleep", {"steps": 1})
 
     class Quick:

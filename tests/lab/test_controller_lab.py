@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import socket
-import time
 import uuid
 from pathlib import Path
 
@@ -82,7 +81,7 @@ def test_vm_create_and_delete_go_through_tasks(ctl_lab):
         return [v["name"] for v in json.loads(ahv(NAME, "vm", "list", "--json").stdout)]
 
     def tasks_of(kind: str) -> set[str]:
-        return {t.id for t, _ in TaskStore(coord, time.time).all() if t.kind == kind}
+        return {t.id for t, _ in TaskStore(coord).all() if t.kind == kind}
 
     before = tasks_of("vm.spec.create")
     try:
@@ -103,7 +102,7 @@ def test_vm_create_and_delete_go_through_tasks(ctl_lab):
 
 
 def store_task(coord, task_id):
-    return TaskStore(coord, time.time).load(task_id)[0]
+    return TaskStore(coord).load(task_id)[0]
 
 
 def test_sigkill_leader_mid_vm_create_on_a_lab_host(ctl_lab):
@@ -111,7 +110,7 @@ def test_sigkill_leader_mid_vm_create_on_a_lab_host(ctl_lab):
     first = wait_for(lambda: acting(coord), 30)
     target = next(h for h in status["hosts"] if h["name"] != first["name"])
     vm = f"once-{uuid.uuid4().hex[:6]}"
-    store = TaskStore(coord, time.time)
+    store = TaskStore(coord)
     task = store.submit("vm.create", {"host": target["name"], "name": vm,
                                       "domain_type": status["domain_type"], "hold_s": 2.0},
                         registry())
@@ -121,7 +120,7 @@ def test_sigkill_leader_mid_vm_create_on_a_lab_host(ctl_lab):
     leader_pid = daemon_pid(supervisor)
     os.kill(supervisor, signal.SIGKILL)  # no restart: the next leader is another host's
     os.kill(leader_pid, signal.SIGKILL)
-    end = store.wait(task.id, 40, time.sleep, time.monotonic)
+    end = store.wait(task.id, 40)
     assert end.state == TaskState.SUCCEEDED and end.attempts == 2, end.error
     new = acting(coord)
     assert new["name"] != first["name"] and new["token"] > first["token"]

@@ -43,6 +43,26 @@ from ahvlite.virt.failover import DomainFacts
 DT = 0.05
 
 
+class WorldClock:
+    """The world's simulated time, as the clock the HA code reads (monotonic and wall
+    alike). The simulator calls the steps itself, so nothing waits on it."""
+
+    def __init__(self, world: Any) -> None:
+        self.world = world
+
+    def monotonic(self) -> float:
+        return float(self.world.now)
+
+    def time(self) -> float:
+        return float(self.world.now)
+
+    def sleep(self, seconds: float) -> None:
+        raise AssertionError("the simulator never sleeps")
+
+    def wait(self, event: Any, seconds: float | None) -> bool:
+        raise AssertionError("the simulator never waits")
+
+
 @dataclass
 class Timings:
     election_s: float = 1.0  # a store election once members notice their leader is gone
@@ -491,8 +511,8 @@ class World:
         h.agent = self.agent_factory(
             self.clients[host], host, SimLocal(self, host), SimWatchdog(self, host,
                                                                         s.watchdog_s),
-            lease_s=s.lease_s, heartbeat_s=s.heartbeat_s, clock=lambda: self.now,
-            wall=lambda: self.now, keep_until=h.lease_keep,
+            lease_s=s.lease_s, heartbeat_s=s.heartbeat_s, clock=WorldClock(self),
+            keep_until=h.lease_keep,
             save_lease=lambda k, h=h: setattr(h, "lease_keep", k))
         h.agent_dead_until = math.inf
         h.agent.heartbeat()
@@ -551,7 +571,7 @@ class World:
             if h.ha is None:
                 h.ha = HaService(c, lambda: list(self.hosts), SimHosts(self, host),
                                  lambda: self.settings, place_fn=by_memory,
-                                 clock=lambda: self.now, wall=lambda: self.now,
+                                 clock=WorldClock(self),
                                  retry_s=1.0)
             if self._due(f"ha-{host}", 0.5):
                 h.ha.tick()

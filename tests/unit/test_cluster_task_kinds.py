@@ -75,6 +75,19 @@ def run(kinds, kind: str, params: dict[str, Any], attempts: int = 1) -> dict[str
      "hosts[h1].uri pkipath"),
     ("cluster.cpu.set", {"model": "../x"}, "model"),
     ("cluster.cpu.apply", {"recompute": "no"}, "recompute"),
+    # The one-host kinds (HostParams): the host is checked against the cluster, and
+    # their own fields keep their names and bounds.
+    ("cvm.start", {"host": "nosuch"}, "host"),
+    ("cvm.start", {"host": "bad name"}, "host"),
+    ("cvm.start", {}, "host"),
+    ("cvm.stop", {"host": "nosuch", "timeout_s": 1}, "host"),
+    ("cvm.stop", {"host": "h1", "timeout_s": 0}, "timeout_s"),
+    ("cvm.remove", {"host": "h1", "colour": "red"}, "colour"),
+    ("cvm.deploy", {"host": "h1", "upload": "../x"}, "upload"),
+    ("maintenance.enter", {"host": "nosuch"}, "host"),
+    ("maintenance.enter", {"host": "h1", "parallel": 0}, "parallel"),
+    ("maintenance.exit", {"host": "h1", "restore": "yes"}, "restore"),
+    ("maintenance.exit", {"host": "h1", "newer": 1}, "newer"),
 ])
 def test_bad_params_are_refused_naming_the_field(kinds, kind, params, field):
     reg, state = kinds

@@ -44,11 +44,11 @@ class LegacyAgent(HostAgent):
     TCP connection (a member without quorum still does)."""
 
     def probe(self) -> bool:
-        if self.clock() - self.last_ack < 2 * self.heartbeat_s:
+        if self.clock.monotonic() - self.last_ack < 2 * self.heartbeat_s:
             return False
         w = self.coord.w  # type: ignore[attr-defined]
         if any(m != self.host and w.reach(self.host, m) for m in w.store.members):
-            self.lease.election_seen(self.clock())
+            self.lease.election_seen(self.clock.monotonic())
             return True
         return False
 

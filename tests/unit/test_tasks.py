@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ahvlite.clock import FakeClock
 from ahvlite.controller.coord.api import (
     MUST_NOT_EXIST,
     Delete,
@@ -124,11 +125,21 @@ class Steps:
         return {"done": len(self.effects)}
 
 
+class TickingClock(FakeClock):
+    """Wall time one second further at every read: task stamps and ids in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ticks = iter(range(1000, 100000))
+
+    def time(self) -> float:
+        return float(next(self._ticks))
+
+
 @pytest.fixture
 def env():
     coord = FakeCoord()
-    clock = iter(range(1000, 100000)).__next__
-    store = TaskStore(coord, lambda: float(clock()))
+    store = TaskStore(coord, TickingClock())
     return coord, store
 
 
@@ -290,16 +301,13 @@ def test_cancel_queued_now_and_running_at_the_next_step(env):
 def test_wait_returns_the_end_or_times_out(env):
     _, store = env
     t = store.submit("steps", {"n": 1})
-    now = [0.0]
-
-    def sleep(s):
-        now[0] += s
 
     from ahvlite.errors import OperationTimeout
     with pytest.raises(OperationTimeout):
-        store.wait(t.id, 1, sleep, lambda: now[0])
+        store.wait(t.id, 1)
+    assert store.clock.monotonic() >= 1  # it waited its second (on the fake clock)
     store.cancel(t.id)
-    assert store.wait(t.id, 1, sleep, lambda: now[0]).state == TaskState.CANCELLED
+    assert store.wait(t.id, 1).state == TaskState.CANCELLED
 
 
 def test_task_json_round_trips():

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
+
+from ahvlite.clock import FakeClock
 from ahvlite.controller.daemon import LEADER_KEY, Controller, Identity
 from ahvlite.controller.kinds import registry
 from ahvlite.controller.tasks import TaskState
@@ -54,7 +57,7 @@ class Svc:
 def test_controller_acts_only_while_elected():
     coord = ElectionFake()
     log: list[str] = []
-    ctl = Controller(coord, Identity("c1", "h", 42), registry(), clock=lambda: 100.0,
+    ctl = Controller(coord, Identity("c1", "h", 42), registry(), clock=FakeClock(wall=100.0),
                      leader_services=lambda: [Svc(log)])
     ctl.coord.join("c1", ctl._member_data())
     ctl._tick()
@@ -103,7 +106,7 @@ def test_the_leader_loop_survives_any_exception_and_backs_off(monkeypatch):
     coord = ElectionFake()
     log: list[str] = []
     flaky = Flaky(log, fails=2)
-    ctl = Controller(coord, Identity("c1", "h", 42), registry(), clock=lambda: 100.0,
+    ctl = Controller(coord, Identity("c1", "h", 42), registry(), clock=FakeClock(wall=100.0),
                      poll_s=0.2, leader_services=lambda: [Svc(log), flaky])
     coord.token = 5
     ctl._on_elected(5)
@@ -128,3 +131,30 @@ def test_the_leader_loop_survives_any_exception_and_backs_off(monkeypatch):
     monkeypatch.undo()
     ctl._tick()
     assert ctl._pause_s() == 0.2 and ctl._acting == 5
+
+
+def test_a_production_controller_refuses_drill_kinds_with_the_reason():
+    from ahvlite.controller.tasks import TaskRunner, TaskStore
+    from ahvlite.errors import InvalidSpec
+    from tests.unit.test_tasks import run_sync
+
+    prod, lab = registry(drills=False), registry(drills=True)
+    assert lab["sleep"].validate({"steps": 2}) == {"steps": 2, "step_s": 0.1}
+    coord = FakeCoord()
+    store = TaskStore(coord, FakeClock(wall=100.0))
+    with pytest.raises(InvalidSpec) as exc:  # submitted through a production API
+        store.submit("sleep", {"steps": 1}, prod)
+    assert exc.value.field == "kind" and "only by a controller in a lab" in exc.value.message
+    with pytest.raises(InvalidSpec) as exc:  # a mistyped kind: drill kinds not offered
+        store.submit("slep", {}, prod)
+    assert "vm.migrate" in exc.value.allowed and "sleep" not in exc.value.allowed
+    # A record written straight into the store: the leader fails it, never runs it.
+    for kind, params in (("sleep", {"steps": 1, "step_s": 0}),
+                         ("vm.create", {"host": "h1", "name": "m1"})):
+        task = store.submit(kind, params)
+        coord.token = 3
+        run_sync(TaskRunner(coord, store, prod, "c1"), 3)
+        end = store.load(task.id)[0]
+        assert end.state == TaskState.FAILED and end.attempts == 1
+        assert end.error == (f"kind={kind!r} is not valid: a drill kind, run only by a "
+                             "controller in a lab")

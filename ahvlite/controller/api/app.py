@@ -18,7 +18,6 @@ import inspect
 import json
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ahvlite.clock import SYSTEM, Clock
 from ahvlite.controller.api.auth import Forbidden, Principal, TokenTable, authenticate
 from ahvlite.controller.api.models import (
     API_VERSION,
@@ -85,7 +85,7 @@ class ApiBackend:
     # None for a controller that serves no cluster (tests of the API alone).
     cluster: Callable[[], ClusterSpec] | None = None
     uploads: UploadArea | None = None
-    clock: Callable[[], float] = time.time
+    clock: Clock = SYSTEM
 
 
 def _status(exc: AhvliteError) -> int:
@@ -206,7 +206,7 @@ def _query_endpoint(read: Read, ctx: ReadContext) -> Callable[..., Any]:
 
 def create_app(backend: ApiBackend) -> FastAPI:
     tasks = TaskStore(backend.coord, backend.clock)
-    tokens = TokenTable(backend.coord, backend.clock)
+    tokens = TokenTable(backend.coord, backend.clock.time)
     ctx = ReadContext(backend.coord, backend.controller, backend.cluster)
     bearer = HTTPBearer(auto_error=False, description="a token from `ahvlite auth token "
                         "create`; or present a client certificate of the cluster CA")

@@ -12,7 +12,6 @@ HTTP errors come back as ahvlite's errors, with the server's field, value and hi
 from __future__ import annotations
 
 import ssl
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ahvlite.clock import SYSTEM
 from ahvlite.controller.api.config import ClientConfig, load_client_config
 from ahvlite.controller.api.models import (
     MAX_WAIT_S,
@@ -96,8 +96,8 @@ def error_from(resp: httpx.Response, where: str) -> AhvliteError:
 class ApiClient:
     """One client over the configured endpoints; ``clock``/``sleep`` are injectable."""
 
-    def __init__(self, config: ClientConfig, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep,
+    def __init__(self, config: ClientConfig, *, clock: Callable[[], float] = SYSTEM.monotonic,
+                 sleep: Callable[[float], None] = SYSTEM.sleep,
                  deadline_s: float | None = None) -> None:
         self.config = config
         self.endpoints = list(config.endpoints)
@@ -248,7 +248,7 @@ class ApiClient:
         idempotent and goes out again to the next controller when one dies mid-way."""
         from ahvlite.controller.taskid import new_task_id
 
-        body = {"kind": kind, "params": params, "id": new_task_id(time.time())}
+        body = {"kind": kind, "params": params, "id": new_task_id(SYSTEM.time())}
         resp = self.request("POST", "/v1/tasks", json=body, resend=True)
         return TaskOut(**resp.json())
 

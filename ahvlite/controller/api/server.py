@@ -21,7 +21,6 @@ import logging
 import socket
 import ssl
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ahvlite.clock import SYSTEM, Clock, wait_until
 from ahvlite.errors import Conflict, InvalidSpec, OperationTimeout
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,8 @@ class ApiServer:
 
 
 def serve_api(app: Any, listen_host: str, port: int, certfile: Path, keyfile: Path,
-              cafile: Path, *, start_timeout_s: float = 10.0) -> ApiServer:
+              cafile: Path, *, start_timeout_s: float = 10.0,
+              clock: Clock = SYSTEM) -> ApiServer:
     """Start serving ``app`` on ``listen_host:port`` (TLS) in a background thread."""
     ctx = server_context(Path(certfile), Path(keyfile), Path(cafile))  # errors here, now
     sock = _bind(listen_host, port)
@@ -140,14 +141,13 @@ def serve_api(app: Any, listen_host: str, port: int, certfile: Path, keyfile: Pa
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
                               name=f"api-{listen_host}:{port}")
     thread.start()
-    deadline = time.monotonic() + start_timeout_s
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            sock.close()
-            raise OperationTimeout(f"the API server on {listen_host}:{port} did not start",
-                                   hint="see the controller's log")
-        time.sleep(0.01)
+    wait_until(lambda: server.started or not thread.is_alive(), timeout_s=start_timeout_s,
+               interval_s=0.01, clock=clock)
+    if not server.started:
+        server.should_exit = True
+        sock.close()
+        raise OperationTimeout(f"the API server on {listen_host}:{port} did not start",
+                               hint="see the controller's log")
     bound = sock.getsockname()[1]
     log.warning("API serving on https://%s:%d", listen_host, bound)
     return ApiServer(server, thread, listen_host, bound)

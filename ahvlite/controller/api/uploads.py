@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from ahvlite.clock import SYSTEM
 from ahvlite.errors import InvalidSpec, NotFound
 
 DEFAULT_DIR = Path("/var/lib/ahvlite/uploads")
@@ -73,7 +73,7 @@ class UploadArea:
     """``directory`` (made 0700 on first use), a size cap in bytes, a wall clock."""
 
     def __init__(self, directory: Path = DEFAULT_DIR, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                 max_age_s: float = MAX_AGE_S, clock: Callable[[], float] = time.time) -> None:
+                 max_age_s: float = MAX_AGE_S, clock: Callable[[], float] = SYSTEM.time) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s

@@ -19,10 +19,10 @@ from __future__ import annotations
 import functools
 import socket
 import ssl
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 
+from ahvlite.clock import SYSTEM, Clock
 from ahvlite.controller.coord.api import MemberState
 from ahvlite.controller.coord.url import ZkTls
 from ahvlite.errors import InvalidSpec
@@ -84,12 +84,12 @@ def state_of(answer: str) -> str:
 
 
 def probe(members: Sequence[tuple[str, int]], timeout_s: float = 0.5, *,
-          ask: Asker = srvr) -> list[MemberState]:
+          ask: Asker = srvr, clock: Clock = SYSTEM) -> list[MemberState]:
     """Each member's state, in the order given, within about ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
+    deadline = clock.monotonic() + timeout_s
 
     def one(hp: tuple[str, int]) -> str:
-        left = max(deadline - time.monotonic(), 0.05)
+        left = max(deadline - clock.monotonic(), 0.05)
         try:
             return state_of(ask(hp[0], hp[1], left))
         except OSError:

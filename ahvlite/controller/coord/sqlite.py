@@ -16,13 +16,13 @@ import os
 import socket
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ahvlite.clock import SYSTEM, Clock, wait_until
 from ahvlite.controller.coord.api import (
     MUST_NOT_EXIST,
     Check,
@@ -71,10 +71,13 @@ class SqliteCoordinator:
     """:class:`~ahvlite.controller.coord.api.Coordinator` on one SQLite file."""
 
     def __init__(self, path: Path, *, session_timeout_s: float = 3.0,
-                 machine: str | None = None) -> None:
+                 machine: str | None = None, clock: Clock = SYSTEM) -> None:
         self.path = path
         self.url = f"sqlite://{path}"
         self.session_timeout_s = session_timeout_s
+        # Wall time for member expiry: other processes (other machines' clocks too)
+        # read it from the file.
+        self.clock = clock
         self.session = uuid.uuid4().hex
         self._machine = machine or machine_identity()
         self._mu = threading.RLock()
@@ -219,17 +222,17 @@ class SqliteCoordinator:
         with self._write() as cur:
             row = cur.execute("SELECT session, expires_at FROM members WHERE name=?",
                               (member,)).fetchone()
-            if row and row[0] != self.session and row[1] > time.time():
+            if row and row[0] != self.session and row[1] > self.clock.time():
                 raise Conflict(f"controller name {member!r} is already in use",
                                hint="give each controller its own --name")
             cur.execute("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?)",
-                        (member, data, self.session, time.time() + self.session_timeout_s))
+                        (member, data, self.session, self.clock.time() + self.session_timeout_s))
         self._my_members.add(member)
 
     def update_member(self, member: str, data: bytes) -> None:
         with self._write() as cur:
             cur.execute("UPDATE members SET data=?, expires_at=? WHERE name=? AND session=?",
-                        (data, time.time() + self.session_timeout_s, member, self.session))
+                        (data, self.clock.time() + self.session_timeout_s, member, self.session))
 
     def leave(self, member: str) -> None:
         self._my_members.discard(member)
@@ -246,7 +249,8 @@ class SqliteCoordinator:
         return 0  # a local file is never "disconnected"
 
     def members(self) -> dict[str, bytes]:
-        rows = self._read("SELECT name, data FROM members WHERE expires_at > ?", (time.time(),))
+        rows = self._read("SELECT name, data FROM members WHERE expires_at > ?",
+                          (self.clock.time(),))
         return {str(n): bytes(d) for n, d in rows}
 
     def _keep_members(self) -> None:
@@ -254,9 +258,9 @@ class SqliteCoordinator:
             try:
                 with self._write() as cur:
                     cur.execute("UPDATE members SET expires_at=? WHERE session=?",
-                                (time.time() + self.session_timeout_s, self.session))
+                                (self.clock.time() + self.session_timeout_s, self.session))
                     cur.execute("DELETE FROM members WHERE expires_at < ?",
-                                (time.time() - 60,))
+                                (self.clock.time() - 60,))
             except Exception:  # the next round retries; members() shows the expiry
                 pass
 
@@ -345,17 +349,18 @@ class SqliteCoordinator:
         d = self.path.with_name(self.path.name + ".locks")
         d.mkdir(exist_ok=True)
         fd = os.open(d / name.replace("/", "_"), os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + timeout_s
+
+        def take() -> bool:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise OperationTimeout(
-                            f"lock {name}: still held after {timeout_s} s") from None
-                    time.sleep(POLL_S / 2)
+            if not wait_until(take, timeout_s=timeout_s, interval_s=POLL_S / 2,
+                              clock=self.clock):
+                raise OperationTimeout(f"lock {name}: still held after {timeout_s} s")
             yield
         finally:
             os.close(fd)  # closing drops the flock

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -46,6 +46,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry, RetryFailedError
 from kazoo.security import make_digest_acl
 
+from ahvlite.clock import SYSTEM, Clock, wait_until
 from ahvlite.controller.coord import ensemble
 from ahvlite.controller.coord.api import (
     MUST_NOT_EXIST,
@@ -138,9 +139,11 @@ class ZkCoordinator:
     """:class:`~ahvlite.controller.coord.api.Coordinator` on a ZooKeeper ensemble."""
 
     def __init__(self, url: ZkUrl, *, session_timeout_s: float = 3.0,
-                 connect_timeout_s: float = 5.0, retry_s: float | None = None) -> None:
+                 connect_timeout_s: float = 5.0, retry_s: float | None = None,
+                 clock: Clock = SYSTEM) -> None:
         self.url = url.redacted()
         self.session_timeout_s = session_timeout_s
+        self.clock = clock
         self.root = url.chroot
         self._members = url.hosts
         # How long a command is retried across reconnects (a host agent wants to know
@@ -219,7 +222,7 @@ class ZkCoordinator:
                 except NodeExistsError:
                     pass
                 except Exception:
-                    time.sleep(0.2)
+                    self.clock.sleep(0.2)
                     self._rejoin.set()
 
     def _path(self, key: str) -> str:
@@ -252,7 +255,7 @@ class ZkCoordinator:
 
     def ensemble(self, timeout_s: float = 0.5) -> list[MemberState]:
         """Every ensemble member's ``srvr`` answer (see coord/ensemble.py)."""
-        return ensemble.probe(self._members, timeout_s, ask=self._ask)
+        return ensemble.probe(self._members, timeout_s, ask=self._ask, clock=self.clock)
 
     @_op("sync")
     def sync(self, key: str) -> None:
@@ -493,8 +496,9 @@ class ZkCoordinator:
                 if was:
                     on_lost("resigned" if self._resigned.is_set() else "session lost")
                 if not self._resigned.is_set():
-                    while self._client.state != KazooState.CONNECTED and not self._closed:
-                        time.sleep(0.05)
+                    wait_until(lambda: self._client.state == KazooState.CONNECTED
+                               or self._closed, timeout_s=math.inf, interval_s=0.05,
+                               clock=self.clock)
 
         self._campaign = threading.Thread(target=loop, daemon=True, name="zk-election")
         self._campaign.start()

@@ -33,12 +33,12 @@ import logging
 import math
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ahvlite.clock import SYSTEM, Clock
 from ahvlite.controller.coord.api import Coordinator
 from ahvlite.controller.coord.ensemble import majority_electing
 from ahvlite.controller.ha.lease import AgentLease
@@ -138,8 +138,7 @@ class HostAgent:
 
     def __init__(self, coord: Coordinator, host: str, local: LocalVms, watchdog: Watchdog,
                  *, lease_s: float, heartbeat_s: float,
-                 clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, keep_until: float = -math.inf,
+                 clock: Clock = SYSTEM, keep_until: float = -math.inf,
                  save_lease: Callable[[float], None] | None = None,
                  fence_deadline_s: float = FENCE_DEADLINE_S) -> None:
         self.coord = coord
@@ -148,7 +147,6 @@ class HostAgent:
         self.watchdog = watchdog
         self.heartbeat_s = heartbeat_s
         self.clock = clock
-        self.wall = wall
         self.lease = AgentLease(lease_s, keep_until)
         self.save_lease = save_lease
         self.fence_deadline_s = fence_deadline_s
@@ -166,7 +164,7 @@ class HostAgent:
 
     def heartbeat(self) -> bool:
         """Write our heartbeat; on success the lease runs from when we sent it."""
-        sent = self.clock()
+        sent = self.clock.monotonic()
         self.seq += 1
         doc = AgentDoc(self.host, self.seq, self.lease.lease_s, self.watchdog.timeout_s,
                        self.heartbeat_s, os.getpid(), self.watchdog.armed,
@@ -184,9 +182,9 @@ class HostAgent:
 
     def probe(self) -> bool:
         """While heartbeats fail: is a store election under way? (extends the lease)"""
-        if self.clock() - self.last_ack < 2 * self.heartbeat_s:
+        if self.clock.monotonic() - self.last_ack < 2 * self.heartbeat_s:
             return False
-        asked = self.clock()
+        asked = self.clock.monotonic()
         try:
             states = self.coord.ensemble(PROBE_TIMEOUT_S)
         except Exception as exc:
@@ -200,7 +198,7 @@ class HostAgent:
         return False
 
     def tick(self) -> None:
-        now = self.clock()
+        now = self.clock.monotonic()
         if self.lease.holds(now):
             self._holding(now)
         else:
@@ -212,7 +210,7 @@ class HostAgent:
         Its own step (and thread): a libvirt or store call that blocks the tick must not
         starve the watchdog of a host that is fine, and this step calls nothing slow.
         """
-        now = self.clock()
+        now = self.clock.monotonic()
         if self.watchdog.armed and (self.lease.holds(now)
                                     or self.clear_at >= self.lease.keep_until):
             self.watchdog.feed()
@@ -227,7 +225,7 @@ class HostAgent:
     def reconcile(self) -> None:
         """With the lease: start again what we fenced and nobody moved, and power off
         older copies. Its own step: store calls may block, the tick (fencing) must not."""
-        if not self.lease.holds(self.clock()):
+        if not self.lease.holds(self.clock.monotonic()):
             return
         if self.fenced:
             self._restore()
@@ -263,7 +261,7 @@ class HostAgent:
             try:
                 # Claim it: a restart intent written meanwhile makes this fail.
                 self.coord.put(key(name), rec.to_bytes(), got[1] if got else None)
-                if not self.lease.holds(self.clock()):
+                if not self.lease.holds(self.clock.monotonic()):
                     return  # lost the lease meanwhile: the next tick fences again
                 self.local.power_on(name)
             except AhvliteError as exc:
@@ -301,9 +299,9 @@ class HostAgent:
         if running:
             names = [vm.name for vm in running]
             log.warning("agent: no lease (last acknowledged heartbeat %.1f s ago): fencing %s",
-                        self.clock() - self.last_ack, ", ".join(names))
+                        self.clock.monotonic() - self.last_ack, ", ".join(names))
             off = self.local.power_off(names, self.fence_deadline_s)
-            at = self.wall()
+            at = self.clock.time()
             for vm in running:
                 if vm.name in off:
                     self.fenced[vm.name] = vm
@@ -311,7 +309,7 @@ class HostAgent:
             del self.history[:-10]
             if off != set(names):
                 return  # not confirmed: no feed, the watchdog resets the host
-        self.clear_at = self.clock()  # confirmed: nothing protected runs, feeding is safe
+        self.clear_at = self.clock.monotonic()  # confirmed: nothing protected runs, feeding is safe
 
     # -- process ----------------------------------------------------------------------
 
@@ -330,7 +328,7 @@ class HostAgent:
                 step()
             except Exception:  # a bug must not end fencing; the watchdog is the backstop
                 log.exception("agent: %s failed", getattr(step, "__name__", step))
-            self._stop.wait(period)
+            self.clock.wait(self._stop, period)
 
     def stop(self) -> None:
         """Stop the loops; disarm the watchdog only when nothing protected runs here."""

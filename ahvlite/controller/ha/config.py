@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
+from ahvlite.clock import SYSTEM, Clock
 from ahvlite.cluster.state import ClusterState
 from ahvlite.controller.ha.settings import STATE_KEY, HaSettings
 from ahvlite.errors import AhvliteError
@@ -30,7 +30,8 @@ def change_settings(state: ClusterState, **changes: Any) -> HaSettings:
     return result["new"]
 
 
-def settings_loader(state: ClusterState | None, *, ttl_s: float = 2.0) \
+def settings_loader(state: ClusterState | None, *, ttl_s: float = 2.0,
+                    clock: Clock = SYSTEM) \
         -> Callable[[], HaSettings]:
     """A cached reader for daemons: the last good settings when the store does not
     answer (or holds something unreadable)."""
@@ -39,7 +40,7 @@ def settings_loader(state: ClusterState | None, *, ttl_s: float = 2.0) \
     def read() -> HaSettings:
         if state is None:
             return HaSettings()
-        now = time.monotonic()
+        now = clock.monotonic()
         if now - cache["at"] >= ttl_s:
             cache["at"] = now
             try:

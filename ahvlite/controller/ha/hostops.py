@@ -11,12 +11,12 @@ never closed under the pending call.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol, TypeVar
 
+from ahvlite.clock import SYSTEM, Clock
 from ahvlite.controller.ha.records import StoredVm
 from ahvlite.errors import AhvliteError, OperationTimeout
 from ahvlite.virt import domains, failover
@@ -49,10 +49,11 @@ class LibvirtHosts:
     """:class:`HostOps` over libvirt, one worker thread and connection per host."""
 
     def __init__(self, monitor: Any, render: Render, *, call_timeout_s: float = 10.0,
-                 open_conn: Callable[[str], Any] | None = None) -> None:
+                 open_conn: Callable[[str], Any] | None = None, clock: Clock = SYSTEM) -> None:
         self.monitor = monitor  # HostMonitor: .links[host].conn and .uri
         self.render = render
         self.call_timeout_s = call_timeout_s
+        self.clock = clock
         self.open_conn = open_conn or self._open_link
         self._own: dict[str, Any] = {}
         self._abandoned: list[Any] = []  # stuck connections: kept, never used or closed
@@ -77,7 +78,7 @@ class LibvirtHosts:
         pool = self._workers.get(host)
         if pool is None:
             pool = self._workers[host] = ThreadPoolExecutor(1, thread_name_prefix=f"ha-{host}")
-        self._busy_since[host] = time.monotonic()
+        self._busy_since[host] = self.clock.monotonic()
         future = pool.submit(fn, *args)
         future.add_done_callback(lambda _f: self._busy_since.pop(host, None))
         try:
@@ -92,7 +93,7 @@ class LibvirtHosts:
         link = self.monitor.links.get(host)
         busy = self._busy_since.get(host)
         if link is None or link.conn is None or (
-                busy is not None and time.monotonic() - busy > self.call_timeout_s):
+                busy is not None and self.clock.monotonic() - busy > self.call_timeout_s):
             return None
         if not failover.is_alive(link.conn):
             return None

@@ -29,11 +29,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ahvlite.clock import SYSTEM, Clock
 from ahvlite.cluster.placement import HostCapacity
 from ahvlite.controller.coord.api import (
     MUST_NOT_EXIST,
@@ -77,8 +77,7 @@ class HaService:
 
     def __init__(self, coord: Coordinator, hosts: Callable[[], list[str]], ops: HostOps,
                  settings: Callable[[], HaSettings], *, place_fn: Place = by_memory,
-                 clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, interval_s: float = 0.5,
+                 clock: Clock = SYSTEM, interval_s: float = 0.5,
                  retry_s: float = 2.0, closed: Callable[[], set[str]] = set) -> None:
         self.coord = coord
         self.hosts = hosts  # the cluster's host names (read every round)
@@ -86,7 +85,6 @@ class HaService:
         self.settings = settings
         self.place_fn = place_fn
         self.clock = clock
-        self.wall = wall
         self.interval_s = interval_s
         self.retry_s = retry_s
         # Hosts in (or entering) maintenance: never restart targets. Their own loss is
@@ -124,7 +122,7 @@ class HaService:
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.tick()
-            self._stop.wait(self.interval_s)
+            self.clock.wait(self._stop, self.interval_s)
 
     def tick(self) -> None:
         """One round while we lead; whatever goes wrong is logged, never raised."""
@@ -141,7 +139,7 @@ class HaService:
     # -- one round ----------------------------------------------------------------------
 
     def round(self) -> None:
-        now = self.clock()
+        now = self.clock.monotonic()
         settings = self.settings()
         self.fence.margin_s = settings.margin_s
         generation = self.coord.generation()
@@ -299,7 +297,7 @@ class HaService:
             try:
                 self.ops.destroy(host, name)
                 self.resolved.append({"vm": name, "kept": keep[0], "destroyed": host,
-                                      "at": self.wall()})
+                                      "at": self.clock.time()})
                 del self.resolved[:-20]
             except AhvliteError as exc:
                 log.error("ha: could not power off %s on %s: %s", name, host, exc.message)
@@ -354,8 +352,8 @@ class HaService:
             return  # its agent fenced it and will start it again, or the host is in doubt
         # Off on a healthy host without having shut down: its host was reset, or it was
         # fenced by an agent that has restarted since. Start it again where it is.
-        self._stopped.setdefault(rec.name, self.clock())
-        if self.clock() - self._stopped[rec.name] >= self.retry_s:
+        self._stopped.setdefault(rec.name, self.clock.monotonic())
+        if self.clock.monotonic() - self._stopped[rec.name] >= self.retry_s:
             self._in_place.add(rec.name)
 
     # -- restarts -----------------------------------------------------------------------
@@ -402,7 +400,8 @@ class HaService:
             self.failures[vm] = f"not restarted: {why}"
         for vm, target in plan.steps:
             rec, rv = restartable[vm]
-            intent = Intent(target, lost, rec.epoch + 1, self.wall(), self.coord.check_leader())
+            intent = Intent(target, lost, rec.epoch + 1, self.clock.time(),
+                            self.coord.check_leader())
             if not self._write([Check(agent_key(lost), version),
                                 Put(key(vm), rec.with_intent(intent).to_bytes(), rv)]):
                 # Its heartbeat moved (it is back) or the record changed: time it again.
@@ -457,7 +456,7 @@ class HaService:
             self.failures[rec.name] = f"not placed: {plan.unplaced[0][1] if plan.unplaced else ''}"
             return
         target = plan.steps[0][1]
-        new = Intent(target, intent.source, intent.epoch + 1, self.wall(),
+        new = Intent(target, intent.source, intent.epoch + 1, self.clock.time(),
                      self.coord.check_leader())
         if self._write([*checks, Put(key(rec.name), rec.with_intent(new).to_bytes(), version)]):
             self._start(now, rec.with_intent(new), version + 1, new)
@@ -472,7 +471,7 @@ class HaService:
             if (rec.intent is not None or not rec.running or rec.spec is None
                     or not rec.record().protected or views[rec.host].verdict != "healthy"):
                 continue
-            intent = Intent(rec.host, rec.host, rec.epoch + 1, self.wall(),
+            intent = Intent(rec.host, rec.host, rec.epoch + 1, self.clock.time(),
                             self.coord.check_leader())
             if self._write([Put(key(name), rec.with_intent(intent).to_bytes(), version)]):
                 log.warning("ha: %s is off on its healthy host %s without having shut "
@@ -487,7 +486,7 @@ class HaService:
         # deposed leader (or one reading a stale store member) fails here.
         if not self._write([Check(key(rec.name), version)]):
             return
-        t0 = self.clock()
+        t0 = self.clock.monotonic()
         try:
             self.ops.start(intent.target, rec, intent.epoch)
         except AhvliteError as exc:
@@ -499,8 +498,8 @@ class HaService:
             return
         self.failures.pop(rec.name, None)
         self.restarts.append({"vm": rec.name, "from": intent.source, "to": intent.target,
-                              "epoch": intent.epoch, "at": self.wall(),
-                              "start_s": round(self.clock() - t0, 3)})
+                              "epoch": intent.epoch, "at": self.clock.time(),
+                              "start_s": round(self.clock.monotonic() - t0, 3)})
         del self.restarts[:-50]
         log.warning("ha: restarted %s from %s on %s (epoch %d)", rec.name, intent.source,
                     intent.target, intent.epoch)
@@ -509,7 +508,7 @@ class HaService:
 
     def _publish(self, views: dict[str, HostView],
                  agents: dict[str, tuple[AgentDoc, int]]) -> None:
-        now = self.clock()
+        now = self.clock.monotonic()
         doc = {"hosts": {h: {"verdict": v.verdict, "remaining_s": round(v.remaining_s, 1),
                              "libvirt": v.reachable,
                              "heartbeat_still_s": round(self.fence.still_s(now, h), 1),

@@ -55,7 +55,7 @@ class RuleAdd(Kind[RuleAddParams]):
     name = "ads.rule.add"
     Params = RuleAddParams
 
-    def check(self, p: Any) -> None:
+    def check(self, p: RuleAddParams) -> None:
         for h in p.hosts:
             self.host("hosts", h)
 

@@ -43,6 +43,7 @@ class Kind(Generic[P]):
 
     name: ClassVar[str]
     resumable: ClassVar[bool] = True
+    offered: ClassVar[bool] = True  # listed among the kinds this controller takes
     Params: ClassVar[type[Params]]
 
     def __init__(self, cluster: Callable[[], ClusterSpec] | None = None) -> None:
@@ -55,10 +56,10 @@ class Kind(Generic[P]):
             raise InvalidSpec("params", params, f"a JSON object of {self.name}'s parameters")
         p = build(self.Params, **params)
         if self._cluster is not None:
-            self.check(p)  # the leader's registry: the cluster is known
+            self.check(p)  # type: ignore[arg-type]  # the leader's registry: the cluster is known
         return p.model_dump(mode="json")
 
-    def check(self, p: Any) -> None:
+    def check(self, p: P) -> None:
         """Checks that need the cluster (hosts exist, ...); run when it is known."""
 
     def params(self, ctx: TaskContext) -> P:
@@ -80,6 +81,22 @@ class Kind(Generic[P]):
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
         raise NotImplementedError
+
+
+class HostParams(Params):
+    """Parameters of a kind that acts on one host of the cluster."""
+
+    host: str = HOST_FIELD
+
+
+HP = TypeVar("HP", bound=HostParams)
+
+
+class HostKind(Kind[HP]):
+    """A kind on one host: ``host`` must be a host of the cluster."""
+
+    def check(self, p: HP) -> None:
+        self.host("host", p.host)
 
 
 def cluster_host(cluster: ClusterSpec, field: str, host: str) -> HostSpec:

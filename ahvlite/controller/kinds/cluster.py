@@ -59,7 +59,7 @@ class ClusterApply(SpecKind[ClusterApplyParams]):
         out["spec"] = spec_doc(build(ClusterSpec, **out["spec"]))  # the stored form
         return out
 
-    def check(self, p: Any) -> None:
+    def check(self, p: ClusterApplyParams) -> None:
         from ahvlite.cluster import hostfiles
         from ahvlite.cluster.specwrite import read_spec
 

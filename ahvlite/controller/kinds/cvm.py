@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
 
-from ahvlite.controller.kinds.base import HOST_FIELD, Kind, Params
+from ahvlite.controller.kinds.base import HostKind, HostParams, Kind
 from ahvlite.controller.tasks import TaskContext
 from ahvlite.errors import NotFound, Unsupported
 
@@ -18,8 +18,7 @@ PciAddress = Annotated[str, StringConstraints(pattern=PCI_ADDRESS)]
 HostFile = Annotated[str, StringConstraints(pattern=r"^/[^\x00]*$", max_length=4096)]
 
 
-class DeployParams(Params):
-    host: str = HOST_FIELD
+class DeployParams(HostParams):
     upload: str = Field(pattern=UPLOAD_ID,
                         description="the boot image, staged on the leader (POST /v1/uploads)")
     vcpus: int = Field(8, ge=1, le=512)
@@ -30,22 +29,12 @@ class DeployParams(Params):
     start: bool = True
 
 
-class HostParams(Params):
-    host: str = HOST_FIELD
-
-
-class StopParams(Params):
-    host: str = HOST_FIELD
+class StopParams(HostParams):
     force: bool = False
     timeout_s: float = Field(120, gt=0, le=3600)
 
 
-class _HostKind(Kind[Any]):
-    def check(self, p: Any) -> None:
-        self.host("host", p.host)
-
-
-class CvmDeploy(_HostKind):
+class CvmDeploy(HostKind[DeployParams]):
     """``cvm.deploy``: define (and start) ``cvm-HOST`` from a staged upload; every check
     first, everything undone on failure, the upload removed afterwards.
 
@@ -87,7 +76,7 @@ class CvmDeploy(_HostKind):
             image.unlink(missing_ok=True)  # one upload, one deployment
 
 
-class CvmStart(_HostKind):
+class CvmStart(HostKind[HostParams]):
     """``cvm.start``: start ``cvm-HOST`` (already running: nothing to do)."""
 
     name = "cvm.start"
@@ -102,7 +91,7 @@ class CvmStart(_HostKind):
         return cvm.start(self.cluster(), p.host)
 
 
-class CvmStop(_HostKind):
+class CvmStop(HostKind[StopParams]):
     """``cvm.stop``: ACPI shutdown of ``cvm-HOST``; power off after ``timeout_s`` only
     with ``force`` (stopped already: nothing to do)."""
 
@@ -118,7 +107,7 @@ class CvmStop(_HostKind):
         return cvm.stop(self.cluster(), p.host, force=p.force, timeout_s=p.timeout_s)
 
 
-class CvmRemove(_HostKind):
+class CvmRemove(HostKind[HostParams]):
     """``cvm.remove``: power off and undefine ``cvm-HOST``, controllers back to the
     host, its volumes and lab loops gone. A resumed run does what is left (what the
     first attempt removed is not there any more); one that finds nothing at all counts

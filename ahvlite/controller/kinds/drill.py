@@ -1,9 +1,10 @@
-"""Kinds for drills and tests, not in a production controller's registry (a
-controller offers them only with ``AHVLITE_DRILL_KINDS=1`` in its environment)."""
+"""Kinds for drills and tests, not in a production controller's registry: a
+controller offers them only with ``AHVLITE_DRILL_KINDS=1`` in its environment, which
+the lab writes into its hosts' controller.env. Anywhere else a task of one fails with
+the reason (:class:`Refused`)."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Literal
@@ -13,7 +14,7 @@ from pydantic import Field
 from ahvlite.controller.kinds.base import HOST_FIELD, Kind, Params
 from ahvlite.controller.kinds.vm import VM_UUID_NAMESPACE
 from ahvlite.controller.tasks import TaskContext
-from ahvlite.errors import Conflict, OperationFailed
+from ahvlite.errors import Conflict, InvalidSpec, OperationFailed
 
 DRILL_ENV = "AHVLITE_DRILL_KINDS"
 
@@ -32,7 +33,7 @@ class Sleep(Kind[SleepParams]):
     def run(self, ctx: TaskContext) -> dict[str, Any]:
         p = self.params(ctx)
         for i in range(p.steps):
-            ctx.step(f"sleep-{i}", lambda: time.sleep(p.step_s))
+            ctx.step(f"sleep-{i}", lambda: ctx.clock.sleep(p.step_s))
             ctx.progress(int(100 * (i + 1) / p.steps), f"step {i + 1}/{p.steps}")
         return {"steps": p.steps}
 
@@ -54,7 +55,7 @@ class VmCreate(Kind[VmCreateParams]):
     name = "vm.create"
     Params = VmCreateParams
 
-    def check(self, p: Any) -> None:
+    def check(self, p: VmCreateParams) -> None:
         self.host("host", p.host)
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
@@ -62,12 +63,12 @@ class VmCreate(Kind[VmCreateParams]):
         h = self.host("host", p.host)
         assert h is not None
         vm_uuid = str(uuid.uuid5(VM_UUID_NAMESPACE, ctx.task.id))
-        ctx.step("prepare", lambda: time.sleep(p.hold_s))
+        ctx.step("prepare", lambda: ctx.clock.sleep(p.hold_s))
         ctx.progress(30, "defining")
         ctx.step("define", lambda: define_once(h.uri, p.model_dump(), vm_uuid,
                                                guard=ctx.check_leader))
         ctx.progress(70, "defined")
-        ctx.step("settle", lambda: time.sleep(p.hold_s))
+        ctx.step("settle", lambda: ctx.clock.sleep(p.hold_s))
         return {"name": p.name, "uuid": vm_uuid, "host": p.host}
 
 
@@ -99,3 +100,29 @@ def define_once(uri: str, p: dict[str, Any], vm_uuid: str, *,
 
 
 KINDS: tuple[type[Kind[Any]], ...] = (Sleep, VmCreate)
+
+
+class Refused(Kind[Params]):
+    """A drill kind asked of a controller outside a lab: its tasks fail with the
+    reason when the leader claims them (submitting one is refused the same way), and
+    never run. Not listed among the kinds this controller takes."""
+
+    resumable = False
+    offered = False
+    Params = Params
+
+    def refusal(self) -> InvalidSpec:
+        return InvalidSpec("kind", self.name, "a drill kind, run only by a controller in a "
+                           "lab", hint=f"a lab's controllers have {DRILL_ENV}=1 in their "
+                           "environment")
+
+    def validate(self, params: dict[str, Any]) -> dict[str, Any]:
+        raise self.refusal()
+
+    def run(self, ctx: TaskContext) -> dict[str, Any]:
+        raise self.refusal()
+
+
+def refused(kind: type[Kind[Any]]) -> type[Kind[Any]]:
+    """The stand-in for drill kind ``kind`` on a controller outside a lab."""
+    return type(f"{kind.__name__}Refused", (Refused,), {"name": kind.name})

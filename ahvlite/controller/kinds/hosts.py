@@ -92,7 +92,7 @@ class HostAdd(SpecKind[HostAddParams]):
     name = "host.add"
     Params = HostAddParams
 
-    def check(self, p: Any) -> None:
+    def check(self, p: HostAddParams) -> None:
         host = host_entry(p)
         hostfiles.check_host_files(host)
         cluster = self.cluster()

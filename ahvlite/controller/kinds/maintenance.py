@@ -6,12 +6,11 @@ host, the HA admission of every move, and progress per VM."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 from pydantic import Field
 
-from ahvlite.controller.kinds.base import HOST_FIELD, Kind, Params
+from ahvlite.controller.kinds.base import HP, HostKind, HostParams, Kind
 from ahvlite.controller.tasks import TaskContext, TaskState, decode
 from ahvlite.errors import Conflict
 
@@ -26,16 +25,14 @@ PARALLEL = Field(2, ge=1, le=16, description="migrations at a time")
 MAX_DOWNTIME = Field(300, ge=1, le=60_000, description="the stun window cap in ms")
 
 
-class EnterParams(Params):
-    host: str = HOST_FIELD
+class EnterParams(HostParams):
     parallel: int = PARALLEL
     max_downtime_ms: int = MAX_DOWNTIME
     shutdown_timeout_s: float = Field(60, gt=0, le=3600,
                                       description="wait for a pinned VM's clean shutdown")
 
 
-class ExitParams(Params):
-    host: str = HOST_FIELD
+class ExitParams(HostParams):
     restore: bool = False
     parallel: int = PARALLEL
     max_downtime_ms: int = MAX_DOWNTIME
@@ -70,7 +67,7 @@ class _Reporter:
             self.ctx.progress(self.pct, message)
 
     def migration(self, p: Any) -> None:
-        now = time.monotonic()
+        now = self.ctx.clock.monotonic()
         if now - self._last.get(p.vm, 0.0) < PROGRESS_EVERY_S:
             return
         self._last[p.vm] = now
@@ -82,15 +79,12 @@ class _Reporter:
                                 + (", post-copy" if p.postcopy else ""))
 
 
-class _Base(Kind[Any]):
+class _Base(HostKind[HP]):
     def ops(self, cluster: Any) -> Any:
         """The hosts as the run reaches them (a test gives a simulated cluster)."""
         from ahvlite.cluster.maintenance import LibvirtOps
 
         return LibvirtOps(cluster)
-
-    def check(self, p: Any) -> None:
-        self.host("host", p.host)
 
     def hooks(self, ctx: TaskContext, cluster: Any) -> Any:
         from ahvlite.cluster.maintenance import Hooks
@@ -102,7 +96,7 @@ class _Base(Kind[Any]):
                      progress=rep.progress, on_progress=rep.migration)
 
 
-class MaintenanceEnter(_Base):
+class MaintenanceEnter(_Base[EnterParams]):
     """``maintenance.enter``: mark the host unschedulable, plan, live-migrate its VMs
     (``parallel`` at a time, each admitted by HA), shut its pinned VMs down.
 
@@ -137,7 +131,7 @@ class MaintenanceEnter(_Base):
         return report.to_dict()
 
 
-class MaintenanceExit(_Base):
+class MaintenanceExit(_Base[ExitParams]):
     """``maintenance.exit``: the host is schedulable again, the pinned VMs maintenance
     shut down start, and with ``restore`` the VMs it moved away come back (each move
     admitted by HA; one refused stays where it is, with the reason).

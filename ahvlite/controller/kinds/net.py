@@ -47,7 +47,7 @@ class NetCreate(SpecKind[NetCreateParams]):
     name = "net.create"
     Params = NetCreateParams
 
-    def check(self, p: Any) -> None:
+    def check(self, p: NetCreateParams) -> None:
         spec = self.cluster()
         if spec.network.network(p.name) is not None and not _same_network(spec, p):
             raise Conflict(f"network {p.name!r} already exists",
@@ -108,7 +108,7 @@ class NetApply(SpecKind[NetApplyParams]):
     name = "net.apply"
     Params = NetApplyParams
 
-    def check(self, p: Any) -> None:
+    def check(self, p: NetApplyParams) -> None:
         self.host("host", p.host)
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
@@ -148,7 +148,7 @@ class NetBondSet(SpecKind[BondSetParams]):
     name = "net.bond.set"
     Params = BondSetParams
 
-    def check(self, p: Any) -> None:
+    def check(self, p: BondSetParams) -> None:
         from ahvlite.cluster.network import bond_override
 
         self.host("host", p.host)

@@ -88,7 +88,7 @@ class TemplateCreate(Kind[CaptureParams]):
     name = "template.create"
     Params = CaptureParams
 
-    def check(self, p: Any) -> None:
+    def check(self, p: CaptureParams) -> None:
         from ahvlite.cluster.templates import COLLECTION
 
         # A template of one version from this VM may be this task's own (resumed).
@@ -137,7 +137,7 @@ class TemplateVersionAdd(Kind[VersionAddParams]):
     name = "template.version.add"
     Params = VersionAddParams
 
-    def check(self, p: Any) -> None:
+    def check(self, p: VersionAddParams) -> None:
         from ahvlite.cluster.templates import load_template
 
         load_template(self.cluster().state, p.name)  # NotFound
@@ -163,7 +163,7 @@ class TemplateActivate(Kind[ActivateParams]):
     name = "template.activate"
     Params = ActivateParams
 
-    def check(self, p: Any) -> None:
+    def check(self, p: ActivateParams) -> None:
         from ahvlite.cluster.templates import load_template
 
         load_template(self.cluster().state, p.name).version(p.version)
@@ -209,7 +209,7 @@ class TemplateDeploy(Kind[DeployParams]):
     name = "template.deploy"
     Params = DeployParams
 
-    def check(self, p: Any) -> None:
+    def check(self, p: DeployParams) -> None:
         from ahvlite.cluster.templates import load_template
 
         self.host("host", p.host)

@@ -3,7 +3,6 @@ serial console, live migration."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Literal
@@ -130,7 +129,7 @@ class VmSpecCreate(Kind[SpecCreateParams]):
         out["spec"] = dumped
         return out
 
-    def check(self, p: Any) -> None:
+    def check(self, p: SpecCreateParams) -> None:
         self.host("host", p.host)
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
@@ -479,7 +478,7 @@ class VmMigrate(Kind[MigrateParams]):
         return self.Params.model_validate(super().validate(params)).model_dump(
             mode="json", exclude_defaults=True)
 
-    def check(self, p: Any) -> None:
+    def check(self, p: MigrateParams) -> None:
         self.host("to", p.to)
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
@@ -493,7 +492,7 @@ class VmMigrate(Kind[MigrateParams]):
         last = [0.0, -1]  # when progress was last written, and its iteration
 
         def on_progress(prog: Any) -> None:
-            now = time.monotonic()
+            now = ctx.clock.monotonic()
             if now - last[0] < PROGRESS_EVERY_S and prog.iteration == last[1]:
                 return
             last[0], last[1] = now, prog.iteration
