@@ -75,11 +75,12 @@ def test_each_host_has_br0_with_a_two_member_active_backup_bond(two_hosts):
     _, layout = two_hosts
     for host in layout.hosts:
         with ovsdb(f"unix:{host.ovsdb_sock}") as api:
-            ports = {p.name: p for p in ovs_ops.bridge_ports(api, OVS_BRIDGE)}
-        bond = ports[BOND]
+            bridges, _ = ovs_ops.observe_ovs(api)
+        bond = next(b for b in bridges if b.name == OVS_BRIDGE).port(BOND)
+        assert bond is not None
         assert bond.interfaces == ("eth0", "eth1")
         assert bond.bond_mode == "active-backup"
-        assert bond.bond_active_member in ("eth0", "eth1")
+        assert bond.active_member in ("eth0", "eth1")
         shown = in_host(host, "ip", "-4", "-o", "addr", "show", "dev", OVS_BRIDGE).stdout
         assert str(host.address) in shown
         virbr0 = in_host(host, "ip", "-4", "-o", "addr", "show", "dev", "virbr0").stdout
