@@ -1,4 +1,4 @@
-"""One cluster truth (issue 17) on a 3-host lab: ZooKeeper, a controller (with its API)
+"""One cluster truth (the store) on a 3-host lab: ZooKeeper, a controller (with its API)
 and a host agent on every host, each with its private /etc/ahvlite and /var/lib/ahvlite.
 
 Every command runs from the root namespace as an admin's machine would: with the

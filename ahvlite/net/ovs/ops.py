@@ -17,7 +17,8 @@ def ensure_bridge_with_bond(api: impl_idl.OvsdbIdl, *, bridge: str, bond: str,
     """Create ``bridge`` and its uplink bond in one transaction, if they are missing.
 
     Both bond members are created together with the port, so the bridge never has a
-    half-made uplink. An existing bond is left untouched (issue 4 reconciles it).
+    half-made uplink. An existing bond is left untouched: `ahvlite net apply` plans and
+    applies changes to it step by step, so the uplink is never lost on the way.
     """
     existing = api.db_find("Port", ("name", "=", bond), columns=["name"]).execute(
         check_error=True)
