@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ from ahvlite.remote import ssh
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest, migration
 from ahvlite.virt.conn import connection
+from tests.clirun import ahvlite
 
 from .conftest import assert_gone, in_host
 
@@ -172,9 +172,8 @@ def _domains(layout, host):
 
 
 def test_lab_up_refuses_a_name_in_use_by_a_running_lab(two_hosts):
-    result = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "lab", "up",
-                             "--name", NAME, "--hosts", "2", "--subnet", SUBNET],
-                            capture_output=True, text=True, timeout=60)
+    result = ahvlite("lab", "up", "--name", NAME, "--hosts", "2", "--subnet", SUBNET,
+                     timeout_s=60)
     assert result.returncode == 4, result.stderr
     assert "already running" in result.stderr
     assert lab.status(NAME)["hosts"][0]["up"]
