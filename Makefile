@@ -24,7 +24,7 @@ help:
 	@echo "make demo   - install what is missing, build a 3-host lab, boot guests, ping across hosts, migrate, maintenance, HA after a host failure"
 	@echo "make test   - install what is missing, run the whole test suite (unit, functional, lab)"
 	@echo "make setup  - only install (Debian packages, .venv, lab guest image)"
-	@echo "make lint   - ruff, mypy and ansible-lint"
+	@echo "make lint   - ruff, mypy, vulture (never-called code) and ansible-lint"
 	@echo "make explore - property tests on fresh random examples (EXPLORE_ROUNDS=10)"
 	@echo "make bench  - benchmarks (ratios against a peer measured in the same run)"
 
@@ -112,6 +112,9 @@ test-lab: setup
 lint: venv
 	$(BIN)/ruff check ahvlite tests bench
 	$(BIN)/mypy ahvlite
+	@dead=$$($(BIN)/vulture | grep -Ev 'unused (variable|attribute|import)'); \
+	if [ -n "$$dead" ]; then echo "$$dead"; \
+		echo "never called: delete it, or add it to [tool.vulture] ignore_names with why"; exit 1; fi
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint -q -c playbooks/.ansible-lint playbooks/
 
 bench: setup

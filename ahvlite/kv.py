@@ -9,7 +9,6 @@ compare-and-set. The coordination store (ZooKeeper, embedded SQLite) implements
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -75,10 +74,6 @@ class DocStore(Protocol):
         ...
 
 
-def join_key(*parts: str) -> str:
-    return "/".join(p.strip("/") for p in parts if p.strip("/"))
-
-
 def check_key(key: str) -> str:
     """Keys are relative slash paths of [A-Za-z0-9._-:] segments."""
     segs = key.split("/")
@@ -86,9 +81,3 @@ def check_key(key: str) -> str:
                                                          for c in s) for s in segs):
         raise InvalidSpec("key", key, "slash-separated segments of letters, digits, . _ - :")
     return key
-
-
-def iter_parents(key: str) -> Iterator[str]:
-    segs = key.split("/")
-    for i in range(1, len(segs)):
-        yield "/".join(segs[:i])

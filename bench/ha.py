@@ -10,7 +10,7 @@
   running domains are polled all along; any VM seen on two hosts is a double start.
 
 Knobs: AHVLITE_BENCH_HA_RUNS (kill runs, default 3), AHVLITE_BENCH_HA_PARTITIONS
-(default 3; the issue's proof is 10).
+(default 3; use 10 to show a double start is not a rare event that 3 runs miss).
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from ahvlite.controller.daemon import LEADER_KEY, Controller, Identity
 from ahvlite.controller.kinds import registry
 from ahvlite.pki import ADMINS_UNIT, CertificateAuthority, write_secret
 from ahvlite.spec.cluster import ClusterSpec
+from tests.clirun import ahvlite, without_settings
 from tests.waiting import wait_for
 
 
@@ -41,16 +41,12 @@ class ApiCluster:
     def cli(self, *argv: str, timeout_s: float = 120,
             extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """``ahvlite ARGV`` as a client of this cluster's API."""
-        return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *argv],
-                              capture_output=True, text=True, timeout=timeout_s,
-                              env={**self.env, **(extra_env or {})})
+        return ahvlite(*argv, env=self.env, extra_env=extra_env, timeout_s=timeout_s)
 
 
 def client_env(pki: Path, *urls: str) -> dict[str, str]:
     """The environment of a CLI with admin credentials for ``urls`` (nothing else)."""
-    keep = {k: v for k, v in os.environ.items()
-            if not k.startswith("AHVLITE_") or k == "AHVLITE_DRILL_KINDS"}
-    return {**keep, "AHVLITE_API": ",".join(urls), "AHVLITE_CA": str(pki / "ca.pem"),
+    return {**without_settings(), "AHVLITE_API": ",".join(urls), "AHVLITE_CA": str(pki / "ca.pem"),
             "AHVLITE_CERT": str(pki / "admin.pem"), "AHVLITE_KEY": str(pki / "admin-key.pem"),
             "HOME": str(pki), "COLUMNS": "200"}  # no client.yaml of this machine's user
 

@@ -33,7 +33,6 @@ CVM_ROLE = "cvm"
 CVM_HOST_LABEL = "ahvlite.io/cvm-host"
 VIRBR0 = "virbr0"
 CVM_ADDRESS = "192.168.5.2/24"  # AHV's CVM side of the internal host <-> CVM network
-HOST_ADDRESS = "192.168.5.1"
 MGMT_BRIDGE = "br0"
 DEFAULT_VCPUS = 8
 DEFAULT_MEMORY_MIB = 16384

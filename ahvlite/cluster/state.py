@@ -162,8 +162,3 @@ class ClusterState:
         """Store ``spec`` by compare-and-set (``None``: it must not exist yet)."""
         return self.store.put(SPEC_KEY, encode(spec.model_dump(mode="json", exclude_none=True)),
                               MUST_NOT_EXIST if expected_version is None else expected_version)
-
-
-def cluster_of(store: DocStore) -> ClusterSpec:
-    """The cluster kept in ``store``, its documents attached."""
-    return ClusterState(store).spec()

@@ -27,7 +27,6 @@ from ahvlite.clock import SYSTEM, Clock, wait_until
 from ahvlite.errors import Conflict, InvalidSpec, NotFound, OperationTimeout
 
 DEFAULT_DIR = Path("/var/lib/ahvlite/local")
-DEFAULT_LISTEN = "127.0.0.1:9440"
 MARK = "# written by ahvlite local up"
 CLUSTER = "local"
 

@@ -56,7 +56,7 @@ def run(name: str, *, report: Callable[[str], None]) -> dict[str, Any]:
         match = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
         summary = f"{match[2]}/{match[1]} replies" if match else out[-120:]
         pings.append({"from": src.name, "to": dst.name, "ok": rc == 0, "detail": summary})
-    # Host networking (issue 4): two VLAN networks in the cluster file, then what
+    # Host networking: two VLAN networks in the cluster file, then what
     # each host's OVS reports (bond, members, active member, VM ports with VLANs).
     spec = load_cluster(layout.cluster_file)
     for net_name, vlan in DEMO_NETWORKS:

@@ -87,7 +87,6 @@ GUEST_MODULES = ("virtio_pci", "virtio_net", "virtio_scsi", "virtio_blk", "sd_mo
                  "virtio_balloon", "8021q")
 
 READY_MARKER = "AHVLITE-GUEST-READY"
-DIRTY_MARKER = "AHVLITE-DIRTY"
 
 DISK_SIZE_MIB = 64
 

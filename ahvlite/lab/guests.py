@@ -99,13 +99,6 @@ def wait_ready(layout: LabLayout, g: LabGuest, *, timeout_s: float = 120) -> flo
                            f"serial console ends with:\n{tail}")
 
 
-def find_guest(state: LabState, name: str) -> LabGuest:
-    for raw in state.guests:
-        if raw["name"] == name:
-            return LabGuest(**raw)
-    raise OperationFailed(f"guest {name} is not recorded in lab {state.name}")
-
-
 def console_run(layout: LabLayout, g: LabGuest, command: str, *,
                 timeout_s: float = 30) -> tuple[int, str]:
     """Run a shell command on the guest's serial console (through libvirt)."""

@@ -35,7 +35,7 @@ class HostSpec(BaseModel):
     ssh: SshSpec | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     ovsdb: OvsdbSpec | None = None  # how `ahvlite net` reaches this host's OVSDB
-    network: HostNetworkSpec | None = None  # per-host bridges / virbr0 (issue 4)
+    network: HostNetworkSpec | None = None  # per-host bridges / virbr0
 
     @field_validator("uri", mode="before")
     @classmethod

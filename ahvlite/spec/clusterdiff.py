@@ -33,10 +33,6 @@ class SpecDiff:
     kept: list[str] = field(default_factory=list)  # keys the store has: never overwritten
 
     @property
-    def spec_changes(self) -> bool:
-        return bool(self.changes)
-
-    @property
     def empty(self) -> bool:
         return not self.changes and not self.imports
 

@@ -88,11 +88,6 @@ class Bhs:
     itt: int
     raw: bytes
 
-    @property
-    def total_len(self) -> int:
-        """Bytes of the whole PDU: header, AHS and padded data (no digests)."""
-        return BHS_LEN + 4 * self.ahs_words + self.data_len + pad4(self.data_len)
-
     def u32(self, offset: int) -> int:
         return int(struct.unpack_from(">I", self.raw, offset)[0])
 

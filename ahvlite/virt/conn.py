@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TypeVar
 
 import libvirt
 
@@ -31,7 +31,6 @@ Connection = libvirt.virConnect
 DomainHandle = libvirt.virDomain
 StoragePool = libvirt.virStoragePool
 
-P = ParamSpec("P")
 T = TypeVar("T")
 
 # libvirt prints every error to stderr by default; we raise them instead.
@@ -201,20 +200,3 @@ def close_quietly(conn: libvirt.virConnect) -> None:
         conn.close()
     except libvirt.libvirtError:
         pass
-
-
-def hypervisor_hostname(conn: libvirt.virConnect) -> str:
-    with libvirt_errors("read hostname"):
-        return conn.getHostname()
-
-
-def wrap(context: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
-    """Decorator form of :func:`libvirt_errors`."""
-    def deco(fn: Callable[P, T]) -> Callable[P, T]:
-        def inner(*args: P.args, **kwargs: P.kwargs) -> T:
-            with libvirt_errors(context):
-                return fn(*args, **kwargs)
-        inner.__name__ = fn.__name__
-        inner.__doc__ = fn.__doc__
-        return inner
-    return deco

@@ -118,12 +118,6 @@ def is_alive(conn: libvirt.virConnect) -> bool:
         return False
 
 
-def running_names(conn: libvirt.virConnect) -> list[str]:
-    with libvirt_errors("list running domains"):
-        return sorted(d.name() for d in conn.listAllDomains(
-            libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
-
-
 def define_and_start(conn: libvirt.virConnect, xml: str, name: str) -> None:
     """Define ``xml`` and start it. A start that fails (a disk lease still held by the
     old host's virtlockd, say) leaves no new definition behind: the caller retries

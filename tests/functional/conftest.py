@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from ahvlite.controller.coord.sqlite import SqliteCoordinator
+from ahvlite.lab.services import start_local_ensemble
 
 
 @pytest.fixture
@@ -18,3 +19,12 @@ def leader(tmp_path):
     assert elected.wait(5)
     yield coord
     coord.close()
+
+
+@pytest.fixture(scope="module")
+def zk(tmp_path_factory):
+    """A real one-member ZooKeeper for the module (each test takes a chroot of its own);
+    modules that need more members or TLS define their own ``zk``."""
+    ens = start_local_ensemble(tmp_path_factory.mktemp("zk"), 1)
+    yield ens
+    ens.stop()

@@ -219,7 +219,7 @@ def test_host_provision_builds_its_inventory_from_the_api(api, tmp_path, monkeyp
         with_ssh = ClusterSpec.model_validate({**spec.model_dump(), "hosts": [
             {"name": "h1", "uri": "qemu+tls://10.0.0.11/system",
              "ssh": {"host": "10.0.0.11", "key": hostfiles.SSH_KEY}}],
-            "shared_pool": "shared",  # provisioning wants shared storage (issue 20)
+            "shared_pool": "shared",  # provisioning refuses a cluster without shared storage
             "pool": {"kind": "netfs", "server": "10.0.0.5", "export": "/srv/ahvlite"}})
         inv, extra = prov.provision_inputs(["h1"], spec=with_ssh, cluster_file=path,
                                            pki_dir=tmp_path / "pki", check=True)

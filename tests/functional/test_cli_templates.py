@@ -26,10 +26,10 @@ from ahvlite.virt.conn import connection
 from ahvlite.virt.xml.domain import Domain
 from tests.apicluster import api_cluster
 from tests.taskrecords import ended, put_resumed, resumed_id
+from tests.testdriver import POOL, domain_names, volumes
 
 pytestmark = pytest.mark.functional
 
-POOL = "default-pool"
 SPEC = ClusterSpec(name="ctp", shared_pool=POOL,
                    hosts=[HostSpec(name="h1", uri="test:///default")])
 
@@ -65,19 +65,9 @@ def tp(api, cluster):
         vms.delete_vm(cluster, vm, force=True)
 
 
-def volumes() -> set[str]:
-    with connection("test:///default") as conn:
-        return {v.name for v in storage.list_volumes(storage.lookup_pool(conn, POOL))}
-
-
-def names() -> set[str]:
-    with connection("test:///default") as conn:
-        return {d.name() for d in domains.all_domains(conn)}
-
-
 def drop(cluster, *vm_names: str) -> None:
     for name in vm_names:
-        if name in names():
+        if name in domain_names():
             vms.delete_vm(cluster, name, force=True)
 
 
@@ -107,21 +97,21 @@ def test_capture_versions_list(api, tp):
     (["template", "deploy", "tp", "--host", "h9"], 2, "host='h9'"),
 ])
 def test_mistakes_are_refused_before_anything_is_made(api, tp, args, code, needle):
-    before_vols, before_names = volumes(), names()
+    before_vols, before_names = volumes(), domain_names()
     r = api.cli(*args)
     assert r.returncode == code, r.stdout + r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr
-    assert volumes() == before_vols and names() == before_names
+    assert volumes() == before_vols and domain_names() == before_names
 
 
 def test_one_name_taken_refuses_the_whole_batch(api, cluster, tp):
     vms.create_vm(cluster, VmSpec(name="tes7", memory_mib=64))
-    before_vols, before_names = volumes(), names()
+    before_vols, before_names = volumes(), domain_names()
     try:
         r = api.cli("template", "deploy", "tp", "--prefix", "tes", "--count", "20",
                     "--version", "2")
         assert r.returncode == 4 and "'tes7' already exists" in r.stderr, r.stderr
-        assert volumes() == before_vols and names() == before_names
+        assert volumes() == before_vols and domain_names() == before_names
     finally:
         drop(cluster, "tes7")
 
@@ -159,17 +149,17 @@ def test_a_vm_that_fails_is_undone_on_its_own(api, cluster, tp, monkeypatch):
     try:
         assert r.returncode == 9, r.stderr
         assert "p2" in r.stderr and "refused for the test" in r.stderr
-        assert {"p1", "p3"} <= names() and "p2" not in names()
+        assert {"p1", "p3"} <= domain_names() and "p2" not in domain_names()
         assert all(vms.show_vm(cluster, n).state == "running" for n in ("p1", "p3"))
     finally:
         drop(cluster, "p1", "p3")
 
 
 def test_vms_whose_seed_cannot_be_written_are_undone(api, cluster, tp):
-    before_vols, before_names = volumes(), names()
+    before_vols, before_names = volumes(), domain_names()
     r = api.cli("template", "deploy", "tp", "--count", "2", "--prefix", "s")
     assert r.returncode == 9 and "no VM of tp was deployed" in r.stderr, r.stderr
-    assert volumes() == before_vols and names() == before_names
+    assert volumes() == before_vols and domain_names() == before_names
 
 
 def test_each_power_on_is_admitted_by_ha(api, cluster, tp):
@@ -177,11 +167,11 @@ def test_each_power_on_is_admitted_by_ha(api, cluster, tp):
     # and with nothing started the VMs are not even made. Without --start they are.
     change_settings(api.state, mode="guarantee")
     try:
-        before = names()
+        before = domain_names()
         r = api.cli("template", "deploy", "tp", "--version", "2", "--count", "2",
                     "--prefix", "g")
         assert r.returncode == 9 and "MiB missing" in r.stderr, r.stderr
-        assert names() == before
+        assert domain_names() == before
         r = api.cli("template", "deploy", "tp", "--version", "2", "--count", "2",
                     "--prefix", "g", "--no-start", "--json")
         assert r.returncode == 0, r.stderr

@@ -23,10 +23,10 @@ from ahvlite.virt import storage
 from ahvlite.virt.conn import connection
 from tests.apicluster import api_cluster
 from tests.taskrecords import ended, put_resumed, resumed_id
+from tests.testdriver import POOL, volumes
 
 pytestmark = pytest.mark.functional
 
-POOL = "default-pool"
 SPEC = ClusterSpec(name="cvm", shared_pool=POOL,
                    hosts=[HostSpec(name="h1", uri="test:///default")],
                    network=NetworkSpec(networks=[VlanNetworkSpec(name="vlan10", vlan=10)]))
@@ -44,11 +44,6 @@ def api(tmp_path_factory):
 def cluster(api):
     """The controller's cluster, for looking at libvirt from the test."""
     return api.state.spec()
-
-
-def volumes() -> set[str]:
-    with connection("test:///default") as conn:
-        return {v.name for v in storage.list_volumes(storage.lookup_pool(conn, POOL))}
 
 
 def ok(r, *, as_json: bool = True):

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
@@ -29,6 +27,7 @@ from ahvlite.lab.services import controller_argv, member_mode, start_local_ensem
 from ahvlite.virt import guest
 from ahvlite.virt.conn import local_socket_connection
 from tests.apicluster import client_env, make_pki
+from tests.clirun import ahvlite
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.functional
@@ -122,9 +121,8 @@ def test_one_leader_and_failover_within_the_bound_after_sigkill(cluster, tmp_pat
     assert [m["name"] for m in st["members"] if m["leader"]] == [first["name"]]
     apis = wait_for(lambda: (a := [json.loads(v).get("api")
                                    for v in coord.members().values()]) and all(a) and a, 10)
-    out = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "controller", "status",
-                          "--json"], capture_output=True, text=True, timeout=30,
-                         env=client_env(tmp_path / "pki", *apis))
+    out = ahvlite("controller", "status", "--json", timeout_s=30,
+                  env=client_env(tmp_path / "pki", *apis))
     cli = json.loads(out.stdout)
     assert {"name", "host", "pid"} <= set(cli["leader"]) and len(cli["members"]) == 3
 

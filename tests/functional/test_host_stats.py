@@ -21,6 +21,7 @@ from ahvlite.controller.hoststats import OwnStats, StatsFeed, read_records
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.virt.conn import open_connection
 from tests.apicluster import client_env, make_pki
+from tests.clirun import ahvlite
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.functional
@@ -116,9 +117,7 @@ def test_two_controllers_each_publish_their_own_host(tmp_path):
         assert wait_for(lambda: all(read_records(setup)[h].at > first[h] for h in first),
                         30, 0.5)
         url = wait_for(lambda: json.loads(setup.members().get("h1", b"{}")).get("api"), 30)
-        out = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "stats", "--json"],
-                             capture_output=True, text=True, timeout=60,
-                             env=client_env(pki, url))
+        out = ahvlite("stats", "--json", timeout_s=60, env=client_env(pki, url))
         assert out.returncode == 0, out.stderr
         assert [r["host"] for r in json.loads(out.stdout)] == ["h1", "h2"]
         # A controller on a host the cluster no longer has stops publishing it.

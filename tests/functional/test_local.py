@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
+
+from tests.clirun import ahvlite
 
 
 def _free_port() -> int:
@@ -26,9 +27,7 @@ def home(tmp_path: Path):
                COLUMNS="200")
     d = tmp_path / "local"
 
-    def ahv(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *argv],
-                              capture_output=True, text=True, env=env, timeout=120)
+    ahv = partial(ahvlite, env=env, timeout_s=120)
 
     yield tmp_path, d, ahv
     ahv("local", "down", "--dir", str(d))

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -36,6 +34,7 @@ from ahvlite.controller.kinds.maintenance import MaintenanceEnter, MaintenanceEx
 from ahvlite.controller.tasks import TaskState, TaskStore
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from tests.apicluster import client_env, make_pki
+from tests.clirun import ahvlite
 from tests.simhosts import SimHosts
 from tests.waiting import wait_for
 
@@ -109,11 +108,6 @@ def leader_name(coord: SqliteCoordinator) -> str | None:
     return json.loads(got.value)["name"] if got else None
 
 
-def cli(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *argv],
-                          capture_output=True, text=True, timeout=120, env=env)
-
-
 def test_enter_resumed_by_a_new_leader_moves_each_vm_once(tmp_path):
     make_pki(tmp_path / "pki")
     setup = SqliteCoordinator(tmp_path / "store.db", session_timeout_s=2)
@@ -128,8 +122,8 @@ def test_enter_resumed_by_a_new_leader_moves_each_vm_once(tmp_path):
                 env = client_env(tmp_path / "pki", b.url)
                 # Submitted through b (a follower), run by the leader a; without --wait
                 # the command returns once the host takes no new VMs.
-                r = cli(env, "host", "maintenance", "enter", "h1", "--parallel", "1",
-                        "--json")
+                r = ahvlite("host", "maintenance", "enter", "h1", "--parallel", "1",
+                            "--json", env=env)
                 assert r.returncode == 0, r.stderr
                 started = json.loads(r.stdout)
                 assert started["state"] == "entering" and started["task"]
@@ -142,7 +136,7 @@ def test_enter_resumed_by_a_new_leader_moves_each_vm_once(tmp_path):
 
                 # An exit while the enter runs is refused and changes nothing.
                 before = state.get(MAINTENANCE_KEY)
-                r = cli(env, "host", "maintenance", "exit", "h1", "--json")
+                r = ahvlite("host", "maintenance", "exit", "h1", "--json", env=env)
                 assert r.returncode == 4, r.stdout + r.stderr
                 assert "`maintenance enter` of h1 is still running" in json.loads(
                     r.stdout)["message"]
@@ -166,11 +160,11 @@ def test_enter_resumed_by_a_new_leader_moves_each_vm_once(tmp_path):
                 entry = state.get(MAINTENANCE_KEY)["hosts"]["h1"]
                 assert entry["state"] == "in_maintenance"
                 assert sorted(m["vm"] for m in entry["moved"]) == ["v1", "v2", "v3"]
-                shown = json.loads(cli(env, "host", "maintenance", "show", "--json").stdout)
+                shown = json.loads(ahvlite("host", "maintenance", "show", "--json", env=env).stdout)
                 assert shown["hosts"]["h1"]["state"] == "in_maintenance"
                 assert shown["hosts"]["h2"] == {"state": "schedulable"}
 
-                r = cli(env, "host", "maintenance", "exit", "h1", "--restore", "--json")
+                r = ahvlite("host", "maintenance", "exit", "h1", "--restore", "--json", env=env)
                 assert r.returncode == 0, r.stdout + r.stderr
                 back = json.loads(r.stdout)
                 assert sorted(x["vm"] for x in back["restored"]) == ["v1", "v2", "v3"]
@@ -197,10 +191,10 @@ def test_a_second_enter_of_the_host_is_refused_while_the_first_runs(tmp_path):
         with controller(tmp_path, "a", sim, api=True) as a:
             assert wait_for(lambda: leader_name(setup) == "a", 20, 0.05)
             env = client_env(tmp_path / "pki", a.url)
-            first = json.loads(cli(env, "host", "maintenance", "enter", "h1",
-                                   "--json").stdout)
+            first = json.loads(ahvlite("host", "maintenance", "enter", "h1",
+                                       "--json", env=env).stdout)
             assert sim.holding.setdefault("v1", threading.Event()).wait(30)
-            r = cli(env, "host", "maintenance", "enter", "h1", "--wait", "--json")
+            r = ahvlite("host", "maintenance", "enter", "h1", "--wait", "--json", env=env)
             assert r.returncode == 4, r.stdout + r.stderr
             assert "still running" in json.loads(r.stdout)["message"]
             sim.hold["v1"].set()

@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,19 +23,12 @@ from ahvlite.controller.coord.sqlite import SqliteCoordinator
 from ahvlite.controller.daemon import Controller, Identity
 from ahvlite.controller.kinds import registry
 from ahvlite.controller.tasks import Task, TaskState, TaskStore, new_task_id
-from ahvlite.lab.services import start_local_ensemble
+from tests.clirun import ahvlite
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.functional
 
 CLUSTER_YAML = "name: c\nhosts:\n  - name: h1\n    uri: test:///default\n"
-
-
-@pytest.fixture(scope="module")
-def zk(tmp_path_factory):
-    ens = start_local_ensemble(tmp_path_factory.mktemp("zk"), 1)
-    yield ens
-    ens.stop()
 
 
 @pytest.fixture(params=["sqlite", "zk"])
@@ -98,9 +90,7 @@ def cli_over(store: TaskStore, tmp_path, *argv: str) -> subprocess.CompletedProc
                            pki / "ca.pem", None, tmp_path / "uploads")
     server, url = start_api(settings, store.coord, "reader", registry())
     try:
-        return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *argv],
-                              capture_output=True, text=True, env=client_env(pki, url),
-                              timeout=60)
+        return ahvlite(*argv, env=client_env(pki, url), timeout_s=60)
     finally:
         server.stop()
 

@@ -20,10 +20,10 @@ from ahvlite.spec.vm import BootSpec, DiskSpec, VmSpec
 from ahvlite.virt import domains, storage
 from ahvlite.virt.conn import connection
 from tests.stores import sqlite_state
+from tests.testdriver import POOL, domain_names, volumes
 
 pytestmark = pytest.mark.functional
 
-POOL = "default-pool"
 CLUSTER = ClusterSpec(name="ta", shared_pool=POOL,
                       hosts=[HostSpec(name="h1", uri="test:///default")])
 # The cluster's documents (maintenance, CPU level ...) in a real store of its own.
@@ -35,16 +35,6 @@ def driver():
     # test:///default keeps its state only while a connection is open.
     with connection("test:///default") as conn:
         yield storage.lookup_pool(conn, POOL)
-
-
-def volumes() -> set[str]:
-    with connection("test:///default") as conn:
-        return {v.name for v in storage.list_volumes(storage.lookup_pool(conn, POOL))}
-
-
-def domain_names() -> set[str]:
-    with connection("test:///default") as conn:
-        return {d.name() for d in domains.all_domains(conn)}
 
 
 def spec(name: str) -> VmSpec:

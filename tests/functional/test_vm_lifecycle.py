@@ -21,23 +21,13 @@ from ahvlite.virt.conn import connection
 from ahvlite.virt.xml.domain import Domain
 from tests.apicluster import api_cluster
 from tests.stores import sqlite_state
+from tests.testdriver import POOL, domain_names, volumes
 
-POOL = "default-pool"
 CLUSTER = ClusterSpec(
     name="tc", shared_pool=POOL, hosts=[HostSpec(name="h1", uri="test:///default")],
     network=NetworkSpec(networks=[VlanNetworkSpec(name="vlan10", vlan=10)]))
 # The cluster's documents (maintenance, CPU level ...) in a real store of its own.
 CLUSTER._state = sqlite_state(Path(tempfile.mkdtemp(prefix="ahvlite-test-")))
-
-
-def volumes() -> set[str]:
-    with connection("test:///default") as conn:
-        return {v.name for v in storage.list_volumes(storage.lookup_pool(conn, POOL))}
-
-
-def domain_names() -> set[str]:
-    with connection("test:///default") as conn:
-        return {d.name() for d in domains.all_domains(conn)}
 
 
 @pytest.fixture(scope="module")

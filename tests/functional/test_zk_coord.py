@@ -16,17 +16,10 @@ from ahvlite.controller.coord import MUST_NOT_EXIST, NotLeader, Put, VersionMism
 from ahvlite.controller.coord.api import Delete
 from ahvlite.controller.tasks import TaskStore
 from ahvlite.errors import AhvliteError, HostUnreachable, OperationTimeout
-from ahvlite.lab.services import free_ports, start_local_ensemble
+from ahvlite.lab.services import free_ports
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.functional
-
-
-@pytest.fixture(scope="module")
-def zk(tmp_path_factory):
-    ens = start_local_ensemble(tmp_path_factory.mktemp("zk"), 1)
-    yield ens
-    ens.stop()
 
 
 @pytest.fixture

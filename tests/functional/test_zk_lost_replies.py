@@ -15,17 +15,9 @@ from ahvlite.controller.coord import MUST_NOT_EXIST, Put, VersionMismatch, open_
 from ahvlite.controller.coord.api import Delete
 from ahvlite.controller.tasks import Task, TaskRunner, TaskState, TaskStore
 from ahvlite.errors import Conflict
-from ahvlite.lab.services import start_local_ensemble
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.functional
-
-
-@pytest.fixture(scope="module")
-def zk(tmp_path_factory):
-    ens = start_local_ensemble(tmp_path_factory.mktemp("zk"), 1)
-    yield ens
-    ens.stop()
 
 
 @pytest.fixture

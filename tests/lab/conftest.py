@@ -59,17 +59,3 @@ def assert_gone(name: str, pids: list) -> None:
     alive = [p for p in pids if processes.is_alive(p)]
     assert alive == []
     assert not (lab.lab_root(name) / "state.json").exists()
-
-
-def ahv(lab_name: str, *argv: str, timeout_s: float = 300,
-        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``ahvlite ARGV`` as a client of lab ``lab_name``'s API (the environment
-    `ahvlite lab env` prints), from the root namespace, like an admin's machine."""
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AHVLITE_")
-           or k == "AHVLITE_DRILL_KINDS"}
-    env.update(lab.client_env(lab_name))
-    env.update({"COLUMNS": "200", **(extra_env or {})})
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *argv],
-                          capture_output=True, text=True, timeout=timeout_s, env=env)

@@ -1,4 +1,4 @@
-"""One cluster truth (issue 17) on a 3-host lab: ZooKeeper, a controller (with its API)
+"""One cluster truth (the store) on a 3-host lab: ZooKeeper, a controller (with its API)
 and a host agent on every host, each with its private /etc/ahvlite and /var/lib/ahvlite.
 
 Every command runs from the root namespace as an admin's machine would: with the
@@ -14,7 +14,6 @@ import os
 import signal
 import ssl
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +28,7 @@ from ahvlite.lab.drills import running_on
 from ahvlite.lab.layout import LabLayout
 from ahvlite.lab.services import lab_zk_members, member_mode, open_lab_store
 from ahvlite.spec.lab import LabSpec
+from tests.clirun import ARGV, ahvlite
 from tests.lab.conftest import assert_gone
 from tests.lab.placements import Placements
 from tests.waiting import wait_for
@@ -80,12 +80,10 @@ class Admin:
             self.env.update(exports)
 
     def run(self, *argv: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *argv],
-                              capture_output=True, text=True, timeout=timeout_s,
-                              env=self.env, cwd=self.home)
+        return ahvlite(*argv, env=self.env, timeout_s=timeout_s, cwd=self.home)
 
     def popen(self, *argv: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "ahvlite.cli.main", *argv],
+        return subprocess.Popen([*ARGV, *argv],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=self.env, cwd=self.home)
 

@@ -21,7 +21,8 @@ from ahvlite.lab.services import lab_store_env, lab_zk_members, open_lab_store
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest
 from ahvlite.virt.conn import connection
-from tests.lab.conftest import ahv, assert_gone
+from tests.clirun import ahv
+from tests.lab.conftest import assert_gone
 from tests.waiting import wait_for
 
 NAME = "tctl"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,9 @@ from ahvlite.virt import designer, domains, guest
 from ahvlite.virt.conn import connection
 from ahvlite.virt.designer import HostPolicy
 from ahvlite.virt.xml.domain import Domain
+from tests.clirun import ahv
 
-from .conftest import ahv, in_host
+from .conftest import in_host
 
 NAME = "tcpu"
 SUBNET = "10.213.247.0/26"
@@ -74,8 +76,7 @@ def cpulab():
         lab.down(NAME)
 
 
-def cli(status, *args: str) -> subprocess.CompletedProcess[str]:
-    return ahv(NAME, *args, timeout_s=120)
+cli = partial(ahv, NAME, timeout_s=120)  # this lab's API
 
 
 def stored_level() -> dict | None:
@@ -89,7 +90,7 @@ def ok_json(result: subprocess.CompletedProcess[str]):
 
 def test_show_has_each_hosts_model_and_a_baseline(cpulab):
     status, _ = cpulab
-    shown = ok_json(cli(status, "cluster", "cpu", "show", "--json"))
+    shown = ok_json(cli("cluster", "cpu", "show", "--json"))
     assert [h["name"] for h in shown["hosts"]] == ["h1", "h2"]
     assert all(h["model"] and h["domain_type"] == status["domain_type"]
                for h in shown["hosts"])
@@ -102,20 +103,20 @@ def test_show_has_each_hosts_model_and_a_baseline(cpulab):
 
 def test_apply_then_a_new_vm_boots_with_the_level_and_runs_on_both_hosts(cpulab):
     status, cluster = cpulab
-    before = ok_json(cli(status, "vm", "create", "pre", "--memory-mib", "128", "--disk",
+    before = ok_json(cli("vm", "create", "pre", "--memory-mib", "128", "--disk",
                          "guest", "--host", "h2", "--start", "--json"))
     assert before["state"] == "running"
-    applied = ok_json(cli(status, "cluster", "cpu", "apply", "--json"))
+    applied = ok_json(cli("cluster", "cpu", "apply", "--json"))
     level = applied["level"]
     assert level["source"] == "baseline" and level["model"]
     assert applied["next_power_cycle"] == ["pre"]
     assert stored_level() == level  # in the cluster's store
-    again = ok_json(cli(status, "cluster", "cpu", "apply", "--json"))
+    again = ok_json(cli("cluster", "cpu", "apply", "--json"))
     assert again["redefined"] == []  # applying twice changes nothing
-    assert cli(status, "vm", "stop", "pre", "--force").returncode == 0  # 2 cores: free one
+    assert cli("vm", "stop", "pre", "--force").returncode == 0  # 2 cores: free one
 
     # A NIC with a fixed address: the test guest then opens its shell at once.
-    vm = ok_json(cli(status, "vm", "create", "lvl", "--memory-mib", "128", "--disk",
+    vm = ok_json(cli("vm", "create", "lvl", "--memory-mib", "128", "--disk",
                      "guest", "--nic", OVS_BRIDGE, "--fw-cfg",
                      f"opt/ahvlite/ip={status['guest_addresses'][0]}", "--host", "h1",
                      "--start", "--json"))
@@ -139,7 +140,7 @@ def test_apply_then_a_new_vm_boots_with_the_level_and_runs_on_both_hosts(cpulab)
             assert time.monotonic() < deadline, "lvl did not answer on its console"
     assert status_code == 0 and "model name" in out, out
 
-    check = ok_json(cli(status, "vm", "cpu-check", "lvl", "--json"))
+    check = ok_json(cli("vm", "cpu-check", "lvl", "--json"))
     assert check["can_run_on"] == ["h1", "h2"]
     assert all(r["compatible"] and not r["missing"] for r in check["hosts"].values())
 
@@ -155,7 +156,7 @@ def test_a_vm_with_a_newer_cpu_is_reported_incompatible(cpulab):
         designer.cpu_element(d, HostPolicy(cpu_model="Icelake-Server"), 1)
         domains.define_domain(conn, d.to_xml())
         try:
-            check = ok_json(cli(status, "vm", "cpu-check", name, "--json"))
+            check = ok_json(cli("vm", "cpu-check", name, "--json"))
         finally:
             conn.lookupByName(name).undefine()
     assert check["can_run_on"] == []
@@ -164,32 +165,32 @@ def test_a_vm_with_a_newer_cpu_is_reported_incompatible(cpulab):
 
 
 def test_set_refuses_a_model_no_host_runs_and_unknown_names(cpulab):
-    status, _ = cpulab
+    _status, _ = cpulab
     before = stored_level()
-    r = cli(status, "cluster", "cpu", "set", "Icelake-Server")
+    r = cli("cluster", "cpu", "set", "Icelake-Server")
     assert r.returncode == 4, r.stderr
     assert "cannot run on every host" in r.stderr and "avx512f" in r.stderr
     assert "Traceback" not in r.stderr
-    r = cli(status, "cluster", "cpu", "set", "Nosuch-CPU")
+    r = cli("cluster", "cpu", "set", "Nosuch-CPU")
     assert r.returncode == 2 and "Nosuch-CPU" in r.stderr, r.stderr
     assert stored_level() == before
     # An older model every host runs is accepted and becomes the (manual) level.
-    done = ok_json(cli(status, "cluster", "cpu", "set", "Westmere", "--json"))
+    done = ok_json(cli("cluster", "cpu", "set", "Westmere", "--json"))
     assert done["level"]["model"] == "Westmere" and done["level"]["source"] == "manual"
 
 
 def test_microarchitecture_level_reaches_vms_of_template_deploys(cpulab):
-    status, _ = cpulab
-    done = ok_json(cli(status, "cluster", "cpu", "set", "x86-64-v2", "--json"))
+    _status, _ = cpulab
+    done = ok_json(cli("cluster", "cpu", "set", "x86-64-v2", "--json"))
     assert done["level"]["model"] == "kvm64" and done["level"]["name"] == "x86-64-v2"
     assert "sse4.2" in done["level"]["features"]
     # A template deploy (not only `vm create`) defines its VMs with the stored level.
-    ok_json(cli(status, "vm", "create", "tsrc", "--memory-mib", "128", "--disk", "guest",
+    ok_json(cli("vm", "create", "tsrc", "--memory-mib", "128", "--disk", "guest",
                 "--host", "h1", "--json"))
-    assert cli(status, "template", "create", "tcpu-tp", "--from-vm", "tsrc").returncode == 0
-    r = cli(status, "template", "deploy", "tcpu-tp", "--count", "1", "--prefix", "tdep-")
+    assert cli("template", "create", "tcpu-tp", "--from-vm", "tsrc").returncode == 0
+    r = cli("template", "deploy", "tcpu-tp", "--count", "1", "--prefix", "tdep-")
     assert r.returncode == 0, r.stderr
-    shown = ok_json(cli(status, "vm", "show", "tdep-1", "--json"))
+    shown = ok_json(cli("vm", "show", "tdep-1", "--json"))
     with connection(root_uri(shown["host"])) as conn:
         el = etree.fromstring(domains.domain_xml(conn.lookupByName("tdep-1")).encode())
     assert el.findtext("cpu/model") == "kvm64"
@@ -202,12 +203,12 @@ def test_adding_an_older_host_lowers_the_level_or_is_refused_with_strict(cpulab,
     """A cluster of h1 whose stored level h2 cannot run (as if h1 were a newer machine):
     --strict refuses h2 and changes nothing; without it the level drops to the
     baseline of both hosts and the VMs are redefined to it."""
-    status, _ = cpulab
+    _status, _ = cpulab
     original = exported()
     saved = tmp_path / "cluster.yaml"
     saved.write_text(original.dump_yaml())
     h2 = original.host("h2")
-    assert cli(status, "host", "remove", "h2", "--force").returncode == 0
+    assert cli("host", "remove", "h2", "--force").returncode == 0
     put = in_host(lab.layout_of(NAME).host("h1"), sys.executable, "-c", PUT_LEVEL, json.dumps(
         {"model": "Icelake-Server", "vendor": None, "features": [], "disabled": [],
          "source": "baseline", "set_at": 0}))
@@ -215,14 +216,14 @@ def test_adding_an_older_host_lowers_the_level_or_is_refused_with_strict(cpulab,
     labels = [a for k, v in h2.labels.items() for a in ("--label", f"{k}={v}")]
     add = ["host", "add", "h2", "--uri", h2.uri, *labels]
     try:
-        r = cli(status, *add, "--strict")
+        r = cli(*add, "--strict")
         assert r.returncode == 4, r.stderr
         assert "h2 cannot run the cluster CPU level Icelake-Server" in r.stderr
         assert "avx512f" in r.stderr and "Traceback" not in r.stderr
         assert [h.name for h in exported().hosts] == ["h1"]
         assert stored_level()["model"] == "Icelake-Server"
 
-        out = ok_json(cli(status, *add, "--json"))
+        out = ok_json(cli(*add, "--json"))
         level = out["cpu_level"]
         assert level["action"] == "lower" and "avx512f" in level["missing"]
         assert level["level"]["model"] != "Icelake-Server"
@@ -232,9 +233,9 @@ def test_adding_an_older_host_lowers_the_level_or_is_refused_with_strict(cpulab,
         # The x86-64-v2 VMs of the test before are on the hosts: redefined to the new level.
         assert "tdep-1" in level["redefined"]
         # Removed and added again, h2 runs the level now: it stays as it is.
-        assert cli(status, "host", "remove", "h2", "--force").returncode == 0
-        again = ok_json(cli(status, *add, "--strict", "--json"))
+        assert cli("host", "remove", "h2", "--force").returncode == 0
+        again = ok_json(cli(*add, "--strict", "--json"))
         assert again["cpu_level"]["action"] == "keep"
         assert stored_level() == stored
     finally:  # h2's own entry again (SSH, OVSDB)
-        assert cli(status, "cluster", "apply", "-f", str(saved)).returncode == 0
+        assert cli("cluster", "apply", "-f", str(saved)).returncode == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,10 @@ from ahvlite.cluster import vms
 from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.lab import lab
 from ahvlite.spec.lab import LabSpec
+from tests.clirun import ahv
 from tests.waiting import wait_for
 
-from .conftest import ahv, in_host
+from .conftest import in_host
 
 NAME = "tcvm"
 SUBNET = "10.213.249.0/26"
@@ -46,9 +48,7 @@ def cvmlab():
         lab.down(NAME)
 
 
-def cli(_status, *args: str) -> subprocess.CompletedProcess[str]:
-    """``ahvlite ARGS --json`` as a client of this lab's API."""
-    return ahv(NAME, *args, "--json", timeout_s=300)
+cli = partial(ahv, NAME, timeout_s=300)  # this lab's API
 
 
 def loops_of(root: Path) -> list[str]:
@@ -67,8 +67,8 @@ def deploy_args(status, host: str, files, *extra: str) -> list[str]:
 
 
 def test_plan_names_what_cannot_go_and_why(cvmlab):
-    status, _layout, _files = cvmlab
-    r = cli(status, "cvm", "plan", "h1")
+    _status, _layout, _files = cvmlab
+    r = cli("cvm", "plan", "h1", "--json")
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)
     assert plan["name"] == "cvm-h1" and not plan["deployable"]
@@ -81,7 +81,7 @@ def test_plan_names_what_cannot_go_and_why(cvmlab):
         assert not c["selected"] and c["problems"]
         if c["holds_root"]:
             assert any("root filesystem" in p["message"] for p in c["problems"])
-    lab_plan = json.loads(cli(status, "cvm", "plan", "h1", "--lab-lun", "x").stdout)
+    lab_plan = json.loads(cli("cvm", "plan", "h1", "--lab-lun", "x", "--json").stdout)
     assert lab_plan["deployable"] and lab_plan["selected"] == []
 
 
@@ -98,16 +98,16 @@ def test_refused_deployments_leave_nothing_behind(cvmlab):
          "controller"),
         (["cvm", "deploy", "h2", "--image", str(root / "nope.qcow2")], 2, "image"),
     ]
-    plan = json.loads(cli(status, "cvm", "plan", "h2").stdout)
+    plan = json.loads(cli("cvm", "plan", "h2", "--json").stdout)
     for c in plan["controllers"]:  # a real controller of this machine: refused with why
         cases.append((deploy_args(status, "h2", [], "--controller", c["address"]), 2,
                       c["address"]))
     for args, code, word in cases:
-        r = cli(status, *args)
+        r = cli(*args, "--json")
         assert r.returncode == code, (args, r.stdout, r.stderr)
         err = json.loads(r.stdout)
         assert word in err["message"] and "Traceback" not in r.stderr, err
-    shown = json.loads(cli(status, "cvm", "status", "h2").stdout)
+    shown = json.loads(cli("cvm", "status", "h2", "--json").stdout)
     assert shown == [{"host": "h2", "name": "cvm-h2", "state": "absent", "recorded": False}]
     assert loops_of(root) == []
     pool = layout.host("h2").state_dir / "var/lib/libvirt/ahvlite-cvm"
@@ -118,7 +118,7 @@ def test_cvm_on_each_host_boots_sees_its_luns_and_reaches_the_host(cvmlab):
     status, layout, files = cvmlab
     cluster = load_cluster(Path(status["cluster_file"]))
     for h in HOSTS:
-        r = cli(status, *deploy_args(status, h, files[h]))
+        r = cli(*deploy_args(status, h, files[h]), "--json")
         assert r.returncode == 0, r.stdout + r.stderr
         out = json.loads(r.stdout)
         assert out["state"] == "running" and out["autostart"] is True
@@ -131,7 +131,7 @@ def test_cvm_on_each_host_boots_sees_its_luns_and_reaches_the_host(cvmlab):
         assert sorted(out["luns"]) == sorted(x["device"] for x in out["lab_luns"])
     assert len(loops_of(lab.lab_root(NAME))) == 2 * len(LUN_MIB)
     # Pinned vCPUs are real: QEMU's vCPU thread runs only on the chosen host CPU.
-    r = cli(status, "cvm", "status", "h1")
+    r = cli("cvm", "status", "h1", "--json")
     pin = json.loads(r.stdout)[0]["vcpu_pins"]["0"]
     info = in_host(layout.host("h1"), "virsh", "-c", "qemu:///system", "vcpuinfo", "cvm-h1")
     assert re.search(r"CPU Affinity:\s+\S+", info.stdout), info.stderr
@@ -158,7 +158,7 @@ def test_cvm_on_each_host_boots_sees_its_luns_and_reaches_the_host(cvmlab):
 
 def test_the_cvm_is_never_moved(cvmlab):
     status, _layout, _files = cvmlab
-    r = cli(status, "vm", "migrate", "cvm-h1", "--to", "h2")
+    r = cli("vm", "migrate", "cvm-h1", "--to", "h2", "--json")
     assert r.returncode == 4, r.stdout + r.stderr
     assert "pinned" in json.loads(r.stdout)["message"]
     info = vms.show_vm(load_cluster(Path(status["cluster_file"])), "cvm-h1")
@@ -167,19 +167,19 @@ def test_the_cvm_is_never_moved(cvmlab):
     record = ha.VmRecord(info.name, info.host, info.memory_mib, True, info.labels)
     assert record.is_cvm and not record.protected
     # A second CVM on the same host is refused.
-    r = cli(status, *deploy_args(status, "h1", []))
+    r = cli(*deploy_args(status, "h1", []), "--json")
     assert r.returncode == 4 and "already has its CVM" in json.loads(r.stdout)["message"]
 
 
 def test_remove_and_lab_down_detach_the_loops(cvmlab):
-    status, _layout, _files = cvmlab
+    _status, _layout, _files = cvmlab
     root = lab.lab_root(NAME)
-    r = cli(status, "cvm", "remove", "h2")
+    r = cli("cvm", "remove", "h2", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     out = json.loads(r.stdout)
     assert out["undefined"] and len(out["detached_loops"]) == len(LUN_MIB)
     assert sorted(out["deleted_volumes"]) == ["cvm-h2-boot.qcow2", "cvm-h2-seed.iso"]
-    assert json.loads(cli(status, "cvm", "status", "h2").stdout)[0]["state"] == "absent"
+    assert json.loads(cli("cvm", "status", "h2", "--json").stdout)[0]["state"] == "absent"
     assert len(loops_of(root)) == len(LUN_MIB)  # h1's are still in use
     down = lab.down(NAME)
     assert len(down["removed"]["loops"]) == len(LUN_MIB)

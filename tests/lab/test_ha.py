@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
+from functools import partial
 
 import pytest
 
@@ -25,7 +25,8 @@ from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.labels import HA_PRIORITY_LABEL
 from ahvlite.virt import guest
 from ahvlite.virt.conn import local_socket_connection
-from tests.lab.conftest import ahv, assert_gone
+from tests.clirun import ahv
+from tests.lab.conftest import assert_gone
 from tests.lab.placements import Placements, recorded_on
 from tests.waiting import wait_for
 
@@ -114,9 +115,7 @@ def test_partitioned_host_fences_itself_before_the_restart_elsewhere(ha_lab):
     assert watch.polls > 20 and watch.twins() == []
 
 
-def cli(*argv: str) -> subprocess.CompletedProcess:
-    """``ahvlite ARGV`` as a client of this lab's API (no cluster file, no store)."""
-    return ahv(NAME, *argv, timeout_s=120)
+cli = partial(ahv, NAME, timeout_s=120)  # this lab's API
 
 
 def test_priority_label_and_guarantee_admission(ha_lab):

@@ -24,7 +24,8 @@ from ahvlite.lab.services import lab_zk_members, member_mode, open_lab_store
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest
 from ahvlite.virt.conn import local_socket_connection
-from tests.lab.conftest import ahv, assert_gone
+from tests.clirun import ahv
+from tests.lab.conftest import assert_gone
 from tests.lab.placements import Placements, recorded_on
 from tests.waiting import wait_for
 

@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,9 @@ from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest
 from ahvlite.virt.hostconn import HostConnection, LinkState
+from tests.clirun import ahv
 
-from .conftest import ahv, in_host
+from .conftest import in_host
 
 NAME = "thost"
 SUBNET = "10.213.245.0/26"
@@ -42,10 +44,7 @@ def hosts_lab():
     lab.down(NAME)
 
 
-def cli(*args: str, timeout_s: float = 60):
-    t0 = time.monotonic()
-    result = ahv(NAME, *args, timeout_s=timeout_s)
-    return result, time.monotonic() - t0
+cli = partial(ahv, NAME, timeout_s=60)  # this lab's API
 
 
 def root_ssh(layout, name: str, **kw) -> ssh.SshTarget:
@@ -56,7 +55,7 @@ def root_ssh(layout, name: str, **kw) -> ssh.SshTarget:
 
 def test_facts_match_the_host_as_seen_from_inside(hosts_lab):
     status, layout, _ = hosts_lab
-    result, _ = cli("host", "facts", "--json")
+    result = cli("host", "facts", "--json")
     assert result.returncode == 0, result.stderr
     facts = json.loads(result.stdout)
     assert [f["name"] for f in facts] == ["h1", "h2"]
@@ -79,13 +78,13 @@ def test_facts_match_the_host_as_seen_from_inside(hosts_lab):
 
 
 def test_host_list_and_show_report_connected_hosts(hosts_lab):
-    result, _ = cli("host", "list", "--json")
+    result = cli("host", "list", "--json")
     assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)
     assert [(h["name"], h["state"]) for h in listed] == [("h1", "connected"),
                                                          ("h2", "connected")]
     assert all(h["uri"].startswith("qemu+tls://") for h in listed)
-    result, _ = cli("host", "show", "h2", "--json")
+    result = cli("host", "show", "h2", "--json")
     assert json.loads(result.stdout)["hostname"] == f"{NAME}-h2"
 
 
@@ -169,20 +168,20 @@ def test_host_add_checks_before_writing_and_remove_refuses_running_vms(hosts_lab
     status, layout, original = hosts_lab
     saved = tmp_path / "cluster.yaml"
     saved.write_text(original.dump_yaml())
-    result, _ = cli("host", "remove", "h2")
+    result = cli("host", "remove", "h2")
     assert result.returncode == 0, result.stderr
     assert [h.name for h in cluster().hosts] == ["h1"]
     h2 = original.host("h2")
     assert h2.ssh is not None
     labels = [a for k, v in h2.labels.items() for a in ("--label", f"{k}={v}")]
     # --key and --known-hosts name the controllers' files: the ones the lab's entry names.
-    result, _ = cli("host", "add", "h2", "--uri", h2.uri, "--ssh", f"root@{h2.ssh.host}",
+    result = cli("host", "add", "h2", "--uri", h2.uri, "--ssh", f"root@{h2.ssh.host}",
                     "--key", str(h2.ssh.key), "--known-hosts", str(h2.ssh.known_hosts),
                     *labels)
     assert result.returncode == 0, result.stderr
     assert [h.name for h in cluster().hosts] == ["h1", "h2"]
     # Back to the lab's own entry (its OVSDB remote too): apply the saved document.
-    result, _ = cli("cluster", "apply", "-f", str(saved))
+    result = cli("cluster", "apply", "-f", str(saved))
     assert result.returncode == 0, result.stderr
     assert cluster() == original
     # A VM runs on h1: removing h1 is refused and the cluster is unchanged.
@@ -195,7 +194,7 @@ def test_host_add_checks_before_writing_and_remove_refuses_running_vms(hosts_lab
             cmdline="console=ttyS0")))
         guest.start(dom)
         try:
-            result, _ = cli("host", "remove", "h1")
+            result = cli("host", "remove", "h1")
             assert result.returncode == 4 and "keepme" in result.stderr
             assert cluster() == original
         finally:
@@ -238,7 +237,9 @@ def test_bad_hosts_fail_fast_with_one_clear_line(hosts_lab, tmp_path):
           f"root@{unused}", "--key", str(elsewhere)], 2, "ssh.key="),
     ]
     for args, code, needle in cases:
-        result, took = cli(*args, timeout_s=30)
+        started = time.monotonic()
+        result = cli(*args, timeout_s=30)
+        took = time.monotonic() - started
         assert result.returncode == code, (args, result.stderr)
         assert needle in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr

@@ -25,7 +25,8 @@ from ahvlite.lab.services import lab_zk_members, member_mode, open_lab_store
 from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.vm import DiskSpec
 from ahvlite.storage.tgt import parse_show
-from tests.lab.conftest import ahv, assert_gone, in_host
+from tests.clirun import ahv
+from tests.lab.conftest import assert_gone, in_host
 from tests.waiting import wait_for
 
 NAME = "tiscsi"

@@ -27,9 +27,10 @@ from ahvlite.pki import ADMINS_UNIT
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import domains, migration
 from ahvlite.virt.conn import connection
+from tests.clirun import ahv
 
 from ..waiting import wait_for
-from .conftest import ahv, in_host
+from .conftest import in_host
 
 NAME = "tmig"
 SUBNET = "10.213.248.0/26"

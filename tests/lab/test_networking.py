@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,9 @@ from ahvlite.net.ovs.api import ovsdb
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest, storage
 from ahvlite.virt.conn import connection
+from tests.clirun import ahv
 
-from .conftest import ahv, in_host
+from .conftest import in_host
 
 NAME = "tnet"
 SUBNET = "10.213.243.0/26"
@@ -48,8 +50,7 @@ def netlab():
         lab.down(NAME)
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return ahv(NAME, *args, timeout_s=120)
+cli = partial(ahv, NAME, timeout_s=120)  # this lab's API
 
 
 def host_ovs(name: str):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ import yaml
 from ahvlite.lab import lab, nfs
 from ahvlite.lab.services import inside
 from ahvlite.spec.lab import LabSpec
+from tests.clirun import ahvlite
 from tests.lab.conftest import in_host
 
 NAME = "tnfs"
@@ -65,9 +65,8 @@ def test_the_nfs_server_serves_the_lab_over_nfsv4(nfslab):
 def provision(cluster_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`host provision h1 -f FILE`: a cluster file no controller has (yet)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AHVLITE_")}
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "host", "provision", "h1",
-                           "-f", str(cluster_file), "--json", *args], capture_output=True,
-                          text=True, env={**env, "COLUMNS": "200"}, timeout=600)
+    return ahvlite("host", "provision", "h1", "-f", str(cluster_file), "--json", *args,
+                   env={**env, "COLUMNS": "200"}, timeout_s=600)
 
 
 def test_provision_with_a_netfs_pool_mounts_it_and_puts_the_lockspace_there(nfslab):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,6 +13,7 @@ from ahvlite.lab import faults, lab
 from ahvlite.lab.layout import segment_name
 from ahvlite.net import netlink
 from ahvlite.spec.lab import LabSpec
+from tests.clirun import ahvlite
 
 from .conftest import assert_gone, in_host, lab_leftovers
 
@@ -32,10 +32,9 @@ def layout():
             lab.down(NAME)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "lab", *args,
-                           "--name", NAME, "--json"],
-                          capture_output=True, text=True, timeout=60)
+def lab_cmd(*args: str) -> subprocess.CompletedProcess:
+    """``ahvlite lab ARGS`` on this module's lab, answered in JSON."""
+    return ahvlite("lab", *args, "--name", NAME, "--json", timeout_s=60)
 
 
 def _reaches(layout, src: str, dst: str) -> bool:
@@ -64,13 +63,13 @@ def test_partition_groups_heal_and_down(layout):
     assert all(_matrix(layout, everyone).values())  # the checks below can fail
 
     # An unknown host: one clear error, nothing created.
-    bad = _cli("partition", "h3", "h9")
+    bad = lab_cmd("partition", "h3", "h9")
     assert bad.returncode == 2, bad.stderr
     assert "h9" in bad.stderr + bad.stdout
     veths = sorted(v for h in layout.hosts for v in h.veths)
     assert lab_leftovers(NAME)["links"] == [*veths, main]
 
-    cut = _cli("partition", "h3", "h4")
+    cut = lab_cmd("partition", "h3", "h4")
     assert cut.returncode == 0, cut.stderr
     assert json.loads(cut.stdout) == {
         "segment": seg1, "hosts": ["h3", "h4"], "removed_segments": [],
@@ -101,7 +100,7 @@ def test_partition_groups_heal_and_down(layout):
     assert _matrix(layout, [("h1", "h4"), ("h4", "h3")]) == {
         ("h1", "h4"): True, ("h4", "h3"): False}
 
-    healed = _cli("heal")
+    healed = lab_cmd("heal")
     assert healed.returncode == 0, healed.stderr
     assert json.loads(healed.stdout)["removed_segments"] == [seg1]
     assert set(_segments(layout).values()) == {main}

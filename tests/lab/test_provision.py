@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,8 @@ import ahvlite
 from ahvlite.lab import lab
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt.conn import connection
-from tests.lab.conftest import ahv, in_host
+from tests.clirun import ahv
+from tests.lab.conftest import in_host
 
 NAME = "tprov"
 SUBNET = "10.213.252.0/26"
@@ -50,8 +51,7 @@ def tree_digest(paths=ROOT_PATHS) -> dict[str, str]:
     return out
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return ahv(NAME, *args, timeout_s=600)
+cli = partial(ahv, NAME, timeout_s=600)  # this lab's API
 
 
 def provision(*args: str) -> dict:

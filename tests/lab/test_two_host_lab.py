@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ from ahvlite.remote import ssh
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest, migration
 from ahvlite.virt.conn import connection
+from tests.clirun import ahvlite
 
 from .conftest import assert_gone, in_host
 
@@ -75,11 +75,12 @@ def test_each_host_has_br0_with_a_two_member_active_backup_bond(two_hosts):
     _, layout = two_hosts
     for host in layout.hosts:
         with ovsdb(f"unix:{host.ovsdb_sock}") as api:
-            ports = {p.name: p for p in ovs_ops.bridge_ports(api, OVS_BRIDGE)}
-        bond = ports[BOND]
+            bridges, _ = ovs_ops.observe_ovs(api)
+        bond = next(b for b in bridges if b.name == OVS_BRIDGE).port(BOND)
+        assert bond is not None
         assert bond.interfaces == ("eth0", "eth1")
         assert bond.bond_mode == "active-backup"
-        assert bond.bond_active_member in ("eth0", "eth1")
+        assert bond.active_member in ("eth0", "eth1")
         shown = in_host(host, "ip", "-4", "-o", "addr", "show", "dev", OVS_BRIDGE).stdout
         assert str(host.address) in shown
         virbr0 = in_host(host, "ip", "-4", "-o", "addr", "show", "dev", "virbr0").stdout
@@ -171,9 +172,8 @@ def _domains(layout, host):
 
 
 def test_lab_up_refuses_a_name_in_use_by_a_running_lab(two_hosts):
-    result = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "lab", "up",
-                             "--name", NAME, "--hosts", "2", "--subnet", SUBNET],
-                            capture_output=True, text=True, timeout=60)
+    result = ahvlite("lab", "up", "--name", NAME, "--hosts", "2", "--subnet", SUBNET,
+                     timeout_s=60)
     assert result.returncode == 4, result.stderr
     assert "already running" in result.stderr
     assert lab.status(NAME)["hosts"][0]["up"]

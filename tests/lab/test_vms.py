@@ -20,8 +20,9 @@ from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.vm import BootSpec, DiskSpec, NicSpec, VmSpec
 from ahvlite.virt import domains
 from ahvlite.virt.conn import connection
+from tests.clirun import ahv
 
-from .conftest import ahv, in_host
+from .conftest import in_host
 
 NAME = "tvm"
 SUBNET = "10.213.246.0/26"

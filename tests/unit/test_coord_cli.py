@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-
-def ahvlite(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith("AHVLITE_") or k == "AHVLITE_DRILL_KINDS"} | (env or {})
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args],
-                          capture_output=True, text=True, env=full_env, timeout=60)
+from tests.clirun import ahvlite, without_settings
 
 
 @pytest.mark.parametrize(("args", "code", "needle"), [
@@ -32,7 +23,8 @@ def ahvlite(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     (["controller", "run", "--store", "zk://me:hunter2@h1:x/a"], 2, "zk://me:***@h1:x/a"),
 ])
 def test_store_mistakes(args, code, needle):
-    r = ahvlite(*args, env={"COLUMNS": "300", "HOME": "/nonexistent"})
+    r = ahvlite(*args, env=without_settings(), timeout_s=60,
+                extra_env={"COLUMNS": "300", "HOME": "/nonexistent"})
     assert r.returncode == code, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr + r.stdout
     assert "hunter2" not in r.stderr + r.stdout
@@ -45,9 +37,11 @@ def test_store_mistakes(args, code, needle):
 def test_the_daemons_run_as_their_units_run_them(daemon):
     """`ahvlite controller run` / `ahvlite agent run`, no arguments: every option comes
     from the environment file the units read (here: no store in it, so it says so)."""
-    r = ahvlite(daemon, "run", env={"COLUMNS": "300", "AHVLITE_HOST": "h1"})
+    r = ahvlite(daemon, "run", env=without_settings(), timeout_s=60,
+                extra_env={"COLUMNS": "300", "AHVLITE_HOST": "h1"})
     assert r.returncode == 3 and "no controller store given" in r.stderr, r.stderr
-    helped = ahvlite(daemon, "run", "--help", env={"COLUMNS": "300"})
+    helped = ahvlite(daemon, "run", "--help", env=without_settings(), timeout_s=60,
+                     extra_env={"COLUMNS": "300"})
     for var in ("AHVLITE_STORE", "AHVLITE_HOST"):
         assert var in helped.stdout, var
     if daemon == "agent":

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-
-def ahvlite(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args],
-                          capture_output=True, text=True, env=full_env, timeout=60)
+from tests.clirun import ahvlite
 
 
 @pytest.mark.parametrize(("args", "code", "needle"), [
@@ -24,7 +17,7 @@ def ahvlite(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     (["lab", "status", "--name", "nosuch"], 3, "no lab named 'nosuch'"),
 ])
 def test_bad_input_exit_codes_and_messages(tmp_path, args, code, needle):
-    result = ahvlite(*args, env={"AHVLITE_LAB_DIR": str(tmp_path)})
+    result = ahvlite(*args, extra_env={"AHVLITE_LAB_DIR": str(tmp_path)}, timeout_s=60)
     assert result.returncode == code, result.stderr
     assert needle in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -32,7 +25,7 @@ def test_bad_input_exit_codes_and_messages(tmp_path, args, code, needle):
 
 def test_json_errors_are_machine_readable(tmp_path):
     result = ahvlite("lab", "status", "--name", "nosuch", "--json",
-                     env={"AHVLITE_LAB_DIR": str(tmp_path)})
+                     extra_env={"AHVLITE_LAB_DIR": str(tmp_path)}, timeout_s=60)
     assert result.returncode == 3
     payload = json.loads(result.stdout)
     assert payload["error"] == "not_found"
@@ -41,7 +34,7 @@ def test_json_errors_are_machine_readable(tmp_path):
 
 def test_bad_input_creates_nothing(tmp_path):
     ahvlite("lab", "up", "--hosts", "3", "--subnet", "10.0.0.0/29",
-            env={"AHVLITE_LAB_DIR": str(tmp_path)})
+            extra_env={"AHVLITE_LAB_DIR": str(tmp_path)}, timeout_s=60)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -56,7 +49,8 @@ def test_a_cluster_file_that_cannot_be_read_gives_one_clear_error(tmp_path, make
     make(path)
     # Refused before any API is asked: no endpoint is configured here at all.
     result = ahvlite("cluster", "apply", "-f", str(path),
-                     env={"COLUMNS": "300", "AHVLITE_API": "", "HOME": str(tmp_path)})
+                     extra_env={"COLUMNS": "300", "AHVLITE_API": "", "HOME": str(tmp_path)},
+                     timeout_s=60)
     assert result.returncode == 2, result.stderr
     assert "cluster file=" in result.stderr and needle in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -35,6 +33,7 @@ from ahvlite.controller.kinds.vm import progress_line
 from ahvlite.errors import Conflict, InvalidSpec, NotFound, OperationFailed
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.virt.migration import JobSample, MigrationOptions, flag_names, params_for, peer_uri
+from tests.clirun import ahvlite
 from tests.stores import in_store, sqlite_state
 
 MIB = 1024 * 1024
@@ -328,8 +327,7 @@ def test_cli_errors_name_the_option(tmp_path, args, option, field):
     # Checked before anything is sent: no client config needed for the error.
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("AHVLITE_")},
            "HOME": str(tmp_path), "COLUMNS": "200"}
-    r = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "vm", "migrate", "v1",
-                        *args], capture_output=True, text=True, env=env, timeout=60)
+    r = ahvlite("vm", "migrate", "v1", *args, env=env, timeout_s=60)
     out = r.stdout + r.stderr
     assert r.returncode == 2, out
     assert f"{option}=" in out and f"{field}=" not in out and "Traceback" not in out

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from ahvlite.errors import NotFound, OperationFailed
 from ahvlite.remote import ansible
+from tests.clirun import ahvlite
 
 PLAY = """\
 - name: Tiny play
@@ -144,24 +144,18 @@ def test_the_venv_ansible_playbook_is_used():
     assert ansible.ansible_playbook() == Path(sys.prefix) / "bin" / "ansible-playbook"
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args],
-                          capture_output=True, text=True, env={**os.environ, **(env or {})},
-                          timeout=120)
-
-
 def test_cli_refuses_bad_tags_and_hosts_without_ssh(tmp_path):
     cf = tmp_path / "cluster.yaml"
     cf.write_text("name: c\nhosts:\n- name: h1\n  uri: qemu+tls://10.0.0.1/system\n")
-    bad_tag = _cli("host", "provision", "-f", str(cf), "--tags", "network,bogus")
+    bad_tag = ahvlite("host", "provision", "-f", str(cf), "--tags", "network,bogus")
     assert bad_tag.returncode == 2
     assert "--tags='bogus'" in bad_tag.stderr and "network" in bad_tag.stderr
-    no_ssh = _cli("host", "provision", "h1", "-f", str(cf), "--json")
+    no_ssh = ahvlite("host", "provision", "h1", "-f", str(cf), "--json")
     assert no_ssh.returncode == 2
     payload = json.loads(no_ssh.stdout)
     assert payload["error"] == "invalid" and "hosts[h1].ssh" in payload["message"]
     assert not (tmp_path / "pki").exists()  # refused before the ZooKeeper secret is made
-    unknown = _cli("host", "provision", "h7", "-f", str(cf))
+    unknown = ahvlite("host", "provision", "h7", "-f", str(cf))
     assert unknown.returncode == 3 and "'h7'" in unknown.stderr
     for r in (bad_tag, no_ssh, unknown):
         assert "Traceback" not in r.stdout + r.stderr

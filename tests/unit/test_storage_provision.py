@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -12,6 +10,7 @@ import yaml
 from ahvlite.cluster import sharedpool
 from ahvlite.errors import InvalidSpec
 from ahvlite.spec.cluster import ClusterSpec
+from tests.clirun import ahvlite
 
 HOSTS = [{"name": "h1", "uri": "qemu+tls://10.0.0.11/system", "ssh": {"host": "10.0.0.11"}},
          {"name": "h2", "uri": "qemu+tls://10.0.0.12/system", "ssh": {"host": "10.0.0.12"}}]
@@ -51,9 +50,7 @@ def test_iscsi_hosts_get_their_redirector_config():
 def test_cli_refuses_with_a_clear_message(tmp_path):
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump({"name": "c", "hosts": HOSTS, "shared_pool": "p"}))
-    out = subprocess.run([sys.executable, "-m", "ahvlite.cli.main", "host", "provision",
-                          "-f", str(path), "--json"], capture_output=True, text=True,
-                         timeout=120)
+    out = ahvlite("host", "provision", "-f", str(path), "--json", timeout_s=120)
     assert out.returncode == 2, out.stdout + out.stderr
     err = json.loads(out.stdout)
     assert err["error"] == "invalid" and "pool=None" in err["message"]

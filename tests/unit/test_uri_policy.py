@@ -3,10 +3,6 @@ refused with the field, the value and the allowed forms, wherever a URI enters."
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from ahvlite.errors import InvalidSpec
@@ -14,6 +10,7 @@ from ahvlite.spec.cluster import HostSpec
 from ahvlite.spec.errors import build
 from ahvlite.spec.uri import check_uri
 from ahvlite.virt.conn import open_connection, open_local_socket
+from tests.clirun import ahvlite
 
 
 @pytest.mark.parametrize(("uri", "host", "port"), [
@@ -93,12 +90,6 @@ def test_open_connection_checks_too_and_the_socket_hatch_is_separate(tmp_path):
     assert not marker.exists()
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ahvlite.cli.main", *args],
-                          capture_output=True, text=True, env={**os.environ, **(env or {})},
-                          timeout=60)
-
-
 @pytest.mark.parametrize("uri", ["qemu+tcp://127.0.0.1/system", "junk",
                                  "qemu+ssh://127.0.0.1/system?command=/bin/true"])
 def test_cluster_apply_and_host_add_refuse_with_one_line_and_exit_2(tmp_path, uri):
@@ -108,16 +99,18 @@ def test_cluster_apply_and_host_add_refuse_with_one_line_and_exit_2(tmp_path, ur
     # reaches the store is shown against a real controller in
     # tests/functional/test_cli_hosts.py and test_cli_cluster_apply.py.
     no_api = {"AHVLITE_API": "", "HOME": str(tmp_path)}
-    r = cli("cluster", "apply", "-f", str(bad), env=no_api)
+    r = ahvlite("cluster", "apply", "-f", str(bad), extra_env=no_api, timeout_s=60)
     assert r.returncode == 2, r.stderr
     assert "host.uri" in r.stderr and "Traceback" not in r.stderr + r.stdout
-    r = cli("cluster", "apply", "-f", str(bad), "--dry-run", env=no_api)
+    r = ahvlite("cluster", "apply", "-f", str(bad), "--dry-run", extra_env=no_api,
+                timeout_s=60)
     assert r.returncode == 2 and "host.uri" in r.stderr, r.stderr
-    r = cli("host", "add", "h9", "--uri", uri, env=no_api)
+    r = ahvlite("host", "add", "h9", "--uri", uri, extra_env=no_api, timeout_s=60)
     assert r.returncode == 2, r.stderr
     assert "--uri" in r.stderr and "Traceback" not in r.stderr + r.stdout
 
 
 def test_insecure_tcp_option_is_gone():
-    r = cli("host", "add", "h9", "--uri", "qemu+tcp://127.0.0.1/system", "--insecure-tcp")
+    r = ahvlite("host", "add", "h9", "--uri", "qemu+tcp://127.0.0.1/system", "--insecure-tcp",
+                timeout_s=60)
     assert r.returncode == 2 and "No such option" in r.stderr

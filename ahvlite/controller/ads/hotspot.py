@@ -64,11 +64,6 @@ def utilization(loads: Loads) -> dict[str, Utilization]:
         for h, name in enumerate(inst.host_names)}
 
 
-def total_overflow(loads: Loads) -> float:
-    """How far the hosts are above their thresholds in all (0: no hotspot)."""
-    return sum(loads.cpu_over(h) + loads.sto_over(h) for h in range(loads.inst.n_hosts))
-
-
 def find(inst: Instance) -> list[Hotspot]:
     """Hotspots of the cluster as it is now."""
     return hotspots(Loads(inst))

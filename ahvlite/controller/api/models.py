@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from ahvlite.controller.taskid import TASK_ID_RE
 
 API_VERSION = "v1"
-DEFAULT_PORT = 9440
 MAX_WAIT_S = 60.0  # a long-poll holds a server thread: keep each one short
 TOKEN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 TASK_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"

@@ -25,13 +25,10 @@ from ahvlite.kv import (
     Versioned,
     VersionMismatch,
     check_key,
-    iter_parents,
-    join_key,
 )
 
 __all__ = ["MUST_NOT_EXIST", "Check", "Coordinator", "Delete", "Leadership", "MemberState",
-           "NotLeader", "Op", "Put", "VersionMismatch", "Versioned", "check_key",
-           "iter_parents", "join_key"]
+           "NotLeader", "Op", "Put", "VersionMismatch", "Versioned", "check_key"]
 
 
 class NotLeader(Conflict):

@@ -33,9 +33,6 @@ class AgentLease:
     def holds(self, now: float) -> bool:
         return now < self.keep_until
 
-    def left_s(self, now: float) -> float:
-        return max(self.keep_until - now, 0.0)
-
 
 @dataclass(frozen=True)
 class Beat:

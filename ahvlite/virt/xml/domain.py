@@ -37,10 +37,6 @@ class Os(XmlObject):
     initrd = Str("initrd")
     cmdline = Str("cmdline")
 
-    @property
-    def boot_devs(self) -> list[str]:
-        return [b.get("dev", "") for b in self.el.findall("boot")]
-
 
 class Features(XmlObject):
     TAG = "features"
@@ -144,9 +140,6 @@ class VmMeta(XmlObject):
     def _remove(self, tag: str, name: str) -> None:
         for e in self.el.findall(f"{{{AHV_NS}}}{tag}[@name='{name}']"):
             self.el.remove(e)
-
-    def remove_disk(self, name: str) -> None:
-        self._remove("disk", name)
 
     def remove_nic(self, mac: str) -> None:
         self._remove("nic", mac)
