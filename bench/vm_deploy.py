@@ -23,7 +23,6 @@ from ahvlite.cluster import vms
 from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.lab import lab
 from ahvlite.spec.lab import LabSpec
-from ahvlite.virt import domains
 from bench.labapi import ahv, ok
 
 COUNT = 20
@@ -52,9 +51,9 @@ def main() -> None:
             for v in result["vms"]:
                 host, dom = hosts.find(v["name"])
                 saved.append((cluster.host(host).uri, v["name"],
-                              domains.domain_xml(dom, inactive=True)))
-                domains.power_off(dom)
-                domains.undefine_everything(dom)
+                              dom.xml(inactive=True)))
+                dom.destroy()
+                dom.undefine()
 
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()

@@ -6,7 +6,7 @@ relies on it holds one open (a fixture) and these open another to look.
 
 from __future__ import annotations
 
-from ahvlite.virt import domains, storage
+from ahvlite.virt import guest, storage
 from ahvlite.virt.conn import connection
 
 URI = "test:///default"
@@ -20,4 +20,4 @@ def volumes(pool: str = POOL) -> set[str]:
 
 def domain_names() -> set[str]:
     with connection(URI) as conn:
-        return {d.name() for d in domains.all_domains(conn)}
+        return {g.name for g in guest.all_guests(conn)}

@@ -14,10 +14,9 @@ from ahvlite.cluster.cpustore import CpuLevel, CpuLevelStore
 from ahvlite.cluster.inventory import parallel
 from ahvlite.errors import Conflict, HostUnreachable, InvalidSpec
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
-from ahvlite.virt import cpu, designer, domains
+from ahvlite.virt import cpu, designer, guest
 from ahvlite.virt.conn import Connection
 from ahvlite.virt.cpu import Comparison, CpuDef, HypervisorTarget
-from ahvlite.virt.xml.domain import Domain
 
 # -- per-host CPUs ------------------------------------------------------------------
 
@@ -111,16 +110,16 @@ def apply(cluster: ClusterSpec, store: CpuLevelStore, *,
             store.save(level)
         changed, next_cycle = [], []
         for conn in hosts.conns.values():
-            for dom in domains.all_domains(conn):
-                d = Domain.parse(domains.domain_xml(dom, inactive=True))
+            for dom in guest.all_guests(conn):
+                d = dom.config(inactive=True)
                 before = d.to_xml()
                 policy = vms.level_policy(conn, d.type or "kvm", level.cpu)
                 designer.cpu_element(d, policy, d.vcpus or 1)
                 if d.to_xml() == before:
                     continue
-                domains.define_domain(conn, d.to_xml())
+                guest.define(conn, d)
                 changed.append(d.name or "")
-                if domains.domain_state(dom) in domains.ACTIVE_STATES:
+                if dom.state() in guest.ACTIVE_STATES:
                     next_cycle.append(d.name or "")
     return {"level": level.to_dict(), "redefined": sorted(changed),
             "next_power_cycle": sorted(next_cycle)}
@@ -158,10 +157,10 @@ def check_vm(cluster: ClusterSpec, name: str) -> dict[str, Any]:
     """Which hosts can run VM ``name``'s CPU, and what the others lack."""
     with vms.connect(cluster) as hosts:
         where, dom = hosts.find(name)
-        d = Domain.parse(domains.domain_xml(dom, inactive=True))
-        if d.cpu is None or not d.cpu.model:
+        d = dom.config(inactive=True)
+        vm_cpu = cpu.domain_cpu(d)
+        if vm_cpu is None:
             raise InvalidSpec("vm", name, "a VM with a named CPU model (mode custom)")
-        vm_cpu = cpu.parse_cpu(d.cpu.el)
         cpus = _all_host_cpus(hosts)
         results = {c.name: _compare(hosts, c, vm_cpu) for c in cpus}
     return {"name": name, "host": where, "cpu": vm_cpu.to_dict(),

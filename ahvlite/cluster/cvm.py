@@ -33,12 +33,13 @@ from ahvlite.remote.ssh import run as ssh_run
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.labels import is_pinned
 from ahvlite.spec.vm import new_uuid
-from ahvlite.virt import cvmhost, domains, imageinfo, nodedev, storage
+from ahvlite.virt import cvmhost, guest, imageinfo, nodedev, storage
 from ahvlite.virt.conn import Connection
 from ahvlite.virt.designer import DiskPlacement
+from ahvlite.virt.guest import Guest
 from ahvlite.virt.nodedev import HostSysView, PciFunction
 from ahvlite.virt.seediso import build_iso
-from ahvlite.virt.xml.domain import Domain, VmMeta
+from ahvlite.virt.xml.domain import VmMeta
 
 Report = Callable[[str], None]
 STATE_KEY = "cvm"
@@ -172,7 +173,7 @@ def deploy(cluster: ClusterSpec, host: str, *, image: Path,
     state = cluster.state
     with connect(cluster) as hosts:
         conn = hosts.conn(host)
-        if domains.find_domain(conn, name) is not None:
+        if guest.find(conn, name) is not None:
             raise Conflict(f"{host} already has its CVM {name}",
                            hint=f"`ahvlite cvm remove {host}` first (one CVM per host)")
         report(f"reading {host}'s PCI devices and sysfs")
@@ -232,13 +233,13 @@ def deploy(cluster: ClusterSpec, host: str, *, image: Path,
                 "name": name, "controllers": list(p.selected), "lab_luns": loops,
                 "volumes": made_vols}})
             report(f"defining {name}")
-            made.dom = dom = domains.define_domain(
+            made.dom = dom = guest.define(
                 conn, design(str(boot_path), str(seed_path), luns))
-            cvmhost.set_autostart(dom, True)
+            dom.set_autostart(True)
             if start:
                 report(f"starting {name}" + (f" with {', '.join(p.selected)} passed through"
                                              if p.selected else ""))
-                domains.power_on(dom)
+                dom.start()
         except BaseException:
             undo_deploy(made, host, state, target)
             raise
@@ -249,7 +250,7 @@ def deploy(cluster: ClusterSpec, host: str, *, image: Path,
 class _Made:
     """What a deployment has made so far (undone by :func:`undo_deploy`)."""
 
-    dom: Any = None
+    dom: Guest | None = None
     pool: Any = None
     pool_created: bool = False
     volumes: list[str] = field(default_factory=list)
@@ -262,9 +263,9 @@ def undo_deploy(made: _Made, host: str, state: ClusterState,
     will not power off) must not leave the rest behind (the definition)."""
     if made.dom is not None:
         with suppress(AhvliteError):
-            domains.power_off(made.dom)
+            made.dom.destroy()
         with suppress(AhvliteError):
-            domains.undefine_everything(made.dom)
+            made.dom.undefine()
     if made.pool is not None:
         for vol in made.volumes:
             with suppress(AhvliteError):
@@ -287,16 +288,16 @@ def undo_deploy(made: _Made, host: str, state: ClusterState,
 def status_of(host: str, conn: Connection, state: ClusterState) -> dict[str, Any]:
     name = cvmplan.cvm_name(host)
     recorded = state.get(STATE_KEY).get(host, {})
-    dom = domains.find_domain(conn, name)
+    dom = guest.find(conn, name)
     if dom is None:
         return {"host": host, "name": name, "state": "absent", "recorded": bool(recorded)}
-    d = Domain.parse(domains.domain_xml(dom))
+    d = dom.config()
     devs = d.devices
     labels = (d.meta or VmMeta()).labels
     hostdevs = [h.address for h in devs.hostdevs] if devs else []
     return {
-        "host": host, "name": name, "state": domains.domain_state(dom),
-        "autostart": cvmhost.autostart(dom), "vcpus": d.vcpus, "memory_mib": d.memory_mib,
+        "host": host, "name": name, "state": dom.state(),
+        "autostart": dom.autostart(), "vcpus": d.vcpus, "memory_mib": d.memory_mib,
         "vcpu_pins": d.cputune.pins if d.cputune else {},
         "memory_locked": bool(d.memory_backing and d.memory_backing.locked),
         "memory_hard_limit_mib": d.memtune.hard_limit_mib if d.memtune else None,
@@ -324,8 +325,8 @@ def status(cluster: ClusterSpec, host: str | None = None) -> list[dict[str, Any]
     return out
 
 
-def _find(conn: Connection, host: str) -> Any:
-    dom = domains.find_domain(conn, cvmplan.cvm_name(host))
+def _find(conn: Connection, host: str) -> Guest:
+    dom = guest.find(conn, cvmplan.cvm_name(host))
     if dom is None:
         raise NotFound(f"{host} has no CVM", hint=f"`ahvlite cvm deploy {host} --image ...`")
     return dom
@@ -334,7 +335,7 @@ def _find(conn: Connection, host: str) -> Any:
 def start(cluster: ClusterSpec, host: str) -> dict[str, Any]:
     with connect(cluster) as hosts:
         conn = hosts.conn(host)
-        domains.power_on(_find(conn, host))
+        _find(conn, host).start()
         return status_of(host, conn, cluster.state)
 
 
@@ -345,7 +346,7 @@ def stop(cluster: ClusterSpec, host: str, *, force: bool = False,
     with connect(cluster) as hosts:
         conn = hosts.conn(host)
         dom = _find(conn, host)
-        domains.shut_down(dom, timeout_s=timeout_s, force=force)
+        dom.shut_down(timeout_s=timeout_s, force=force)
         return status_of(host, conn, cluster.state)
 
 
@@ -361,17 +362,17 @@ def remove(cluster: ClusterSpec, host: str,
                            "reattached": [], "deleted_volumes": [], "detached_loops": []}
     with connect(cluster) as hosts:
         conn = hosts.conn(host)
-        dom = domains.find_domain(conn, name)
+        dom = guest.find(conn, name)
         if dom is None and not recorded:
             raise NotFound(f"{host} has no CVM", hint="`ahvlite cvm status` lists them")
         controllers = list(recorded.get("controllers", []))
         if dom is not None:
-            d = Domain.parse(domains.domain_xml(dom, inactive=True))
+            d = dom.config(inactive=True)
             controllers += [h.address for h in (d.devices.hostdevs if d.devices else [])
                             if h.address and h.address not in controllers]
             report(f"powering off {name}")
-            domains.power_off(dom)  # libvirt hands managed hostdevs back here
-            domains.undefine_everything(dom)
+            dom.destroy()  # libvirt hands managed hostdevs back here
+            dom.undefine()
             out["undefined"] = True
         for address in controllers:
             if nodedev.reattach(conn, address):

@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ahvlite.errors import InvalidSpec
-from ahvlite.net.nic import VmNic, interface_element
 from ahvlite.spec.errors import build
 from ahvlite.spec.labels import PINNED_LABEL, ROLE_LABEL
+from ahvlite.spec.vif import BridgeNic, OvsAccessNic
 from ahvlite.spec.vm import DiskSpec, VmSpec
 from ahvlite.virt import designer
 from ahvlite.virt.designer import Design, DiskPlacement, HostPolicy
@@ -26,7 +26,7 @@ from ahvlite.virt.nodedev import (
     node_device_name,
     normalize_address,
 )
-from ahvlite.virt.xml.devices import Interface, MemBalloon
+from ahvlite.virt.xml.devices import MemBalloon
 from ahvlite.virt.xml.domain import Domain
 
 CVM_ROLE = "cvm"
@@ -387,10 +387,11 @@ def design_cvm(d: CvmDesign, policy: HostPolicy) -> Domain:
     devs = dom.devices
     assert devs is not None
     # virbr0 first: the guest names it eth0, the NIC the seed and fw_cfg address.
-    devs.interfaces.append(designer.bridge_interface(cvm_mac(d.host, VIRBR0), VIRBR0))
-    devs.interfaces.append(Interface(interface_element(VmNic(
+    devs.interfaces.append(designer.interface_for(
+        BridgeNic(bridge=VIRBR0, mac=cvm_mac(d.host, VIRBR0))))
+    devs.interfaces.append(designer.interface_for(OvsAccessNic(
         vm_uuid=d.uuid, mac=cvm_mac(d.host, MGMT_BRIDGE), bridge=MGMT_BRIDGE,
-        vlan=d.mgmt_vlan))))
+        vlan=d.mgmt_vlan)))
     used = {x.target_dev or "" for x in devs.disks}
     for i, lun in enumerate(d.luns):
         dev = designer.next_target_dev(used, "scsi")

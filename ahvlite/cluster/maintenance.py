@@ -36,7 +36,7 @@ from ahvlite.cluster.schedulable import MAINTENANCE_KEY, maintenance_doc
 from ahvlite.cluster.state import ClusterState
 from ahvlite.errors import AhvliteError, Conflict, InvalidSpec, NotFound, OperationFailed
 from ahvlite.spec.cluster import ClusterSpec
-from ahvlite.virt import domains
+from ahvlite.virt import guest
 
 Progress = Callable[[int, str], None]  # (percent of the run, message)
 Moves = list[tuple[str, str]]  # (vm, destination)
@@ -154,7 +154,7 @@ class LibvirtOps:
     def vms_on(self, host: str) -> list[VmOnHost]:
         with vms.connect(self.cluster) as hosts:
             out = []
-            for dom in domains.all_domains(hosts.conn(host)):
+            for dom in guest.all_guests(hosts.conn(host)):
                 info = vms.info_of(host, dom)
                 out.append(VmOnHost(info.name, info.state, info.current_memory_mib,
                                     info.pinned))
@@ -173,8 +173,8 @@ class LibvirtOps:
 
     def state_on(self, host: str, vm: str) -> str | None:
         with vms.connect(self.cluster) as hosts:
-            dom = domains.find_domain(hosts.conn(host), vm)
-            return None if dom is None else domains.domain_state(dom)
+            dom = guest.find(hosts.conn(host), vm)
+            return None if dom is None else dom.state()
 
     def migrate(self, vm: str, to: str, settings: ConvergenceSettings | None,
                 on_progress: Callable[[migrate.MigrationProgress], None] | None,

@@ -10,8 +10,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lxml import etree
-
 from ahvlite.clock import SYSTEM
 from ahvlite.cluster import convergence, cpulevel, schedulable, vms
 from ahvlite.cluster.convergence import ConvergenceSettings
@@ -20,8 +18,8 @@ from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.spec.labels import PINNED_LABEL, is_pinned
 from ahvlite.spec.uri import check_uri
 from ahvlite.spec.vm import check_name
-from ahvlite.virt import cpu, domains, migration, storage
-from ahvlite.virt.conn import DomainHandle
+from ahvlite.virt import cpu, migration, storage
+from ahvlite.virt.guest import Guest
 from ahvlite.virt.migration import JobSample, MigrationJob
 from ahvlite.virt.xml.domain import Domain
 
@@ -110,9 +108,9 @@ def vm_migration_lock(cluster: ClusterSpec, name: str, *, key: str | None = None
 
 # -- pre-checks ---------------------------------------------------------------------
 
-def pinned_reason(labels: dict[str, str], domain_xml: str) -> str | None:
+def pinned_reason(labels: dict[str, str], config: Domain) -> str | None:
     """Why a VM must stay on its host, or None."""
-    devices = Domain.parse(domain_xml).devices
+    devices = config.devices
     pci = [h for h in (devices.hostdevs if devices is not None else ()) if h.type == "pci"]
     if pci:
         addrs = [a for a in (h.address for h in pci) if a]
@@ -126,9 +124,9 @@ def pinned_reason(labels: dict[str, str], domain_xml: str) -> str | None:
 class _Vm:
     name: str
     host: str
-    dom: DomainHandle
+    dom: Guest
     info: vms.VmInfo
-    xml: str
+    config: Domain  # its live definition
 
 
 def _check_destination(hosts: vms.Hosts, vm: _Vm, dest: str, *,
@@ -147,9 +145,8 @@ def _check_destination(hosts: vms.Hosts, vm: _Vm, dest: str, *,
                             "another host")
     conn = hosts.conn(dest)
     # CPU: the VM's live CPU definition must run on the destination.
-    d_cpu = etree.fromstring(vm.xml.encode()).find("cpu")
-    if d_cpu is not None and d_cpu.findtext("model"):
-        vm_cpu = cpu.parse_cpu(d_cpu)
+    vm_cpu = cpu.domain_cpu(vm.config)
+    if vm_cpu is not None:
         target = cpulevel.host_cpu(cluster, dest, conn).target
         result = cpu.compare_cpu(conn, target, vm_cpu)
         if not result.compatible:
@@ -195,12 +192,12 @@ def _check_destination(hosts: vms.Hosts, vm: _Vm, dest: str, *,
 def _find_vm(hosts: vms.Hosts, name: str) -> _Vm:
     host, dom = hosts.find(name)
     return _Vm(name=name, host=host, dom=dom, info=vms.info_of(host, dom),
-               xml=domains.domain_xml(dom))
+               config=dom.config())
 
 
 def check_movable(vm: _Vm) -> None:
     """The VM itself may be live-migrated (running, not pinned)."""
-    reason = pinned_reason(vm.info.labels, vm.xml)
+    reason = pinned_reason(vm.info.labels, vm.config)
     if reason:
         raise Conflict(f"{vm.name} is pinned to {vm.host}: {reason}; pinned VMs are never "
                        "live-migrated", hint="shut it down instead (maintenance mode does)")

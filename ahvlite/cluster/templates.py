@@ -21,7 +21,7 @@ from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.spec.errors import build
 from ahvlite.spec.template import TemplateDisk, TemplateNic, TemplateSpec, TemplateVersion
 from ahvlite.spec.vm import BootSpec, DiskSpec, NicSpec, VmSpec, check_name
-from ahvlite.virt import designer, domains, seediso, storage
+from ahvlite.virt import designer, guest, seediso, storage
 from ahvlite.virt.xml.domain import Domain, VmMeta
 
 TEMPLATE_LABEL = "ahvlite.io/template"
@@ -66,11 +66,11 @@ def _capture(hosts: vms.Hosts, template: str, version: int, vm: str,
              report: Report, guard: Guard) -> TemplateVersion:
     """Copy ``vm``'s disks into the pool as template volumes; describe the VM."""
     host, dom = hosts.find(vm)
-    if domains.domain_state(dom) != "shutoff":
-        raise Conflict(f"{vm} is {domains.domain_state(dom)}",
+    if dom.state() != "shutoff":
+        raise Conflict(f"{vm} is {dom.state()}",
                        hint=f"shut it down first (`ahvlite vm shutdown {vm}`): its disks "
                             "must not change while they are copied")
-    d = Domain.parse(domains.domain_xml(dom, inactive=True))
+    d = dom.config(inactive=True)
     meta = d.meta or VmMeta()
     volumes, nets = meta.volumes, meta.nic_networks
     pool = hosts.pool(host)
@@ -145,7 +145,7 @@ def drop_capture_leftovers(cluster: ClusterSpec, template: str, version: int, vm
                   for d in v.disks}
     with vms.connect(cluster) as hosts:
         _, dom = hosts.find(vm)
-        d = Domain.parse(domains.domain_xml(dom, inactive=True))
+        d = dom.config(inactive=True)
         names = [template_volume(template, version, n) for n, _ in _disk_names(d)]
         return vms.drop_leftovers(hosts, [n for n in names if n not in referenced], guard)
 
@@ -279,13 +279,13 @@ def deploy_vm(hosts: vms.Hosts, target: str, spec: VmSpec, *, tag: str,
     it is started if asked). Otherwise what earlier attempts left (their ``tag``s, on
     volumes no VM uses) is deleted first."""
     for h, conn in hosts.conns.items():
-        dom = domains.find_domain_by_uuid(conn, spec.uuid)
+        dom = guest.find_by_uuid(conn, spec.uuid)
         if dom is not None:
-            if start and domains.domain_state(dom) not in domains.ACTIVE_STATES:
+            if start and dom.state() not in guest.ACTIVE_STATES:
                 if admit is not None:
                     admit(spec, h)
                 guard()
-                domains.power_on(dom)
+                dom.start()
             return vms.info_of(h, dom)
     vms.drop_leftovers(hosts, [v for t in earlier_tags for v in
                                (*vms.tagged_volumes(spec, t), vms.seed_volume(spec.name, t))],

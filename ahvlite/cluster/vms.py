@@ -19,10 +19,11 @@ from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.labels import DOMAIN_TYPE_LABEL, is_pinned
 from ahvlite.spec.network import NetworkSpec
 from ahvlite.spec.vm import DiskSpec, NicSpec, VmSpec
-from ahvlite.virt import cpu, designer, domains, imageinfo, storage
-from ahvlite.virt.conn import Connection, DomainHandle, StoragePool, close_quietly, open_connection
+from ahvlite.virt import cpu, designer, facts, guest, imageinfo, storage
+from ahvlite.virt.conn import Connection, StoragePool, close_quietly, open_connection
 from ahvlite.virt.cpu import CpuDef
 from ahvlite.virt.designer import Design, DiskPlacement, HostPolicy
+from ahvlite.virt.guest import Guest
 from ahvlite.virt.pool import ConnectionPool
 from ahvlite.virt.xml.domain import Domain, VmMeta
 
@@ -130,11 +131,11 @@ class Hosts:
             return name, self.pool(name)
         raise NotFound("no host of the cluster answers")
 
-    def find(self, name: str) -> tuple[str, DomainHandle]:
+    def find(self, name: str) -> tuple[str, Guest]:
         for host, conn in self.conns.items():
-            dom = domains.find_domain(conn, name)
-            if dom is not None:
-                return host, dom
+            g = guest.find(conn, name)
+            if g is not None:
+                return host, g
         where = f" (unreachable: {', '.join(self.errors)})" if self.errors else ""
         raise NotFound(f"no VM named {name!r} in cluster {self.cluster.name!r}{where}",
                        hint="`ahvlite vm list` shows the VMs")
@@ -191,8 +192,8 @@ def volumes_in_use(hosts: Hosts) -> set[str]:
     metadata's volumes, its NVRAM): what a cleanup must never delete."""
     used: set[str] = set()
     for conn in hosts.conns.values():
-        for dom in domains.all_domains(conn):
-            d = Domain.parse(domains.domain_xml(dom, inactive=True))
+        for g in guest.all_guests(conn):
+            d = g.config(inactive=True)
             used |= set((d.meta or VmMeta()).volumes.values())
             used |= {Path(x.source_file).name for x in (d.devices.disks if d.devices else [])
                      if x.source_file}
@@ -223,7 +224,7 @@ def policy_on(conn: Connection, cluster: ClusterSpec, host: str,
     domain_type = host_policy_domain_type(cluster.host(host))
     if cpu_level is not None:
         return level_policy(conn, domain_type, cpu_level)
-    usable = domains.usable_cpu_models(conn, domain_type)
+    usable = facts.usable_cpu_models(conn, domain_type)
     model = next((m for m in CPU_PREFERENCE if m in usable), None)
     if model is None:
         model = "qemu64"  # every QEMU runs it; drivers that cannot tell (test://) too
@@ -255,16 +256,16 @@ def capacities(hosts: Hosts) -> list[HostCapacity]:
             continue
         # Free = what running VMs do not hold. The kernel's free figure moves with page
         # cache and QEMU's lazy allocation; reservations are what placement must honour.
-        total, _ = domains.memory_mib(hosts.conns[h.name])
-        reserved = domains.reserved_memory_mib(hosts.conns[h.name])
+        total, _ = facts.memory_mib(hosts.conns[h.name])
+        reserved = facts.reserved_memory_mib(hosts.conns[h.name])
         out.append(HostCapacity(h.name, total, total - reserved))
     return out
 
 
 # -- reading ------------------------------------------------------------------------
 
-def info_of(host: str, dom: DomainHandle) -> VmInfo:
-    d = Domain.parse(domains.domain_xml(dom))
+def info_of(host: str, g: Guest) -> VmInfo:
+    d = g.config()
     meta = d.meta or VmMeta()
     names = meta.disk_names
     volumes = meta.volumes
@@ -283,7 +284,7 @@ def info_of(host: str, dom: DomainHandle) -> VmInfo:
     fw = {e.name: e.value for e in d.sysinfo.entries} if d.sysinfo else {}
     os_ = d.os
     return VmInfo(
-        name=d.name or "", uuid=d.uuid or "", host=host, state=domains.domain_state(dom),
+        name=d.name or "", uuid=d.uuid or "", host=host, state=g.state(),
         vcpus=d.vcpus or 0, memory_mib=d.memory_mib or 0,
         current_memory_mib=d.current_memory_mib or d.memory_mib or 0,
         overcommit=bool(meta.overcommit), genid=d.genid,
@@ -291,15 +292,14 @@ def info_of(host: str, dom: DomainHandle) -> VmInfo:
         vtpm=bool(devs and len(devs.tpms)), disks=disks, nics=nics,
         ips=[fw["opt/ahvlite/ip"]] if fw.get("opt/ahvlite/ip") else [],
         labels=meta.labels, template=meta.labels.get("ahvlite.io/template"),
-        pinned=is_pinned(meta.labels, has_pci_hostdev=bool(
-            d.el.findall("devices/hostdev[@type='pci']"))))
+        pinned=is_pinned(meta.labels, has_pci_hostdev=d.has_pci_hostdev))
 
 
 def list_vms(cluster: ClusterSpec) -> tuple[list[VmInfo], dict[str, str]]:
     """Every VM on every reachable host, and the hosts that did not answer."""
     with connect(cluster) as hosts:
         def on(host: str) -> list[VmInfo]:
-            return [info_of(host, d) for d in domains.all_domains(hosts.conns[host])]
+            return [info_of(host, g) for g in guest.all_guests(hosts.conns[host])]
         found = parallel(on, list(hosts.conns))
         return sorted((v for vs in found for v in vs), key=lambda v: v.name), hosts.errors
 
@@ -332,10 +332,10 @@ def _image_source(vols: dict[str, storage.VolumeInfo], image: str) -> storage.Vo
 def check_new_vm(hosts: Hosts, spec: VmSpec, host: str) -> None:
     """Everything about ``spec`` that can be wrong, checked before anything is made."""
     for h, conn in hosts.conns.items():
-        if domains.find_domain(conn, spec.name) is not None:
+        if guest.find(conn, spec.name) is not None:
             raise Conflict(f"a VM named {spec.name!r} already exists (on {h})",
                            hint="VM names are unique in the cluster; pick another")
-        if domains.find_domain_by_uuid(conn, spec.uuid) is not None:
+        if guest.find_by_uuid(conn, spec.uuid) is not None:
             raise Conflict(f"uuid {spec.uuid} is already used (on {h})")
     _, pool = hosts.any_pool()
     check_spec_paths(spec, storage.pool_path(pool))
@@ -466,11 +466,11 @@ def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
             networks=networks_of(hosts.cluster, target), nvram_path=nvram))
         report(f"defining {spec.name}")
         check()
-        dom = domains.define_domain(conn, xml)
+        dom = guest.define(conn, xml)
         if start:
             report(f"starting {spec.name}")
             check()
-            domains.power_on(dom)
+            dom.start()
         return info_of(target, dom)
     except BaseException:
         if deposed or not _still(guard):
@@ -478,8 +478,8 @@ def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
         with ExitStack() as undo:
             undo.enter_context(suppress(AhvliteError))
             if dom is not None:
-                domains.power_off(dom)
-                domains.undefine_everything(dom)
+                dom.destroy()
+                dom.undefine()
         # NVRAM is libvirt's to create (at define or first start): its tagged name is ours.
         for vol in [*made, nvram_volume(spec.name, tag)]:
             with suppress(AhvliteError):
@@ -545,8 +545,8 @@ def render_on_host(conn: Connection, cluster: ClusterSpec, host: str, spec_doc: 
 def start_vm(cluster: ClusterSpec, name: str) -> VmInfo:
     with connect(cluster) as hosts:
         host, dom = hosts.find(name)
-        domains.mark_power(dom, True)
-        domains.power_on(dom)
+        dom.mark_power(True)
+        dom.start()
         return info_of(host, dom)
 
 
@@ -555,8 +555,8 @@ def shutdown_vm(cluster: ClusterSpec, name: str, *, timeout_s: float = 60,
     """ACPI shutdown; after ``timeout_s`` power off only when ``force``."""
     with connect(cluster) as hosts:
         host, dom = hosts.find(name)
-        domains.mark_power(dom, False)  # before: HA must not take it for a lost VM
-        domains.shut_down(dom, timeout_s=timeout_s, force=force)
+        dom.mark_power(False)  # before: HA must not take it for a lost VM
+        dom.shut_down(timeout_s=timeout_s, force=force)
         return info_of(host, dom)
 
 
@@ -566,15 +566,15 @@ def stop_vm(cluster: ClusterSpec, name: str, *, force: bool) -> VmInfo:
                           "the guest", hint="`ahvlite vm shutdown` asks the guest first")
     with connect(cluster) as hosts:
         host, dom = hosts.find(name)
-        domains.mark_power(dom, False)  # before: HA must not take it for a lost VM
-        domains.power_off(dom)
+        dom.mark_power(False)  # before: HA must not take it for a lost VM
+        dom.destroy()
         return info_of(host, dom)
 
 
 def reboot_vm(cluster: ClusterSpec, name: str) -> VmInfo:
     with connect(cluster) as hosts:
         host, dom = hosts.find(name)
-        domains.acpi_reboot(dom)
+        dom.reboot()
         return info_of(host, dom)
 
 
@@ -582,14 +582,14 @@ def delete_vm(cluster: ClusterSpec, name: str, *, force: bool = False) -> dict[s
     """Remove the definition, its volumes, NVRAM and TPM state."""
     with connect(cluster) as hosts:
         host, dom = hosts.find(name)
-        if domains.domain_state(dom) in domains.ACTIVE_STATES and not force:
+        if dom.state() in guest.ACTIVE_STATES and not force:
             raise Conflict(f"{name} is running on {host}",
                            hint="shut it down first, or pass --force")
-        d = Domain.parse(domains.domain_xml(dom, inactive=True))
+        d = dom.config(inactive=True)
         volumes = list((d.meta or VmMeta()).volumes.values())
         nvram = d.os.nvram if d.os is not None else None
-        domains.power_off(dom)
-        domains.undefine_everything(dom)
+        dom.destroy()
+        dom.undefine()
         pool = hosts.pool(host)
         for v in volumes:
             luns.forget_lun(cluster, v)  # its targets go before the file (iSCSI disks)
@@ -607,7 +607,7 @@ def free_disk_name(cluster: ClusterSpec, name: str, wanted: str | None) -> str:
     the first free ``diskN``."""
     with connect(cluster) as hosts:
         _, dom = hosts.find(name)
-        return _disk_name(Domain.parse(domains.domain_xml(dom, inactive=True)), name, wanted)
+        return _disk_name(dom.config(inactive=True), name, wanted)
 
 
 def _disk_name(d: Domain, vm: str, wanted: str | None) -> str:
@@ -631,7 +631,7 @@ def add_disk(cluster: ClusterSpec, name: str, disk: DiskSpec, *, tag: str | None
     change and raises to stop (then nothing is undone: see :func:`create_on_host`)."""
     with connect(cluster) as hosts:
         host, dom = hosts.find(name)
-        d = Domain.parse(domains.domain_xml(dom, inactive=True))
+        d = dom.config(inactive=True)
         meta = d.meta or d.ensure_meta()
         disk_name = _disk_name(d, name, disk.name)
         used = {x.target_dev or "" for x in d.devices.disks} if d.devices else set()
@@ -664,7 +664,7 @@ def add_disk(cluster: ClusterSpec, name: str, disk: DiskSpec, *, tag: str | None
                 device = designer.disk_device(str(path), disk.bus, dev, serial=disk_name,
                                               boot_order=None)
             guard()
-            domains.attach_device(dom, device.to_xml())
+            dom.attach_device(device)
         except BaseException:
             if _still(guard):
                 with suppress(AhvliteError):
@@ -673,53 +673,53 @@ def add_disk(cluster: ClusterSpec, name: str, disk: DiskSpec, *, tag: str | None
             raise
         # Attached: from here on the volume is the VM's, whatever else fails.
         meta.set_disk(disk_name, dev, vol)
-        domains.set_vm_metadata(dom, meta)
+        dom.set_metadata(meta)
         return info_of(host, dom)
 
 
 def add_nic(cluster: ClusterSpec, name: str, nic: NicSpec) -> VmInfo:
     with connect(cluster) as hosts:
         host, dom = hosts.find(name)
-        d = Domain.parse(domains.domain_xml(dom, inactive=True))
+        d = dom.config(inactive=True)
         macs = {i.mac for i in d.devices.interfaces} if d.devices else set()
         if nic.mac is not None and nic.mac in macs:
             raise Conflict(f"{name} already has a NIC with MAC {nic.mac}")
         spec = VmSpec(name=name, memory_mib=64, nics=[nic]).with_macs()
         nic = spec.nics[0]
         iface = designer.interface(nic, d.uuid or "", networks_of(cluster, host))
-        domains.attach_device(dom, iface.to_xml())
+        dom.attach_device(iface)
         meta = d.meta or d.ensure_meta()
         assert nic.mac is not None
         meta.set_nic(nic.mac, nic.network)
-        domains.set_vm_metadata(dom, meta)
+        dom.set_metadata(meta)
         return info_of(host, dom)
 
 
 def remove_nic(cluster: ClusterSpec, name: str, mac: str) -> VmInfo:
     with connect(cluster) as hosts:
         host, dom = hosts.find(name)
-        d = Domain.parse(domains.domain_xml(dom, inactive=True))
+        d = dom.config(inactive=True)
         ifaces = [i for i in (d.devices.interfaces if d.devices else [])
                   if (i.mac or "").lower() == mac.lower()]
         if not ifaces:
             known = [i.mac for i in d.devices.interfaces] if d.devices else []
             raise NotFound(f"{name} has no NIC with MAC {mac}",
                            hint=f"its NICs: {', '.join(str(m) for m in known) or 'none'}")
-        domains.detach_device(dom, ifaces[0].to_xml())
+        dom.detach_device(ifaces[0])
         meta = d.meta or d.ensure_meta()
         meta.remove_nic(mac.lower())
-        domains.set_vm_metadata(dom, meta)
+        dom.set_metadata(meta)
         return info_of(host, dom)
 
 
 def console_run(cluster: ClusterSpec, name: str, command: str, *,
                 timeout_s: float = 30) -> tuple[int, str]:
     """Run a shell command on the VM's serial console."""
-    from ahvlite.virt import guest
+    from ahvlite.virt.console import Console
 
     with connect(cluster) as hosts:
         host, dom = hosts.find(name)
-        with guest.Console(hosts.conn(host), dom) as con:
+        with Console(hosts.conn(host), dom) as con:
             return con.run(command, timeout_s=timeout_s)
 
 
@@ -782,7 +782,7 @@ def set_labels(cluster: ClusterSpec, name: str, changes: dict[str, str | None]) 
     """Set (or with None remove) labels in the VM's metadata, live and persistent."""
     with connect(cluster) as hosts:
         host, dom = hosts.find(name)
-        d = Domain.parse(domains.domain_xml(dom, inactive=True))
+        d = dom.config(inactive=True)
         meta = d.meta or d.ensure_meta()
         labels = dict(meta.labels)
         for k, v in changes.items():
@@ -791,5 +791,5 @@ def set_labels(cluster: ClusterSpec, name: str, changes: dict[str, str | None]) 
             else:
                 labels[k] = v
         meta.labels = labels
-        domains.set_vm_metadata(dom, meta)
+        dom.set_metadata(meta)
         return info_of(host, dom)

@@ -42,7 +42,7 @@ def run(name: str, *, report: Callable[[str], None]) -> dict[str, Any]:
     rows = []
     for g, boot_s in results:
         with connection(layout.libvirt_uri(layout.host(g.host))) as conn:
-            st = guest.state(guest.lookup(conn, g.name))
+            st = guest.lookup(conn, g.name).state()
         rows.append({"name": g.name, "host": g.host, "address": g.address, "state": st,
                      "boot_s": round(boot_s, 1)})
         report(f"{g.name} on {g.host} ready at {g.address} after {boot_s:.1f} s")

@@ -14,6 +14,7 @@ from ahvlite.lab.state import LabState
 from ahvlite.spec.vm import DiskSpec, NicSpec, VmSpec
 from ahvlite.virt import guest, storage
 from ahvlite.virt.conn import connection
+from ahvlite.virt.console import Console
 
 READY = re.compile(r"AHVLITE-GUEST-READY ip=(\S+)")
 GUEST_BASE = "ahvlite-guest-base.qcow2"
@@ -69,8 +70,7 @@ def boot_from_disk(layout: LabLayout, state: LabState, host: HostLayout, name: s
         xml = vms.render_on_host(conn, cluster, host.name, spec.model_dump(mode="json"),
                                  None, 0)
         (host.state_dir / serial_log.lstrip("/")).unlink(missing_ok=True)
-        dom = guest.define(conn, xml)
-        guest.start(dom)
+        guest.define(conn, xml).start()
     return LabGuest(name=name, host=host.name, address=address, mac=mac, disk=str(disk),
                     serial_log=serial_log)
 
@@ -103,10 +103,9 @@ def console_run(layout: LabLayout, g: LabGuest, command: str, *,
                 timeout_s: float = 30) -> tuple[int, str]:
     """Run a shell command on the guest's serial console (through libvirt)."""
     host = layout.host(g.host)
-    with connection(layout.libvirt_uri(host)) as conn:
-        dom = guest.lookup(conn, g.name)
-        with guest.Console(conn, dom) as con:
-            return con.run(command, timeout_s=timeout_s)
+    with connection(layout.libvirt_uri(host)) as conn, \
+            Console(conn, guest.lookup(conn, g.name)) as con:
+        return con.run(command, timeout_s=timeout_s)
 
 
 def serial_log_path(name: str) -> str:

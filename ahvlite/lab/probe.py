@@ -15,7 +15,8 @@ from pathlib import Path
 from ahvlite.lab.guest import GuestImages
 from ahvlite.lab.layout import OVS_BRIDGE, LabLayout
 from ahvlite.lab.paths import cache_dir
-from ahvlite.virt import guest
+from ahvlite.spec.smallguest import SimpleGuest
+from ahvlite.virt import designer, guest
 from ahvlite.virt.conn import connection
 
 READY = "AHVLITE-GUEST-READY"
@@ -56,7 +57,7 @@ def _try_kvm(layout: LabLayout, images: GuestImages) -> tuple[str, str]:
     cmdline = "console=ttyS0 quiet panic=-1"
     if address:
         cmdline += f" ahvlite.ip={address}"
-    xml = guest.simple_domain_xml(guest.SimpleGuest(
+    xml = designer.simple_domain_xml(SimpleGuest(
         name=name, uuid=str(uuid.uuid4()), domain_type="kvm", kernel=images.kernel,
         initrd=images.initrd, cmdline=cmdline, bridge=OVS_BRIDGE,
         serial_log=Path("/") / log_rel))
@@ -66,7 +67,7 @@ def _try_kvm(layout: LabLayout, images: GuestImages) -> tuple[str, str]:
         guest.destroy_and_undefine(conn, name)
         try:
             dom = guest.define(conn, xml)
-            guest.start(dom)
+            dom.start()
         except Exception as exc:
             guest.destroy_and_undefine(conn, name)
             return "qemu", f"KVM refused to start a guest ({exc}): TCG emulation"
@@ -75,7 +76,7 @@ def _try_kvm(layout: LabLayout, images: GuestImages) -> tuple[str, str]:
                 if log.exists() and READY in log.read_text(errors="replace"):
                     took = time.monotonic() - started
                     return "kvm", f"a KVM guest booted to ready in {took:.1f} s"
-                if guest.state(dom) != "running":
+                if dom.state() != "running":
                     return "qemu", "the KVM guest stopped before it was ready: TCG emulation"
                 silent = not log.exists() or log.stat().st_size == 0
                 if silent and time.monotonic() - started > FIRST_OUTPUT_S:

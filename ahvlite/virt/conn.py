@@ -26,9 +26,9 @@ from ahvlite.errors import (
 from ahvlite.spec.uri import check_uri
 from ahvlite.virt.events import ensure_event_loop
 
-# Handles other packages may hold and annotate without importing libvirt themselves.
+# Handles other packages may hold and annotate without importing libvirt themselves
+# (a domain is held as a virt.guest.Guest).
 Connection = libvirt.virConnect
-DomainHandle = libvirt.virDomain
 StoragePool = libvirt.virStoragePool
 
 T = TypeVar("T")

@@ -16,6 +16,7 @@ import libvirt
 from lxml import etree
 
 from ahvlite.virt.conn import libvirt_errors
+from ahvlite.virt.xml.domain import Domain
 
 CPU_MAP_DIR = Path("/usr/share/libvirt/cpu_map")
 # The machine type our VMs use (designer.machine_for); domain capabilities depend on it.
@@ -92,6 +93,13 @@ def parse_cpu(el: etree._Element) -> CpuDef:
                   vendor=el.findtext("vendor") or None,
                   features=tuple(sorted(n for p, n in feats if p in ("require", "force"))),
                   disabled=tuple(sorted(n for p, n in feats if p in ("disable", "forbid"))))
+
+
+def domain_cpu(d: Domain) -> CpuDef | None:
+    """The guest CPU of a domain definition, None when it names no model."""
+    if d.cpu is None or not d.cpu.model:
+        return None
+    return parse_cpu(d.cpu.el)
 
 
 def parse_cpu_xml(xml: str) -> CpuDef:

@@ -1,5 +1,6 @@
-"""The libvirt calls a host's CVM needs beyond the VM layer: autostart, the host's
-online CPUs (each CVM vCPU is pinned to one of them) and a host-local pool."""
+"""The libvirt calls a host's CVM needs beyond the VM layer (its autostart is the
+Guest's): the host's online CPUs (each CVM vCPU is pinned to one of them) and a
+host-local pool."""
 
 from __future__ import annotations
 
@@ -10,17 +11,6 @@ import libvirt
 
 from ahvlite.virt import storage
 from ahvlite.virt.conn import libvirt_errors, or_none
-
-
-def set_autostart(dom: libvirt.virDomain, on: bool = True) -> None:
-    """Start the domain with libvirtd (host boot), as AHV does with its CVM."""
-    with libvirt_errors(f"autostart of {dom.name()}"):
-        dom.setAutostart(1 if on else 0)
-
-
-def autostart(dom: libvirt.virDomain) -> bool:
-    with libvirt_errors(f"autostart of {dom.name()}"):
-        return bool(dom.autostart())
 
 
 def online_cpus(conn: libvirt.virConnect) -> tuple[int, ...]:

@@ -1,4 +1,6 @@
-"""VM spec -> libvirt domain XML. All VM policy lives here; pure (no I/O, no libvirt).
+"""Specs -> libvirt domain XML: user VMs (:class:`VmSpec`), the lab's small guests
+(:class:`SimpleGuest`) and NICs (:mod:`ahvlite.spec.vif`). The one place domain XML is
+built; all VM policy lives here; pure (no I/O, no libvirt).
 
 What the caller resolves first (it needs I/O): the target host's domain type and a
 CPU model it supports (:class:`HostPolicy`), the volume path of each disk, the
@@ -14,8 +16,9 @@ from pathlib import PurePosixPath
 from lxml import etree
 
 from ahvlite.errors import InvalidSpec
-from ahvlite.net.nic import VmNic, interface_element
 from ahvlite.spec.network import NetworkSpec
+from ahvlite.spec.smallguest import SimpleGuest
+from ahvlite.spec.vif import BridgeNic, Nic, OvsAccessNic, OvsTrunkNic
 from ahvlite.spec.vm import MIN_MEMORY_MIB, DiskSpec, NicSpec, VmSpec
 from ahvlite.virt.xml.devices import (
     Console,
@@ -133,21 +136,22 @@ def machine_for(spec: VmSpec) -> str:
     return "pc" if any(d.bus == "ide" for d in spec.disks) else "q35"
 
 
-def resolve_nic(nic: NicSpec, vm_uuid: str, networks: NetworkSpec) -> VmNic:
-    """A NIC spec on a named network (or a bridge, untagged) -> the NIC layer's VmNic."""
+def resolve_nic(nic: NicSpec, vm_uuid: str, networks: NetworkSpec) -> Nic:
+    """A NIC spec on a named network (or a bridge, untagged) -> the port it gets."""
     assert nic.mac is not None, "give every NIC a MAC first (VmSpec.with_macs)"
     net = networks.network(nic.network)
     if net is not None:
         if nic.mode == "access":
-            return VmNic(vm_uuid=vm_uuid, mac=nic.mac, bridge=net.bridge, vlan=net.vlan)
-        return VmNic(vm_uuid=vm_uuid, mac=nic.mac, bridge=net.bridge, mode="trunk",
-                     native_vlan=net.vlan,
-                     trunk_vlans=tuple(v for v in nic.trunk_vlans if v != net.vlan))
+            return OvsAccessNic(vm_uuid=vm_uuid, mac=nic.mac, bridge=net.bridge,
+                                vlan=net.vlan)
+        return OvsTrunkNic(vm_uuid=vm_uuid, mac=nic.mac, bridge=net.bridge,
+                           native_vlan=net.vlan,
+                           trunk_vlans=tuple(v for v in nic.trunk_vlans if v != net.vlan))
     if any(b.name == nic.network for b in networks.bridges):
         if nic.mode == "access":
-            return VmNic(vm_uuid=vm_uuid, mac=nic.mac, bridge=nic.network)
-        return VmNic(vm_uuid=vm_uuid, mac=nic.mac, bridge=nic.network, mode="trunk",
-                     trunk_vlans=nic.trunk_vlans)
+            return OvsAccessNic(vm_uuid=vm_uuid, mac=nic.mac, bridge=nic.network)
+        return OvsTrunkNic(vm_uuid=vm_uuid, mac=nic.mac, bridge=nic.network,
+                           trunk_vlans=nic.trunk_vlans)
     nets = ", ".join(n.name for n in networks.networks) or "none defined"
     bridges = ", ".join(b.name for b in networks.bridges) or "none"
     raise InvalidSpec("nic.network", nic.network,
@@ -157,7 +161,35 @@ def resolve_nic(nic: NicSpec, vm_uuid: str, networks: NetworkSpec) -> VmNic:
 
 
 def interface(nic: NicSpec, vm_uuid: str, networks: NetworkSpec) -> Interface:
-    return Interface(interface_element(resolve_nic(nic, vm_uuid, networks)))
+    return interface_for(resolve_nic(nic, vm_uuid, networks))
+
+
+def interface_for(nic: Nic) -> Interface:
+    """The ``<interface type='bridge'>`` for ``nic`` (checked first)."""
+    nic.check()
+    E = etree.SubElement
+    iface = Interface(etree.Element("interface", type="bridge"))
+    el = iface.el
+    if nic.mac is not None:
+        E(el, "mac", address=nic.mac.lower())
+    E(el, "source", bridge=nic.bridge)
+    if isinstance(nic, BridgeNic):
+        if nic.openvswitch:
+            E(el, "virtualport", type="openvswitch")
+    else:
+        E(E(el, "virtualport", type="openvswitch"), "parameters",
+          interfaceid=nic.interface_id)
+    if isinstance(nic, OvsAccessNic) and nic.vlan is not None:
+        E(E(el, "vlan"), "tag", id=str(nic.vlan))
+    elif isinstance(nic, OvsTrunkNic):
+        vlan = E(el, "vlan", trunk="yes")
+        if nic.native_vlan is not None:
+            # libvirt sets vlan_mode=native-untagged, tag=N and lists N in trunks.
+            E(vlan, "tag", id=str(nic.native_vlan), nativeMode="untagged")
+        for v in sorted(nic.trunk_vlans):
+            E(vlan, "tag", id=str(v))
+    E(el, "model", type=nic.model)
+    return iface
 
 
 def disk_device(path: str, bus: str, dev: str, *, serial: str, boot_order: int | None,
@@ -405,15 +437,6 @@ def _metadata(dom: Domain, spec: VmSpec, ctx: Design) -> None:
 
 # -- passthrough VMs (the CVM) --------------------------------------------------------
 
-def bridge_interface(mac: str, bridge: str) -> Interface:
-    """A NIC on a plain Linux bridge (virbr0: host <-> CVM only, no OVS port)."""
-    iface = Interface(etree.Element("interface", type="bridge"))
-    etree.SubElement(iface.el, "mac", address=mac.lower())
-    etree.SubElement(iface.el, "source", bridge=bridge)
-    etree.SubElement(iface.el, "model", type="virtio")
-    return iface
-
-
 def block_disk(source_dev: str, dev: str, *, serial: str, scsi_passthrough: bool) -> Disk:
     """A host block device on the virtio-scsi bus.
 
@@ -460,3 +483,75 @@ def lock_memory(dom: Domain, hard_limit_mib: int | None) -> None:
 
 def pci_hostdev(address: str) -> PciHostdev:
     return PciHostdev.for_address(address, managed=True)
+
+
+# -- the lab's small guests -------------------------------------------------------------
+
+def design_small(g: SimpleGuest) -> Domain:
+    """The domain for one of the lab's small guests: no policy beyond booting it."""
+    dom = Domain()
+    dom.type = g.domain_type
+    dom.name = g.name
+    dom.uuid = g.uuid
+    dom.memory_mib = g.memory_mib
+    dom.vcpus = g.vcpus
+    if g.fw_cfg:
+        sysinfo = dom.ensure(SysInfo)
+        sysinfo.type = "fwcfg"
+        for key, value in sorted(g.fw_cfg.items()):
+            entry = FwCfgEntry()
+            entry.name = key
+            entry.value = value
+            sysinfo.entries.append(entry)
+    os_ = dom.ensure_os()
+    os_.type = "hvm"
+    os_.arch = "x86_64"
+    os_.machine = g.machine
+    if g.kernel:
+        os_.kernel = str(g.kernel)
+        if g.initrd:
+            os_.initrd = str(g.initrd)
+        etree.SubElement(os_.el, "cmdline").text = g.cmdline  # kept even when empty
+    else:
+        etree.SubElement(os_.el, "boot", dev="hd")
+    # Without <acpi/> libvirt starts QEMU with ACPI off: no fw_cfg device for the
+    # guest to find, and no PCI interrupt routing on q35.
+    features = dom.ensure_features()
+    features.acpi = True
+    features.apic = True
+    dom.on_poweroff = "destroy"
+    dom.on_reboot = "restart"
+    dom.on_crash = "destroy"
+    devs = dom.ensure_devices()
+    scsi = Controller()
+    scsi.type, scsi.model, scsi.index = "scsi", "virtio-scsi", 0
+    devs.controllers.append(scsi)
+    if g.disk:
+        disk = Disk()
+        disk.type, disk.device = "file", "disk"
+        disk.driver_name, disk.driver_type, disk.driver_cache = "qemu", "qcow2", "none"
+        disk.source_file = str(g.disk)
+        disk.target_dev, disk.target_bus = "sda", "scsi"
+        devs.disks.append(disk)
+    nics: list[Nic] = [BridgeNic(bridge=g.bridge, mac=g.mac, openvswitch=True)] \
+        if g.bridge else []
+    for nic in [*nics, *g.nics]:
+        devs.interfaces.append(interface_for(nic))
+    serial = Serial()
+    serial.type = "pty"
+    if g.serial_log:
+        serial.log_file = str(g.serial_log)
+        serial.log_append = "off"
+    serial.target_port = 0
+    devs.serials.append(serial)
+    console = Console()
+    console.type, console.target_type, console.target_port = "pty", "serial", 0
+    devs.consoles.append(console)
+    balloon = MemBalloon()
+    balloon.model = "none"
+    devs.memballoons.append(balloon)
+    return dom
+
+
+def simple_domain_xml(g: SimpleGuest) -> str:
+    return design_small(g).to_xml()

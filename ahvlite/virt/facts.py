@@ -162,3 +162,29 @@ def gather(conn: libvirt.virConnect, name: str) -> HostFacts:
             memory_free_mib=int(mem.get("free", 0)) // 1024,
             hugepages=hugepages, pci_devices=sorted(pci, key=lambda d: d.address),
             pools=sorted(pools, key=lambda p: p.name))
+
+
+def memory_mib(conn: libvirt.virConnect) -> tuple[int, int]:
+    """(total, free) memory of the host in MiB."""
+    with libvirt_errors("host memory"):
+        total = int(conn.getInfo()[1])
+        free = int(conn.getFreeMemory()) // (1024 * 1024)
+    return total, free
+
+
+def usable_cpu_models(conn: libvirt.virConnect, domain_type: str) -> list[str]:
+    """Named CPU models this host can run for ``domain_type`` (empty if it cannot tell)."""
+    try:
+        xml = conn.getDomainCapabilities(None, "x86_64", None, domain_type, 0)
+    except libvirt.libvirtError:
+        return []
+    root = etree.fromstring(xml.encode())
+    return [m.text or "" for m in root.findall("cpu/mode[@name='custom']/model")
+            if m.get("usable") == "yes"]
+
+
+def reserved_memory_mib(conn: libvirt.virConnect) -> int:
+    """Memory the running VMs of a host hold (their current balloon size)."""
+    with libvirt_errors("memory of running VMs"):
+        doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        return sum(int(d.info()[2]) for d in doms) // 1024

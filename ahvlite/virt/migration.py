@@ -37,6 +37,7 @@ import libvirt
 from ahvlite.clock import SYSTEM
 from ahvlite.errors import AhvliteError, Conflict, OperationFailed
 from ahvlite.virt.conn import libvirt_errors, translate
+from ahvlite.virt.guest import Guest
 
 # The VIR_MIGRATE_* flags flags_for may set, by name without the prefix.
 FLAG_NAMES = ("LIVE", "PEER2PEER", "PERSIST_DEST", "UNDEFINE_SOURCE", "TLS",
@@ -143,8 +144,9 @@ def peer_uri(uri: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
-def has_active_job(dom: libvirt.virDomain) -> bool:
-    """Whether libvirt runs a job on ``dom`` now (a migration started by anyone)."""
+def has_active_job(guest: Guest) -> bool:
+    """Whether libvirt runs a job on ``guest`` now (a migration started by anyone)."""
+    dom = guest.dom
     try:
         kind = int(dom.jobInfo()[0])
     except libvirt.libvirtError as exc:
@@ -158,12 +160,12 @@ def has_active_job(dom: libvirt.virDomain) -> bool:
 
 
 class MigrationJob:
-    """One running migration of ``dom`` (a domain on the source connection)."""
+    """One running migration of ``guest`` (a domain on the source connection)."""
 
-    def __init__(self, dom: libvirt.virDomain, *, dest_uri: str, migrate_uri: str,
+    def __init__(self, guest: Guest, *, dest_uri: str, migrate_uri: str,
                  options: MigrationOptions) -> None:
-        self.dom = dom
-        self.name = dom.name()
+        self.dom = guest.dom
+        self.name = guest.name
         self.dest_uri = dest_uri
         self.migrate_uri = migrate_uri
         self.options = options

@@ -10,7 +10,7 @@ from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.controller.ads.model import AntiAffinityGroup, VmHostAffinity
 from ahvlite.errors import Conflict
 from ahvlite.spec.vm import VmSpec
-from ahvlite.virt import domains
+from ahvlite.virt import guest
 from ahvlite.virt.conn import connection
 
 pytestmark = pytest.mark.functional
@@ -46,10 +46,10 @@ def test_must_affinity_decides_the_host_and_a_dead_end_creates_nothing(cluster):
         assert "h1: anti-affinity: test runs there" in e.value.message
         assert "h2: outside the VM's must-affinity hosts" in e.value.message
         with connection("test:///default") as conn:
-            assert domains.find_domain(conn, "ads-pl2") is None
+            assert guest.find(conn, "ads-pl2") is None
     finally:
         with connection("test:///default") as conn:
-            if domains.find_domain(conn, "ads-pl2") is not None:
+            if guest.find(conn, "ads-pl2") is not None:
                 vms.delete_vm(spec, "ads-pl2", force=True)
 
 

@@ -21,9 +21,8 @@ from ahvlite.controller.kinds import VM_UUID_NAMESPACE
 from ahvlite.controller.tasks import TaskState
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.vm import DiskSpec, VmSpec
-from ahvlite.virt import domains, storage
+from ahvlite.virt import guest, storage
 from ahvlite.virt.conn import connection
-from ahvlite.virt.xml.domain import Domain
 from tests.apicluster import api_cluster
 from tests.taskrecords import ended, put_resumed, resumed_id
 from tests.testdriver import POOL, domain_names, volumes
@@ -134,16 +133,16 @@ def test_deploy_places_starts_and_labels_each_vm(api, cluster, tp):
 
 
 def test_a_vm_that_fails_is_undone_on_its_own(api, cluster, tp, monkeypatch):
-    power_on = domains.power_on
+    power_on = guest.Guest.start
 
-    def refuse_p2(dom):  # the controller runs in this process: its start of p2 fails
-        if dom.name() == "p2":
+    def refuse_p2(self):  # the controller runs in this process: its start of p2 fails
+        if self.name == "p2":
             from ahvlite.errors import OperationFailed
 
             raise OperationFailed("start p2: refused for the test")
-        power_on(dom)
+        power_on(self)
 
-    monkeypatch.setattr(domains, "power_on", refuse_p2)
+    monkeypatch.setattr(guest.Guest, "start", refuse_p2)
     r = api.cli("template", "deploy", "tp", "--version", "2", "--count", "3", "--prefix",
                 "p")
     try:
@@ -206,7 +205,7 @@ def test_a_resumed_deploy_keeps_what_the_dead_attempt_made(api, cluster, tp):
         listed = json.loads(api.cli("vm", "list", "--json").stdout)
         assert [v["name"] for v in listed].count("r1") == 1
         with connection("test:///default") as conn:  # its persistent definition too
-            kept = Domain.parse(domains.domain_xml(conn.lookupByName("r1"), inactive=True))
+            kept = guest.lookup(conn, "r1").config(inactive=True)
         assert kept.meta is not None and kept.meta.labels["made-by"] == "the dead attempt"
     finally:
         drop(cluster, "r1", "r2")

@@ -24,7 +24,8 @@ from ahvlite.controller.status import controller_status
 from ahvlite.controller.tasks import TaskState, TaskStore
 from ahvlite.lab import processes
 from ahvlite.lab.services import controller_argv, member_mode, start_local_ensemble
-from ahvlite.virt import guest
+from ahvlite.spec.smallguest import SimpleGuest
+from ahvlite.virt import designer, guest
 from ahvlite.virt.conn import local_socket_connection
 from tests.apicluster import client_env, make_pki
 from tests.clirun import ahvlite
@@ -63,7 +64,7 @@ def libvirt_sock(tmp_path_factory):
         while not sock.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         with local_socket_connection(sock) as conn:  # the first define probes QEMU
-            guest.define(conn, guest.simple_domain_xml(guest.SimpleGuest(
+            guest.define(conn, designer.simple_domain_xml(SimpleGuest(
                 name="warmup", uuid=str(uuid.uuid4()), domain_type="qemu", machine="pc")))
             guest.destroy_and_undefine(conn, "warmup")
         yield sock

@@ -13,7 +13,8 @@ import pytest
 from ahvlite.controller.coord.sqlite import SqliteCoordinator
 from ahvlite.controller.hostmon import HostMonitor, read_hosts
 from ahvlite.controller.stats import HostStats, VmStats
-from ahvlite.virt import guest
+from ahvlite.spec.smallguest import SimpleGuest
+from ahvlite.virt import designer, guest
 from ahvlite.virt.hostconn import HostConnection
 from tests.waiting import wait_for
 
@@ -51,9 +52,9 @@ def test_monitor_tracks_links_events_and_the_published_vm_list(tmp_path):
         # by every connection in this process: use our own domain, leave "test".
         mon.interval_s = 3600
         time.sleep(0.5)  # let the round in progress finish; from here on only events count
-        dom = guest.define(link.conn, guest.simple_domain_xml(guest.SimpleGuest(
+        dom = guest.define(link.conn, designer.simple_domain_xml(SimpleGuest(
             name="hostmon-vm", uuid=str(uuid.uuid4()), domain_type="test", machine="pc")))
-        guest.start(dom)
+        dom.start()
         assert wait_for(lambda: read_hosts(coord)[0]["vms"].get("hostmon-vm") == "running")
         dom.destroy()
         dom.undefine()

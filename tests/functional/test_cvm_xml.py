@@ -11,10 +11,9 @@ import pytest
 
 from ahvlite.cluster import cvm, cvmplan
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
-from ahvlite.virt import cvmhost, domains, nodedev, storage
+from ahvlite.virt import cvmhost, guest, nodedev, storage
 from ahvlite.virt.conn import close_quietly, connection, open_test_node
 from ahvlite.virt.designer import DiskPlacement, HostPolicy
-from ahvlite.virt.xml.domain import Domain
 from tests.stores import in_store, sqlite_state
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "cvm"
@@ -57,10 +56,10 @@ def test_recorded_node_devices_pass_the_nodedev_schema(xml):
 
 def test_cvm_defined_on_the_test_driver_keeps_what_the_cvm_needs(tmp_path):
     with connection("test:///default") as conn:
-        dom = domains.define_domain(conn, cvm_xml("fx1"))
+        dom = guest.define(conn, cvm_xml("fx1"))
         try:
-            cvmhost.set_autostart(dom, True)
-            back = Domain.parse(domains.domain_xml(dom, inactive=True))
+            dom.set_autostart(True)
+            back = dom.config(inactive=True)
             assert [h.address for h in back.devices.hostdevs] == ["0000:3c:00.0",
                                                                   "0000:00:17.0"]
             assert all(h.managed for h in back.devices.hostdevs)
@@ -76,8 +75,8 @@ def test_cvm_defined_on_the_test_driver_keeps_what_the_cvm_needs(tmp_path):
             assert shown["labels"]["ahvlite.io/role"] == "cvm"
             assert [n["bridge"] for n in shown["nics"]] == ["virbr0", "br0"]
         finally:
-            domains.undefine_everything(dom)
-        assert domains.find_domain(conn, "cvm-fx1") is None
+            dom.undefine()
+        assert guest.find(conn, "cvm-fx1") is None
 
 
 def test_test_driver_without_pci_devices_lists_none():
@@ -152,11 +151,11 @@ def test_failed_deploy_undo_removes_domain_volumes_the_pool_it_made_and_state(
         pool, created = cvmhost.ensure_local_pool(conn, cvm.CVM_POOL, cvm.CVM_POOL_DIR)
         assert created
         storage.create_volume(pool, "cvm-fx4-boot.qcow2", 8)
-        dom = domains.define_domain(conn, cvm_xml("fx4"))
+        dom = guest.define(conn, cvm_xml("fx4"))
         made = cvm._Made(dom=dom, pool=pool, pool_created=True,
                          volumes=["cvm-fx4-boot.qcow2"])
         cvm.undo_deploy(made, "fx4", state, None)
-        assert domains.find_domain(conn, "cvm-fx4") is None
+        assert guest.find(conn, "cvm-fx4") is None
         assert cvm_pool(conn) is None
     assert set(state.get(cvm.STATE_KEY)) == {"other"}
 

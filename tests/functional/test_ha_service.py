@@ -45,7 +45,8 @@ from ahvlite.controller.ha.watchdog import SocketWatchdog
 from ahvlite.errors import HostUnreachable
 from ahvlite.lab.services import start_local_ensemble
 from ahvlite.spec.labels import HA_PRIORITY_LABEL, ROLE_LABEL
-from ahvlite.virt import domains, guest
+from ahvlite.spec.smallguest import SimpleGuest
+from ahvlite.virt import designer, guest
 from ahvlite.virt.conn import connection, open_test_node
 from tests.waiting import wait_for
 
@@ -189,7 +190,7 @@ def test_the_intent_is_written_before_the_start_and_finished_only_on_its_target(
     b, cc = c.conns["b"], c.conns["c"]
     c.step(0.5, {"a", "b", "c"})
     # Make b refuse the start: a domain of the same name but another UUID exists.
-    guest.define(b, guest.simple_domain_xml(guest.SimpleGuest(
+    guest.define(b, designer.simple_domain_xml(SimpleGuest(
         name="app", uuid=str(uuid.uuid4()), domain_type="test", machine="pc")))
     c.mon.links["a"].conn = None
     c.step(S.restart_after_s + 0.5, {"b", "c"})
@@ -201,7 +202,7 @@ def test_the_intent_is_written_before_the_start_and_finished_only_on_its_target(
     for _ in range(4):
         c.step(1.0, {"b", "c"})
     assert running(cc) == set() and running(b) == set()
-    domains.undefine_everything(domains.find_domain(b, "app"))
+    guest.find(b, "app").undefine()
     c.step(1.5, {"b", "c"})
     assert running(b) == {"app"}
     c.step(0.5, {"b", "c"})
@@ -348,15 +349,15 @@ def test_vms():
         before = running(conn)
         for name, labels in (("ha-agent-vm", {}), ("ha-agent-cvm", {ROLE_LABEL: "cvm"})):
             dom = guest.define(conn, domain_xml(name, 64, labels))
-            guest.start(dom)
+            dom.start()
         yield conn
         for name in ("ha-agent-vm", "ha-agent-cvm"):
-            dom = domains.find_domain(conn, name)
+            dom = guest.find(conn, name)
             if dom is not None:
-                domains.power_off(dom)
-                domains.undefine_everything(dom)
+                dom.destroy()
+                dom.undefine()
         for name in before - running(conn):
-            guest.start(guest.lookup(conn, name))
+            guest.lookup(conn, name).start()
 
 
 def test_agent_fences_without_its_lease_and_restores_if_nobody_moved(tmp_path, test_vms):
@@ -421,7 +422,7 @@ def test_agent_keeps_a_fenced_vm_off_once_a_restart_is_under_way(tmp_path, test_
         agent.reconcile()
         assert "ha-agent-vm" not in running(conn) and "ha-agent-vm" not in agent.fenced
         # And a copy started here by hand, older than the record's epoch, goes.
-        guest.start(guest.lookup(conn, "ha-agent-vm"))
+        guest.lookup(conn, "ha-agent-vm").start()
         agent.reconcile()
         assert "ha-agent-vm" not in running(conn)
     finally:
@@ -513,10 +514,10 @@ def test_a_vm_killed_on_a_healthy_host_starts_again_there_one_powered_off_stays_
     c.step(0.5, {"a", "b"})
     # One dies with its host's reset (or a fence whose agent restarted since); the other
     # is powered off by its owner through ahvlite (the mark comes first).
-    domains.power_off(domains.find_domain(a, "crashed"))
-    dom = domains.find_domain(a, "stopped")
-    domains.mark_power(dom, False)
-    domains.power_off(dom)
+    guest.find(a, "crashed").destroy()
+    dom = guest.find(a, "stopped")
+    dom.mark_power(False)
+    dom.destroy()
     for _ in range(4):
         c.step(0.6, {"a", "b"})
     assert running(a) == {"crashed"} and running(c.conns["b"]) == set()

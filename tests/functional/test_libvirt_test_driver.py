@@ -28,7 +28,7 @@ def test_host_connection_delivers_lifecycle_events_and_closes():
     assert conn is not None
     dom = guest.lookup(conn, "test")
     dom.destroy()
-    dom.create()
+    dom.start()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and [e.event for e in events] != ["stopped", "started"]:
         time.sleep(0.05)

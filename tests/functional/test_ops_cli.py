@@ -27,7 +27,8 @@ from ahvlite.controller.ha.settings import STATE_KEY as HA_KEY
 from ahvlite.controller.ha.settings import HaSettings
 from ahvlite.controller.tasks import TaskStore
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
-from ahvlite.virt import domains, guest
+from ahvlite.spec.smallguest import SimpleGuest
+from ahvlite.virt import designer, guest
 from ahvlite.virt.conn import connection
 from tests.apicluster import api_cluster
 from tests.unit.test_ads_planner import ahv_doc_example
@@ -44,19 +45,19 @@ def driver():
     """The test driver, kept (its state lives while a connection is open), with its
     own VM "test" (2 GiB) stopped: the guarantee tests count every running VM."""
     with connection("test:///default") as conn:
-        test_vm = domains.find_domain(conn, "test")
-        was_running = test_vm is not None and test_vm.isActive()
+        test_vm = guest.find(conn, "test")
+        was_running = test_vm is not None and test_vm.is_active()
         if was_running:
-            domains.power_off(test_vm)
+            test_vm.destroy()
         try:
             yield conn
         finally:
-            dom = domains.find_domain(conn, "g1")
+            dom = guest.find(conn, "g1")
             if dom is not None:
-                domains.power_off(dom)
+                dom.destroy()
                 dom.undefine()
             if was_running:
-                domains.power_on(domains.find_domain(conn, "test"))
+                guest.find(conn, "test").start()
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +75,11 @@ def default_ha(api):
 
 def small_vm(conn, name: str = "g1") -> None:
     """A running 64 MiB VM on the test driver (so on every host of this cluster)."""
-    if domains.find_domain(conn, name) is None:
-        dom = guest.define(conn, guest.simple_domain_xml(guest.SimpleGuest(
+    if guest.find(conn, name) is None:
+        dom = guest.define(conn, designer.simple_domain_xml(SimpleGuest(
             name=name, uuid=str(uuid.uuid4()), domain_type="test", machine="pc",
             memory_mib=64)))
-        guest.start(dom)
+        dom.start()
 
 
 def error(out: subprocess.CompletedProcess[str]) -> str:
@@ -165,7 +166,7 @@ def test_guarantee_refuses_what_would_break_it_naming_the_missing_mib(api, drive
     assert out.returncode == 4, out.stdout + out.stderr
     assert "MiB missing" in error(out) and "g1" in error(out)
     assert unschedulable_hosts(api.state) == set()  # refused before anything moved
-    assert domains.find_domain(driver, "g1").isActive()
+    assert guest.find(driver, "g1").is_active()
 
     # ADS: h2 is hot (as its controller published), h3 in maintenance: the plan moves
     # g1 onto h1, and the run is refused before it migrates anything.

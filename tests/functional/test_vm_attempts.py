@@ -17,7 +17,7 @@ from ahvlite.controller.coord.api import NotLeader
 from ahvlite.errors import OperationFailed
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.vm import BootSpec, DiskSpec, VmSpec
-from ahvlite.virt import domains, storage
+from ahvlite.virt import guest, storage
 from ahvlite.virt.conn import connection
 from tests.stores import sqlite_state
 from tests.testdriver import POOL, domain_names, volumes
@@ -51,10 +51,10 @@ def test_a_failed_create_leaves_another_same_named_vms_volumes(driver, monkeypat
     for vol in theirs:
         storage.create_volume(driver, vol, 1)
 
-    def refuse(dom):
+    def refuse(self):
         raise OperationFailed("start refused for the test")
 
-    monkeypatch.setattr(domains, "power_on", refuse)
+    monkeypatch.setattr(guest.Guest, "start", refuse)
     before = volumes()
     with pytest.raises(OperationFailed):
         vms.create_vm(CLUSTER, s, start=True, tag="1234abcd")
@@ -76,7 +76,7 @@ def test_two_attempts_never_touch_each_others_volumes(driver, monkeypatch):
     def refuse(conn, xml):
         raise OperationFailed("define refused for the test")
 
-    monkeypatch.setattr(domains, "define_domain", refuse)
+    monkeypatch.setattr(guest, "define", refuse)
     with vms.connect(CLUSTER) as hosts, pytest.raises(OperationFailed):
         vms.create_on_host(hosts, "h1", s, start=False, report=lambda m: None,
                            tag="11111111")

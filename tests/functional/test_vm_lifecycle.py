@@ -16,9 +16,8 @@ from ahvlite.errors import Conflict, InvalidSpec, OperationFailed
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.network import NetworkSpec, VlanNetworkSpec
 from ahvlite.spec.vm import BootSpec, DiskSpec, NicSpec, VmSpec
-from ahvlite.virt import domains, storage
+from ahvlite.virt import guest, storage
 from ahvlite.virt.conn import connection
-from ahvlite.virt.xml.domain import Domain
 from tests.apicluster import api_cluster
 from tests.stores import sqlite_state
 from tests.testdriver import POOL, domain_names, volumes
@@ -119,10 +118,10 @@ def test_bad_input_creates_nothing(image, over, error, field):
 def test_a_failed_start_undoes_volumes_and_definition(image, monkeypatch):
     before_vols, before_doms = volumes(), domain_names()
 
-    def refuse(dom):
-        raise OperationFailed(f"start {dom.name()}: refused for the test")
+    def refuse(self):
+        raise OperationFailed(f"start {self.name}: refused for the test")
 
-    monkeypatch.setattr(domains, "power_on", refuse)
+    monkeypatch.setattr(guest.Guest, "start", refuse)
     with pytest.raises(OperationFailed):
         vms.create_vm(CLUSTER, spec("fv-undo"), start=True)
     assert volumes() == before_vols and domain_names() == before_doms
@@ -134,7 +133,7 @@ def test_overcommit_vm_has_a_balloon_and_starts_below_its_memory(image):
     try:
         assert info.overcommit and info.current_memory_mib < info.memory_mib == 1024
         with connection("test:///default") as conn:
-            xml = etree.fromstring(domains.domain_xml(conn.lookupByName("fv-oc")).encode())
+            xml = etree.fromstring(guest.lookup(conn, "fv-oc").xml().encode())
         assert xml.find("devices/memballoon").get("freePageReporting") == "on"
     finally:
         vms.delete_vm(CLUSTER, "fv-oc")
@@ -209,15 +208,15 @@ def test_metadata_updates_reach_libvirt(image):
     vms.create_vm(CLUSTER, spec("fv-meta", disks=[], nics=[]))
     try:
         with connection("test:///default") as conn:
-            dom = conn.lookupByName("fv-meta")
-            meta = Domain.parse(domains.domain_xml(dom)).ensure_meta()
+            dom = guest.lookup(conn, "fv-meta")
+            meta = dom.config().ensure_meta()
             meta.set_disk("extra", "sdq", "vm-fv-meta-extra.qcow2")
             meta.labels = {"k": "v"}
-            domains.set_vm_metadata(dom, meta)
+            dom.set_metadata(meta)
         info = vms.show_vm(CLUSTER, "fv-meta")
         assert info.labels == {"k": "v"}
         with connection("test:///default") as conn:
-            back = Domain.parse(domains.domain_xml(conn.lookupByName("fv-meta")))
+            back = guest.lookup(conn, "fv-meta").config()
         assert back.meta is not None and back.meta.volumes == {"extra": "vm-fv-meta-extra.qcow2"}
     finally:
         vms.delete_vm(CLUSTER, "fv-meta")

@@ -20,7 +20,8 @@ from ahvlite.lab import lab
 from ahvlite.lab.layout import OVS_BRIDGE
 from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.spec.lab import LabSpec
-from ahvlite.virt import designer, domains, guest
+from ahvlite.spec.smallguest import SimpleGuest
+from ahvlite.virt import designer, guest
 from ahvlite.virt.conn import connection
 from ahvlite.virt.designer import HostPolicy
 from ahvlite.virt.xml.domain import Domain
@@ -122,7 +123,7 @@ def test_apply_then_a_new_vm_boots_with_the_level_and_runs_on_both_hosts(cpulab)
                      "--start", "--json"))
     assert vm["state"] == "running"
     with connection(root_uri("h1")) as conn:
-        xml = domains.domain_xml(conn.lookupByName("lvl"))
+        xml = guest.lookup(conn, "lvl").xml()
     el = etree.fromstring(xml.encode()).find("cpu")
     assert (el.get("mode"), el.get("match")) == ("custom", "exact")
     assert el.findtext("model") == level["model"]
@@ -149,12 +150,12 @@ def test_a_vm_with_a_newer_cpu_is_reported_incompatible(cpulab):
     status, _ = cpulab
     name = "newer"
     with connection(root_uri("h2")) as conn:
-        d = Domain.parse(guest.simple_domain_xml(guest.SimpleGuest(
+        d = Domain.parse(designer.simple_domain_xml(SimpleGuest(
             name=name, uuid=str(uuid.uuid4()), domain_type=status["domain_type"],
             kernel=Path(status["guest"]["kernel"]), initrd=Path(status["guest"]["initrd"]),
             cmdline="console=ttyS0")))
         designer.cpu_element(d, HostPolicy(cpu_model="Icelake-Server"), 1)
-        domains.define_domain(conn, d.to_xml())
+        guest.define(conn, d.to_xml())
         try:
             check = ok_json(cli("vm", "cpu-check", name, "--json"))
         finally:
@@ -192,7 +193,7 @@ def test_microarchitecture_level_reaches_vms_of_template_deploys(cpulab):
     assert r.returncode == 0, r.stderr
     shown = ok_json(cli("vm", "show", "tdep-1", "--json"))
     with connection(root_uri(shown["host"])) as conn:
-        el = etree.fromstring(domains.domain_xml(conn.lookupByName("tdep-1")).encode())
+        el = etree.fromstring(guest.lookup(conn, "tdep-1").xml().encode())
     assert el.findtext("cpu/model") == "kvm64"
     required = {f.get("name") for f in el.findall("cpu/feature")
                 if f.get("policy") == "require"}

@@ -20,7 +20,8 @@ from ahvlite.lab.sshkeys import make_keypair
 from ahvlite.remote import ssh
 from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.spec.lab import LabSpec
-from ahvlite.virt import guest
+from ahvlite.spec.smallguest import SimpleGuest
+from ahvlite.virt import designer, guest
 from ahvlite.virt.hostconn import HostConnection, LinkState
 from tests.clirun import ahv
 
@@ -113,12 +114,12 @@ def test_lost_libvirtd_is_noticed_at_once_and_the_connection_comes_back(hosts_la
         conn = hc.conn
         assert conn is not None
         name = "evt-probe"
-        xml = guest.simple_domain_xml(guest.SimpleGuest(
+        xml = designer.simple_domain_xml(SimpleGuest(
             name=name, uuid=str(uuid.uuid4()), domain_type=status["domain_type"],
             kernel=Path(status["guest"]["kernel"]), initrd=Path(status["guest"]["initrd"]),
             cmdline="console=ttyS0"))
         dom = guest.define(conn, xml)
-        guest.start(dom)
+        dom.start()
         deadline = time.monotonic() + 10
         while not any(e.domain == name and e.event == "started" for e in events):
             assert time.monotonic() < deadline, events
@@ -188,11 +189,11 @@ def test_host_add_checks_before_writing_and_remove_refuses_running_vms(hosts_lab
     name = "keepme"
     from ahvlite.virt.conn import connection
     with connection(layout.libvirt_uri(layout.host("h1"))) as conn:
-        dom = guest.define(conn, guest.simple_domain_xml(guest.SimpleGuest(
+        dom = guest.define(conn, designer.simple_domain_xml(SimpleGuest(
             name=name, uuid=str(uuid.uuid4()), domain_type=status["domain_type"],
             kernel=Path(status["guest"]["kernel"]), initrd=Path(status["guest"]["initrd"]),
             cmdline="console=ttyS0")))
-        guest.start(dom)
+        dom.start()
         try:
             result = cli("host", "remove", "h1")
             assert result.returncode == 4 and "keepme" in result.stderr

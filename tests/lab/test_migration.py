@@ -25,7 +25,7 @@ from ahvlite.lab import guests, lab
 from ahvlite.lab.pki import LabCA
 from ahvlite.pki import ADMINS_UNIT
 from ahvlite.spec.lab import LabSpec
-from ahvlite.virt import domains, migration
+from ahvlite.virt import guest, migration
 from ahvlite.virt.conn import connection
 from tests.clirun import ahv
 
@@ -109,7 +109,7 @@ def test_live_migration_moves_the_guest_and_it_keeps_answering(miglab):
     assert result["encrypted"]
     assert where(cluster, "g1") == ("h2", "running")
     with vms.connect(cluster) as hosts:
-        assert domains.find_domain(hosts.conn("h1"), "g1") is None  # undefined at source
+        assert guest.find(hosts.conn("h1"), "g1") is None  # undefined at source
         assert hosts.conn("h2").lookupByName("g1").isPersistent()
     sent, got = map(int, re.search(r"(\d+) packets transmitted, (\d+) received", out)
                     .groups())
@@ -135,7 +135,7 @@ def test_a_second_migration_of_the_same_vm_is_refused_not_raced(miglab):
         stderr=subprocess.PIPE, text=True)
     try:
         with vms.connect(cluster) as hosts:
-            dom = hosts.conn("h2").lookupByName("g1")
+            dom = guest.lookup(hosts.conn("h2"), "g1")
             assert wait_for(lambda: migration.has_active_job(dom), timeout_s=60)
         # A second task for the same VM runs beside the first on the leader: refused.
         second = ahv(NAME, "vm", "migrate", "g1", "--to", "h1")
@@ -198,7 +198,7 @@ def test_dirtying_guest_fails_to_converge_and_keeps_running_on_the_source(miglab
     assert time.monotonic() - t0 < 120
     assert where(cluster, "dirty") == ("h1", "running")
     with vms.connect(cluster) as hosts:
-        assert domains.find_domain(hosts.conn("h2"), "dirty") is None
+        assert guest.find(hosts.conn("h2"), "dirty") is None
     assert pings(layout, "h3", ips[1])
 
 

@@ -17,17 +17,17 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from lxml import etree
 
 from ahvlite.lab import guests, lab
 from ahvlite.lab.guests import GUEST_BASE, LabGuest
 from ahvlite.lab.layout import SHARED_POOL
 from ahvlite.net import netlink
-from ahvlite.net.nic import VmNic, interface_element
 from ahvlite.net.ovs import ops as ovs_ops
 from ahvlite.net.ovs.api import ovsdb
 from ahvlite.spec.lab import LabSpec
-from ahvlite.virt import guest, storage
+from ahvlite.spec.smallguest import SimpleGuest
+from ahvlite.spec.vif import OvsAccessNic, OvsTrunkNic
+from ahvlite.virt import designer, guest, storage
 from ahvlite.virt.conn import connection
 from tests.clirun import ahv
 
@@ -68,17 +68,16 @@ def boot(layout, host_name: str, name: str, address: str, nic: dict) -> LabGuest
         guest.destroy_and_undefine(conn, name)
         pool = storage.ensure_dir_pool(conn, SHARED_POOL, layout.shared_dir)
         disk = storage.create_overlay(pool, f"{name}.qcow2", layout.shared_dir / GUEST_BASE)
-        xml = guest.simple_domain_xml(guest.SimpleGuest(
+        kind = OvsTrunkNic if nic.get("mode") == "trunk" else OvsAccessNic
+        port = kind(vm_uuid=vm_uuid, mac=mac, **{k: v for k, v in nic.items() if k != "mode"})
+        # The VM NIC contract under test: our <interface>, exactly as rendered.
+        xml = designer.simple_domain_xml(SimpleGuest(
             name=name, uuid=vm_uuid, domain_type=state.domain_type, disk=disk,
-            fw_cfg={"opt/ahvlite/ip": address, "opt/ahvlite/hostname": name},
+            nics=(port,), fw_cfg={"opt/ahvlite/ip": address, "opt/ahvlite/hostname": name},
             serial_log=Path(serial_log)))
-        dom_el = etree.fromstring(xml)
-        # The VM NIC contract under test: our <interface>, exactly as produced.
-        dom_el.find("devices").insert(1, interface_element(VmNic(vm_uuid=vm_uuid, mac=mac,
-                                                                 **nic)))
         (host.state_dir / serial_log.lstrip("/")).unlink(missing_ok=True)
-        dom = guest.define(conn, etree.tostring(dom_el, encoding="unicode"))
-        guest.start(dom)
+        dom = guest.define(conn, xml)
+        dom.start()
     g = LabGuest(name=name, host=host_name, address=address, mac=mac, disk=str(disk),
                  serial_log=serial_log)
     guests.wait_ready(layout, g, timeout_s=240)
@@ -158,7 +157,7 @@ def test_ovsdb_and_net_show_report_vm_ports_with_vlans(netlab, vlan_guests):
     assert trunk1["trunks"] == [BLUE, RED] and trunk1["networks"] == ["blue", "red"]
     vm = str(uuid.uuid5(uuid.NAMESPACE_URL, f"ahvlite:{NAME}:blue1"))
     assert blue1["vm_uuid"] == vm
-    assert blue1["iface_id"] == VmNic(vm_uuid=vm, mac=vlan_guests["blue1"].mac).interface_id
+    assert blue1["iface_id"] == OvsAccessNic(vm_uuid=vm, mac=vlan_guests["blue1"].mac).interface_id
     (bond,) = br0["bonds"]
     assert bond["active_member"] in ("eth0", "eth1")
     assert {m["name"]: m["link_state"] for m in bond["members"]} == {"eth0": "up", "eth1": "up"}

@@ -18,8 +18,10 @@ from ahvlite.net.ovs import ops as ovs_ops
 from ahvlite.net.ovs.api import ovsdb
 from ahvlite.remote import ssh
 from ahvlite.spec.lab import LabSpec
-from ahvlite.virt import guest, migration
+from ahvlite.spec.smallguest import SimpleGuest
+from ahvlite.virt import designer, guest, migration
 from ahvlite.virt.conn import connection
+from ahvlite.virt.console import Console
 from tests.clirun import ahvlite
 
 from .conftest import assert_gone, in_host
@@ -138,9 +140,9 @@ def test_guest_live_migrates_h1_to_h2_and_still_answers(two_hosts, guest_on_h1):
         result = migration.completed_stats(conn, guest_on_h1.name)
         assert result.get("downtime") is not None  # QEMU's measured downtime
         dom = guest.lookup(conn, guest_on_h1.name)
-        assert guest.state(dom) == "running"
+        assert dom.state() == "running"
         assert dom.isPersistent()
-        with guest.Console(conn, dom) as con:
+        with Console(conn, dom) as con:
             rc, out = con.run("hostname")
         assert (rc, out.splitlines()[-1]) == (0, "g1")
     assert _ping_from(h1, guest_on_h1.ip)
@@ -153,15 +155,15 @@ def test_shared_lockspace_stops_a_second_host_opening_the_same_disk(two_hosts, g
     running_on = next(h for h in layout.hosts
                   if guest_on_h1.name in [n for n, _ in _domains(layout, h)])
     other = next(h for h in layout.hosts if h is not running_on)
-    xml = guest.simple_domain_xml(guest.SimpleGuest(
+    xml = designer.simple_domain_xml(SimpleGuest(
         name="g1-copy", uuid=str(uuid.uuid4()), domain_type=state.domain_type,
         disk=Path(guest_on_h1.disk)))
     with connection(layout.libvirt_uri(other)) as conn:
         dom = guest.define(conn, xml)
         try:
             with pytest.raises(AhvliteError, match=r"(?i)lock|resource busy"):
-                guest.start(dom)
-            assert guest.state(dom) == "shutoff"
+                dom.start()
+            assert dom.state() == "shutoff"
         finally:
             guest.destroy_and_undefine(conn, "g1-copy")
 

@@ -18,7 +18,7 @@ from ahvlite.lab import lab
 from ahvlite.lab.layout import OVS_BRIDGE
 from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.vm import BootSpec, DiskSpec, NicSpec, VmSpec
-from ahvlite.virt import domains
+from ahvlite.virt import guest
 from ahvlite.virt.conn import connection
 from tests.clirun import ahv
 
@@ -142,8 +142,9 @@ def test_overcommit_vm_has_a_balloon_and_runs_below_its_memory(vmlab):
     assert vm["overcommit"] and vm["memory_mib"] == 128
     uri = cluster.host("h1").uri
     with connection(uri) as conn:
-        dom = conn.lookupByName("oc")
-        config = etree.fromstring(domains.domain_xml(dom, inactive=True).encode())
+        g = guest.lookup(conn, "oc")
+        dom = g.dom
+        config = etree.fromstring(g.xml(inactive=True).encode())
         assert int(config.findtext("currentMemory")) < int(config.findtext("memory"))
         # The guest's virtio_balloon driver inflates the balloon to the target once
         # it has booted: the running VM then holds less than its memory.
@@ -151,7 +152,7 @@ def test_overcommit_vm_has_a_balloon_and_runs_below_its_memory(vmlab):
         while time.monotonic() < deadline and dom.info()[2] >= dom.info()[1]:
             time.sleep(1)
         assert dom.info()[2] < dom.info()[1], dom.info()
-        live = etree.fromstring(domains.domain_xml(dom).encode())
+        live = etree.fromstring(g.xml().encode())
     assert ok(ahv(NAME, "vm", "show", "oc", "--json"))["current_memory_mib"] < 128
     balloon = live.find("devices/memballoon")
     assert balloon.get("model") == "virtio" and balloon.get("freePageReporting") == "on"

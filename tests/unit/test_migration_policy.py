@@ -33,6 +33,7 @@ from ahvlite.controller.kinds.vm import progress_line
 from ahvlite.errors import Conflict, InvalidSpec, NotFound, OperationFailed
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.virt.migration import JobSample, MigrationOptions, flag_names, params_for, peer_uri
+from ahvlite.virt.xml.domain import Domain
 from tests.clirun import ahvlite
 from tests.stores import in_store, sqlite_state
 
@@ -209,10 +210,11 @@ def test_pinned_reasons():
     xml = ("<domain><devices><hostdev mode='subsystem' type='pci'><source>"
            "<address domain='0x0000' bus='0x3c' slot='0x00' function='0x0'/></source>"
            "</hostdev></devices></domain>")
-    assert "0000:3c:00.0" in (pinned_reason({}, xml) or "")
+    assert "0000:3c:00.0" in (pinned_reason({}, Domain.parse(xml)) or "")
     assert "ahvlite.io/pinned" in (pinned_reason({"ahvlite.io/pinned": "true"},
-                                                 "<domain/>") or "")
-    assert pinned_reason({"ahvlite.io/pinned": "no"}, "<domain><devices/></domain>") is None
+                                                 Domain.parse("<domain/>")) or "")
+    assert pinned_reason({"ahvlite.io/pinned": "no"},
+                         Domain.parse("<domain><devices/></domain>")) is None
 
 
 def test_a_second_migration_of_the_same_vm_is_a_conflict(tmp_path):
@@ -232,7 +234,7 @@ def test_pinned_reason_reads_addresses_written_without_padding():
     xml = ("<domain><devices><hostdev mode='subsystem' type='pci'><source>"
            "<address domain='0' bus='0x3' slot='0x1f' function='0x2'/></source>"
            "</hostdev><hostdev mode='subsystem' type='usb'/></devices></domain>")
-    assert "0000:03:1f.2" in (pinned_reason({}, xml) or "")
+    assert "0000:03:1f.2" in (pinned_reason({}, Domain.parse(xml)) or "")
 
 
 def test_a_bad_vm_name_is_invalid_and_takes_no_lock(tmp_path):
@@ -293,7 +295,8 @@ class FakeJob:
 
 
 def _vm():
-    return migrate._Vm(name="v1", host="h1", dom=None, info=None, xml="<domain/>")
+    return migrate._Vm(name="v1", host="h1", dom=None, info=None,
+                       config=Domain.parse("<domain/>"))
 
 
 def test_an_interrupted_migration_waits_for_the_aborted_job_to_end():

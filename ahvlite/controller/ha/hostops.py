@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 from ahvlite.clock import SYSTEM, Clock
 from ahvlite.controller.ha.records import StoredVm
 from ahvlite.errors import AhvliteError, OperationTimeout
-from ahvlite.virt import domains, failover
+from ahvlite.virt import facts, failover, guest
 from ahvlite.virt.conn import close_quietly, open_connection
 from ahvlite.virt.failover import DomainFacts
 
@@ -123,17 +123,17 @@ class LibvirtHosts:
 
     def capacity(self, host: str) -> tuple[int, int]:
         conn = self._need(host)
-        total, _ = self._on(host, domains.memory_mib, conn)
-        used = self._on(host, domains.reserved_memory_mib, conn)
+        total, _ = self._on(host, facts.memory_mib, conn)
+        used = self._on(host, facts.reserved_memory_mib, conn)
         return total, total - used
 
     def start(self, host: str, vm: StoredVm, epoch: int) -> None:
         conn = self._need(host)
         xml = self._on(host, self.render, conn, host, vm, epoch)
-        self._on(host, failover.define_and_start, conn, xml, vm.name)
+        self._on(host, guest.define_and_start, conn, xml, vm.name)
 
     def destroy(self, host: str, name: str) -> bool:
-        return self._on(host, failover.power_off, self._need(host), name)
+        return self._on(host, guest.power_off, self._need(host), name)
 
     def remove_stale(self, host: str, name: str, uuid: str) -> bool:
-        return self._on(host, failover.remove_stale, self._need(host), name, uuid)
+        return self._on(host, guest.remove_stale, self._need(host), name, uuid)

@@ -19,7 +19,7 @@ from ahvlite.controller.ha.restart import VmRecord
 from ahvlite.controller.ha.settings import HaSettings
 from ahvlite.errors import Conflict
 from ahvlite.spec.cluster import ClusterSpec
-from ahvlite.virt.domains import ACTIVE_STATES
+from ahvlite.virt.guest import ACTIVE_STATES
 
 
 def _gather(cluster: ClusterSpec) -> tuple[list[HostMem], list[VmLoad], list[vms.VmInfo],

@@ -9,7 +9,7 @@ from typing import Any
 from ahvlite.controller.ha.agent import LocalVm
 from ahvlite.controller.ha.restart import VmRecord
 from ahvlite.errors import AhvliteError
-from ahvlite.virt import failover
+from ahvlite.virt import failover, guest
 from ahvlite.virt.conn import close_quietly, open_connection
 
 log = logging.getLogger(__name__)
@@ -59,4 +59,4 @@ class LibvirtLocal:
         return failover.power_off_many(conn, names, deadline_s)
 
     def power_on(self, name: str) -> None:
-        failover.power_on(self._connection(), name)
+        guest.lookup(self._connection(), name).start()

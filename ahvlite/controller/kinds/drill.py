@@ -79,12 +79,13 @@ def define_once(uri: str, p: dict[str, Any], vm_uuid: str, *,
     libvirt treats a define with an existing name and the same UUID as an update (no
     second domain), and refuses the name under another UUID: a clash, never a twin.
     """
-    from ahvlite.virt import guest
+    from ahvlite.spec.smallguest import SimpleGuest
+    from ahvlite.virt import designer, guest
     from ahvlite.virt.conn import connection
 
     with connection(uri) as conn:
         existed = p["name"] in {n for n, _ in guest.list_domains(conn)}
-        xml = guest.simple_domain_xml(guest.SimpleGuest(
+        xml = designer.simple_domain_xml(SimpleGuest(
             name=p["name"], uuid=vm_uuid, domain_type=p["domain_type"],
             memory_mib=p["memory_mib"], machine="pc"))
         guard()

@@ -159,7 +159,7 @@ def create_once(cluster: Any, spec: Any, *, host: str | None, start: bool, task_
     half-made: they go before the create is tried again; nothing else is touched.
     """
     from ahvlite.cluster import vms
-    from ahvlite.virt import domains
+    from ahvlite.virt import guest
 
     with vms.connect(cluster) as hosts:
         if attempt > 1 and hosts.errors:
@@ -169,11 +169,11 @@ def create_once(cluster: Any, spec: Any, *, host: str | None, start: bool, task_
             raise HostUnreachable("cannot rule out a VM made by the earlier attempt: "
                                   + "; ".join(f"{h}: {e}" for h, e in hosts.errors.items()))
         for h, conn in hosts.conns.items():
-            dom = domains.find_domain_by_uuid(conn, spec.uuid)
+            dom = guest.find_by_uuid(conn, spec.uuid)
             if dom is not None:
                 if start:
                     guard()
-                    domains.power_on(dom)
+                    dom.start()
                 return vms.info_of(h, dom).to_dict()
         earlier = [attempt_tag(task_id, k) for k in range(1, attempt)]
         vms.drop_leftovers(hosts, [v for tag in earlier for v in vms.tagged_volumes(spec, tag)],

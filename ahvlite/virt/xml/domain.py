@@ -170,6 +170,11 @@ class Domain(XmlObject):
     memory_backing = Child(MemoryBacking)
     meta = Child(VmMeta, f"metadata/{{{AHV_NS}}}vm")
 
+    @property
+    def has_pci_hostdev(self) -> bool:
+        """Whether a PCI device of the host is passed through (such a VM cannot move)."""
+        return self.el.find("devices/hostdev[@type='pci']") is not None
+
     def ensure_os(self) -> Os:
         return self.ensure(Os)
 
