@@ -19,9 +19,9 @@ import statistics
 import time
 import tracemalloc
 
-from ahvlite.controller.ads.demand import estimate
-from ahvlite.controller.ads.model import Host, Problem, Vm
-from ahvlite.controller.ads.plan import make_plan
+from ahvlite.sched.demand import estimate
+from ahvlite.sched.model import Host, Problem, Vm
+from ahvlite.sched.plan import make_plan
 
 GIB = 1024
 HISTORY = 12  # samples per VM (2 min at 10 s stats)

@@ -10,8 +10,8 @@ from typing import Any
 
 from ahvlite.cluster.maintenance import VmOnHost
 from ahvlite.cluster.migrate import MigrateResult, MigrationProgress
-from ahvlite.cluster.placement import HostCapacity
 from ahvlite.errors import AhvliteError
+from ahvlite.sched.capacity import HostCapacity
 
 
 class SimHosts:

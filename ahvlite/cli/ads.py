@@ -45,7 +45,7 @@ READ_SLACK_S = 30.0  # beyond the planner's time limit and the sampling
 
 
 def _read_snapshot(path: Path) -> Any:
-    from ahvlite.controller.ads.model import Problem
+    from ahvlite.sched.model import Problem
 
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -132,7 +132,7 @@ def plan(snapshot_file: Annotated[Path | None, typer.Option(
         if snapshot_file is not None:
             from dataclasses import replace
 
-            from ahvlite.controller.ads.plan import make_plan
+            from ahvlite.sched.plan import make_plan
 
             problem = _read_snapshot(snapshot_file)
             th = replace(problem.thresholds,

@@ -12,13 +12,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ahvlite.clock import SYSTEM
 from ahvlite.cluster.inventory import parallel, ssh_target
 from ahvlite.errors import AhvliteError, HostUnreachable, InvalidSpec
 from ahvlite.remote import ssh
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.storage import split_portal
-from ahvlite.storage import names, view
+from ahvlite.storage import names
 from ahvlite.storage.config import STATUS_FILE, target_portals
 from ahvlite.storage.names import volume_target
 from ahvlite.storage.tgt import Tgt
@@ -102,29 +101,6 @@ def read_status(host: HostSpec) -> dict[str, Any] | str:
     except (ValueError, OSError) as exc:
         return f"unreadable status: {exc}"
     return raw if isinstance(raw, dict) else "status is not a JSON object"
-
-
-def storage_view(cluster: ClusterSpec, *, with_vms: bool = True) -> dict[str, Any]:
-    """Every host's targets and their health as its redirector sees them, and where
-    each VM disk's session is now (``storage show``)."""
-    if not uses_iscsi(cluster):
-        raise InvalidSpec("storage", cluster.storage, "iscsi (this cluster's VMs open "
-                          "their disks as files: there are no targets to show)")
-    statuses = dict(parallel(lambda h: (h.name, read_status(h)), list(cluster.hosts)))
-    vm_names: dict[str, str] = {}
-    disks: dict[str, tuple[str, str]] = {}
-    if with_vms:
-        from ahvlite.cluster import vms
-
-        found, _ = vms.list_vms(cluster)
-        for v in found:
-            vm_names[v.uuid] = v.name
-            for d in v.disks:
-                if d.get("volume"):
-                    disks[d["volume"]] = (v.name, d["name"])
-    merged = view.merge(statuses, now_s=SYSTEM.time(), vms=vm_names, disks=disks)
-    merged["cluster"] = cluster.name
-    return merged
 
 
 # -- the VM layer's disks --------------------------------------------------------------

@@ -31,10 +31,10 @@ from typing import Any, Protocol
 from ahvlite.clock import SYSTEM
 from ahvlite.cluster import migrate, vms
 from ahvlite.cluster.convergence import ConvergenceSettings
-from ahvlite.cluster.placement import HostCapacity
 from ahvlite.cluster.schedulable import MAINTENANCE_KEY, maintenance_doc
 from ahvlite.cluster.state import ClusterState
 from ahvlite.errors import AhvliteError, Conflict, InvalidSpec, NotFound, OperationFailed
+from ahvlite.sched.capacity import HostCapacity
 from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.virt import guest
 

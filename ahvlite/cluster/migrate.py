@@ -14,6 +14,7 @@ from ahvlite.clock import SYSTEM
 from ahvlite.cluster import convergence, cpulevel, schedulable, vms
 from ahvlite.cluster.convergence import ConvergenceSettings
 from ahvlite.errors import AhvliteError, Conflict, InvalidSpec, OperationFailed
+from ahvlite.sched.place import Want, place
 from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.spec.labels import PINNED_LABEL, is_pinned
 from ahvlite.spec.uri import check_uri
@@ -211,18 +212,16 @@ def choose_target(hosts: vms.Hosts, vm: _Vm, *, maintenance: set[str],
                   pending_mib: dict[str, int] | None = None) -> tuple[str, dict[str, str]]:
     """The host with the most free memory that passes every check."""
     pending = pending_mib or {}
-    caps = [c for c in vms.capacities(hosts) if c.reachable and c.name != vm.host]
-    caps.sort(key=lambda c: (pending.get(c.name, 0) - c.free_mib, c.name))
-    why: list[str] = []
-    for c in caps:
-        try:
-            return c.name, _check_destination(hosts, vm, c.name, maintenance=maintenance,
-                                              pending_mib=pending.get(c.name, 0))
-        except AhvliteError as exc:
-            why.append(f"{c.name}: {exc.message}")
-    why += [f"{h}: unreachable ({e})" for h, e in hosts.errors.items()]
-    raise Conflict(f"no host can take {vm.name}: " + ("; ".join(why) or "no other host"),
-                   hint="add capacity, or end maintenance on a host")
+    checks: dict[str, dict[str, str]] = {}
+
+    def check(dest: str) -> None:  # it checks the memory itself
+        checks[dest] = _check_destination(hosts, vm, dest, maintenance=maintenance,
+                                          pending_mib=pending.get(dest, 0))
+
+    caps = [c for c in vms.capacities(hosts) if c.name != vm.host]
+    dest = place(caps, Want(vm.name, vm.info.memory_mib), need_free_mib=0,
+                 pending_mib=pending, accept=check, down=hosts.errors)
+    return dest, checks[dest]
 
 
 # -- the migration ------------------------------------------------------------------

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ahvlite.cluster import schedulable, vms
-from ahvlite.cluster.placement import place
 from ahvlite.cluster.state import ClusterState
 from ahvlite.errors import AhvliteError, Conflict, InvalidSpec, NotFound
+from ahvlite.sched.place import Want, place
 from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.spec.errors import build
 from ahvlite.spec.template import TemplateDisk, TemplateNic, TemplateSpec, TemplateVersion
@@ -260,7 +260,7 @@ def plan_deploy(cluster: ClusterSpec, name: str, *, count: int, prefix: str | No
     pending: dict[str, int] = {}
     planned = []
     for s in specs:
-        t = place(capacity, chosen.memory_mib, requested=host,
+        t = place(capacity, Want(s.name, chosen.memory_mib), requested=host,
                   need_free_mib=need if start else 0, pending_mib=pending)
         pending[t] = pending.get(t, 0) + (need if start else 0)
         planned.append({"spec": s.model_dump(mode="json"), "host": t})

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from ahvlite.cluster import cpustore, luns, schedulable
+from ahvlite.cluster.adsrules import host_loads, load_rules
 from ahvlite.cluster.inventory import parallel
 from ahvlite.cluster.paths import check_spec_paths
-from ahvlite.cluster.placement import HostCapacity, place
 from ahvlite.errors import AhvliteError, Conflict, HostUnreachable, InvalidSpec, NotFound
+from ahvlite.sched.capacity import HostCapacity
+from ahvlite.sched.place import AdsRules, Want, place
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.labels import DOMAIN_TYPE_LABEL, is_pinned
 from ahvlite.spec.network import NetworkSpec
@@ -375,16 +377,12 @@ def create_vm(cluster: ClusterSpec, spec: VmSpec, *, host: str | None = None,
             need = spec.memory_mib * designer.OVERCOMMIT_START_PERCENT // 100
         # Hosts in maintenance take no new VMs (asked for by name: say so).
         closed = schedulable.closed_hosts(cluster, host)
-        if host is None:
-            # ADS power-on placement (its rules, CPU balance). None: memory is short
-            # everywhere, and place() below says so as it always has.
-            from ahvlite.cluster.adsinput import initial_host
-
-            host = initial_host(hosts, spec, need if start else 0, closed)
-        # A VM that is only defined holds no memory yet: free memory matters at start.
-        target = place([c for c in capacities(hosts) if c.name not in closed],
-                       spec.memory_mib, requested=host,
-                       need_free_mib=need if start else 0)
+        # Unless named: ADS power-on placement (its rules, CPU balance). A VM that is
+        # only defined holds no memory yet: free memory matters at start.
+        ads = AdsRules(lambda: load_rules(cluster.state), loads=lambda: host_loads(hosts.conns))
+        target = place(capacities(hosts), Want(spec.name, spec.memory_mib, spec.vcpus),
+                       strategy=ads, requested=host, need_free_mib=need if start else 0,
+                       closed=frozenset(closed))
         report(f"placing {spec.name} on {target}")
         return create_on_host(hosts, target, spec, start=start, report=report,
                               cpu_level=cpu_level, tag=tag, guard=guard)

@@ -33,7 +33,7 @@ def live_problem(cluster: ClusterSpec, *, sample_s: float = 1.0,
 
 
 def plan(problem: Any, *, solver: str = "auto", time_limit_s: float = 5.0) -> Any:
-    from ahvlite.controller.ads.plan import make_plan
+    from ahvlite.sched.plan import make_plan
 
     return make_plan(problem, solver=solver, time_limit_s=time_limit_s)  # type: ignore[arg-type]
 
@@ -66,7 +66,7 @@ def _at(rec: dict[str, Any]) -> float:
 
 def effectiveness(cluster: ClusterSpec, *, sample_s: float = 1.0) -> dict[str, Any]:
     """Predicted (by the last plan) vs observed CPU utilization of each host now."""
-    from ahvlite.controller.ads.effectiveness import compare, observe
+    from ahvlite.sched.effectiveness import compare, observe
 
     last = last_plan(cluster)
     if not last:

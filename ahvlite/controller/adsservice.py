@@ -17,11 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ahvlite.clock import SYSTEM, Clock
-from ahvlite.controller.ads.model import Problem
-from ahvlite.controller.ads.plan import Move, Plan, SolverChoice, make_plan
 from ahvlite.controller.coord.api import Coordinator, NotLeader, Op, Put
 from ahvlite.controller.tasks import TaskState, TaskStore
 from ahvlite.errors import AhvliteError, NotFound
+from ahvlite.sched.model import Problem
+from ahvlite.sched.plan import Move, Plan, SolverChoice, make_plan
 
 log = logging.getLogger(__name__)
 

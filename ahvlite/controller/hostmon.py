@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 from ahvlite.clock import SYSTEM
 from ahvlite.controller.coord.api import Coordinator, NotLeader, Put
-from ahvlite.controller.stats import HostStats
 from ahvlite.errors import AhvliteError
+from ahvlite.sched.stats import HostStats
 from ahvlite.virt.hostconn import DomainEvent, LinkState, StateChange
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,9 @@ from typing import Any
 
 from ahvlite.clock import SYSTEM
 from ahvlite.controller.coord.api import Coordinator
-from ahvlite.controller.stats import History, HostStats, host_stats, parse_host_stats
 from ahvlite.errors import AhvliteError, OperationTimeout
+from ahvlite.sched.snapshot import records_of
+from ahvlite.sched.stats import History, HostStats, host_stats, parse_host_stats
 from ahvlite.virt.stats import HostCounters, sample_host
 
 log = logging.getLogger(__name__)
@@ -199,9 +200,7 @@ class StatsFeed:
         return new
 
     def records(self, cluster: Any) -> dict[str, list[dict[str, Any]]]:
-        """The history as ADS snapshot records (``cluster.adsinput.records_of``)."""
-        from ahvlite.cluster.adsinput import records_of
-
+        """The history as ADS snapshot records."""
         with self._mu:
             return records_of(self.history, cluster)
 

@@ -68,14 +68,14 @@ def leader_services(coord: Any, view: ClusterView,
     """What only the leader runs (the stats feed, host monitor, HA, ADS), around the
     cluster's hosts as they are when it is elected (rebuilt when they change)."""
     from ahvlite.cluster import vms
-    from ahvlite.cluster.adsinput import load_rules
+    from ahvlite.cluster.adsrules import load_rules
     from ahvlite.cluster.schedulable import unschedulable_hosts
-    from ahvlite.controller.ha.adsplace import ads_place
     from ahvlite.controller.ha.config import settings_loader
     from ahvlite.controller.ha.hostops import LibvirtHosts
     from ahvlite.controller.ha.service import HaService
     from ahvlite.controller.hostmon import HostMonitor
     from ahvlite.controller.hoststats import StatsFeed
+    from ahvlite.sched.place import AdsRules
     from ahvlite.virt.hostconn import HostConnection
 
     ha_settings = settings_loader(view.state)
@@ -103,7 +103,8 @@ def leader_services(coord: Any, view: ClusterView,
 
         ha = HaService(coord, lambda: [h.name for h in view().hosts],
                        LibvirtHosts(monitor, render), ha_settings,
-                       place_fn=ads_place(lambda: load_rules(view.state)), closed=closed)
+                       strategy=AdsRules(lambda: load_rules(view.state), lenient=True),
+                       closed=closed)
         return [feed, monitor, ha, ads_service(coord, view, feed, cfg.ads_interval_s)]
 
     return services

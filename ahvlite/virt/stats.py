@@ -1,7 +1,7 @@
 """Raw counters of one host: one bulk ``getAllDomainStats`` plus node CPU and memory.
 
 Counters only (nanoseconds, bytes, KiB), stamped with a monotonic time; turning two
-samples into rates is pure logic in ``controller/stats.py``. A driver that lacks a
+samples into rates is pure logic in ``sched/stats.py``. A driver that lacks a
 group (libvirt's test driver has no node memory stats) leaves those fields None.
 """
 

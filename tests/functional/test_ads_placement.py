@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from ahvlite.cluster import vms
-from ahvlite.cluster.adsinput import add_rule
+from ahvlite.cluster.adsrules import add_rule
 from ahvlite.cluster.legacy import open_cluster_file as load_cluster
-from ahvlite.controller.ads.model import AntiAffinityGroup, VmHostAffinity
 from ahvlite.errors import Conflict
+from ahvlite.sched.model import AntiAffinityGroup, VmHostAffinity
 from ahvlite.spec.vm import VmSpec
 from ahvlite.virt import guest
 from ahvlite.virt.conn import connection

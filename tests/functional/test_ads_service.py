@@ -15,7 +15,7 @@ from ahvlite.controller.adsservice import LAST_MOVING_KEY, LAST_PLAN_KEY, AdsSer
 from ahvlite.controller.coord.api import NotLeader
 from ahvlite.controller.kinds import registry
 from ahvlite.controller.tasks import TaskState, TaskStore
-from tests.unit.test_ads_planner import ahv_doc_example
+from tests.unit.test_sched_planner import ahv_doc_example
 
 pytestmark = pytest.mark.functional
 

@@ -12,7 +12,7 @@ import pytest
 
 from ahvlite.controller.coord.sqlite import SqliteCoordinator
 from ahvlite.controller.hostmon import HostMonitor, read_hosts
-from ahvlite.controller.stats import HostStats, VmStats
+from ahvlite.sched.stats import HostStats, VmStats
 from ahvlite.spec.smallguest import SimpleGuest
 from ahvlite.virt import designer, guest
 from ahvlite.virt.hostconn import HostConnection

@@ -18,20 +18,21 @@ import uuid
 
 import pytest
 
-from ahvlite.cluster.adsinput import LAST_RUN_KEY, add_rule, load_rules
+from ahvlite.cluster.adsinput import LAST_RUN_KEY
+from ahvlite.cluster.adsrules import add_rule, load_rules
 from ahvlite.cluster.maintenance import mark_unschedulable
 from ahvlite.cluster.schedulable import MAINTENANCE_KEY, unschedulable_hosts
-from ahvlite.controller.ads.model import VmHostAffinity
 from ahvlite.controller.ha.config import load_settings, settings_loader
 from ahvlite.controller.ha.settings import STATE_KEY as HA_KEY
 from ahvlite.controller.ha.settings import HaSettings
 from ahvlite.controller.tasks import TaskStore
+from ahvlite.sched.model import VmHostAffinity
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.smallguest import SimpleGuest
 from ahvlite.virt import designer, guest
 from ahvlite.virt.conn import connection
 from tests.apicluster import api_cluster
-from tests.unit.test_ads_planner import ahv_doc_example
+from tests.unit.test_sched_planner import ahv_doc_example
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.functional
@@ -262,7 +263,7 @@ def test_effectiveness_needs_a_run_and_reads_the_one_recorded(api, driver):
 
 
 def test_cli_plans_on_a_snapshot_and_refuses_bad_input(api, tmp_path):
-    from ahvlite.controller.ads.plan import make_plan
+    from ahvlite.sched.plan import make_plan
 
     snap = tmp_path / "snap.json"
     snap.write_text(json.dumps(ahv_doc_example().to_dict()))

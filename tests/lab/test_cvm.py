@@ -163,7 +163,7 @@ def test_the_cvm_is_never_moved(cvmlab):
     assert "pinned" in json.loads(r.stdout)["message"]
     info = vms.show_vm(load_cluster(Path(status["cluster_file"])), "cvm-h1")
     assert info.host == "h1"
-    ha = pytest.importorskip("ahvlite.controller.ha.restart")
+    ha = pytest.importorskip("ahvlite.sched.restart")
     record = ha.VmRecord(info.name, info.host, info.memory_mib, True, info.labels)
     assert record.is_cvm and not record.protected
     # A second CVM on the same host is refused.

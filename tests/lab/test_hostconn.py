@@ -12,8 +12,8 @@ import pytest
 from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.controller.coord.sqlite import SqliteCoordinator
 from ahvlite.controller.hostmon import HostMonitor, read_hosts
-from ahvlite.controller.stats import HostStats
 from ahvlite.lab import faults, lab
+from ahvlite.sched.stats import HostStats
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt.hostconn import HostConnection, LinkState
 from tests.waiting import wait_for

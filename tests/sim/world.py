@@ -34,10 +34,10 @@ from ahvlite.controller.coord.api import (
 )
 from ahvlite.controller.ha.agent import HostAgent, LocalVm
 from ahvlite.controller.ha.records import StoredVm
-from ahvlite.controller.ha.restart import by_memory
 from ahvlite.controller.ha.service import HaService
 from ahvlite.controller.ha.settings import HaSettings
 from ahvlite.errors import HostUnreachable, NotFound, OperationFailed
+from ahvlite.sched.place import MOST_FREE_MEMORY
 from ahvlite.virt.failover import DomainFacts
 
 DT = 0.05
@@ -570,7 +570,7 @@ class World:
                 continue
             if h.ha is None:
                 h.ha = HaService(c, lambda: list(self.hosts), SimHosts(self, host),
-                                 lambda: self.settings, place_fn=by_memory,
+                                 lambda: self.settings, strategy=MOST_FREE_MEMORY,
                                  clock=WorldClock(self),
                                  retry_s=1.0)
             if self._due(f"ha-{host}", 0.5):

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from ahvlite.cluster.adsinput import add_rule, load_rules, problem_from, remove_rule
+from ahvlite.cluster.adsrules import add_rule, load_rules, remove_rule
 from ahvlite.cluster.legacy import open_cluster_file as load_cluster
 from ahvlite.cluster.vms import VmInfo
-from ahvlite.controller.ads.model import AntiAffinityGroup, Rules, VmHostAffinity
 from ahvlite.errors import Conflict, InvalidSpec, NotFound
+from ahvlite.sched.model import AntiAffinityGroup, Rules, VmHostAffinity
+from ahvlite.sched.snapshot import problem_from
 
 
 def info(name: str, host: str, *, vcpus: int = 2, mem: int = 2048, state: str = "running",

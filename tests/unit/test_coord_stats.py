@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ahvlite.controller.hostmon import apply_event
-from ahvlite.controller.stats import History, host_stats, select
+from ahvlite.sched.stats import History, host_stats, select
 from ahvlite.virt.stats import DomainCounters, HostCounters
 
 

@@ -7,9 +7,9 @@ import pytest
 
 from ahvlite.cluster import maintenance
 from ahvlite.cluster.maintenance import VmOnHost, plan_evacuation
-from ahvlite.cluster.placement import HostCapacity
 from ahvlite.cluster.schedulable import unschedulable_hosts
 from ahvlite.errors import Conflict, NotFound
+from ahvlite.sched.capacity import HostCapacity
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from tests.stores import in_store, sqlite_state
 

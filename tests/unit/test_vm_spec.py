@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ahvlite.cluster.placement import HostCapacity, place
-from ahvlite.errors import Conflict, HostUnreachable, InvalidSpec
+from ahvlite.errors import InvalidSpec
 from ahvlite.spec.errors import build
 from ahvlite.spec.vm import (
     DiskSpec,
@@ -143,48 +142,6 @@ def test_name_rule_rejects_every_dangerous_character(name):
 def test_a_trailing_newline_is_no_loophole(name):
     with pytest.raises(InvalidSpec):
         build(VmSpec, name=name)
-
-
-# -- placement (pure) -------------------------------------------------------------------
-
-HOSTS = [HostCapacity("h1", 8192, 1000), HostCapacity("h2", 8192, 6000),
-         HostCapacity("h3", 4096, 3000), HostCapacity("h4", 16384, 0, reachable=False)]
-
-
-def test_most_free_memory_wins_and_ties_break_by_name():
-    assert place(HOSTS, 512) == "h2"
-    assert place([HostCapacity("b", 100, 50), HostCapacity("a", 100, 50)], 10) == "a"
-
-
-def test_pending_memory_of_the_same_batch_counts():
-    assert place(HOSTS, 512, pending_mib={"h2": 5500}) == "h3"
-
-
-def test_requested_host_is_honoured_or_refused_clearly():
-    assert place(HOSTS, 512, requested="h1") == "h1"
-    with pytest.raises(InvalidSpec) as e:
-        place(HOSTS, 512, requested="h9")
-    assert e.value.field == "host" and "h1" in e.value.allowed
-    with pytest.raises(HostUnreachable):
-        place(HOSTS, 512, requested="h4")
-    with pytest.raises(Conflict):
-        place(HOSTS, 2000, requested="h1")
-    assert place(HOSTS, 2000, requested="h1", need_free_mib=0) == "h1"
-
-
-def test_memory_above_every_host_is_invalid_input_not_a_conflict():
-    with pytest.raises(InvalidSpec) as e:
-        place(HOSTS, 20000)
-    assert e.value.field == "memory_mib" and "16384" in e.value.allowed
-    with pytest.raises(Conflict):
-        place(HOSTS, 7000)
-
-
-def test_unreachable_hosts_are_skipped():
-    assert place([HostCapacity("a", 100, 90, reachable=False), HostCapacity("b", 100, 10)],
-                 5) == "b"
-    with pytest.raises(HostUnreachable):
-        place([HostCapacity("a", 100, 90, reachable=False)], 5)
 
 
 @pytest.mark.parametrize(("values", "field"), [

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ahvlite.clock import SYSTEM, Clock
+from ahvlite.controller.api import read_cluster, read_images, read_ops, read_templates, read_vms
 from ahvlite.controller.api.auth import Forbidden, Principal, TokenTable, authenticate
 from ahvlite.controller.api.models import (
     API_VERSION,
@@ -50,7 +51,7 @@ from ahvlite.controller.api.models import (
     UploadOut,
     WhoAmI,
 )
-from ahvlite.controller.api.reads import Read, ReadContext, all_reads, leader_info
+from ahvlite.controller.api.reads import CORE, Read, ReadContext, leader_info
 from ahvlite.controller.api.uploads import TooLarge, UploadArea
 from ahvlite.controller.coord.api import Coordinator, Versioned
 from ahvlite.controller.tasks import Handler, Task, TaskStore
@@ -87,6 +88,11 @@ class ApiBackend:
     uploads: UploadArea | None = None
     clock: Clock = SYSTEM
 
+
+def all_reads() -> tuple[Read, ...]:
+    """Every read the API serves: the core ones and each noun's own table."""
+    return (*CORE, *read_vms.READS, *read_cluster.READS, *read_ops.READS, *read_images.READS,
+            *read_templates.READS)
 
 def _status(exc: AhvliteError) -> int:
     if isinstance(exc, Forbidden):

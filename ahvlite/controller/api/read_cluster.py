@@ -108,9 +108,9 @@ def cpu(ctx: ReadContext, _q: NoQuery) -> dict[str, Any]:
 
 
 def storage(ctx: ReadContext, _q: NoQuery) -> dict[str, Any]:
-    from ahvlite.cluster import luns
+    from ahvlite.cluster import storageview
 
-    return luns.storage_view(ctx.spec())
+    return storageview.storage_view(ctx.spec())
 
 
 READS: tuple[Read, ...] = (

@@ -34,8 +34,8 @@ def ha(ctx: ReadContext, _q: NoQuery) -> dict[str, Any]:
 
 
 def ads_rules(ctx: ReadContext, _q: NoQuery) -> dict[str, Any]:
-    from ahvlite.cluster.adsinput import load_rules
-    from ahvlite.controller.ads.model import stale_rule_hosts
+    from ahvlite.cluster.adsrules import load_rules
+    from ahvlite.sched.model import stale_rule_hosts
 
     spec = ctx.spec()
     rules = load_rules(spec.state)

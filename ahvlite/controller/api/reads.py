@@ -19,9 +19,9 @@ from ahvlite.controller.api.models import Info, LeaderInfo
 from ahvlite.controller.coord.api import Coordinator
 from ahvlite.controller.daemon import LEADER_KEY
 from ahvlite.controller.ha.records import STATUS_KEY as HA_STATUS_KEY
-from ahvlite.controller.stats import select
 from ahvlite.controller.status import controller_status
 from ahvlite.errors import NotFound
+from ahvlite.sched.stats import select
 from ahvlite.spec.cluster import ClusterSpec
 
 
@@ -136,17 +136,3 @@ CORE: tuple[Read, ...] = (
          StatsQuery),
     Read("/v1/ha/status", ha_status, "what the leader's HA service last published"),
 )
-
-
-def all_reads() -> tuple[Read, ...]:
-    """Every read the API serves: the core ones above and each noun's own table."""
-    from ahvlite.controller.api import (
-        read_cluster,
-        read_images,
-        read_ops,
-        read_templates,
-        read_vms,
-    )
-
-    return (*CORE, *read_vms.READS, *read_cluster.READS, *read_ops.READS, *read_images.READS,
-            *read_templates.READS)

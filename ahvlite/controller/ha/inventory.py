@@ -15,9 +15,9 @@ from ahvlite.controller.ha.reservation import (
     admit_moves,
     reservation,
 )
-from ahvlite.controller.ha.restart import VmRecord
 from ahvlite.controller.ha.settings import HaSettings
 from ahvlite.errors import Conflict
+from ahvlite.sched.restart import VmRecord
 from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.virt.guest import ACTIVE_STATES
 

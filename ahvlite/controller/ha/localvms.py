@@ -7,8 +7,8 @@ import threading
 from typing import Any
 
 from ahvlite.controller.ha.agent import LocalVm
-from ahvlite.controller.ha.restart import VmRecord
 from ahvlite.errors import AhvliteError
+from ahvlite.sched.restart import VmRecord
 from ahvlite.virt import failover, guest
 from ahvlite.virt.conn import close_quietly, open_connection
 

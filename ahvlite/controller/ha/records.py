@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ahvlite.controller.ha.lease import Beat
-from ahvlite.controller.ha.restart import VmRecord
+from ahvlite.sched.restart import VmRecord
 
 PREFIX = "ha/vms"
 STATUS_KEY = "ha/status"

@@ -14,7 +14,7 @@ Each round (``interval_s``):
    updates the VM records (``ha/vms/NAME``, compare-and-set through the fence). Two
    running copies of one VM are resolved: the copy with the older epoch goes (equal
    epochs: the one the record does not name).
-3. Restarts: for each VM of a fenced host, placed by ``place_fn`` on healthy hosts (not
+3. Restarts: for each VM of a fenced host, placed by ``strategy`` on healthy hosts (not
    in maintenance), the leader first writes the *intent* ("epoch E starts on T") in one
    fenced transaction that also checks the lost host's heartbeat is still the version
    it timed; then it renders the VM from its stored spec on T and starts it. An intent
@@ -34,7 +34,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ahvlite.clock import SYSTEM, Clock
-from ahvlite.cluster.placement import HostCapacity
 from ahvlite.controller.coord.api import (
     MUST_NOT_EXIST,
     Check,
@@ -57,9 +56,11 @@ from ahvlite.controller.ha.records import (
     agent_key,
     key,
 )
-from ahvlite.controller.ha.restart import Place, VmRecord, by_memory, plan_restarts
 from ahvlite.controller.ha.settings import HaSettings
 from ahvlite.errors import AhvliteError
+from ahvlite.sched.capacity import HostCapacity
+from ahvlite.sched.place import MOST_FREE_MEMORY, Strategy
+from ahvlite.sched.restart import VmRecord, plan_restarts
 from ahvlite.virt.failover import DomainFacts
 
 log = logging.getLogger(__name__)
@@ -76,14 +77,14 @@ class HaService:
     """Leader-only (a :class:`~ahvlite.controller.daemon.Service`)."""
 
     def __init__(self, coord: Coordinator, hosts: Callable[[], list[str]], ops: HostOps,
-                 settings: Callable[[], HaSettings], *, place_fn: Place = by_memory,
+                 settings: Callable[[], HaSettings], *, strategy: Strategy = MOST_FREE_MEMORY,
                  clock: Clock = SYSTEM, interval_s: float = 0.5,
                  retry_s: float = 2.0, closed: Callable[[], set[str]] = set) -> None:
         self.coord = coord
         self.hosts = hosts  # the cluster's host names (read every round)
         self.ops = ops
         self.settings = settings
-        self.place_fn = place_fn
+        self.strategy = strategy
         self.clock = clock
         self.interval_s = interval_s
         self.retry_s = retry_s
@@ -391,7 +392,7 @@ class HaService:
         placed = {r.name: r.host for r, _ in records.values()
                   if r.running and r.host in targets}
         plan = plan_restarts([r.record() for r, _ in restartable.values()],
-                             self._capacities(targets), place_fn=self.place_fn,
+                             self._capacities(targets), strategy=self.strategy,
                              running=placed)
         for vm, why in plan.unplaced:
             self.failures[vm] = f"not placed: {why}"
@@ -451,7 +452,7 @@ class HaService:
             checks.append(Check(agent_key(intent.target), tv))
         others = [t for t in targets if t != intent.target]
         plan = plan_restarts([replace(rec.record(), host=intent.target)],
-                             self._capacities(others), place_fn=self.place_fn)
+                             self._capacities(others), strategy=self.strategy)
         if not plan.steps:
             self.failures[rec.name] = f"not placed: {plan.unplaced[0][1] if plan.unplaced else ''}"
             return

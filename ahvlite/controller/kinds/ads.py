@@ -40,7 +40,7 @@ class RuleAddParams(Params):
         return self
 
     def rule(self) -> Any:
-        from ahvlite.controller.ads.model import AntiAffinityGroup, VmHostAffinity
+        from ahvlite.sched.model import AntiAffinityGroup, VmHostAffinity
 
         if self.kind == "anti":
             return AntiAffinityGroup(self.name, tuple(self.vms))
@@ -60,7 +60,7 @@ class RuleAdd(Kind[RuleAddParams]):
             self.host("hosts", h)
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
-        from ahvlite.cluster.adsinput import add_rule, load_rules
+        from ahvlite.cluster.adsrules import add_rule, load_rules
 
         p = self.params(ctx)
         cluster = self.cluster()
@@ -90,7 +90,7 @@ class RuleRemove(Kind[RuleRemoveParams]):
     Params = RuleRemoveParams
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
-        from ahvlite.cluster.adsinput import load_rules, remove_rule
+        from ahvlite.cluster.adsrules import load_rules, remove_rule
 
         p = self.params(ctx)
         cluster = self.cluster()

@@ -17,11 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from ahvlite.controller.ads import cpsat, heuristic
-from ahvlite.controller.ads.hotspot import Hotspot, Utilization, hotspots, utilization
-from ahvlite.controller.ads.instance import Instance, Loads, build
-from ahvlite.controller.ads.model import Problem
 from ahvlite.errors import InvalidSpec, OperationFailed
+from ahvlite.sched import cpsat, heuristic
+from ahvlite.sched.hotspot import Hotspot, Utilization, hotspots, utilization
+from ahvlite.sched.instance import Instance, Loads, build
+from ahvlite.sched.model import Problem
 
 SolverChoice = Literal["auto", "cpsat", "heuristic"]
 SOLVERS = ("auto", "cpsat", "heuristic")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ahvlite.controller.ads.demand import estimate
-from ahvlite.controller.ads.model import Problem
+from ahvlite.sched.demand import estimate
+from ahvlite.sched.model import Problem
 
 # Loads within this much of a limit count as at it: float noise is not a hotspot.
 EPS = 1e-6

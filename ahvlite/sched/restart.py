@@ -2,10 +2,11 @@
 
 Order: HA priority (label ``ahvlite.io/ha-priority``, higher first), then larger VMs
 first (they are the hard ones to fit), then name. Pinned VMs (PCI passthrough, the
-``ahvlite.io/pinned`` label) and CVMs never restart elsewhere. Placement is a
-:class:`Place` callable: :func:`by_memory` (most free memory) by default; the
-controller plugs in ADS placement (:mod:`ahvlite.controller.ha.adsplace`: affinity and
-anti-affinity rules) without this module knowing. A VM no host can
+``ahvlite.io/pinned`` label) and CVMs never restart elsewhere. Each VM is placed by
+:func:`ahvlite.sched.place.place` with the :class:`~ahvlite.sched.place.Strategy` given:
+most free memory by default; the controller passes ADS placement
+(:class:`~ahvlite.sched.place.AdsRules`: affinity and anti-affinity rules, by memory
+since HA knows no CPU demand at restart time). A VM no host can
 take now is reported as unplaced; the service plans again on its next round, so it
 restarts once capacity returns.
 """
@@ -14,26 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
-from ahvlite.cluster.placement import HostCapacity, place
 from ahvlite.errors import AhvliteError
+from ahvlite.sched.capacity import HostCapacity
+from ahvlite.sched.place import MOST_FREE_MEMORY, Strategy, Want, place
 from ahvlite.spec.labels import HA_PRIORITY_LABEL, ROLE_LABEL, is_pinned
-
-
-class Place(Protocol):
-    """Where ``vm`` restarts among ``hosts``. ``pending_mib``: memory promised on each
-    host earlier in this round; ``placed``: where every other VM runs or is about to
-    (for anti-affinity). Raises AhvliteError when no host fits."""
-
-    def __call__(self, hosts: list[HostCapacity], vm: VmRecord, *,
-                 pending_mib: dict[str, int], placed: dict[str, str]) -> str: ...
-
-
-def by_memory(hosts: list[HostCapacity], vm: VmRecord, *, pending_mib: dict[str, int],
-              placed: dict[str, str]) -> str:
-    """The host with the most free memory (no rules)."""
-    return place(hosts, vm.memory_mib, pending_mib=pending_mib)
 
 
 @dataclass(frozen=True)
@@ -77,7 +63,7 @@ def restart_order(vms: Sequence[VmRecord]) -> list[VmRecord]:
 
 
 def plan_restarts(lost: Sequence[VmRecord], healthy: Sequence[HostCapacity], *,
-                  place_fn: Place = by_memory,
+                  strategy: Strategy = MOST_FREE_MEMORY,
                   running: Mapping[str, str] | None = None) -> RestartPlan:
     """Targets for the VMs that ran on lost hosts; ``healthy`` excludes lost hosts.
     ``running``: VM -> host of the VMs on healthy hosts (for anti-affinity)."""
@@ -96,7 +82,8 @@ def plan_restarts(lost: Sequence[VmRecord], healthy: Sequence[HostCapacity], *,
             unplaced.append((vm.name, "no healthy host"))
             continue
         try:
-            target = place_fn(hosts, vm, pending_mib=dict(pending), placed=dict(placed))
+            target = place(hosts, Want(vm.name, vm.memory_mib, labels=vm.labels),
+                           strategy=strategy, pending_mib=pending, placed=placed)
         except AhvliteError as exc:
             unplaced.append((vm.name, exc.message))
             continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from ahvlite.controller.ads.instance import Instance, Loads
+from ahvlite.sched.instance import Instance, Loads
 
 Resource = Literal["cpu", "storage"]
 

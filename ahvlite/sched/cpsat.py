@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from ahvlite.controller.ads.instance import Instance
+from ahvlite.sched.instance import Instance
 
 SCALE = 10  # CPU in tenths of a percent of a core: CP-SAT wants integers
 

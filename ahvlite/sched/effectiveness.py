@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ahvlite.controller.ads.hotspot import Utilization, utilization
-from ahvlite.controller.ads.instance import Loads, build
-from ahvlite.controller.ads.model import Problem
 from ahvlite.errors import InvalidSpec
+from ahvlite.sched.hotspot import Utilization, utilization
+from ahvlite.sched.instance import Loads, build
+from ahvlite.sched.model import Problem
 
 
 @dataclass(frozen=True)

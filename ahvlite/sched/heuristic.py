@@ -22,7 +22,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from ahvlite.controller.ads.instance import EPS, Instance, Loads
+from ahvlite.sched.instance import EPS, Instance, Loads
 
 Step = tuple[int, int]  # (vm index, destination host index)
 _RETRIES = 5

@@ -11,8 +11,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ahvlite.controller.ads.demand import estimate
-from ahvlite.controller.ads.model import (
+from ahvlite.sched.demand import estimate
+from ahvlite.sched.model import (
     AntiAffinityGroup,
     Host,
     Problem,
@@ -20,7 +20,7 @@ from ahvlite.controller.ads.model import (
     Vm,
     VmHostAffinity,
 )
-from ahvlite.controller.ads.plan import Plan, make_plan
+from ahvlite.sched.plan import Plan, make_plan
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -135,7 +135,7 @@ def test_cpsat_resolves_whatever_the_heuristic_resolves_and_costs_no_more(p):
 @SETTINGS
 @given(problems(), st.sampled_from([256, 1024, 4096]), st.data())
 def test_power_on_placement_respects_memory_and_rules(p, mem, data):
-    from ahvlite.controller.ads.placement import rank
+    from ahvlite.sched.poweron import rank
 
     names = [v.name for v in p.vms]
     hosts = [h.name for h in p.hosts]

@@ -1,7 +1,9 @@
-"""Where a new VM goes (until ADS exists): the named host, else most free memory. Pure."""
+"""A host's memory as placement sees it, and placement by memory alone: the named host,
+else the most free memory (pure). :func:`ahvlite.sched.place.place` is the entry point."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ahvlite.errors import Conflict, HostUnreachable, InvalidSpec
@@ -15,8 +17,8 @@ class HostCapacity:
     reachable: bool = True
 
 
-def place(hosts: list[HostCapacity], memory_mib: int, *, requested: str | None = None,
-          need_free_mib: int | None = None, pending_mib: dict[str, int] | None = None) -> str:
+def fit(hosts: Sequence[HostCapacity], memory_mib: int, *, requested: str | None = None,
+        need_free_mib: int | None = None, pending_mib: Mapping[str, int] | None = None) -> str:
     """The host for a VM of ``memory_mib``: ``requested``, else the most free memory.
 
     ``need_free_mib`` is what must be free there now (default ``memory_mib``; 0 for a

@@ -1,5 +1,10 @@
 """Initial placement at power-on, under the same rules as the planner (pure).
 
+The cluster as the ranking sees it (:func:`power_on_problem`): each host's memory in
+use (plus what this round already promised) as one immovable load, its CPU load when it
+was sampled (all vCPUs of its running VMs busy: placement balances what is allocated),
+and the names of the VMs running there, for anti-affinity.
+
 Hosts the VM may not use are excluded with the reason (not schedulable, outside its
 "must" hosts, a member of its anti-affinity group already there, too little memory).
 The rest are ranked: hosts that stay under their CPU/storage thresholds with the VM
@@ -9,15 +14,63 @@ placing it (this is where placement balances), then the most free memory.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ahvlite.controller.ads.demand import estimate
-from ahvlite.controller.ads.instance import EPS, Loads, build
-from ahvlite.controller.ads.model import Problem, Vm
 from ahvlite.errors import Conflict
+from ahvlite.sched.capacity import HostCapacity
+from ahvlite.sched.demand import estimate
+from ahvlite.sched.instance import EPS, Loads, build
+from ahvlite.sched.model import Host, Problem, Rules, Vm
 
 MEMORY_REASON = "memory"
+
+
+@dataclass(frozen=True)
+class HostLoad:
+    """What a host runs now, as sampled: its CPUs and its running VMs (name, vCPUs)."""
+
+    cpus: int
+    running: tuple[tuple[str, int], ...] = ()
+
+
+def power_on_problem(hosts: Sequence[HostCapacity], rules: Rules, *,
+                     loads: Mapping[str, HostLoad | None] | None = None,
+                     closed: frozenset[str] = frozenset(),
+                     pending_mib: Mapping[str, int] | None = None,
+                     placed: Mapping[str, str] | None = None,
+                     skip: str | None = None) -> Problem:
+    """The Problem :func:`rank` reads. A host without a load (none sampled, or not
+    answering) is placed by memory and rules alone. ``placed``: VM -> host of VMs that
+    run (or are about to) elsewhere than the loads show; ``skip``: the VM being placed."""
+    loads = loads or {}
+    pending = pending_mib or {}
+    host_list, vm_list = [], []
+    names: dict[str, str] = {}
+    for h in hosts:
+        schedulable = h.reachable and h.name not in closed
+        load = loads.get(h.name) if h.reachable else None
+        used = max(h.total_mib - h.free_mib + pending.get(h.name, 0), 0)
+        if load is None:
+            host_list.append(Host(h.name, 100.0, max(h.total_mib, 1), schedulable=schedulable))
+            if h.reachable:
+                vm_list.append(Vm(f"(load of {h.name})", h.name, used, (), pinned=True))
+            continue
+        host_list.append(Host(h.name, max(load.cpus, 1) * 100.0, max(h.total_mib, 1),
+                              schedulable=schedulable))
+        # What the host holds now, as one immovable load; the real VMs (no load of
+        # their own) are there for anti-affinity by name.
+        vm_list.append(Vm(f"(load of {h.name})", h.name, used,
+                          (100.0 * sum(v or 1 for _, v in load.running),), pinned=True))
+        for name, _ in load.running:
+            names.setdefault(name, h.name)  # mid-migration a VM shows on two hosts
+    for name, host in (placed or {}).items():
+        names.setdefault(name, host)
+    known = {h.name for h in hosts}
+    vm_list += [Vm(name, host, 0, pinned=True) for name, host in sorted(names.items())
+                if host in known and name != skip]
+    return Problem(tuple(host_list), tuple(vm_list), rules)
 
 
 @dataclass(frozen=True)
