@@ -150,6 +150,16 @@ def use_pool(pool: ConnectionPool | None) -> None:
     _pool = pool
 
 
+def connection_counts(cluster: ClusterSpec) -> dict[str, dict[str, int]]:
+    """Per host of ``cluster``: the connections this process's pool opened to it and
+    lent out (one lease per operation that went to the host); empty without a pool."""
+    pool = _pool
+    if pool is None:
+        return {}
+    counts = pool.counted()
+    return {h.name: counts.get(h.uri, {"opened": 0, "leased": 0}) for h in cluster.hosts}
+
+
 @contextmanager
 def connect(cluster: ClusterSpec, *, timeout_s: float = 10) -> Iterator[Hosts]:
     """A connection to every host of ``cluster`` (in parallel); the unreachable ones
