@@ -11,6 +11,7 @@ from bench import (
     migration,
     ovs_ports,
     storage_iscsi,
+    vm_create,
     vm_deploy,
 )
 
@@ -20,6 +21,7 @@ if __name__ == "__main__":
     facts_parallel.main()
     controller_failover.main()
     vm_deploy.main()
+    vm_create.main()
     ads.main()
     migration.main()
     ha.main()

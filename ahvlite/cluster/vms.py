@@ -21,7 +21,7 @@ from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.labels import DOMAIN_TYPE_LABEL, is_pinned
 from ahvlite.spec.network import NetworkSpec
 from ahvlite.spec.vm import DiskSpec, NicSpec, VmSpec
-from ahvlite.virt import cpu, designer, facts, guest, imageinfo, storage
+from ahvlite.virt import cpu, designer, facts, guest, storage
 from ahvlite.virt.conn import Connection, StoragePool, close_quietly, open_connection
 from ahvlite.virt.cpu import CpuDef
 from ahvlite.virt.designer import Design, DiskPlacement, HostPolicy
@@ -151,6 +151,16 @@ _pool: ConnectionPool | None = None
 def use_pool(pool: ConnectionPool | None) -> None:
     global _pool
     _pool = pool
+
+
+def connection_counts(cluster: ClusterSpec) -> dict[str, dict[str, int]]:
+    """Per host of ``cluster``: the connections this process's pool opened to it and
+    lent out (one lease per operation that went to the host); empty without a pool."""
+    pool = _pool
+    if pool is None:
+        return {}
+    counts = pool.counted()
+    return {h.name: counts.get(h.uri, {"opened": 0, "leased": 0}) for h in cluster.hosts}
 
 
 @contextmanager
@@ -300,10 +310,15 @@ def info_of(host: str, g: Guest) -> VmInfo:
 def list_vms(cluster: ClusterSpec) -> tuple[list[VmInfo], dict[str, str]]:
     """Every VM on every reachable host, and the hosts that did not answer."""
     with connect(cluster) as hosts:
-        def on(host: str) -> list[VmInfo]:
-            return [info_of(host, g) for g in guest.all_guests(hosts.conns[host])]
-        found = parallel(on, list(hosts.conns))
-        return sorted((v for vs in found for v in vs), key=lambda v: v.name), hosts.errors
+        return list_on(hosts), hosts.errors
+
+
+def list_on(hosts: Hosts) -> list[VmInfo]:
+    """Every VM on the hosts ``hosts`` reaches (an operation's connections), by name."""
+    def on(host: str) -> list[VmInfo]:
+        return [info_of(host, g) for g in guest.all_guests(hosts.conns[host])]
+    found = parallel(on, list(hosts.conns))
+    return sorted((v for vs in found for v in vs), key=lambda v: v.name)
 
 
 def show_vm(cluster: ClusterSpec, name: str) -> VmInfo:
@@ -312,13 +327,6 @@ def show_vm(cluster: ClusterSpec, name: str) -> VmInfo:
 
 
 # -- create -------------------------------------------------------------------------
-
-def images(cluster: ClusterSpec) -> list[storage.VolumeInfo]:
-    with connect(cluster) as hosts:
-        _, pool = hosts.any_pool()
-        storage.refresh(pool)
-        return [v for v in storage.list_volumes(pool) if v.name.startswith(IMAGE_PREFIX)]
-
 
 def _image_source(vols: dict[str, storage.VolumeInfo], image: str) -> storage.VolumeInfo:
     vol = vols.get(image_volume_name(image))
@@ -331,8 +339,12 @@ def _image_source(vols: dict[str, storage.VolumeInfo], image: str) -> storage.Vo
     return vol
 
 
-def check_new_vm(hosts: Hosts, spec: VmSpec, host: str) -> None:
-    """Everything about ``spec`` that can be wrong, checked before anything is made."""
+def check_new_vm(hosts: Hosts, spec: VmSpec, host: str, *, dry_run: bool = True) -> None:
+    """Everything about ``spec`` that can be wrong, checked before anything is made.
+
+    With ``dry_run`` the designer runs on stand-in paths, so bad networks and
+    combinations fail here; without, the caller goes on to :func:`create_on_host`,
+    which designs the domain (once) before it makes anything."""
     for h, conn in hosts.conns.items():
         if guest.find(conn, spec.name) is not None:
             raise Conflict(f"a VM named {spec.name!r} already exists (on {h})",
@@ -349,7 +361,8 @@ def check_new_vm(hosts: Hosts, spec: VmSpec, host: str) -> None:
         for volume in (d.clone_of, d.volume):
             if volume is not None and volume not in vols:
                 raise InvalidSpec("disk.volume", volume, "a volume of the shared pool")
-    # A dry run of the designer: bad networks and combinations fail here.
+    if not dry_run:
+        return
     placements = {n: DiskPlacement(f"/dev/null/{n}") for n in spec.disk_names()}
     designer.design(spec, Design(host=HostPolicy(), disks=placements,
                                  networks=networks_of(hosts.cluster, host)
@@ -360,32 +373,38 @@ def check_new_vm(hosts: Hosts, spec: VmSpec, host: str) -> None:
 def create_vm(cluster: ClusterSpec, spec: VmSpec, *, host: str | None = None,
               start: bool = False, report: Report = _quiet,
               cpu_level: CpuDef | None = None, tag: str | None = None,
-              guard: Guard = _no_guard) -> VmInfo:
+              guard: Guard = _no_guard, hosts: Hosts | None = None) -> VmInfo:
     """Place, make volumes, define (and start) ``spec``; on failure undo all of it.
 
     With ``cpu_level`` (the cluster's, see cluster.cpulevel) the VM gets that CPU.
     ``tag`` names this attempt's volumes (random when None); ``guard`` is called before
-    every change on a host and raises to stop (a task's leadership check)."""
+    every change on a host and raises to stop (a task's leadership check). ``hosts``
+    are the operation's connections when the caller already holds them (one
+    connection per host for the whole operation); without, they are opened here."""
+    if hosts is None:
+        with connect(cluster) as opened:
+            return create_vm(cluster, spec, host=host, start=start, report=report,
+                             cpu_level=cpu_level, tag=tag, guard=guard, hosts=opened)
     spec = spec.with_macs()
-    with connect(cluster) as hosts:
-        if not hosts.conns:
-            raise HostUnreachable(f"no host of cluster {cluster.name} answers: "
-                                  + "; ".join(f"{h}: {e}" for h, e in hosts.errors.items()))
-        check_new_vm(hosts, spec, host or next(iter(hosts.conns), ""))
-        need = spec.memory_mib
-        if spec.overcommit:
-            need = spec.memory_mib * designer.OVERCOMMIT_START_PERCENT // 100
-        # Hosts in maintenance take no new VMs (asked for by name: say so).
-        closed = schedulable.closed_hosts(cluster, host)
-        # Unless named: ADS power-on placement (its rules, CPU balance). A VM that is
-        # only defined holds no memory yet: free memory matters at start.
-        ads = AdsRules(lambda: load_rules(cluster.state), loads=lambda: host_loads(hosts.conns))
-        target = place(capacities(hosts), Want(spec.name, spec.memory_mib, spec.vcpus),
-                       strategy=ads, requested=host, need_free_mib=need if start else 0,
-                       closed=frozenset(closed))
-        report(f"placing {spec.name} on {target}")
-        return create_on_host(hosts, target, spec, start=start, report=report,
-                              cpu_level=cpu_level, tag=tag, guard=guard)
+    if not hosts.conns:
+        raise HostUnreachable(f"no host of cluster {cluster.name} answers: "
+                              + "; ".join(f"{h}: {e}" for h, e in hosts.errors.items()))
+    # No dry run of the designer: create_on_host designs before it makes anything.
+    check_new_vm(hosts, spec, host or next(iter(hosts.conns), ""), dry_run=False)
+    need = spec.memory_mib
+    if spec.overcommit:
+        need = spec.memory_mib * designer.OVERCOMMIT_START_PERCENT // 100
+    # Hosts in maintenance take no new VMs (asked for by name: say so).
+    closed = schedulable.closed_hosts(cluster, host)
+    # Unless named: ADS power-on placement (its rules, CPU balance). A VM that is
+    # only defined holds no memory yet: free memory matters at start.
+    ads = AdsRules(lambda: load_rules(cluster.state), loads=lambda: host_loads(hosts.conns))
+    target = place(capacities(hosts), Want(spec.name, spec.memory_mib, spec.vcpus),
+                   strategy=ads, requested=host, need_free_mib=need if start else 0,
+                   closed=frozenset(closed))
+    report(f"placing {spec.name} on {target}")
+    return create_on_host(hosts, target, spec, start=start, report=report,
+                          cpu_level=cpu_level, tag=tag, guard=guard)
 
 
 def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
@@ -398,6 +417,9 @@ def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
     CLI, controller tasks, template deploys — comes through here). Volumes are named
     with ``tag`` (see :func:`vm_volume`); the undo deletes exactly the ones made here.
 
+    The domain is designed once, before any volume is made, on the paths the new
+    volumes will have in the pool: a spec the designer refuses makes nothing.
+
     ``guard`` runs before each change on the host. When it raises (a deposed leader),
     nothing more happens and nothing is undone: the next leader finds the VM by its
     UUID, or deletes this attempt's tagged volumes that no VM uses. The undo of any
@@ -406,7 +428,8 @@ def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
     tag = tag or new_tag()
     conn = hosts.conn(target)
     pool = hosts.pool(target)
-    check_spec_paths(spec, storage.pool_path(pool))  # before anything is made
+    pool_dir = storage.pool_path(pool)
+    check_spec_paths(spec, pool_dir)  # before anything is made
     made: list[str] = []
     dom = None
     deposed = False
@@ -420,7 +443,11 @@ def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
             raise
 
     try:
+        # storage: iscsi makes raw volumes (a target serves bytes), exported as LUNs.
+        iscsi = luns.uses_iscsi(hosts.cluster)
+        fmt = "raw" if iscsi else "qcow2"
         placements: dict[str, DiskPlacement] = {}
+        new: dict[str, tuple[DiskSpec, str]] = {}  # disk name -> (its spec, volume to make)
         for name, d in zip(spec.disk_names(), spec.disks, strict=True):
             if d.path is not None:
                 placements[name] = DiskPlacement(d.path, format="raw" if d.cdrom else "qcow2")
@@ -436,11 +463,19 @@ def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
                     hosts.cluster, d.volume, info.path,
                     "qcow2" if info.format == "qcow2" else "raw", cdrom=d.cdrom)
                 continue
-            # storage: iscsi makes raw volumes (a target serves bytes), exported as LUNs.
-            iscsi = luns.uses_iscsi(hosts.cluster)
-            fmt = "raw" if iscsi else "qcow2"
             vol = luns.lun_volume(spec.name, name, tag) if iscsi \
                 else vm_volume(spec.name, name, tag)
+            new[name] = (d, vol)
+            placements[name] = luns.placement(hosts.cluster, vol, str(pool_dir / vol), fmt)
+        nvram = None
+        if spec.boot.firmware == "uefi":
+            nvram = str(pool_dir / nvram_volume(spec.name, tag))
+        design = Design(
+            host=host_policy(hosts, target, cpu_level or cpustore.level_of(hosts.cluster)),
+            disks=placements, networks=networks_of(hosts.cluster, target), nvram_path=nvram)
+        xml = designer.design_xml(spec, design)
+        planned = dict(placements)
+        for name, (d, vol) in new.items():
             report(f"disk {name}: volume {vol}")
             check()
             if d.image is not None or d.clone_of is not None:
@@ -455,13 +490,12 @@ def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
                 check()
                 luns.export_lun(hosts.cluster, vol, str(path), must=(target,), report=report)
             placements[name] = luns.placement(hosts.cluster, vol, str(path), fmt)
-        nvram = None
-        if spec.boot.firmware == "uefi":
-            nvram = str(storage.pool_path(pool) / nvram_volume(spec.name, tag))
-        xml = designer.design_xml(spec, Design(
-            host=host_policy(hosts, target, cpu_level or cpustore.level_of(hosts.cluster)),
-            disks=placements,
-            networks=networks_of(hosts.cluster, target), nvram_path=nvram))
+        if placements != planned:
+            # A pool that does not keep its volumes in its directory: design on the
+            # paths it gave.
+            xml = designer.design_xml(spec, Design(
+                host=design.host, disks=placements, networks=design.networks,
+                nvram_path=nvram))
         report(f"defining {spec.name}")
         check()
         dom = guest.define(conn, xml)
@@ -719,44 +753,6 @@ def console_run(cluster: ClusterSpec, name: str, command: str, *,
         host, dom = hosts.find(name)
         with Console(hosts.conn(host), dom) as con:
             return con.run(command, timeout_s=timeout_s)
-
-
-def upload_image(cluster: ClusterSpec, image: imageinfo.ImageInfo, name: str, *,
-                 report: Callable[[int, int], None] | None = None,
-                 guard: Guard = _no_guard) -> storage.VolumeInfo:
-    """Upload an inspected image file into the shared pool as image ``name``."""
-    with connect(cluster) as hosts:
-        host, pool = hosts.any_pool()
-        vol = image_volume_name(name)
-        guard()
-        storage.upload_volume(hosts.conn(host), pool, vol, image.path, report=report,
-                              fmt=image.format)
-        found = storage.find_volume(pool, vol)
-        assert found is not None
-        info = storage.volume_info(found)
-        if info.backing:  # the file changed since it was inspected: never keep that
-            storage.delete_volume(pool, vol)
-            raise InvalidSpec("image", name, "an image without a backing file",
-                              hint=f"the uploaded copy names {info.backing!r}")
-        for other in hosts.conns:
-            if other != host:
-                storage.refresh(hosts.pool(other))
-        return info
-
-
-def image_volume(cluster: ClusterSpec, name: str) -> storage.VolumeInfo | None:
-    """Image ``name``'s volume in the shared pool, if there is one."""
-    with connect(cluster) as hosts:
-        _, pool = hosts.any_pool()
-        storage.refresh(pool)
-        found = storage.find_volume(pool, image_volume_name(name))
-        return None if found is None else storage.volume_info(found)
-
-
-def delete_image_volume(cluster: ClusterSpec, name: str) -> bool:
-    with connect(cluster) as hosts:
-        _, pool = hosts.any_pool()
-        return storage.delete_volume(pool, image_volume_name(name))
 
 
 def drop_leftovers(hosts: Hosts, volumes: list[str], guard: Guard = _no_guard) -> list[str]:

@@ -29,6 +29,9 @@ class ConnectionPool:
         self._idle: dict[str, list[tuple[float, Connection]]] = {}
         self._mu = threading.Lock()
         self.opened = 0  # connections opened, for tests and benchmarks
+        # Per URI: connections opened, and leases (each caller that took one, opened or
+        # idle): how often operations went to a host, for tests and benchmarks.
+        self.counts: dict[str, dict[str, int]] = {}
 
     def _take(self, uri: str) -> Connection | None:
         now = SYSTEM.monotonic()
@@ -45,11 +48,21 @@ class ConnectionPool:
     def acquire(self, uri: str, *, timeout_s: float = 10) -> Connection:
         """A connection to ``uri`` lent to the caller alone until ``release``."""
         conn = self._take(uri)
+        opened = conn is None
         if conn is None:
             conn = open_connection(uri, timeout_s=timeout_s)
-            with self._mu:
+        with self._mu:
+            counts = self.counts.setdefault(uri, {"opened": 0, "leased": 0})
+            counts["leased"] += 1
+            if opened:
                 self.opened += 1
+                counts["opened"] += 1
         return conn
+
+    def counted(self) -> dict[str, dict[str, int]]:
+        """A copy of :attr:`counts`."""
+        with self._mu:
+            return {uri: dict(c) for uri, c in self.counts.items()}
 
     def release(self, uri: str, conn: Connection, *, ok: bool = True) -> None:
         """Give ``conn`` back: kept when the caller finished cleanly and it is alive,

@@ -83,6 +83,32 @@ def test_create_is_checked_here_first_then_submitted(api, cluster):
         vms.delete_vm(cluster, "web1", force=True)
 
 
+def test_create_and_start_takes_each_hosts_connection_once(api, cluster):
+    """`vm create --start` goes to the host once for the whole task (the look for an
+    earlier attempt's VM, the checks, placement, design, define, start); the count is
+    the controller's own (/v1/controller/connections)."""
+    from ahvlite.controller.api.client import ApiClient
+    from ahvlite.virt.pool import ConnectionPool
+
+    before_pool = vms._pool
+    vms.use_pool(ConnectionPool())  # what `controller run` does
+
+    def counts() -> dict:
+        with ApiClient.from_env(api.env) as c:
+            return c.get("/v1/controller/connections")["hosts"]["h1"]
+
+    try:
+        first = counts()
+        made = ok(api.cli("vm", "create", "once", "--memory-mib", "128", "--disk", "16M",
+                          "--start", "--json"))
+        assert made["state"] == "running"
+        took = {k: v - first[k] for k, v in counts().items()}
+        assert took == {"opened": 1, "leased": 1}, took
+    finally:
+        vms.use_pool(before_pool)
+        vms.delete_vm(cluster, "once", force=True)
+
+
 def test_update_sets_and_removes_labels_and_ha_priority(api, cluster):
     vms.create_vm(cluster, VmSpec(name="upd", memory_mib=128))
     try:

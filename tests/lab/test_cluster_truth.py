@@ -188,6 +188,46 @@ def test_a_request_without_credentials_is_refused_and_changes_nothing(truth, adm
             continue
 
 
+def connections(who: Admin) -> dict[str, dict[str, int]]:
+    """Per host: the libvirt connections every controller opened to it and lent to
+    operations (``/v1/controller/connections`` of each, summed)."""
+    from ahvlite.controller.api.client import ApiClient
+    from ahvlite.controller.api.config import load_client_config
+
+    config = load_client_config(who.env, who.home)
+    total: dict[str, dict[str, int]] = {}
+    for endpoint in config.endpoints:
+        with ApiClient(config.model_copy(update={"endpoints": [endpoint]})) as c:
+            for host, counts in c.get("/v1/controller/connections")["hosts"].items():
+                mine = total.setdefault(host, {"opened": 0, "leased": 0})
+                for k in mine:
+                    mine[k] += counts[k]
+    return total
+
+
+def test_vm_create_start_goes_to_each_host_once(truth, admin):
+    """One connection per host for the whole of `vm create --start` in HA guarantee
+    mode: admission, the look for an earlier attempt's VM, placement, design, define
+    and start all read through it (no host's connection is taken twice)."""
+    _, layout, _ = truth
+    mode = admin.ok("ha", "show")["settings"]["mode"]
+    admin.ok("ha", "set", "--mode", "guarantee")
+    try:
+        before = connections(admin)
+        admin.ok("vm", "create", "once-1", "--cpus", "1", "--memory-mib", "128", "--disk",
+                 "guest", "--nic", "br0", "--start")
+        after = connections(admin)
+        took = {h: {k: after[h][k] - before.get(h, {}).get(k, 0) for k in after[h]}
+                for h in after}
+        assert {h: c["leased"] for h, c in took.items()} == {
+            h.name: 1 for h in layout.hosts}, took
+        assert all(c["opened"] <= 1 for c in took.values()), took
+        assert where(layout).get("once-1") is not None
+    finally:
+        admin.run("vm", "delete", "once-1", "--force")
+        admin.ok("ha", "set", "--mode", mode)
+
+
 def _deploy(admin: Admin, prefix: str, count: int) -> list[dict[str, Any]]:
     out = admin.ok("template", "deploy", "tiny", "--count", str(count), "--prefix", prefix,
                    timeout_s=600)

@@ -17,6 +17,7 @@ def test_a_connection_given_back_is_lent_again_and_never_to_two_callers():
     assert a is not b and pool.opened == 2
     pool.release(URI, a)
     assert pool.acquire(URI) is a and pool.opened == 2
+    assert pool.counted() == {URI: {"opened": 2, "leased": 3}}  # what operations took
     pool.close()
 
 

@@ -26,11 +26,11 @@ def catalogue(ctx: ReadContext) -> dict[str, dict[str, Any]]:
 
 
 def _images(ctx: ReadContext) -> list[dict[str, Any]]:
-    from ahvlite.cluster import vms
+    from ahvlite.cluster import images, vms
 
     records = catalogue(ctx)
     out = []
-    for vol in vms.images(ctx.spec()):
+    for vol in images.images(ctx.spec()):
         name = vol.name.removeprefix(vms.IMAGE_PREFIX)
         out.append({"image": name, "name": vol.name, "format": vol.format,
                     "capacity_mib": vol.capacity_mib, "path": vol.path,

@@ -22,13 +22,16 @@ from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.virt.guest import ACTIVE_STATES
 
 
-def _gather(cluster: ClusterSpec) -> tuple[list[HostMem], list[VmLoad], list[vms.VmInfo],
-                                          dict[str, str]]:
-    with vms.connect(cluster) as hosts:
-        caps = vms.capacities(hosts)
-        unreachable = dict(hosts.errors)
-    found, errors = vms.list_vms(cluster)
-    unreachable.update(errors)
+def _gather(cluster: ClusterSpec, hosts: vms.Hosts | None = None
+            ) -> tuple[list[HostMem], list[VmLoad], list[vms.VmInfo], dict[str, str]]:
+    """Hosts' memory and running VMs, read through ``hosts`` (the operation's
+    connections) or, without, connections opened for this read alone."""
+    if hosts is None:
+        with vms.connect(cluster) as opened:
+            return _gather(cluster, opened)
+    caps = vms.capacities(hosts)
+    found = vms.list_on(hosts)
+    unreachable = dict(hosts.errors)
     host_mem = [HostMem(c.name, c.total_mib) for c in caps if c.reachable]
     loads = [VmLoad(v.name, v.host, v.current_memory_mib or v.memory_mib,
                     VmRecord(v.name, v.host, v.memory_mib, True, v.labels,
@@ -63,16 +66,18 @@ def show(cluster: ClusterSpec) -> dict[str, Any]:
 def check_power_on(cluster: ClusterSpec, name: str, *,
                    memory_mib: int | None = None, host: str | None = None,
                    labels: dict[str, str] | None = None,
-                   settings: HaSettings | None = None) -> str | None:
+                   settings: HaSettings | None = None,
+                   hosts: vms.Hosts | None = None) -> str | None:
     """In guarantee mode: the host the VM may run on, or Conflict saying what is missing.
 
     For an existing VM pass only ``name``; for a new one its memory, labels and maybe
-    ``host``. Default mode: None (no check; placement decides).
+    ``host``. Default mode: None (no check; placement decides). ``hosts``: the
+    operation's connections, when the caller holds them for what comes next.
     """
     settings = settings or load_settings(cluster.state)
     if settings.mode != "guarantee":
         return None
-    host_mem, loads, found, _ = _gather(cluster)
+    host_mem, loads, found, _ = _gather(cluster, hosts)
     if memory_mib is None:
         match = [v for v in found if v.name == name]
         if not match:

@@ -58,7 +58,7 @@ class ImageImport(Kind[ImportParams]):
         self.uploads = area
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
-        from ahvlite.cluster import vms
+        from ahvlite.cluster import images
         from ahvlite.controller.coord.api import NotLeader
         from ahvlite.virt import imageinfo
 
@@ -77,7 +77,7 @@ class ImageImport(Kind[ImportParams]):
                     return True  # this task's earlier attempt made it
                 raise Conflict(f"image {p.name} already exists",
                                hint="pick another name, or delete that image first")
-            if vms.image_volume(cspec, p.name) is not None:
+            if images.image_volume(cspec, p.name) is not None:
                 raise Conflict(f"image {p.name} already exists in the shared pool",
                                hint="pick another name")
             state.create_doc(COLLECTION, p.name, {
@@ -98,9 +98,9 @@ class ImageImport(Kind[ImportParams]):
 
         def upload(image: dict[str, Any]) -> dict[str, Any]:
             path = area.path(p.upload)
-            if vms.image_volume(cspec, p.name) is not None:
+            if images.image_volume(cspec, p.name) is not None:
                 ctx.check_leader()  # an earlier attempt's volume, maybe half-uploaded
-                vms.delete_image_volume(cspec, p.name)
+                images.delete_image_volume(cspec, p.name)
             done = [-1]
 
             def report(sent: int, total: int) -> None:
@@ -110,7 +110,7 @@ class ImageImport(Kind[ImportParams]):
                     ctx.progress(pct, f"uploading {p.name} into the pool: "
                                       f"{sent >> 20}/{total >> 20} MiB")
 
-            vol = vms.upload_image(cspec, imageinfo.ImageInfo(path, image["format"],
+            vol = images.upload_image(cspec, imageinfo.ImageInfo(path, image["format"],
                                                               image["virtual_size"]),
                                    p.name, report=report, guard=ctx.check_leader)
             return {"volume": vol.name, "path": vol.path, "capacity_mib": vol.capacity_mib}
@@ -140,7 +140,7 @@ class ImageImport(Kind[ImportParams]):
         return dict(doc)
 
     def _undo(self, ctx: TaskContext, cspec: Any, p: ImportParams) -> None:
-        from ahvlite.cluster import vms
+        from ahvlite.cluster import images
 
         try:
             ctx.check_leader()
@@ -149,7 +149,7 @@ class ImageImport(Kind[ImportParams]):
         try:
             doc = cspec.state.doc(COLLECTION, p.name)
             if doc is not None and doc.get("task") == ctx.task.id:
-                vms.delete_image_volume(cspec, p.name)
+                images.delete_image_volume(cspec, p.name)
                 cspec.state.delete_doc(COLLECTION, p.name)
         except AhvliteError:
             pass  # what stays is this task's record, state importing: visible, removable

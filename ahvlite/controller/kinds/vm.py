@@ -133,53 +133,64 @@ class VmSpecCreate(Kind[SpecCreateParams]):
         self.host("host", p.host)
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
+        from ahvlite.cluster import vms
+
         p = self.params(ctx)
         spec = VmSpec(**{"uuid": str(uuid.uuid5(VM_UUID_NAMESPACE, ctx.task.id)), **p.spec})
         cspec = self.cluster()
         host = p.host
         self.host("host", host)  # the cluster may have changed since
-        if p.start and ctx.task.attempts == 1:
-            # A resumed attempt may find its VM already running; admission then would
-            # count it twice. The first attempt checked before anything was made.
-            host = _ha_admit(cspec, spec.name, memory_mib=spec.memory_mib, host=host,
-                             labels=spec.labels) or host
-        ctx.progress(10, f"creating {spec.name}")
-        info = ctx.step("create", lambda: create_once(
-            cspec, spec, host=host, start=p.start, task_id=ctx.task.id,
-            attempt=ctx.task.attempts, guard=ctx.check_leader))
+        # One connection per host for the whole task: admission, the look for an
+        # earlier attempt's VM, placement and the create all read through it.
+        with vms.connect(cspec) as hosts:
+            if p.start and ctx.task.attempts == 1:
+                # A resumed attempt may find its VM already running; admission then
+                # would count it twice. The first attempt checked before anything was made.
+                host = _ha_admit(cspec, spec.name, memory_mib=spec.memory_mib, host=host,
+                                 labels=spec.labels, hosts=hosts) or host
+            ctx.progress(10, f"creating {spec.name}")
+            info = ctx.step("create", lambda: create_once(
+                cspec, spec, host=host, start=p.start, task_id=ctx.task.id,
+                attempt=ctx.task.attempts, guard=ctx.check_leader, hosts=hosts))
         return dict(info)
 
 
 def create_once(cluster: Any, spec: Any, *, host: str | None, start: bool, task_id: str,
-                attempt: int, guard: Callable[[], object] = lambda: None) -> dict[str, Any]:
+                attempt: int, guard: Callable[[], object] = lambda: None,
+                hosts: Any = None) -> dict[str, Any]:
     """Create ``spec`` unless a VM with its UUID exists (then only start it if asked).
 
     The volumes carry this attempt's tag. On a resumed attempt, the volumes an earlier
     attempt of this task made (its tag) that no VM uses are what that attempt left
     half-made: they go before the create is tried again; nothing else is touched.
+    ``hosts``: the task's connections (``cluster.vms.connect``); opened here without.
     """
     from ahvlite.cluster import vms
     from ahvlite.virt import guest
 
-    with vms.connect(cluster) as hosts:
-        if attempt > 1 and hosts.errors:
-            from ahvlite.errors import HostUnreachable
+    if hosts is None:
+        with vms.connect(cluster) as opened:
+            return create_once(cluster, spec, host=host, start=start, task_id=task_id,
+                               attempt=attempt, guard=guard, hosts=opened)
+    if attempt > 1 and hosts.errors:
+        from ahvlite.errors import HostUnreachable
 
-            # The dead attempt's VM may sit on the silent host: creating now could twin it.
-            raise HostUnreachable("cannot rule out a VM made by the earlier attempt: "
-                                  + "; ".join(f"{h}: {e}" for h, e in hosts.errors.items()))
-        for h, conn in hosts.conns.items():
-            dom = guest.find_by_uuid(conn, spec.uuid)
-            if dom is not None:
-                if start:
-                    guard()
-                    dom.start()
-                return vms.info_of(h, dom).to_dict()
-        earlier = [attempt_tag(task_id, k) for k in range(1, attempt)]
-        vms.drop_leftovers(hosts, [v for tag in earlier for v in vms.tagged_volumes(spec, tag)],
-                           guard)
+        # The dead attempt's VM may sit on the silent host: creating now could twin it.
+        raise HostUnreachable("cannot rule out a VM made by the earlier attempt: "
+                              + "; ".join(f"{h}: {e}" for h, e in hosts.errors.items()))
+    for h, conn in hosts.conns.items():
+        dom = guest.find_by_uuid(conn, spec.uuid)
+        if dom is not None:
+            if start:
+                guard()
+                dom.start()
+            return vms.info_of(h, dom).to_dict()
+    earlier = [attempt_tag(task_id, k) for k in range(1, attempt)]
+    vms.drop_leftovers(hosts, [v for tag in earlier for v in vms.tagged_volumes(spec, tag)],
+                       guard)
     return vms.create_vm(cluster, spec, host=host, start=start,
-                         tag=attempt_tag(task_id, attempt), guard=guard).to_dict()
+                         tag=attempt_tag(task_id, attempt), guard=guard,
+                         hosts=hosts).to_dict()
 
 
 # -- settings -----------------------------------------------------------------------
