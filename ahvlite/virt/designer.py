@@ -251,14 +251,7 @@ def design(spec: VmSpec, ctx: Design) -> Domain:
     else:
         dom.current_memory_mib = spec.memory_mib
     dom.vcpus = spec.vcpus
-    if spec.fw_cfg:
-        sysinfo = dom.ensure(SysInfo)
-        sysinfo.type = "fwcfg"
-        for key, value in sorted(spec.fw_cfg.items()):
-            entry = FwCfgEntry()
-            entry.name = key
-            entry.value = value
-            sysinfo.entries.append(entry)
+    _fw_cfg(dom, spec.fw_cfg)
     _os(dom, spec, ctx)
     features = dom.ensure_features()
     # Without ACPI, q35 guests get no PCI interrupt routing and no fw_cfg device.
@@ -487,6 +480,19 @@ def pci_hostdev(address: str) -> PciHostdev:
 
 # -- the lab's small guests -------------------------------------------------------------
 
+def _fw_cfg(dom: Domain, entries: dict[str, str]) -> None:
+    """QEMU fw_cfg entries (the guest reads them under /sys/firmware/qemu_fw_cfg)."""
+    if not entries:
+        return
+    sysinfo = dom.ensure(SysInfo)
+    sysinfo.type = "fwcfg"
+    for key, value in sorted(entries.items()):
+        entry = FwCfgEntry()
+        entry.name = key
+        entry.value = value
+        sysinfo.entries.append(entry)
+
+
 def design_small(g: SimpleGuest) -> Domain:
     """The domain for one of the lab's small guests: no policy beyond booting it."""
     dom = Domain()
@@ -495,14 +501,7 @@ def design_small(g: SimpleGuest) -> Domain:
     dom.uuid = g.uuid
     dom.memory_mib = g.memory_mib
     dom.vcpus = g.vcpus
-    if g.fw_cfg:
-        sysinfo = dom.ensure(SysInfo)
-        sysinfo.type = "fwcfg"
-        for key, value in sorted(g.fw_cfg.items()):
-            entry = FwCfgEntry()
-            entry.name = key
-            entry.value = value
-            sysinfo.entries.append(entry)
+    _fw_cfg(dom, g.fw_cfg)
     os_ = dom.ensure_os()
     os_.type = "hvm"
     os_.arch = "x86_64"
