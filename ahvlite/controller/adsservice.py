@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from ahvlite.clock import SYSTEM, Clock
 from ahvlite.controller.coord.api import Coordinator, NotLeader, Op, Put
+from ahvlite.controller.periodic import Periodic
 from ahvlite.controller.tasks import TaskState, TaskStore
 from ahvlite.errors import AhvliteError, NotFound
 from ahvlite.sched.model import Problem
@@ -52,29 +52,22 @@ class AdsService:
         self.queue: list[Move] = []
         self.current: str | None = None  # id of the vm.migrate task in flight
         self.last_plan: Plan | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.loop: Periodic | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="ads")
-        self._thread.start()
+        self.loop = Periodic("ads", self._step_while_leading, self.poll_s, clock=self.clock)
+        self.loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self.loop is not None:
+            self.loop.stop()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.step()
-            except NotLeader:
-                return
-            except AhvliteError as exc:
-                log.warning("ads: %s", exc.message)
-            except Exception:  # a bug or a surprise must not end ADS while we lead
-                log.exception("ads: round failed; trying again in %g s", self.poll_s)
-            self.clock.wait(self._stop, self.poll_s)
+    def _step_while_leading(self) -> None:
+        try:
+            self.step()
+        except NotLeader:  # the loop ends with the term; the next leader runs its own
+            if self.loop is not None:
+                self.loop.stopped.set()
 
     def step(self) -> None:
         """Advance: watch the move in flight, submit the next, or plan when it is time."""

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from ahvlite.clock import SYSTEM
 from ahvlite.controller.coord.api import Coordinator, NotLeader, Put
+from ahvlite.controller.periodic import Periodic
 from ahvlite.errors import AhvliteError
 from ahvlite.sched.stats import HostStats
 from ahvlite.virt.hostconn import DomainEvent, LinkState, StateChange
@@ -81,23 +82,21 @@ class HostMonitor:
         self.hosts = {h: HostRecord(h, since=clock(), vms={}) for h in self.links}
         self._applied: dict[str, float] = {}  # host -> `at` of the stats record applied
         self._mu = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()  # set also when we lose the lead
+        self.loop = Periodic("hostmon", self.collect_once, interval_s, stop=self._stop)
 
     def start(self) -> None:
         for link in self.links.values():
             link.on_state(self._on_link)
             link.on_domain_event(self._on_event)
             link.start()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="hostmon")
-        self._thread.start()
+        self.loop.start()
 
     def stop(self) -> None:
         self._stop.set()
         for link in self.links.values():
             link.close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self.loop.stop(timeout_s=5)
 
     def _maintenance(self, host: str) -> bool:
         try:
@@ -170,10 +169,6 @@ class HostMonitor:
                 self.hosts[host].vms = {v.name: v.state for v in rec.vms}
             self._publish(host)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.collect_once()
-            self._stop.wait(self.interval_s)
 
 
 def read_hosts(coord: Coordinator) -> list[dict[str, Any]]:

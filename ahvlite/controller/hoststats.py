@@ -22,6 +22,7 @@ from typing import Any
 
 from ahvlite.clock import SYSTEM
 from ahvlite.controller.coord.api import Coordinator
+from ahvlite.controller.periodic import Periodic
 from ahvlite.errors import AhvliteError, OperationTimeout
 from ahvlite.sched.snapshot import records_of
 from ahvlite.sched.stats import History, HostStats, host_stats, parse_host_stats
@@ -62,32 +63,22 @@ class OwnStats:
         self._prev: HostCounters | None = None
         self._pending: Future[Any] | None = None
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"stats-{host}")
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._said_not_host = False
+        self.loop: Periodic | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="own-stats")
-        self._thread.start()
+        self.loop = Periodic("own-stats", self.collect_once, self.interval_s)
+        self.loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self.loop is not None:
+            self.loop.stop(timeout_s=5)
         self._worker.shutdown(wait=False, cancel_futures=True)
         if self._conn is not None and (self._pending is None or self._pending.done()):
             from ahvlite.virt.conn import close_quietly
 
             close_quietly(self._conn)
         self._conn = None
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.collect_once()
-            except Exception:  # whatever happens, the next round tries again
-                log.exception("stats of %s", self.host)
-            self._stop.wait(self.interval_s)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._pending is not None and not self._pending.done():
@@ -164,27 +155,15 @@ class StatsFeed:
         self.clock = clock
         self.history = History(size)
         self._mu = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.loop: Periodic | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="stats-feed")
-        self._thread.start()
+        self.loop = Periodic("stats-feed", self.refresh, self.interval_s)
+        self.loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.refresh()
-            except AhvliteError as exc:
-                log.warning("stats feed: %s", exc.message)
-            except Exception:
-                log.exception("stats feed")
-            self._stop.wait(self.interval_s)
+        if self.loop is not None:
+            self.loop.stop(timeout_s=5)
 
     def refresh(self) -> int:
         """Take in the records published since the last look; how many were new."""

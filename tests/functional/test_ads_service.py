@@ -97,8 +97,8 @@ def test_no_hotspot_no_tasks_and_a_deposed_leader_stops(leader):
     clock.now = 1000
     svc.poll_s = 0.01
     svc.start()
-    svc._thread.join(timeout=5)  # type: ignore[union-attr]
-    assert not svc._thread.is_alive()  # type: ignore[union-attr]
+    svc.loop.thread.join(timeout=5)  # type: ignore[union-attr]
+    assert not svc.loop.thread.is_alive()  # type: ignore[union-attr]
 
 
 def test_a_deleted_move_task_clears_the_plan_and_the_next_round_plans(leader):
@@ -133,7 +133,7 @@ def test_an_unexpected_error_does_not_end_the_ads_thread(leader):
     svc.start()
     try:
         assert second_round.wait(5), "the ADS thread died on the first error"
-        assert svc._thread.is_alive()  # type: ignore[union-attr]
+        assert svc.loop.thread.is_alive()  # type: ignore[union-attr]
     finally:
         svc.stop()
 

@@ -50,6 +50,7 @@ from ahvlite.controller.ha.records import (
     agent_key,
     key,
 )
+from ahvlite.controller.periodic import Periodic
 from ahvlite.errors import AhvliteError
 
 log = logging.getLogger(__name__)
@@ -319,16 +320,8 @@ class HostAgent:
         for target, period in ((self.heartbeat, self.heartbeat_s), (self.probe, PROBE_S),
                                (self.tick, tick_s), (self.feed, FEED_S),
                                (self.reconcile, RECONCILE_S)):
-            threading.Thread(target=self._every, args=(target, period), daemon=True,
-                             name=f"agent-{target.__name__}").start()
-
-    def _every(self, step: Callable[[], object], period: float) -> None:
-        while not self._stop.is_set():
-            try:
-                step()
-            except Exception:  # a bug must not end fencing; the watchdog is the backstop
-                log.exception("agent: %s failed", getattr(step, "__name__", step))
-            self.clock.wait(self._stop, period)
+            Periodic(f"agent-{target.__name__}", target, period, clock=self.clock,
+                     stop=self._stop).start()
 
     def stop(self) -> None:
         """Stop the loops; disarm the watchdog only when nothing protected runs here."""

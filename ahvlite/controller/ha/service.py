@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -57,6 +56,7 @@ from ahvlite.controller.ha.records import (
     key,
 )
 from ahvlite.controller.ha.settings import HaSettings
+from ahvlite.controller.periodic import Periodic
 from ahvlite.errors import AhvliteError
 from ahvlite.sched.capacity import HostCapacity
 from ahvlite.sched.place import MOST_FREE_MEMORY, Strategy
@@ -103,27 +103,18 @@ class HaService:
         self._stopped: dict[str, float] = {}  # desired running, seen off since
         self._in_place: set[str] = set()  # to start again on their own (healthy) host
         self._status = b""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.loop = Periodic("ha", self.tick, interval_s, clock=clock)
 
     # -- the daemon's Service -----------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="ha")
-        self._thread.start()
+        self.loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self.loop.stop()
         close = getattr(self.ops, "close", None)
         if close is not None:
             close()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.tick()
-            self.clock.wait(self._stop, self.interval_s)
 
     def tick(self) -> None:
         """One round while we lead; whatever goes wrong is logged, never raised."""
