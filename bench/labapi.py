@@ -39,20 +39,12 @@ def create_vm(lab_name: str, spec: Any, host: str, *, start: bool = True) -> dic
 def connection_counts(lab_name: str) -> dict[str, dict[str, int]]:
     """Per lab host: libvirt connections the lab's controllers opened to it and lent to
     operations (``/v1/controller/connections`` of every controller, summed)."""
-    from ahvlite.controller.api.client import ApiClient
+    from ahvlite.controller.api.client import connection_counts as counts
     from ahvlite.controller.api.config import load_client_config
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AHVLITE_")}
     env.update(lab.client_env(lab_name))
-    config = load_client_config(env)
-    total: dict[str, dict[str, int]] = {}
-    for endpoint in config.endpoints:
-        with ApiClient(config.model_copy(update={"endpoints": [endpoint]})) as c:
-            for host, counts in c.get("/v1/controller/connections")["hosts"].items():
-                mine = total.setdefault(host, {"opened": 0, "leased": 0})
-                for k in mine:
-                    mine[k] += int(counts.get(k, 0))
-    return total
+    return counts(load_client_config(env))
 
 
 def count_delta(before: dict[str, dict[str, int]],

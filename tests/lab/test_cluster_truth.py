@@ -191,18 +191,10 @@ def test_a_request_without_credentials_is_refused_and_changes_nothing(truth, adm
 def connections(who: Admin) -> dict[str, dict[str, int]]:
     """Per host: the libvirt connections every controller opened to it and lent to
     operations (``/v1/controller/connections`` of each, summed)."""
-    from ahvlite.controller.api.client import ApiClient
+    from ahvlite.controller.api.client import connection_counts
     from ahvlite.controller.api.config import load_client_config
 
-    config = load_client_config(who.env, who.home)
-    total: dict[str, dict[str, int]] = {}
-    for endpoint in config.endpoints:
-        with ApiClient(config.model_copy(update={"endpoints": [endpoint]})) as c:
-            for host, counts in c.get("/v1/controller/connections")["hosts"].items():
-                mine = total.setdefault(host, {"opened": 0, "leased": 0})
-                for k in mine:
-                    mine[k] += counts[k]
-    return total
+    return connection_counts(load_client_config(who.env, who.home))
 
 
 def test_vm_create_start_goes_to_each_host_once(truth, admin):

@@ -331,3 +331,17 @@ class ApiClient:
             prefer = f"https://{location.netloc}"
         raise OperationFailed(f"the upload was redirected more than {MAX_REDIRECTS} times",
                               hint="leadership is moving; try again")
+
+
+def connection_counts(config: ClientConfig) -> dict[str, dict[str, int]]:
+    """Per host: the libvirt connections every controller of ``config`` opened to it
+    and lent to operations (each one's ``/v1/controller/connections``, summed): how a
+    test or a bench sees that an operation reads each host once."""
+    total: dict[str, dict[str, int]] = {}
+    for endpoint in config.endpoints:
+        with ApiClient(config.model_copy(update={"endpoints": [endpoint]})) as c:
+            for host, counts in c.get("/v1/controller/connections")["hosts"].items():
+                mine = total.setdefault(host, {"opened": 0, "leased": 0})
+                for k in mine:
+                    mine[k] += int(counts.get(k, 0))
+    return total
