@@ -23,6 +23,7 @@ from ahvlite.spec.vm import MIN_MEMORY_MIB, DiskSpec, NicSpec, VmSpec
 from ahvlite.virt.xml.devices import (
     Console,
     Controller,
+    Devices,
     Disk,
     Graphics,
     Interface,
@@ -378,15 +379,7 @@ def _devices(dom: Domain, spec: VmSpec, ctx: Design) -> None:
     usb = Controller()
     usb.type, usb.model = "usb", "none"
     devs.controllers.append(usb)
-    serial = Serial()
-    serial.type = "pty"
-    serial.log_file = spec.serial_log
-    serial.log_append = "off" if spec.serial_log else None
-    serial.target_port = 0
-    devs.serials.append(serial)
-    console = Console()
-    console.type, console.target_type, console.target_port = "pty", "serial", 0
-    devs.consoles.append(console)
+    _serial_console(devs, spec.serial_log)
     vnc = Graphics()
     vnc.type, vnc.port, vnc.autoport = "vnc", -1, True
     vnc.listen_address("127.0.0.1")  # reach it through an SSH tunnel, never the network
@@ -480,6 +473,20 @@ def pci_hostdev(address: str) -> PciHostdev:
 
 # -- the lab's small guests -------------------------------------------------------------
 
+def _serial_console(devs: Devices, log_file: str | None) -> None:
+    """The serial port on a pty, its output also kept in ``log_file`` (truncated at
+    each start), and the console on it."""
+    serial = Serial()
+    serial.type = "pty"
+    serial.log_file = log_file
+    serial.log_append = "off" if log_file else None
+    serial.target_port = 0
+    devs.serials.append(serial)
+    console = Console()
+    console.type, console.target_type, console.target_port = "pty", "serial", 0
+    devs.consoles.append(console)
+
+
 def _fw_cfg(dom: Domain, entries: dict[str, str]) -> None:
     """QEMU fw_cfg entries (the guest reads them under /sys/firmware/qemu_fw_cfg)."""
     if not entries:
@@ -536,16 +543,7 @@ def design_small(g: SimpleGuest) -> Domain:
         if g.bridge else []
     for nic in [*nics, *g.nics]:
         devs.interfaces.append(interface_for(nic))
-    serial = Serial()
-    serial.type = "pty"
-    if g.serial_log:
-        serial.log_file = str(g.serial_log)
-        serial.log_append = "off"
-    serial.target_port = 0
-    devs.serials.append(serial)
-    console = Console()
-    console.type, console.target_type, console.target_port = "pty", "serial", 0
-    devs.consoles.append(console)
+    _serial_console(devs, str(g.serial_log) if g.serial_log else None)
     balloon = MemBalloon()
     balloon.model = "none"
     devs.memballoons.append(balloon)
