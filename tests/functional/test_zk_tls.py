@@ -5,7 +5,6 @@ environment alone, its secret in a file."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ from ahvlite.lab import processes
 from ahvlite.lab.pki import LabCA, install_ahvlite_pki, install_store_client
 from ahvlite.lab.services import free_ports, member_mode, start_local_ensemble, zk_argv
 from ahvlite.pki import write_secret
+from tests.procs import assert_on_no_command_line
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.functional
@@ -125,13 +125,7 @@ def test_a_controller_runs_from_its_environment_and_no_command_line_holds_the_se
             c.close()
         assert lead["name"] == "ctl-env"
         secret = SECRET.split(":", 1)[1]
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                assert secret.encode() not in cmdline, pid
+        assert_on_no_command_line(secret)
     finally:
         processes.stop([rec])
     assert secret not in (tmp_path / "ctl.log").read_text()

@@ -52,6 +52,21 @@ def lab_leftovers(name: str) -> dict[str, list[str]]:
     }
 
 
+def down_keeping_logs(name: str, keep: Path, logs: tuple[str, ...]) -> None:
+    """Copy each host's ``logs`` (names under its state dir's logs/) into ``keep`` as
+    HOST-NAME (what the daemons decided and when: lab down removes them), then take
+    the lab down and check nothing of it is left."""
+    layout = lab.layout_of(name)
+    for h in layout.hosts:
+        for log in logs:
+            src = h.state_dir / "logs" / log
+            if src.exists():
+                (keep / f"{h.name}-{log}").write_bytes(src.read_bytes())
+    pids = list(lab.state_of(name).processes)
+    lab.down(name)
+    assert_gone(name, pids)
+
+
 def assert_gone(name: str, pids: list) -> None:
     from ahvlite.lab import processes
 

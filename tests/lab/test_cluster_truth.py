@@ -29,8 +29,9 @@ from ahvlite.lab.layout import LabLayout
 from ahvlite.lab.services import lab_zk_members, member_mode, open_lab_store
 from ahvlite.spec.lab import LabSpec
 from tests.clirun import ARGV, ahvlite
-from tests.lab.conftest import assert_gone
+from tests.lab.conftest import down_keeping_logs
 from tests.lab.placements import Placements
+from tests.procs import assert_on_no_command_line
 from tests.waiting import wait_for
 
 NAME = "ttruth"
@@ -47,15 +48,8 @@ def truth(tmp_path_factory):
         yield status, layout, coord
     finally:
         coord.close()
-        keep = tmp_path_factory.mktemp("ttruth-logs")
-        for h in layout.hosts:
-            for log in ("controller.log", "agent.log"):
-                src = h.state_dir / "logs" / log
-                if src.exists():
-                    (keep / f"{h.name}-{log}").write_bytes(src.read_bytes())
-        pids = list(lab.state_of(NAME).processes)
-        lab.down(NAME)
-        assert_gone(NAME, pids)
+        down_keeping_logs(NAME, tmp_path_factory.mktemp("ttruth-logs"),
+                          ("controller.log", "agent.log"))
 
 
 class Admin:
@@ -181,11 +175,7 @@ def test_a_request_without_credentials_is_refused_and_changes_nothing(truth, adm
     # The store's secret is on no command line of this machine (the lab's daemons read
     # it from the file their environment file names).
     secret = layout.store_secret_file.read_text().strip().partition(":")[2]
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            assert secret.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes(), pid
-        except OSError:
-            continue
+    assert_on_no_command_line(secret)
 
 
 def connections(who: Admin) -> dict[str, dict[str, int]]:

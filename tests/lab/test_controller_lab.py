@@ -23,6 +23,7 @@ from ahvlite.virt import guest
 from ahvlite.virt.conn import connection
 from tests.clirun import ahv
 from tests.lab.conftest import assert_gone
+from tests.procs import assert_on_no_command_line
 from tests.waiting import wait_for
 
 NAME = "tctl"
@@ -138,16 +139,7 @@ def test_the_store_is_tls_only_and_its_secret_on_no_command_line(ctl_lab):
     layout = lab.layout_of(NAME)
     secret = layout.store_secret_file.read_text().strip().partition(":")[2]
     assert len(secret) >= 24
-    seen = 0
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            seen += 1
-            assert secret.encode() not in cmdline, cmdline
-    assert seen > 20
+    assert assert_on_no_command_line(secret) > 20
     # Nor in any environment file: they name the secret's file.
     assert secret not in (layout.root / "controller.env").read_text()
     for host in layout.hosts:

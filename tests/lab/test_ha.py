@@ -10,7 +10,6 @@ cut) and records any VM seen running on two hosts at once.
 from __future__ import annotations
 
 import json
-import shutil
 from functools import partial
 
 import pytest
@@ -26,7 +25,7 @@ from ahvlite.spec.labels import HA_PRIORITY_LABEL
 from ahvlite.virt import guest
 from ahvlite.virt.conn import local_socket_connection
 from tests.clirun import ahv
-from tests.lab.conftest import assert_gone
+from tests.lab.conftest import down_keeping_logs
 from tests.lab.placements import Placements, recorded_on
 from tests.waiting import wait_for
 
@@ -51,15 +50,8 @@ def ha_lab(tmp_path_factory):
     finally:
         coord.close()
         # The controllers' logs say what HA decided and when; lab down removes them.
-        keep = tmp_path_factory.mktemp("tha-logs")
-        for h in layout.hosts:
-            for log in ("controller.log", "zookeeper.log", "agent.log", "watchdog.log"):
-                src = h.state_dir / "logs" / log
-                if src.exists():
-                    shutil.copyfile(src, keep / f"{h.name}-{log}")
-        pids = list(lab.state_of(NAME).processes)
-        lab.down(NAME)
-        assert_gone(NAME, pids)
+        down_keeping_logs(NAME, tmp_path_factory.mktemp("tha-logs"),
+                          ("controller.log", "zookeeper.log", "agent.log", "watchdog.log"))
 
 
 def whole(layout: LabLayout, coord) -> tuple[bool, str]:

@@ -11,7 +11,6 @@ majority side. Five rounds.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import pytest
@@ -25,7 +24,7 @@ from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest
 from ahvlite.virt.conn import local_socket_connection
 from tests.clirun import ahv
-from tests.lab.conftest import assert_gone
+from tests.lab.conftest import down_keeping_logs
 from tests.lab.placements import Placements, recorded_on
 from tests.waiting import wait_for
 
@@ -46,15 +45,8 @@ def split_lab(tmp_path_factory):
     finally:
         coord.close()
         # What HA decided and when: lab down removes the logs.
-        keep = tmp_path_factory.mktemp("tsplit-logs")
-        for h in layout.hosts:
-            for log in ("controller", "agent", "watchdog", "zookeeper"):
-                src = h.state_dir / "logs" / f"{log}.log"
-                if src.exists():
-                    shutil.copyfile(src, keep / f"{h.name}-{log}.log")
-        pids = list(lab.state_of(NAME).processes)
-        lab.down(NAME)
-        assert_gone(NAME, pids)
+        down_keeping_logs(NAME, tmp_path_factory.mktemp("tsplit-logs"),
+                          ("controller.log", "agent.log", "watchdog.log", "zookeeper.log"))
 
 
 def leader(coord) -> str:

@@ -26,7 +26,7 @@ from ahvlite.spec.lab import LabSpec
 from ahvlite.spec.vm import DiskSpec
 from ahvlite.storage.tgt import parse_show
 from tests.clirun import ahv
-from tests.lab.conftest import assert_gone, in_host
+from tests.lab.conftest import down_keeping_logs, in_host
 from tests.waiting import wait_for
 
 NAME = "tiscsi"
@@ -53,15 +53,8 @@ def ilab(tmp_path_factory):
     finally:
         if coord is not None:
             coord.close()
-        keep = tmp_path_factory.mktemp("tiscsi-logs")
-        for h in layout.hosts:
-            for log in ("redirector.log", "storage.log", "controller.log", "agent.log"):
-                src = h.state_dir / "logs" / log
-                if src.exists():
-                    (keep / f"{h.name}-{log}").write_bytes(src.read_bytes())
-        pids = list(lab.state_of(NAME).processes)
-        lab.down(NAME)
-        assert_gone(NAME, pids)
+        down_keeping_logs(NAME, tmp_path_factory.mktemp("tiscsi-logs"),
+                          ("redirector.log", "storage.log", "controller.log", "agent.log"))
 
 
 def sessions_shown(status) -> dict[tuple[str, str], str]:
