@@ -11,12 +11,18 @@ only for what is stored or shown (task timestamps, store expiry other processes 
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import tenacity
+
+from ahvlite.errors import OperationTimeout
 
 T = TypeVar("T")
 
@@ -110,3 +116,28 @@ def wait_until(check: Callable[[], T], *, timeout_s: float, interval_s: float,
 def _last_outcome(state: tenacity.RetryCallState) -> object:
     assert state.outcome is not None
     return state.outcome.result()  # the last result, or its exception raised again
+
+
+@contextmanager
+def file_lock(path: Path, timeout_s: float | None, *, what: str, interval_s: float = 0.05,
+              clock: Clock = SYSTEM) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (made 0600 if missing) for the block; wait
+    for it at most ``timeout_s`` (None: as long as it takes), then OperationTimeout
+    naming ``what``. Closing the file drops the lock, also when the process dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def take() -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    try:
+        if timeout_s is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        elif not wait_until(take, timeout_s=timeout_s, interval_s=interval_s, clock=clock):
+            raise OperationTimeout(f"{what}: still held after {timeout_s} s")
+        yield
+    finally:
+        os.close(fd)

@@ -13,16 +13,15 @@ processes on this machine never lose each other's update.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ahvlite.clock import wait_until
+from ahvlite.clock import file_lock
 from ahvlite.cluster.state import SPEC_KEY, STATE, ClusterState
-from ahvlite.errors import NotFound, OperationTimeout
+from ahvlite.errors import NotFound
 from ahvlite.kv import MUST_NOT_EXIST, Check, Delete, Op, Put, Versioned, VersionMismatch
 from ahvlite.spec.cluster import ClusterSpec, load_cluster
 
@@ -51,23 +50,8 @@ class DirStore:
     def _flock(self, name: str, timeout_s: float | None = None) -> Iterator[None]:
         d = self.dir / STATE_DIR
         d.mkdir(parents=True, exist_ok=True)
-        fd = os.open(d / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if timeout_s is None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            else:
-                def take() -> bool:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        return True
-                    except BlockingIOError:
-                        return False
-
-                if not wait_until(take, timeout_s=timeout_s, interval_s=0.05):
-                    raise OperationTimeout(f"lock {name}: held elsewhere")
+        with file_lock(d / f".{name}.lock", timeout_s, what=f"lock {name}"):
             yield
-        finally:
-            os.close(fd)
 
     def get(self, key: str) -> Versioned | None:
         path = self._path(key)

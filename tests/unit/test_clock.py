@@ -64,3 +64,18 @@ def test_the_system_clock_waits_on_the_event():
     stop.set()
     assert SYSTEM.wait(stop, 5) is True
     assert SYSTEM.monotonic() <= SYSTEM.monotonic()
+
+
+def test_a_file_lock_held_elsewhere_times_out_naming_it_and_is_free_after(tmp_path) -> None:
+    import pytest
+
+    from ahvlite.clock import file_lock
+    from ahvlite.errors import OperationTimeout
+
+    path = tmp_path / "x.lock"
+    with file_lock(path, 1.0, what="lock x"):
+        with pytest.raises(OperationTimeout, match="lock x: still held after 0.1 s"):
+            with file_lock(path, 0.1, what="lock x"):
+                pass
+    with file_lock(path, 0.1, what="lock x"):
+        assert oct(path.stat().st_mode & 0o777) == "0o600"

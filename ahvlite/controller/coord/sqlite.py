@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ahvlite.clock import SYSTEM, Clock, wait_until
+from ahvlite.clock import SYSTEM, Clock, file_lock
 from ahvlite.controller.coord.api import (
     MUST_NOT_EXIST,
     Check,
@@ -348,22 +348,9 @@ class SqliteCoordinator:
         check_key(name)
         d = self.path.with_name(self.path.name + ".locks")
         d.mkdir(exist_ok=True)
-        fd = os.open(d / name.replace("/", "_"), os.O_RDWR | os.O_CREAT, 0o600)
-
-        def take() -> bool:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                return False
-
-        try:
-            if not wait_until(take, timeout_s=timeout_s, interval_s=POLL_S / 2,
-                              clock=self.clock):
-                raise OperationTimeout(f"lock {name}: still held after {timeout_s} s")
+        with file_lock(d / name.replace("/", "_"), timeout_s, what=f"lock {name}",
+                       interval_s=POLL_S / 2, clock=self.clock):
             yield
-        finally:
-            os.close(fd)  # closing drops the flock
 
     def close(self) -> None:
         if self._closed.is_set():
