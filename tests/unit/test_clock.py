@@ -73,9 +73,9 @@ def test_a_file_lock_held_elsewhere_times_out_naming_it_and_is_free_after(tmp_pa
     from ahvlite.errors import OperationTimeout
 
     path = tmp_path / "x.lock"
-    with file_lock(path, 1.0, what="lock x"):
-        with pytest.raises(OperationTimeout, match="lock x: still held after 0.1 s"):
-            with file_lock(path, 0.1, what="lock x"):
-                pass
+    with (file_lock(path, 1.0, what="lock x"),
+          pytest.raises(OperationTimeout, match=r"lock x: still held after 0\.1 s"),
+          file_lock(path, 0.1, what="lock x")):
+        pass
     with file_lock(path, 0.1, what="lock x"):
         assert oct(path.stat().st_mode & 0o777) == "0o600"
