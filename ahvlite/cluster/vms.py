@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ahvlite.cluster import cpustore, luns, schedulable
 from ahvlite.cluster.adsrules import host_loads, load_rules
@@ -20,14 +20,14 @@ from ahvlite.sched.place import AdsRules, Want, place
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.labels import DOMAIN_TYPE_LABEL, is_pinned
 from ahvlite.spec.network import NetworkSpec
-from ahvlite.spec.vm import DiskSpec, NicSpec, VmSpec
+from ahvlite.spec.vm import DiskSpec, VmSpec
 from ahvlite.virt import cpu, designer, facts, guest, storage
 from ahvlite.virt.conn import Connection, StoragePool, close_quietly, open_connection
 from ahvlite.virt.cpu import CpuDef
 from ahvlite.virt.designer import Design, DiskPlacement, HostPolicy
 from ahvlite.virt.guest import Guest
 from ahvlite.virt.pool import ConnectionPool
-from ahvlite.virt.xml.domain import Domain, VmMeta
+from ahvlite.virt.xml.domain import VmMeta
 
 Report = Callable[[str], None]
 Guard = Callable[[], object]
@@ -109,6 +109,8 @@ def image_volume_name(image: str) -> str:
 
 # -- connections --------------------------------------------------------------------
 
+T = TypeVar("T")
+
 @dataclass
 class Hosts:
     """Open connections to the cluster's hosts (unreachable ones recorded)."""
@@ -116,6 +118,33 @@ class Hosts:
     cluster: ClusterSpec
     conns: dict[str, Connection]
     errors: dict[str, str]
+    # Hosts that stopped answering during the operation: their connections are
+    # closed when it ends, never given back for reuse.
+    dropped: dict[str, Connection] = field(default_factory=dict)
+
+    def drop(self, host: str, exc: HostUnreachable) -> None:
+        """``host`` died mid-operation: from now on it counts as unreachable (a read
+        goes on without it, as if it had not answered the connect)."""
+        conn = self.conns.pop(host, None)
+        if conn is not None:
+            self.dropped[host] = conn
+        self.errors[host] = exc.message
+
+    def each(self, fn: Callable[[str, Connection], T]) -> dict[str, T]:
+        """``fn`` on every reachable host in parallel; a host that turns out to be
+        gone is dropped (see :meth:`drop`) and left out of the answer."""
+        def one(host: str) -> tuple[str, T | HostUnreachable]:
+            try:
+                return host, fn(host, self.conns[host])
+            except HostUnreachable as exc:
+                return host, exc
+        out: dict[str, T] = {}
+        for host, got in parallel(one, list(self.conns)):
+            if isinstance(got, HostUnreachable):
+                self.drop(host, got)
+            else:
+                out[host] = got
+        return out
 
     def conn(self, host: str) -> Connection:
         if host in self.conns:
@@ -182,8 +211,9 @@ def connect(cluster: ClusterSpec, *, timeout_s: float = 10) -> Iterator[Hosts]:
     conns = {n: c for n, c, _ in results if c is not None}
     errors = {n: e for n, _, e in results if e is not None}
     ok = False
+    hosts = Hosts(cluster, conns, errors)
     try:
-        yield Hosts(cluster, conns, errors)
+        yield hosts
         ok = True
     except AhvliteError as exc:
         # Our own refusals (not found, conflict) leave the connections sound; a host
@@ -197,6 +227,8 @@ def connect(cluster: ClusterSpec, *, timeout_s: float = 10) -> Iterator[Hosts]:
                 pool.release(uris[name], c, ok=ok)
             else:
                 close_quietly(c)
+        for c in hosts.dropped.values():
+            close_quietly(c)
 
 
 def volumes_in_use(hosts: Hosts) -> set[str]:
@@ -261,17 +293,14 @@ def networks_of(cluster: ClusterSpec, host: str) -> NetworkSpec:
 
 
 def capacities(hosts: Hosts) -> list[HostCapacity]:
-    out = []
-    for h in hosts.cluster.hosts:
-        if h.name not in hosts.conns:
-            out.append(HostCapacity(h.name, 0, 0, reachable=False))
-            continue
+    def one(_host: str, conn: Connection) -> tuple[int, int]:
         # Free = what running VMs do not hold. The kernel's free figure moves with page
         # cache and QEMU's lazy allocation; reservations are what placement must honour.
-        total, _ = facts.memory_mib(hosts.conns[h.name])
-        reserved = facts.reserved_memory_mib(hosts.conns[h.name])
-        out.append(HostCapacity(h.name, total, total - reserved))
-    return out
+        total, _ = facts.memory_mib(conn)
+        return total, total - facts.reserved_memory_mib(conn)
+    got = hosts.each(one)
+    return [HostCapacity(h.name, *got[h.name]) if h.name in got
+            else HostCapacity(h.name, 0, 0, reachable=False) for h in hosts.cluster.hosts]
 
 
 # -- reading ------------------------------------------------------------------------
@@ -315,10 +344,8 @@ def list_vms(cluster: ClusterSpec) -> tuple[list[VmInfo], dict[str, str]]:
 
 def list_on(hosts: Hosts) -> list[VmInfo]:
     """Every VM on the hosts ``hosts`` reaches (an operation's connections), by name."""
-    def on(host: str) -> list[VmInfo]:
-        return [info_of(host, g) for g in guest.all_guests(hosts.conns[host])]
-    found = parallel(on, list(hosts.conns))
-    return sorted((v for vs in found for v in vs), key=lambda v: v.name)
+    found = hosts.each(lambda host, conn: [info_of(host, g) for g in guest.all_guests(conn)])
+    return sorted((v for vs in found.values() for v in vs), key=lambda v: v.name)
 
 
 def show_vm(cluster: ClusterSpec, name: str) -> VmInfo:
@@ -630,118 +657,6 @@ def delete_vm(cluster: ClusterSpec, name: str, *, force: bool = False) -> dict[s
         if nvram and storage.delete_volume(pool, Path(nvram).name):
             removed.append(Path(nvram).name)
         return {"name": name, "host": host, "deleted_volumes": removed}
-
-
-# -- devices ------------------------------------------------------------------------
-
-def free_disk_name(cluster: ClusterSpec, name: str, wanted: str | None) -> str:
-    """The name a new disk of VM ``name`` gets: ``wanted`` (Conflict when taken), else
-    the first free ``diskN``."""
-    with connect(cluster) as hosts:
-        _, dom = hosts.find(name)
-        return _disk_name(dom.config(inactive=True), name, wanted)
-
-
-def _disk_name(d: Domain, vm: str, wanted: str | None) -> str:
-    meta = d.meta or VmMeta()
-    taken = set(meta.disk_names.values()) | set(meta.volumes)
-    taken |= {x.serial or "" for x in d.devices.disks} if d.devices else set()
-    if wanted is not None:
-        if wanted in taken:
-            raise Conflict(f"{vm} already has a disk named {wanted}")
-        return wanted
-    n = 0
-    while f"disk{n}" in taken:
-        n += 1
-    return f"disk{n}"
-
-
-def add_disk(cluster: ClusterSpec, name: str, disk: DiskSpec, *, tag: str | None = None,
-             guard: Guard = _no_guard) -> VmInfo:
-    """Add a disk (hot-plugged when the VM runs); the volume goes when the attach fails.
-    Its volume is named with ``tag`` (random when None); ``guard`` runs before each
-    change and raises to stop (then nothing is undone: see :func:`create_on_host`)."""
-    with connect(cluster) as hosts:
-        host, dom = hosts.find(name)
-        d = dom.config(inactive=True)
-        meta = d.meta or d.ensure_meta()
-        disk_name = _disk_name(d, name, disk.name)
-        used = {x.target_dev or "" for x in d.devices.disks} if d.devices else set()
-        dev = designer.next_target_dev(used, disk.bus)
-        pool = hosts.pool(host)
-        iscsi = luns.uses_iscsi(cluster)
-        fmt = "raw" if iscsi else "qcow2"
-        tag = tag or new_tag()
-        vol = luns.lun_volume(name, disk_name, tag) if iscsi else vm_volume(name, disk_name, tag)
-        if disk.image is not None:
-            storage.refresh(pool)
-            _image_source({v.name: v for v in storage.list_volumes(pool)}, disk.image)
-            guard()
-            path = storage.clone_volume(pool, vol, image_volume_name(disk.image),
-                                        full=disk.full_clone, capacity_mib=disk.size_mib,
-                                        fmt=fmt)
-        elif disk.size_mib is not None:
-            guard()
-            path = storage.create_volume(pool, vol, disk.size_mib, fmt=fmt)
-        else:
-            raise InvalidSpec("disk", disk.path, "a size or an image (vm disk add)")
-        place = luns.placement(cluster, vol, str(path), fmt)
-        try:
-            guard()
-            if isinstance(place, designer.IscsiDiskPlacement):
-                luns.export_lun(cluster, vol, str(path), must=(host,))
-                device = designer.network_disk_device(place, disk.bus, dev, serial=disk_name,
-                                                      boot_order=None)
-            else:
-                device = designer.disk_device(str(path), disk.bus, dev, serial=disk_name,
-                                              boot_order=None)
-            guard()
-            dom.attach_device(device)
-        except BaseException:
-            if _still(guard):
-                with suppress(AhvliteError):
-                    luns.forget_lun(cluster, vol)
-                    storage.delete_volume(pool, vol)
-            raise
-        # Attached: from here on the volume is the VM's, whatever else fails.
-        meta.set_disk(disk_name, dev, vol)
-        dom.set_metadata(meta)
-        return info_of(host, dom)
-
-
-def add_nic(cluster: ClusterSpec, name: str, nic: NicSpec) -> VmInfo:
-    with connect(cluster) as hosts:
-        host, dom = hosts.find(name)
-        d = dom.config(inactive=True)
-        macs = {i.mac for i in d.devices.interfaces} if d.devices else set()
-        if nic.mac is not None and nic.mac in macs:
-            raise Conflict(f"{name} already has a NIC with MAC {nic.mac}")
-        spec = VmSpec(name=name, memory_mib=64, nics=[nic]).with_macs()
-        nic = spec.nics[0]
-        iface = designer.interface(nic, d.uuid or "", networks_of(cluster, host))
-        dom.attach_device(iface)
-        meta = d.meta or d.ensure_meta()
-        assert nic.mac is not None
-        meta.set_nic(nic.mac, nic.network)
-        dom.set_metadata(meta)
-        return info_of(host, dom)
-
-
-def remove_nic(cluster: ClusterSpec, name: str, mac: str) -> VmInfo:
-    with connect(cluster) as hosts:
-        host, dom = hosts.find(name)
-        d = dom.config(inactive=True)
-        ifaces = [i for i in (d.devices.interfaces if d.devices else [])
-                  if (i.mac or "").lower() == mac.lower()]
-        if not ifaces:
-            known = [i.mac for i in d.devices.interfaces] if d.devices else []
-            raise NotFound(f"{name} has no NIC with MAC {mac}",
-                           hint=f"its NICs: {', '.join(str(m) for m in known) or 'none'}")
-        dom.detach_device(ifaces[0])
-        meta = d.meta or d.ensure_meta()
-        meta.remove_nic(mac.lower())
-        dom.set_metadata(meta)
-        return info_of(host, dom)
 
 
 def console_run(cluster: ClusterSpec, name: str, command: str, *,

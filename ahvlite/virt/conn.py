@@ -55,7 +55,10 @@ def translate(exc: libvirt.libvirtError, context: str) -> AhvliteError:
     message = f"{context}: {exc.get_error_message() or exc}"
     if code in _NOT_FOUND:
         return NotFound(message)
-    if code in _UNREACHABLE:
+    if code in _UNREACHABLE or (code == libvirt.VIR_ERR_INTERNAL_ERROR
+                                and exc.get_error_domain() == libvirt.VIR_FROM_RPC):
+        # The RPC layer's internal errors are a lost peer ("connection closed due to
+        # keepalive timeout", "client socket is closed"): the host, not the request.
         return HostUnreachable(message)
     if code in _CONFLICT:
         return Conflict(message)

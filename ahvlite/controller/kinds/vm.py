@@ -276,13 +276,13 @@ class VmDiskAdd(Kind[DiskAddParams]):
     Params = DiskAddParams
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
-        from ahvlite.cluster import vms
+        from ahvlite.cluster import vmdevices, vms
         from ahvlite.spec.vm import DiskSpec
 
         p = self.params(ctx)
         cspec = self.cluster()
         disk = DiskSpec(**p.disk)
-        disk_name = ctx.step("name", lambda: vms.free_disk_name(cspec, p.name, disk.name))
+        disk_name = ctx.step("name", lambda: vmdevices.free_disk_name(cspec, p.name, disk.name))
         disk = disk.model_copy(update={"name": disk_name})
         ctx.progress(10, f"adding disk {disk_name} to {p.name}")
 
@@ -295,9 +295,9 @@ class VmDiskAdd(Kind[DiskAddParams]):
                     vms.drop_leftovers(hosts, [v for t in _earlier_tags(ctx)
                                                for v in vms.disk_volumes(p.name, disk_name, t)],
                                        ctx.check_leader)
-            return vms.add_disk(cspec, p.name, disk,
-                                tag=attempt_tag(ctx.task.id, ctx.task.attempts),
-                                guard=ctx.check_leader).to_dict()
+            return vmdevices.add_disk(cspec, p.name, disk,
+                                      tag=attempt_tag(ctx.task.id, ctx.task.attempts),
+                                      guard=ctx.check_leader).to_dict()
 
         return dict(ctx.step("add", add))
 
@@ -325,7 +325,7 @@ class VmNicAdd(Kind[NicAddParams]):
     Params = NicAddParams
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
-        from ahvlite.cluster import vms
+        from ahvlite.cluster import vmdevices, vms
         from ahvlite.spec.vm import NicSpec, random_mac
 
         p = self.params(ctx)
@@ -341,7 +341,7 @@ class VmNicAdd(Kind[NicAddParams]):
                 if any((n["mac"] or "").lower() == mac for n in info.nics):
                     return info.to_dict()
             ctx.check_leader()
-            return vms.add_nic(cspec, p.name, nic).to_dict()
+            return vmdevices.add_nic(cspec, p.name, nic).to_dict()
 
         return dict(ctx.step("add", add))
 
@@ -360,7 +360,7 @@ class VmNicRemove(Kind[NicRemoveParams]):
     Params = NicRemoveParams
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
-        from ahvlite.cluster import vms
+        from ahvlite.cluster import vmdevices, vms
 
         p = self.params(ctx)
         cspec = self.cluster()
@@ -372,7 +372,7 @@ class VmNicRemove(Kind[NicRemoveParams]):
                 if not any((n["mac"] or "").lower() == p.mac.lower() for n in info.nics):
                     return info.to_dict()
             ctx.check_leader()
-            return vms.remove_nic(cspec, p.name, p.mac).to_dict()
+            return vmdevices.remove_nic(cspec, p.name, p.mac).to_dict()
 
         return dict(ctx.step("remove", remove))
 
