@@ -131,4 +131,4 @@ def test_settings_validation_names_the_field():
         assert exc.value.field == field
     # Older documents (isolation timeout, countdown) still load.
     assert HaSettings.from_doc({"mode": "guarantee", "countdown_s": 8}).mode == "guarantee"
-    assert HaSettings().restart_after_s == 12.0  # lease 8 + watchdog 3 + margin 1
+    assert HaSettings().restart_after_s == 14.0  # lease 10 + watchdog 3 + margin 1
