@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ahvlite.cluster.vms import IMAGE_PREFIX, Guard, connect, image_volume_name
+from ahvlite.cluster.guard import Guard, no_guard
+from ahvlite.cluster.vms import IMAGE_PREFIX, connect, image_volume_name
 from ahvlite.errors import InvalidSpec
 from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.virt import imageinfo, storage
 
-
-def _no_guard() -> None:
-    pass
 
 def images(cluster: ClusterSpec) -> list[storage.VolumeInfo]:
     with connect(cluster) as hosts:
@@ -22,7 +20,7 @@ def images(cluster: ClusterSpec) -> list[storage.VolumeInfo]:
 
 def upload_image(cluster: ClusterSpec, image: imageinfo.ImageInfo, name: str, *,
                  report: Callable[[int, int], None] | None = None,
-                 guard: Guard = _no_guard) -> storage.VolumeInfo:
+                 guard: Guard = no_guard) -> storage.VolumeInfo:
     """Upload an inspected image file into the shared pool as image ``name``."""
     with connect(cluster) as hosts:
         host, pool = hosts.any_pool()

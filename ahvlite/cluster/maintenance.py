@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from ahvlite.clock import SYSTEM
 from ahvlite.cluster import migrate, vms
 from ahvlite.cluster.convergence import ConvergenceSettings
+from ahvlite.cluster.guard import no_guard
 from ahvlite.cluster.schedulable import MAINTENANCE_KEY, maintenance_doc
 from ahvlite.cluster.state import ClusterState
 from ahvlite.errors import AhvliteError, Conflict, InvalidSpec, NotFound, OperationFailed
@@ -48,10 +49,6 @@ ADMITTED = "admitted"  # the step after which an enter empties the host, come wh
 
 
 def _quiet(_pct: int, _msg: str) -> None:
-    pass
-
-
-def _no_guard() -> None:
     pass
 
 
@@ -299,7 +296,7 @@ class Hooks:
     change on a host, the HA admission of moves, and where progress goes."""
 
     steps: Steps = field(default_factory=_Direct)
-    guard: Callable[[], object] = _no_guard
+    guard: Callable[[], object] = no_guard
     admit: Callable[[Moves], None] = _admit_all
     progress: Progress = _quiet
     on_progress: Callable[[migrate.MigrationProgress], None] | None = None

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ahvlite.cluster import schedulable, vms
+from ahvlite.cluster.guard import Guard, no_guard, still
 from ahvlite.cluster.state import ClusterState
 from ahvlite.errors import AhvliteError, Conflict, InvalidSpec, NotFound
 from ahvlite.sched.place import Want, place
@@ -27,7 +28,6 @@ from ahvlite.virt.xml.domain import Domain, VmMeta
 TEMPLATE_LABEL = "ahvlite.io/template"
 VERSION_LABEL = "ahvlite.io/template-version"
 Report = Callable[[str], None]
-Guard = Callable[[], object]
 
 
 def _quiet(_msg: str) -> None:
@@ -90,7 +90,7 @@ def _capture(hosts: vms.Hosts, template: str, version: int, vm: str,
             disks.append(TemplateDisk(name=dname, bus=disk.target_bus or "scsi",
                                       volume=target))
     except BaseException:
-        if _still(guard):
+        if still(guard):
             for vol in made:
                 storage.delete_volume(pool, vol)
         raise
@@ -114,20 +114,8 @@ def _capture(hosts: vms.Hosts, template: str, version: int, vm: str,
         boot=boot, vtpm=bool(d.devices and len(d.devices.tpms)), disks=disks, nics=nics)
 
 
-def _still(guard: Guard) -> bool:
-    try:
-        guard()
-    except BaseException:
-        return False
-    return True
-
-
-def _no_guard() -> None:
-    pass
-
-
 def capture(cluster: ClusterSpec, template: str, version: int, vm: str, *,
-            report: Report = _quiet, guard: Guard = _no_guard) -> TemplateVersion:
+            report: Report = _quiet, guard: Guard = no_guard) -> TemplateVersion:
     """Version ``version`` of ``template`` from the shut-off VM ``vm``: its disks copied
     into the pool (``tmpl-NAME-vN-DISK.qcow2``), its shape described. ``guard`` runs
     before each copy and raises to stop (then nothing is undone)."""
@@ -137,7 +125,7 @@ def capture(cluster: ClusterSpec, template: str, version: int, vm: str, *,
 
 
 def drop_capture_leftovers(cluster: ClusterSpec, template: str, version: int, vm: str, *,
-                           guard: Guard = _no_guard) -> list[str]:
+                           guard: Guard = no_guard) -> list[str]:
     """Delete the volumes :func:`capture` of ``vm`` as that version would make, where no
     stored template version and no VM refers to them: what an interrupted capture left
     (a task resumed by the next leader; a run after one that died)."""
@@ -270,7 +258,7 @@ def plan_deploy(cluster: ClusterSpec, name: str, *, count: int, prefix: str | No
 def deploy_vm(hosts: vms.Hosts, target: str, spec: VmSpec, *, tag: str,
               earlier_tags: Sequence[str] = (), user_data: str | None = None,
               start: bool = True, admit: Callable[[VmSpec, str], None] | None = None,
-              guard: Guard = _no_guard) -> vms.VmInfo:
+              guard: Guard = no_guard) -> vms.VmInfo:
     """Make one planned VM on ``target``: its NoCloud seed ISO (VMs with disks), its
     disks cloned, defined, started after ``admit(spec, target)`` (HA admission) passes.
     On failure all of this one VM is undone (while ``guard`` passes), nothing else.
@@ -306,7 +294,7 @@ def deploy_vm(hosts: vms.Hosts, target: str, spec: VmSpec, *, tag: str,
         return vms.create_on_host(hosts, target, spec, start=start, report=_quiet, tag=tag,
                                   guard=guard)
     except BaseException:
-        if seed is not None and _still(guard):
+        if seed is not None and still(guard):
             with suppress(AhvliteError):
                 storage.delete_volume(hosts.pool(target), seed)
         raise

@@ -6,13 +6,11 @@ from __future__ import annotations
 from contextlib import suppress
 
 from ahvlite.cluster import luns
+from ahvlite.cluster.guard import Guard, no_guard, still
 from ahvlite.cluster.vms import (
-    Guard,
     VmInfo,
-    _image_source,
-    _no_guard,
-    _still,
     connect,
+    image_source,
     image_volume_name,
     info_of,
     networks_of,
@@ -49,7 +47,7 @@ def _disk_name(d: Domain, vm: str, wanted: str | None) -> str:
 
 
 def add_disk(cluster: ClusterSpec, name: str, disk: DiskSpec, *, tag: str | None = None,
-             guard: Guard = _no_guard) -> VmInfo:
+             guard: Guard = no_guard) -> VmInfo:
     """Add a disk (hot-plugged when the VM runs); the volume goes when the attach fails.
     Its volume is named with ``tag`` (random when None); ``guard`` runs before each
     change and raises to stop (then nothing is undone: see :func:`create_on_host`)."""
@@ -67,7 +65,7 @@ def add_disk(cluster: ClusterSpec, name: str, disk: DiskSpec, *, tag: str | None
         vol = luns.lun_volume(name, disk_name, tag) if iscsi else vm_volume(name, disk_name, tag)
         if disk.image is not None:
             storage.refresh(pool)
-            _image_source({v.name: v for v in storage.list_volumes(pool)}, disk.image)
+            image_source({v.name: v for v in storage.list_volumes(pool)}, disk.image)
             guard()
             path = storage.clone_volume(pool, vol, image_volume_name(disk.image),
                                         full=disk.full_clone, capacity_mib=disk.size_mib,
@@ -90,7 +88,7 @@ def add_disk(cluster: ClusterSpec, name: str, disk: DiskSpec, *, tag: str | None
             guard()
             dom.attach_device(device)
         except BaseException:
-            if _still(guard):
+            if still(guard):
                 with suppress(AhvliteError):
                     luns.forget_lun(cluster, vol)
                     storage.delete_volume(pool, vol)

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from ahvlite.cluster import cpustore, luns, schedulable
 from ahvlite.cluster.adsrules import host_loads, load_rules
+from ahvlite.cluster.guard import Guard, no_guard, still
 from ahvlite.cluster.inventory import parallel
 from ahvlite.cluster.paths import check_spec_paths
 from ahvlite.errors import AhvliteError, Conflict, HostUnreachable, InvalidSpec, NotFound
@@ -30,7 +31,6 @@ from ahvlite.virt.pool import ConnectionPool
 from ahvlite.virt.xml.domain import VmMeta
 
 Report = Callable[[str], None]
-Guard = Callable[[], object]
 IMAGE_PREFIX = "image-"
 # Preferred named CPU models, most capable first; the first one the host can run wins
 # (until the cluster CPU baseline exists).
@@ -64,10 +64,6 @@ class VmInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _no_guard() -> None:
-    pass
 
 
 # Volume names carry a tag of the attempt that made them (a task's attempt, or a random
@@ -355,7 +351,7 @@ def show_vm(cluster: ClusterSpec, name: str) -> VmInfo:
 
 # -- create -------------------------------------------------------------------------
 
-def _image_source(vols: dict[str, storage.VolumeInfo], image: str) -> storage.VolumeInfo:
+def image_source(vols: dict[str, storage.VolumeInfo], image: str) -> storage.VolumeInfo:
     vol = vols.get(image_volume_name(image))
     if vol is None:
         known = sorted(v.removeprefix(IMAGE_PREFIX) for v in vols
@@ -384,7 +380,7 @@ def check_new_vm(hosts: Hosts, spec: VmSpec, host: str, *, dry_run: bool = True)
     vols = {v.name: v for v in storage.list_volumes(pool)}
     for d in spec.disks:
         if d.image is not None:
-            _image_source(vols, d.image)
+            image_source(vols, d.image)
         for volume in (d.clone_of, d.volume):
             if volume is not None and volume not in vols:
                 raise InvalidSpec("disk.volume", volume, "a volume of the shared pool")
@@ -400,7 +396,7 @@ def check_new_vm(hosts: Hosts, spec: VmSpec, host: str, *, dry_run: bool = True)
 def create_vm(cluster: ClusterSpec, spec: VmSpec, *, host: str | None = None,
               start: bool = False, report: Report = _quiet,
               cpu_level: CpuDef | None = None, tag: str | None = None,
-              guard: Guard = _no_guard, hosts: Hosts | None = None) -> VmInfo:
+              guard: Guard = no_guard, hosts: Hosts | None = None) -> VmInfo:
     """Place, make volumes, define (and start) ``spec``; on failure undo all of it.
 
     With ``cpu_level`` (the cluster's, see cluster.cpulevel) the VM gets that CPU.
@@ -436,7 +432,7 @@ def create_vm(cluster: ClusterSpec, spec: VmSpec, *, host: str | None = None,
 
 def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
                    report: Report, cpu_level: CpuDef | None = None, tag: str | None = None,
-                   guard: Guard = _no_guard) -> VmInfo:
+                   guard: Guard = no_guard) -> VmInfo:
     """Make ``spec``'s volumes on ``target``, define it (and start it); undo on failure.
 
     The caller has checked the spec (:func:`check_new_vm`) and placed it. The VM gets
@@ -532,7 +528,7 @@ def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
             dom.start()
         return info_of(target, dom)
     except BaseException:
-        if deposed or not _still(guard):
+        if deposed or not still(guard):
             raise
         with ExitStack() as undo:
             undo.enter_context(suppress(AhvliteError))
@@ -545,14 +541,6 @@ def create_on_host(hosts: Hosts, target: str, spec: VmSpec, *, start: bool,
                 luns.forget_lun(hosts.cluster, vol)
                 storage.delete_volume(pool, vol)
         raise
-
-
-def _still(guard: Guard) -> bool:
-    try:
-        guard()
-    except BaseException:
-        return False
-    return True
 
 
 def render_on_host(conn: Connection, cluster: ClusterSpec, host: str, spec_doc: dict[str, Any],
@@ -670,7 +658,7 @@ def console_run(cluster: ClusterSpec, name: str, command: str, *,
             return con.run(command, timeout_s=timeout_s)
 
 
-def drop_leftovers(hosts: Hosts, volumes: list[str], guard: Guard = _no_guard) -> list[str]:
+def drop_leftovers(hosts: Hosts, volumes: list[str], guard: Guard = no_guard) -> list[str]:
     """Delete those of ``volumes`` (what an earlier attempt of a task may have left
     half-made) that no VM on a reachable host uses; returns the ones deleted."""
     if not volumes or not hosts.conns:
