@@ -79,6 +79,14 @@ def libvirt_errors(context: str) -> Iterator[None]:
         raise translate(exc, context) from None
 
 
+def is_alive(conn: libvirt.virConnect) -> bool:
+    """Whether the connection is still open (a local check, no round trip)."""
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False
+
+
 def open_connection(uri: str, *, keepalive_interval_s: int = 5, keepalive_count: int = 3,
                     timeout_s: float = 10) -> libvirt.virConnect:
     """Open ``uri`` within ``timeout_s``; remote connections get libvirt keepalive.

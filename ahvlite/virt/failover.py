@@ -105,11 +105,3 @@ def power_off_many(conn: libvirt.virConnect, names: list[str], deadline_s: float
     wait(futures, timeout=deadline_s)
     pool.shutdown(wait=False)
     return {name for f in futures if f.done() and (name := f.result()) is not None}
-
-
-def is_alive(conn: libvirt.virConnect) -> bool:
-    """Whether the connection is still open (a local check, no round trip)."""
-    try:
-        return bool(conn.isAlive())
-    except libvirt.libvirtError:
-        return False

@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ahvlite.clock import SYSTEM
-from ahvlite.virt.conn import Connection, close_quietly, open_connection
-from ahvlite.virt.failover import is_alive
+from ahvlite.virt.conn import Connection, close_quietly, is_alive, open_connection
 
 IDLE_S = 300.0  # an idle connection older than this is closed rather than lent
 PER_URI = 8  # idle connections kept per host

@@ -21,6 +21,7 @@ from ahvlite.controller.ha.records import StoredVm
 from ahvlite.errors import AhvliteError, OperationTimeout
 from ahvlite.virt import facts, failover, guest
 from ahvlite.virt.conn import close_quietly, open_connection
+from ahvlite.virt.conn import is_alive as conn_alive
 from ahvlite.virt.failover import DomainFacts
 
 log = logging.getLogger(__name__)
@@ -95,10 +96,10 @@ class LibvirtHosts:
         if link is None or link.conn is None or (
                 busy is not None and self.clock.monotonic() - busy > self.call_timeout_s):
             return None
-        if not failover.is_alive(link.conn):
+        if not conn_alive(link.conn):
             return None
         own = self._own.get(host)
-        if own is not None and busy is None and not failover.is_alive(own):
+        if own is not None and busy is None and not conn_alive(own):
             self._abandoned.append(self._own.pop(host))
             own = None
         if own is None:

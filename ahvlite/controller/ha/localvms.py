@@ -11,6 +11,7 @@ from ahvlite.errors import AhvliteError
 from ahvlite.sched.restart import VmRecord
 from ahvlite.virt import failover, guest
 from ahvlite.virt.conn import close_quietly, open_connection
+from ahvlite.virt.conn import is_alive as conn_alive
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ class LibvirtLocal:
 
     def _connection(self) -> Any:
         with self._mu:
-            if self._conn is not None and not failover.is_alive(self._conn):
+            if self._conn is not None and not conn_alive(self._conn):
                 close_quietly(self._conn)
                 self._conn = None
             if self._conn is None:
