@@ -1,0 +1,194 @@
+"""One dnsmasq per managed network on this host, in its own network namespace.
+
+The namespace (``ahvd-br0-10``) keeps the subnets of different networks and the
+host's management network apart: the host gets no route into a VM subnet. dnsmasq
+listens on the inner end of a veth whose outer end is a br0 port on the dead VLAN,
+reached only through the flows of ``plan.flow_table``.
+
+dnsmasq daemonizes and is known by its pid file; before it is signalled, its
+``/proc/PID/cmdline`` must name our config, so a recycled PID is never hit. It is
+never looked for by name. Hosts and options are reloaded by SIGHUP; a config change
+(subnet, server) restarts it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from ovsdbapp.schema.open_vswitch import impl_idl
+
+from ahvlite.errors import MissingDependency, OperationFailed, OperationTimeout
+from ahvlite.net import netlink
+from ahvlite.net.dhcp.plan import DEAD_VLAN, Responder
+from ahvlite.net.ovs import ops
+
+DNSMASQ = "dnsmasq"
+DNSMASQ_USER = "dnsmasq"  # made by dnsmasq-base; dnsmasq drops to it after binding
+ROLE = {"ahvlite-role": "dhcp"}
+START_TIMEOUT_S = 10
+
+
+def _run(argv: list[str]) -> None:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=START_TIMEOUT_S,
+                              check=False)
+    except FileNotFoundError:
+        raise MissingDependency(f"{argv[0]} is not installed",
+                                hint="install the Debian packages dnsmasq-base, ethtool "
+                                     "and util-linux") from None
+    except subprocess.TimeoutExpired:
+        raise OperationTimeout(f"{' '.join(argv)} did not finish in "
+                               f"{START_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        raise OperationFailed(f"{' '.join(argv)}: "
+                              f"{done.stderr.strip() or f'exit {done.returncode}'}")
+
+
+def _in_netns(ns: str | None, argv: list[str]) -> list[str]:
+    # nsenter (not `ip netns exec`) keeps the host's mount namespace: /run and /var/lib
+    # stay the host's own.
+    return ["nsenter", f"--net={netlink.netns_path(ns)}", *argv] if ns else argv
+
+
+def _tx_off(dev: str, ns: str | None) -> None:
+    # OVS's userspace datapath does not fill in checksums left to offload: without
+    # this, dnsmasq's UDP replies arrive with bad checksums and are dropped.
+    _run(_in_netns(ns, ["ethtool", "-K", dev, "tx", "off"]))
+
+
+def _write(path: Path, text: str) -> bool:
+    """Write ``text`` (0644, tmp + rename) unless it is already there; True if written."""
+    try:
+        if path.read_text() == text:
+            return False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o644)  # dnsmasq re-reads hosts/opts after dropping to its own user
+    os.replace(tmp, path)
+    return True
+
+
+def _prepare_log(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    path.touch(mode=0o644, exist_ok=True)
+    try:
+        user = pwd.getpwnam(DNSMASQ_USER)
+    except KeyError:
+        return  # dnsmasq then keeps root: it cannot drop to a user that does not exist
+    os.chown(path, user.pw_uid, user.pw_gid)
+
+
+# -- the dnsmasq process -------------------------------------------------------------
+
+def running_pid(r: Responder) -> int | None:
+    """The PID of ``r``'s dnsmasq, if its pid file names a live dnsmasq using our config."""
+    try:
+        pid = int(r.pid_path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if _is_ours(pid, r.conf_path) else None
+
+
+def _is_ours(pid: int, conf: Path) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return (state != "Z" and Path(argv[0].decode(errors="replace")).name == DNSMASQ
+            and f"--conf-file={conf}".encode() in argv)
+
+
+def _start(r: Responder) -> int:
+    r.pid_path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    r.pid_path.unlink(missing_ok=True)
+    _prepare_log(r.log_path)
+    # dnsmasq's parent returns once the daemon has bound its socket (or failed).
+    _run(_in_netns(r.netns, [DNSMASQ, f"--conf-file={r.conf_path}"]))
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while (pid := running_pid(r)) is None:
+        if time.monotonic() > deadline:
+            raise OperationFailed(f"dnsmasq for {r.network} did not write {r.pid_path}",
+                                  hint=f"see {r.log_path}")
+        time.sleep(0.02)
+    return pid
+
+
+def stop(r: Responder, *, timeout_s: float = 5) -> bool:
+    """End ``r``'s dnsmasq (by its recorded PID); False if none was running."""
+    pid = running_pid(r)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _is_ours(pid, r.conf_path):
+        if time.monotonic() > deadline:
+            raise OperationTimeout(f"dnsmasq {pid} for {r.network} did not end in "
+                                   f"{timeout_s:.0f} s")
+        time.sleep(0.02)
+    r.pid_path.unlink(missing_ok=True)
+    return True
+
+
+# -- the whole responder -------------------------------------------------------------
+
+def _plumb(api: impl_idl.OvsdbIdl, r: Responder, host_ns: str | None) -> bool:
+    """Namespace, veth and br0 port; True if the veth or its address had to change
+    (dnsmasq, bound to the interface, is then restarted)."""
+    netlink.ensure_netns(r.netns)
+    made = False
+    if (not netlink.link_exists(r.host_veth, ns=host_ns)
+            or netlink.link_mac(r.ns_veth, ns=r.netns) != r.mac):
+        netlink.delete_link(r.host_veth, ns=host_ns)
+        netlink.delete_link(r.ns_veth, ns=r.netns)
+        netlink.create_veth_pair(r.host_veth, r.ns_veth, far_ns=r.netns, far_mac=r.mac,
+                                 ns=host_ns)
+        _tx_off(r.host_veth, host_ns)
+        _tx_off(r.ns_veth, r.netns)
+        made = True
+    made |= netlink.set_only_address(r.ns_veth, str(r.address), ns=r.netns)
+    ops.ensure_access_port(api, bridge=r.bridge, name=r.host_veth, tag=DEAD_VLAN,
+                             external_ids={**ROLE, "ahvlite-network": r.network})
+    return made
+
+
+def ensure(api: impl_idl.OvsdbIdl, r: Responder, *, host_ns: str | None = None) -> str:
+    """Make ``r`` run as planned; return what was done: started, restarted, reloaded
+    or unchanged. ``host_ns`` is the namespace ovs-vswitchd runs in (None: ours)."""
+    conf_changed = _write(r.conf_path, r.conf)
+    data_changed = _write(r.hosts_path, r.hosts) | _write(r.opts_path, r.opts)
+    remade = _plumb(api, r, host_ns)
+    pid = running_pid(r)
+    if pid is None:
+        _start(r)
+        return "started"
+    if conf_changed or remade:  # dnsmasq does not re-read its config on SIGHUP
+        stop(r)
+        _start(r)
+        return "restarted"
+    if data_changed:
+        os.kill(pid, signal.SIGHUP)
+        return "reloaded"
+    return "unchanged"
+
+
+def remove(api: impl_idl.OvsdbIdl, r: Responder, *, host_ns: str | None = None) -> None:
+    """Stop ``r``'s dnsmasq and remove its port, veth, namespace and files."""
+    stop(r)
+    ops.remove_port(api, bridge=r.bridge, name=r.host_veth)
+    netlink.delete_link(r.host_veth, ns=host_ns)
+    netlink.delete_netns(r.netns)
+    for path in (r.conf_path, r.hosts_path, r.opts_path, r.pid_path):
+        path.unlink(missing_ok=True)
+    try:
+        r.conf_path.parent.rmdir()
+    except OSError:
+        pass  # not empty (something else of ours lives there) or already gone
