@@ -8,6 +8,7 @@ Every namespace and link here is ours (prefix ``ahvt-dp``), addresses are TEST-N
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import stat
@@ -49,7 +50,7 @@ case "$1" in
 bound|renew)
     ip addr flush dev "$interface"
     ip addr add "$ip/$mask" dev "$interface"
-    echo "ip=$ip mask=$mask router=$router dns=$dns domain=$domain mtu=$mtu" \\
+    echo "event=$1 ip=$ip mask=$mask router=$router dns=$dns domain=$domain mtu=$mtu" \\
          "lease=$lease serverid=$serverid" > "$LEASE_OUT"
     ;;
 esac
@@ -230,7 +231,7 @@ def test_a_client_gets_exactly_its_allocation_with_every_option(box):
     assert changes  # an empty switch got the table
     lease, took = box.dhcp("c1")
     print(f"\nDHCP lease through OVS (udhcpc start to bound): {took * 1000:.0f} ms")
-    assert lease == {"ip": "192.0.2.51", "mask": "24", "router": "192.0.2.1",
+    assert lease == {"event": "bound", "ip": "192.0.2.51", "mask": "24", "router": "192.0.2.1",
                      "dns": "192.0.2.2", "domain": "lab.example", "mtu": "1400",
                      "lease": "3600", "serverid": "192.0.2.254"}
 
@@ -328,6 +329,44 @@ def test_a_lease_change_reloads_and_a_server_change_restarts(box):
     lease, _ = box.dhcp("c1")
     assert lease is not None and lease["serverid"] == "192.0.2.250"
     box.apply(NET, box.allocations("c1", "c2"))
+
+
+def test_a_renew_after_a_responder_restart_is_acked_by_unicast(box):
+    """The RENEW is IP unicast to the server address and the ACK comes back unicast
+    (the responder's namespace ARPs for the guest): the whole non-broadcast path."""
+    box.apply(NET, box.allocations("c1", "c2"))
+    out = box.tmp / "lease-c2-bg"
+    out.unlink(missing_ok=True)
+    client = subprocess.Popen(
+        ["nsenter", f"--net={netlink.netns_path(box.ns('c2'))}", "busybox", "udhcpc", "-f",
+         "-i", "eth0", "-t", "3", "-T", "1", "-A", "1", "-s", str(box.script)],
+        env={**os.environ, "LEASE_OUT": str(out)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(out.exists, 10)
+        r = next(x for x in box.responders if x.key == "br0-10")
+        assert responder.stop(r)
+        out.unlink()
+        with ovsdb(f"unix:{box.db_sock}") as api:
+            # A new dnsmasq with no lease database: authoritative, it ACKs the renew.
+            assert responder.ensure(api, r, host_ns=HOST_NS) == "started"
+        os.kill(client.pid, signal.SIGUSR1)  # udhcpc: renew now
+        assert wait_for(out.exists, 10)
+        assert "event=renew ip=192.0.2.52 " in out.read_text()
+        log = r.log_path.read_text()
+        assert "DHCPREQUEST(dhcp0) 192.0.2.52 52:54:00:d1:00:02" in log
+        assert "DHCPACK(dhcp0) 192.0.2.52 52:54:00:d1:00:02" in log
+    finally:
+        client.terminate()
+        client.wait(timeout=10)
+
+
+def test_dnsmasq_runs_as_its_own_user_not_root(box):
+    box.apply(NET, box.allocations("c1", "c2"))
+    r = next(x for x in box.responders if x.key == "br0-10")
+    status = Path(f"/proc/{responder.running_pid(r)}/status").read_text()
+    uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
+    assert int(uid) == pwd.getpwnam("dnsmasq").pw_uid != 0
 
 
 def test_remove_ends_dnsmasq_by_its_pid_and_removes_what_it_made(box):

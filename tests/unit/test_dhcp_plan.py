@@ -53,7 +53,8 @@ def test_responder_names_files_and_exact_dnsmasq_text():
         "no-hosts\n"
         "log-dhcp\n"
         "log-facility=/s/log/dhcp-br0-10.log\n"
-        "pid-file=/s/run/br0-10.pid\n")
+        "pid-file=/s/run/br0-10.pid\n"
+        "user=dnsmasq\n")
     assert r.conf_path == Path("/s/conf/br0-10/dnsmasq.conf")
     # Sorted by address, MACs lower-case, the lease time on every line.
     assert r.hosts == ("52:54:00:00:00:01,10.10.0.50,3600\n"

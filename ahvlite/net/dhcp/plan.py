@@ -30,6 +30,7 @@ DOMAIN_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 BRIDGE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 DEAD_VLAN = 4095  # OVS never forwards NORMAL traffic to a port tagged with it
 NS_VETH = "dhcp0"
+DNSMASQ_USER = "dnsmasq"
 MIN_LEASE_S = 120  # dnsmasq's floor
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 
@@ -209,6 +210,9 @@ def dnsmasq_conf(*, interface: str, subnet: IPv4Network, hosts_path: Path, opts_
         "log-dhcp",
         f"log-facility={log_path}",
         f"pid-file={pid_path}",
+        # Debian's dnsmasq-base would drop to "nobody", shared with other daemons; the
+        # package makes a user of its own (so does EL's dnsmasq).
+        f"user={DNSMASQ_USER}",
     ]
     return "\n".join(lines) + "\n"
 

@@ -24,11 +24,10 @@ from ovsdbapp.schema.open_vswitch import impl_idl
 
 from ahvlite.errors import MissingDependency, OperationFailed, OperationTimeout
 from ahvlite.net import netlink
-from ahvlite.net.dhcp.plan import DEAD_VLAN, Responder
+from ahvlite.net.dhcp.plan import DEAD_VLAN, DNSMASQ_USER, Responder
 from ahvlite.net.ovs import ops
 
 DNSMASQ = "dnsmasq"
-DNSMASQ_USER = "dnsmasq"  # made by dnsmasq-base; dnsmasq drops to it after binding
 ROLE = {"ahvlite-role": "dhcp"}
 START_TIMEOUT_S = 10
 
@@ -82,7 +81,7 @@ def _prepare_log(path: Path) -> None:
     try:
         user = pwd.getpwnam(DNSMASQ_USER)
     except KeyError:
-        return  # dnsmasq then keeps root: it cannot drop to a user that does not exist
+        return  # dnsmasq will say so itself, naming the user
     os.chown(path, user.pw_uid, user.pw_gid)
 
 
