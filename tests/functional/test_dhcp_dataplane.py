@@ -128,16 +128,23 @@ class Sandbox:
             self.ofport["up"] = ops.wait_ofport(api, "up0")
 
     def stop(self) -> None:
-        with ovsdb(f"unix:{self.db_sock}") as api:
+        try:
             for r in self.responders:
-                responder.remove(api, r, host_ns=HOST_NS)
-        for proc in reversed(self.procs):
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=10)
-        for name in (*CLIENTS, "up"):
-            netlink.delete_netns(self.ns(name))
-        netlink.delete_netns(HOST_NS)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+                responder.stop(r)  # by its recorded PID, even if OVSDB is gone
+            if self.responders:
+                with ovsdb(f"unix:{self.db_sock}") as api:
+                    for r in self.responders:
+                        responder.remove(api, r, host_ns=HOST_NS)
+        finally:
+            for proc in reversed(self.procs):
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=10)
+            for r in self.responders:
+                netlink.delete_netns(r.netns)
+            for name in (*CLIENTS, "up"):
+                netlink.delete_netns(self.ns(name))
+            netlink.delete_netns(HOST_NS)
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- the data plane, as the host agent will drive it -------------------------------
 
@@ -264,6 +271,18 @@ def test_the_same_plan_twice_changes_nothing_on_the_switch(box):
         key = line.split("actions=")[1]
         again = [f for f in after if f.endswith(key) and "n_packets=0" not in f]
         assert again, line
+
+
+def test_one_networks_flows_are_selected_by_cookie_on_the_switch(box):
+    box.apply(NET, box.allocations("c1", "c2"))
+    net_cookie = plan.cookie(plan.KIND_BASE, 0, NET.vlan)
+    blue = flows.dump(switch=box.switch, cookie=net_cookie, mask=plan.NETWORK_COOKIE_MASK)
+    every = flows.dump(switch=box.switch)
+    # Everything but the three table defaults (NORMAL, and drop in tables 10 and 30).
+    assert len(blue) == len(every) - 3
+    kinds = {int(f.split("cookie=")[1].split(",")[0], 16) for f in blue}
+    assert kinds == {plan.cookie(k, 0, NET.vlan)
+                     for k in (plan.KIND_NETWORK, plan.KIND_PORT, plan.KIND_BACKSTOP)}
 
 
 def test_spoofed_address_mac_and_arp_are_dropped(box):
