@@ -162,8 +162,12 @@ class Sandbox:
             if r not in self.responders:
                 self.responders = [x for x in self.responders if x.key != r.key] + [r]
             rport = ops.wait_ofport(api, r.host_veth)
-        ports = [plan.VmPort(f"{c}p", self.ofport[c], mac, NET.vlan)
-                 for c, (mac, _) in CLIENTS.items()]
+            # The VM ports as the host agent will see them: read back from OVSDB.
+            bridges, ifaces = ops.observe_ovs(api)
+            ports, not_vm = plan.vm_ports(bridges[0], ifaces, ops.ofports(api))
+        assert sorted((p.name, p.ofport, p.mac, p.tag) for p in ports) == sorted(
+            (f"{c}p", self.ofport[c], mac, NET.vlan) for c, (mac, _) in CLIENTS.items())
+        assert not_vm == []
         table = plan.flow_table("br0", [net], {net.name: allocs}, ports,
                                 {net.name: (rport, r.mac)})
         return done, flows.install(table.lines, switch=self.switch)

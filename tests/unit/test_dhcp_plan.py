@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ahvlite.errors import InvalidSpec
+from ahvlite.net import plan as hostplan
 from ahvlite.net.dhcp import plan
 
 BLUE = plan.DhcpNetwork(
@@ -190,3 +191,28 @@ def test_bridge_numbers_and_veth_names_fit_in_an_interface_name():
     assert 100 <= plan.bridge_number("uplink-br") <= 999
     r, _ = plan.responder(replace(BLUE, bridge="uplink-br", vlan=4094), [], host="h1")
     assert len(r.host_veth) <= 15
+
+
+def test_vm_ports_are_read_from_what_ovsdb_shows():
+    def port(name, **kw):
+        return hostplan.ObservedPort(name=name, interfaces=(name,), **kw)
+
+    def iface(name, mac=None):
+        return hostplan.ObservedInterface(
+            name=name, external_ids={"attached-mac": mac} if mac else {})
+
+    bridge = hostplan.ObservedBridge("br0", "netdev", (
+        port("br0"), hostplan.ObservedPort(name="br0-up", interfaces=("eth0", "eth1")),
+        port("vnet0", tag=10), port("vnet1", tag=10, vlan_mode="native-untagged",
+                                    trunks=(10, 20)),
+        port("vnet2", tag=10), port("vnet3", tag=10), port("vnet4"),
+        port("ahd0v10", tag=plan.DEAD_VLAN)))
+    ifaces = (iface("br0"), iface("eth0"), iface("eth1"), iface("vnet0", M1),
+              iface("vnet1", M2), iface("vnet2", M3), iface("vnet3", "01:00:5e:00:00:01"),
+              iface("vnet4", "52:54:00:00:00:04"), iface("ahd0v10"))
+    ofports = {"br0": 65534, "vnet0": 3, "vnet1": 4, "vnet3": 6, "vnet4": 7, "ahd0v10": 8}
+    ports, skipped = plan.vm_ports(bridge, ifaces, ofports)
+    assert ports == [plan.VmPort("vnet0", 3, M1, 10), plan.VmPort("vnet1", 4, M2, 10, trunk=True)]
+    assert skipped[0] == "port vnet2: no OpenFlow port yet"
+    assert skipped[1].startswith("port vnet3: port vnet3 mac='01:00:5e:00:00:01' is not valid")
+    assert len(skipped) == 2

@@ -22,6 +22,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 from ahvlite.errors import InvalidSpec
+from ahvlite.net.plan import ObservedBridge, ObservedInterface
 from ahvlite.spec.vm import MAC_RE
 
 # RFC 1123 labels, dot-separated; the only free text that reaches dnsmasq.
@@ -114,6 +115,32 @@ class VmPort:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mac", _mac(f"port {self.name} mac", self.mac))
+
+
+def vm_ports(bridge: ObservedBridge, interfaces: tuple[ObservedInterface, ...],
+             ofports: dict[str, int]) -> tuple[list[VmPort], list[str]]:
+    """The VM ports of ``bridge`` as OVSDB shows them, and why others were left out.
+
+    A VM port is one interface with libvirt's ``attached-mac`` and an OpenFlow port;
+    its VLAN is the access tag, or a trunk's native VLAN (vlan_mode native-*).
+    """
+    by_name = {i.name: i for i in interfaces}
+    out: list[VmPort] = []
+    skipped: list[str] = []
+    for p in bridge.ports:
+        iface = by_name.get(p.interfaces[0]) if len(p.interfaces) == 1 else None
+        mac = iface.external_ids.get("attached-mac") if iface else None
+        if iface is None or mac is None or p.tag is None:
+            continue  # uplink bond, the bridge's own port, a responder, a trunk-only port
+        if iface.name not in ofports:
+            skipped.append(f"port {p.name}: no OpenFlow port yet")
+            continue
+        trunk = (p.vlan_mode or "").startswith("native") or bool(p.trunks)
+        try:
+            out.append(VmPort(iface.name, ofports[iface.name], mac, p.tag, trunk=trunk))
+        except InvalidSpec as exc:
+            skipped.append(f"port {p.name}: {exc.message}")
+    return out, skipped
 
 
 # -- responders -----------------------------------------------------------------
