@@ -169,6 +169,11 @@ def create_veth_pair(near: str, far: str, *, far_ns: str, far_mac: str | None = 
         sock.link("set", index=idx, state="up")
 
 
+def link_index(ifname: str, *, ns: str | None = None) -> int | None:
+    with _socket(ns) as sock:
+        return _index(sock, ifname)
+
+
 def link_mac(ifname: str, *, ns: str | None = None) -> str | None:
     with _socket(ns) as sock:
         idx = _index(sock, ifname)

@@ -130,17 +130,17 @@ class Sandbox:
     def stop(self) -> None:
         try:
             for r in self.responders:
-                responder.stop(r)  # by its recorded PID, even if OVSDB is gone
+                responder.stop(r.place)  # by its recorded PID, even if OVSDB is gone
             if self.responders:
                 with ovsdb(f"unix:{self.db_sock}") as api:
                     for r in self.responders:
-                        responder.remove(api, r, host_ns=HOST_NS)
+                        responder.remove(api, r.place, host_ns=HOST_NS)
         finally:
             for proc in reversed(self.procs):
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=10)
             for r in self.responders:
-                netlink.delete_netns(r.netns)
+                netlink.delete_netns(r.place.netns)
             for name in (*CLIENTS, "up"):
                 netlink.delete_netns(self.ns(name))
             netlink.delete_netns(HOST_NS)
@@ -160,8 +160,9 @@ class Sandbox:
         with ovsdb(f"unix:{self.db_sock}") as api:
             done = responder.ensure(api, r, host_ns=HOST_NS)
             if r not in self.responders:
-                self.responders = [x for x in self.responders if x.key != r.key] + [r]
-            rport = ops.wait_ofport(api, r.host_veth)
+                self.responders = [x for x in self.responders
+                                   if x.place.key != r.place.key] + [r]
+            rport = ops.wait_ofport(api, r.place.host_veth)
             # The VM ports as the host agent will see them: read back from OVSDB.
             bridges, ifaces = ops.observe_ovs(api)
             ports, not_vm = plan.vm_ports(bridges[0], ifaces, ops.ofports(api))
@@ -329,7 +330,7 @@ def test_dhcp_on_the_uplink_is_dropped_on_managed_vlans_only(box):
         assert datapath_actions(box.trace(f"{frame},dl_vlan=20")) != "drop"
     # A unicast RENEW meant for another host's responder MAC is answered here.
     p1, m1 = box.ofport["c1"], CLIENTS["c1"][0]
-    r = next(x for x in box.responders if x.key == "br0-10")
+    r = next(x for x in box.responders if x.place.key == "br0-10")
     renew = (f"in_port={p1},dl_src={m1},dl_dst=02:ad:00:00:00:99,udp,nw_src=192.0.2.51,"
              f"nw_dst=192.0.2.254,udp_src=68,udp_dst=67")
     trace = box.trace(renew)
@@ -343,12 +344,12 @@ def test_a_lease_change_reloads_and_a_server_change_restarts(box):
     lease, _ = box.dhcp("c1")
     assert lease is not None and lease["lease"] == "600"
     moved = replace(NET, server=IPv4Address("192.0.2.250"))
-    r = next(x for x in box.responders if x.key == "br0-10")
-    old_pid = responder.running_pid(r)
+    r = next(x for x in box.responders if x.place.key == "br0-10")
+    old_pid = responder.running_pid(r.place)
     done, changes = box.apply(moved, box.allocations("c1", "c2"))
     assert done == "restarted" and changes  # arp_tpa follows the server
-    new_r = next(x for x in box.responders if x.key == "br0-10")
-    assert responder.running_pid(new_r) not in (None, old_pid)
+    new_r = next(x for x in box.responders if x.place.key == "br0-10")
+    assert responder.running_pid(new_r.place) not in (None, old_pid)
     lease, _ = box.dhcp("c1")
     assert lease is not None and lease["serverid"] == "192.0.2.250"
     box.apply(NET, box.allocations("c1", "c2"))
@@ -367,8 +368,8 @@ def test_a_renew_after_a_responder_restart_is_acked_by_unicast(box):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for(out.exists, 10)
-        r = next(x for x in box.responders if x.key == "br0-10")
-        assert responder.stop(r)
+        r = next(x for x in box.responders if x.place.key == "br0-10")
+        assert responder.stop(r.place)
         out.unlink()
         with ovsdb(f"unix:{box.db_sock}") as api:
             # A new dnsmasq with no lease database: authoritative, it ACKs the renew.
@@ -376,7 +377,7 @@ def test_a_renew_after_a_responder_restart_is_acked_by_unicast(box):
         os.kill(client.pid, signal.SIGUSR1)  # udhcpc: renew now
         assert wait_for(out.exists, 10)
         assert "event=renew ip=192.0.2.52 " in out.read_text()
-        log = r.log_path.read_text()
+        log = r.place.log_path.read_text()
         assert "DHCPREQUEST(dhcp0) 192.0.2.52 52:54:00:d1:00:02" in log
         assert "DHCPACK(dhcp0) 192.0.2.52 52:54:00:d1:00:02" in log
     finally:
@@ -386,22 +387,36 @@ def test_a_renew_after_a_responder_restart_is_acked_by_unicast(box):
 
 def test_dnsmasq_runs_as_its_own_user_not_root(box):
     box.apply(NET, box.allocations("c1", "c2"))
-    r = next(x for x in box.responders if x.key == "br0-10")
-    status = Path(f"/proc/{responder.running_pid(r)}/status").read_text()
+    r = next(x for x in box.responders if x.place.key == "br0-10")
+    status = Path(f"/proc/{responder.running_pid(r.place)}/status").read_text()
     uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
     assert int(uid) == pwd.getpwnam("dnsmasq").pw_uid != 0
 
 
-def test_remove_ends_dnsmasq_by_its_pid_and_removes_what_it_made(box):
+def test_a_responder_veth_removed_behind_its_back_is_remade_and_dnsmasq_restarted(box):
     box.apply(NET, box.allocations("c1", "c2"))
-    r = next(x for x in box.responders if x.key == "br0-10")
-    pid = responder.running_pid(r)
+    r = next(x for x in box.responders if x.place.key == "br0-10")
+    old_pid = responder.running_pid(r.place)
+    netlink.delete_link(r.place.ns_veth, ns=r.place.netns)  # takes its peer in br0 along
+    done, _ = box.apply(NET, box.allocations("c1", "c2"))
+    assert done == "restarted"  # bound to an interface that is gone: must restart
+    assert responder.running_pid(r.place) not in (None, old_pid)
+    lease, _ = box.dhcp("c1")
+    assert lease is not None and lease["ip"] == "192.0.2.51"
+
+
+def test_remove_by_place_ends_dnsmasq_by_its_pid_and_removes_what_it_made(box):
+    box.apply(NET, box.allocations("c1", "c2"))
+    # The agent removes a responder whose network it no longer knows: names only.
+    at = plan.place("br0", NET.vlan, paths=box.paths, netns_prefix=PREFIX)
+    pid = responder.running_pid(at)
     assert pid is not None
     with ovsdb(f"unix:{box.db_sock}") as api:
-        responder.remove(api, r, host_ns=HOST_NS)
-        assert r.host_veth not in ops.ofports(api)
-    box.responders.remove(r)
-    assert not Path(f"/proc/{pid}").exists() or responder.running_pid(r) is None
-    assert r.netns not in netlink.list_netns()
-    assert not netlink.link_exists(r.host_veth, ns=HOST_NS)
-    assert not r.conf_path.exists()
+        responder.remove(api, at, host_ns=HOST_NS)
+        assert at.host_veth not in ops.ofports(api)
+    box.responders = [x for x in box.responders if x.place != at]
+    assert responder.running_pid(at) is None
+    assert wait_for(lambda: not Path(f"/proc/{pid}").exists(), 5)
+    assert at.netns not in netlink.list_netns()
+    assert not netlink.link_exists(at.host_veth, ns=HOST_NS)
+    assert not at.conf_path.parent.exists()

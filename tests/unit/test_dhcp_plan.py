@@ -35,8 +35,10 @@ def test_responder_names_files_and_exact_dnsmasq_text():
     paths = plan.ResponderPaths(Path("/s/conf"), Path("/s/run"), Path("/s/log"))
     r, skipped = plan.responder(BLUE, ALLOCS, host="h1", paths=paths)
     assert skipped == []
-    assert (r.netns, r.host_veth, r.ns_veth, r.key) == ("ahvd-br0-10", "ahd0v10", "dhcp0",
-                                                       "br0-10")
+    at = r.place
+    assert (at.netns, at.host_veth, at.ns_veth, at.key) == ("ahvd-br0-10", "ahd0v10", "dhcp0",
+                                                            "br0-10")
+    assert at == plan.place("br0", 10, paths=paths)  # found again without the network
     assert r.address == IPv4Interface("10.10.0.254/24")
     assert r.mac == plan.responder_mac("h1", "br0", 10) != plan.responder_mac("h2", "br0", 10)
     assert r.mac.startswith("02:ad:") and len(r.mac) == 17
@@ -56,7 +58,7 @@ def test_responder_names_files_and_exact_dnsmasq_text():
         "log-facility=/s/log/dhcp-br0-10.log\n"
         "pid-file=/s/run/br0-10.pid\n"
         "user=dnsmasq\n")
-    assert r.conf_path == Path("/s/conf/br0-10/dnsmasq.conf")
+    assert r.place.conf_path == Path("/s/conf/br0-10/dnsmasq.conf")
     # Sorted by address, MACs lower-case, the lease time on every line.
     assert r.hosts == ("52:54:00:00:00:01,10.10.0.50,3600\n"
                        "52:54:00:00:00:02,10.10.0.51,3600\n")
@@ -190,7 +192,7 @@ def test_bridge_numbers_and_veth_names_fit_in_an_interface_name():
     assert plan.bridge_number("br0") == 0 and plan.bridge_number("br12") == 12
     assert 100 <= plan.bridge_number("uplink-br") <= 999
     r, _ = plan.responder(replace(BLUE, bridge="uplink-br", vlan=4094), [], host="h1")
-    assert len(r.host_veth) <= 15
+    assert len(r.place.host_veth) <= 15
 
 
 def test_vm_ports_are_read_from_what_ovsdb_shows():

@@ -155,24 +155,46 @@ class ResponderPaths:
 
 
 @dataclass(frozen=True)
-class Responder:
-    network: str
+class ResponderPlace:
+    """Where the responder of (bridge, VLAN) lives: every name it owns on the host.
+
+    Enough to stop and remove it when its network is no longer managed here.
+    """
+
     bridge: str
     vlan: int
     netns: str
-    host_veth: str  # the end in br0 (OVSDB Port tagged DEAD_VLAN)
+    host_veth: str  # the end in the bridge (OVSDB Port tagged DEAD_VLAN)
     ns_veth: str  # the end inside netns, where dnsmasq listens
-    mac: str
-    address: IPv4Interface
     key: str  # "br0-10": names the files
     conf_path: Path
     hosts_path: Path
     opts_path: Path
     pid_path: Path
     log_path: Path
+
+
+@dataclass(frozen=True)
+class Responder:
+    network: str
+    place: ResponderPlace
+    mac: str
+    address: IPv4Interface
     conf: str
     hosts: str
     opts: str
+
+
+def place(bridge: str, vlan: int, *, paths: ResponderPaths = ResponderPaths(),
+          netns_prefix: str = "ahvd") -> ResponderPlace:
+    key = f"{bridge}-{vlan}"
+    conf_dir = paths.conf_dir / key
+    return ResponderPlace(
+        bridge=bridge, vlan=vlan, netns=f"{netns_prefix}-{key}",
+        host_veth=f"ahd{bridge_number(bridge)}v{vlan}", ns_veth=NS_VETH, key=key,
+        conf_path=conf_dir / "dnsmasq.conf", hosts_path=conf_dir / "hosts",
+        opts_path=conf_dir / "opts", pid_path=paths.run_dir / f"{key}.pid",
+        log_path=paths.log_dir / f"dhcp-{key}.log")
 
 
 def bridge_number(bridge: str) -> int:
@@ -268,20 +290,13 @@ def responder(net: DhcpNetwork, allocations: list[Allocation], *, host: str,
               ) -> tuple[Responder, list[str]]:
     """The responder of ``net`` on ``host``, and the allocations it skipped (reasons)."""
     ok, skipped = valid_allocations(net, allocations)
-    key = f"{net.bridge}-{net.vlan}"
-    conf_dir = paths.conf_dir / key
-    hosts_path, opts_path = conf_dir / "hosts", conf_dir / "opts"
-    pid_path = paths.run_dir / f"{key}.pid"
-    log_path = paths.log_dir / f"dhcp-{key}.log"
+    at = place(net.bridge, net.vlan, paths=paths, netns_prefix=netns_prefix)
     return Responder(
-        network=net.name, bridge=net.bridge, vlan=net.vlan,
-        netns=f"{netns_prefix}-{key}", host_veth=f"ahd{bridge_number(net.bridge)}v{net.vlan}",
-        ns_veth=NS_VETH, mac=responder_mac(host, net.bridge, net.vlan),
-        address=IPv4Interface(f"{net.server}/{net.subnet.prefixlen}"), key=key,
-        conf_path=conf_dir / "dnsmasq.conf", hosts_path=hosts_path, opts_path=opts_path,
-        pid_path=pid_path, log_path=log_path,
-        conf=dnsmasq_conf(interface=NS_VETH, subnet=net.subnet, hosts_path=hosts_path,
-                          opts_path=opts_path, pid_path=pid_path, log_path=log_path),
+        network=net.name, place=at, mac=responder_mac(host, net.bridge, net.vlan),
+        address=IPv4Interface(f"{net.server}/{net.subnet.prefixlen}"),
+        conf=dnsmasq_conf(interface=at.ns_veth, subnet=net.subnet, hosts_path=at.hosts_path,
+                          opts_path=at.opts_path, pid_path=at.pid_path,
+                          log_path=at.log_path),
         hosts=hosts_text(net, ok), opts=opts_text(net)), skipped
 
 

@@ -24,7 +24,7 @@ from ovsdbapp.schema.open_vswitch import impl_idl
 
 from ahvlite.errors import MissingDependency, OperationFailed, OperationTimeout
 from ahvlite.net import netlink
-from ahvlite.net.dhcp.plan import DEAD_VLAN, DNSMASQ_USER, Responder
+from ahvlite.net.dhcp.plan import DEAD_VLAN, DNSMASQ_USER, Responder, ResponderPlace
 from ahvlite.net.ovs import ops
 
 DNSMASQ = "dnsmasq"
@@ -87,13 +87,14 @@ def _prepare_log(path: Path) -> None:
 
 # -- the dnsmasq process -------------------------------------------------------------
 
-def running_pid(r: Responder) -> int | None:
-    """The PID of ``r``'s dnsmasq, if its pid file names a live dnsmasq using our config."""
+def running_pid(at: ResponderPlace) -> int | None:
+    """The PID of the dnsmasq at ``at``, if its pid file names a live dnsmasq using our
+    config."""
     try:
-        pid = int(r.pid_path.read_text().strip())
+        pid = int(at.pid_path.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
-    return pid if _is_ours(pid, r.conf_path) else None
+    return pid if _is_ours(pid, at.conf_path) else None
 
 
 def _is_ours(pid: int, conf: Path) -> bool:
@@ -106,71 +107,96 @@ def _is_ours(pid: int, conf: Path) -> bool:
             and f"--conf-file={conf}".encode() in argv)
 
 
+def _started_path(at: ResponderPlace) -> Path:
+    return at.conf_path.with_name("started")
+
+
+def _start_record(r: Responder) -> str:
+    """What a running dnsmasq depends on and never re-reads: its config, and the
+    interface (by index: a re-made veth is a new one) and address it bound to."""
+    idx = netlink.link_index(r.place.ns_veth, ns=r.place.netns)
+    return f"{r.conf}# {r.place.ns_veth} ifindex {idx} address {r.address}\n"
+
+
 def _start(r: Responder) -> int:
-    r.pid_path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    r.pid_path.unlink(missing_ok=True)
-    _prepare_log(r.log_path)
+    at = r.place
+    at.pid_path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    at.pid_path.unlink(missing_ok=True)
+    _started_path(at).unlink(missing_ok=True)
+    _prepare_log(at.log_path)
     # dnsmasq's parent returns once the daemon has bound its socket (or failed).
-    _run(_in_netns(r.netns, [DNSMASQ, f"--conf-file={r.conf_path}"]))
+    _run(_in_netns(at.netns, [DNSMASQ, f"--conf-file={at.conf_path}"]))
     deadline = time.monotonic() + START_TIMEOUT_S
-    while (pid := running_pid(r)) is None:
+    while (pid := running_pid(at)) is None:
         if time.monotonic() > deadline:
-            raise OperationFailed(f"dnsmasq for {r.network} did not write {r.pid_path}",
-                                  hint=f"see {r.log_path}")
+            raise OperationFailed(f"dnsmasq for {r.network} did not write {at.pid_path}",
+                                  hint=f"see {at.log_path}")
         time.sleep(0.02)
+    _write(_started_path(at), _start_record(r))
     return pid
 
 
-def stop(r: Responder, *, timeout_s: float = 5) -> bool:
-    """End ``r``'s dnsmasq (by its recorded PID); False if none was running."""
-    pid = running_pid(r)
+def stop(at: ResponderPlace, *, timeout_s: float = 5) -> bool:
+    """End the dnsmasq at ``at`` (by its recorded PID); False if none was running."""
+    pid = running_pid(at)
     if pid is None:
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while _is_ours(pid, r.conf_path):
+    while _is_ours(pid, at.conf_path):
         if time.monotonic() > deadline:
-            raise OperationTimeout(f"dnsmasq {pid} for {r.network} did not end in "
+            raise OperationTimeout(f"dnsmasq {pid} ({at.key}) did not end in "
                                    f"{timeout_s:.0f} s")
         time.sleep(0.02)
-    r.pid_path.unlink(missing_ok=True)
+    at.pid_path.unlink(missing_ok=True)
     return True
 
 
 # -- the whole responder -------------------------------------------------------------
 
-def _plumb(api: impl_idl.OvsdbIdl, r: Responder, host_ns: str | None) -> bool:
-    """Namespace, veth and br0 port; True if the veth or its address had to change
-    (dnsmasq, bound to the interface, is then restarted)."""
-    netlink.ensure_netns(r.netns)
-    made = False
-    if (not netlink.link_exists(r.host_veth, ns=host_ns)
-            or netlink.link_mac(r.ns_veth, ns=r.netns) != r.mac):
-        netlink.delete_link(r.host_veth, ns=host_ns)
-        netlink.delete_link(r.ns_veth, ns=r.netns)
-        netlink.create_veth_pair(r.host_veth, r.ns_veth, far_ns=r.netns, far_mac=r.mac,
+def _plumb(api: impl_idl.OvsdbIdl, r: Responder, host_ns: str | None) -> None:
+    """Namespace, veth (re-made if its far end is missing or has another MAC), the
+    responder's address, and its port on the bridge."""
+    at = r.place
+    netlink.ensure_netns(at.netns)
+    if (not netlink.link_exists(at.host_veth, ns=host_ns)
+            or netlink.link_mac(at.ns_veth, ns=at.netns) != r.mac):
+        # ovs-vswitchd keeps a vanished device's port open on the old one: the port
+        # goes too, and is added back for the new veth below.
+        ops.remove_port(api, bridge=at.bridge, name=at.host_veth)
+        netlink.delete_link(at.host_veth, ns=host_ns)
+        netlink.delete_link(at.ns_veth, ns=at.netns)
+        netlink.create_veth_pair(at.host_veth, at.ns_veth, far_ns=at.netns, far_mac=r.mac,
                                  ns=host_ns)
-        _tx_off(r.host_veth, host_ns)
-        _tx_off(r.ns_veth, r.netns)
-        made = True
-    made |= netlink.set_only_address(r.ns_veth, str(r.address), ns=r.netns)
-    ops.ensure_access_port(api, bridge=r.bridge, name=r.host_veth, tag=DEAD_VLAN,
-                             external_ids={**ROLE, "ahvlite-network": r.network})
-    return made
+        _tx_off(at.host_veth, host_ns)
+        _tx_off(at.ns_veth, at.netns)
+    netlink.set_only_address(at.ns_veth, str(r.address), ns=at.netns)
+    ops.ensure_access_port(api, bridge=at.bridge, name=at.host_veth, tag=DEAD_VLAN,
+                           external_ids={**ROLE, "ahvlite-network": r.network,
+                                         "ahvlite-vlan": str(at.vlan)})
 
 
 def ensure(api: impl_idl.OvsdbIdl, r: Responder, *, host_ns: str | None = None) -> str:
     """Make ``r`` run as planned; return what was done: started, restarted, reloaded
-    or unchanged. ``host_ns`` is the namespace ovs-vswitchd runs in (None: ours)."""
-    conf_changed = _write(r.conf_path, r.conf)
-    data_changed = _write(r.hosts_path, r.hosts) | _write(r.opts_path, r.opts)
-    remade = _plumb(api, r, host_ns)
-    pid = running_pid(r)
+    or unchanged. ``host_ns`` is the namespace ovs-vswitchd runs in (None: ours).
+
+    Safe to call again after any failure: whether dnsmasq must restart is decided from
+    what it was started with (recorded), not from what this call changed.
+    """
+    at = r.place
+    _plumb(api, r, host_ns)
+    _write(at.conf_path, r.conf)
+    data_changed = _write(at.hosts_path, r.hosts) | _write(at.opts_path, r.opts)
+    pid = running_pid(at)
     if pid is None:
         _start(r)
         return "started"
-    if conf_changed or remade:  # dnsmasq does not re-read its config on SIGHUP
-        stop(r)
+    try:
+        started_with = _started_path(at).read_text()
+    except FileNotFoundError:
+        started_with = None
+    if started_with != _start_record(r):  # dnsmasq does not re-read its config on SIGHUP
+        stop(at)
         _start(r)
         return "restarted"
     if data_changed:
@@ -179,15 +205,16 @@ def ensure(api: impl_idl.OvsdbIdl, r: Responder, *, host_ns: str | None = None) 
     return "unchanged"
 
 
-def remove(api: impl_idl.OvsdbIdl, r: Responder, *, host_ns: str | None = None) -> None:
-    """Stop ``r``'s dnsmasq and remove its port, veth, namespace and files."""
-    stop(r)
-    ops.remove_port(api, bridge=r.bridge, name=r.host_veth)
-    netlink.delete_link(r.host_veth, ns=host_ns)
-    netlink.delete_netns(r.netns)
-    for path in (r.conf_path, r.hosts_path, r.opts_path, r.pid_path):
+def remove(api: impl_idl.OvsdbIdl, at: ResponderPlace, *, host_ns: str | None = None
+           ) -> None:
+    """Stop the dnsmasq at ``at`` and remove its port, veth, namespace and files."""
+    stop(at)
+    ops.remove_port(api, bridge=at.bridge, name=at.host_veth)
+    netlink.delete_link(at.host_veth, ns=host_ns)
+    netlink.delete_netns(at.netns)
+    for path in (at.conf_path, at.hosts_path, at.opts_path, _started_path(at), at.pid_path):
         path.unlink(missing_ok=True)
     try:
-        r.conf_path.parent.rmdir()
+        at.conf_path.parent.rmdir()
     except OSError:
         pass  # not empty (something else of ours lives there) or already gone
