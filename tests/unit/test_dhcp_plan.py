@@ -107,6 +107,13 @@ def test_network_settings_that_could_reach_dnsmasq_are_checked(change, field):
     assert err.value.field == field
 
 
+def test_an_address_or_port_of_the_wrong_kind_is_refused():
+    with pytest.raises(InvalidSpec, match=r"allocation\.ip"):
+        plan.Allocation(M1, "10.10.0.50")  # type: ignore[arg-type]
+    with pytest.raises(InvalidSpec, match="ofport"):
+        plan.VmPort("vnet0", 65534, M1, 10)  # the bridge's own LOCAL port
+
+
 @pytest.mark.parametrize("mac", ["52:54:00:00:00:01\ndhcp-script=/x", "01:00:5e:00:00:01",
                                  "52-54-00-00-00-01", ""])
 def test_a_mac_that_is_not_a_unicast_mac_is_refused(mac):

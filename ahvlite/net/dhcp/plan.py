@@ -101,6 +101,8 @@ class Allocation:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mac", _mac("allocation.mac", self.mac))
+        if not isinstance(self.ip, IPv4Address):
+            raise InvalidSpec("allocation.ip", self.ip, "an IPv4 address")
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ class VmPort:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mac", _mac(f"port {self.name} mac", self.mac))
+        if not 1 <= self.ofport <= 0xFEFF:  # OpenFlow's physical port range
+            raise InvalidSpec(f"port {self.name} ofport", self.ofport, "1-65279")
 
 
 def vm_ports(bridge: ObservedBridge, interfaces: tuple[ObservedInterface, ...],
