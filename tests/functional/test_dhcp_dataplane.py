@@ -27,11 +27,11 @@ from ahvlite.net.ovs import flows, ops
 from ahvlite.net.ovs.api import ovsdb
 from tests.waiting import wait_for
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.functional, pytest.mark.skipif(
     os.geteuid() != 0 or not all(shutil.which(p) for p in (
         "ovsdb-server", "ovs-vswitchd", "ovs-ofctl", "dnsmasq", "busybox", "nsenter",
         "ethtool")),
-    reason="needs root, Open vSwitch, dnsmasq-base, busybox, util-linux and ethtool")
+    reason="needs root, Open vSwitch, dnsmasq-base, busybox, util-linux and ethtool")]
 
 PREFIX = "ahvt-dp"
 HOST_NS = f"{PREFIX}-host"
