@@ -16,6 +16,7 @@ DEBS := libvirt-daemon-system libvirt-clients libvirt-dev pkg-config \
 	iproute2 ethtool util-linux kmod procps iputils-ping cpio busybox-static \
 	mtools dosfstools syslinux syslinux-common libxml2-utils ruby \
 	tgt qemu-block-extra nfs-common nfs-ganesha nfs-ganesha-vfs libnfs-utils \
+	dnsmasq-base tcpdump \
 	python3 python3-venv python3-dev gcc make
 
 .PHONY: help setup debs venv guest demo test test-unit explore test-functional test-lab lint bench clean

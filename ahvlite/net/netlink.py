@@ -60,6 +60,13 @@ def create_netns(name: str) -> None:
         netns.create(name)
 
 
+def ensure_netns(name: str) -> None:
+    """Network namespace ``name`` with ``lo`` up, created if missing."""
+    if not (NETNS_DIR / name).exists():
+        create_netns(name)
+    set_link_up("lo", ns=name)
+
+
 def delete_netns(name: str) -> None:
     if (NETNS_DIR / name).exists():
         with _translated(f"delete network namespace {name}"):
@@ -140,6 +147,41 @@ def create_veth_into(root_end: str, ns_end: str, ns: str, *, bridge: str) -> Non
         ipr.link("set", index=_require_index(ipr, root_end, None), master=br, state="up")
 
 
+def create_veth_pair(near: str, far: str, *, far_ns: str, far_mac: str | None = None,
+                     ns: str | None = None) -> None:
+    """A veth pair: ``near`` in ``ns`` (None: ours), its peer ``far`` inside ``far_ns``.
+
+    Both ends come up; the far end never gets an IPv6 link-local address (a DHCP
+    responder's port should only ever say what dnsmasq says). Nothing is done if
+    ``near`` exists already.
+    """
+    with _socket(ns) as sock, _translated(f"create veth {near} <-> {far_ns}:{far}"):
+        if _index(sock, near) is None:
+            peer: dict[str, object] = {"ifname": far, "net_ns_fd": far_ns}
+            if far_mac:
+                peer["address"] = far_mac
+            sock.link("add", ifname=near, kind="veth", peer=peer)
+        sock.link("set", index=_require_index(sock, near, ns), state="up")
+    with _socket(far_ns) as sock, _translated(f"set {far} up in {far_ns}"):
+        idx = _require_index(sock, far, far_ns)
+        sock.link("set", index=idx, IFLA_AF_SPEC={"attrs": [
+            ("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", IN6_ADDR_GEN_MODE_NONE)]})]})
+        sock.link("set", index=idx, state="up")
+
+
+def link_index(ifname: str, *, ns: str | None = None) -> int | None:
+    with _socket(ns) as sock:
+        return _index(sock, ifname)
+
+
+def link_mac(ifname: str, *, ns: str | None = None) -> str | None:
+    with _socket(ns) as sock:
+        idx = _index(sock, ifname)
+        if idx is None:
+            return None
+        return str(sock.get_links(idx)[0].get_attr("IFLA_ADDRESS"))
+
+
 def delete_link(ifname: str, *, ns: str | None = None) -> None:
     """Delete ``ifname``; a link that is already gone is not an error."""
     with _socket(ns) as sock, _translated(f"delete {ifname}"):
@@ -184,6 +226,23 @@ def add_address(ifname: str, address: str, *, ns: str | None = None) -> None:
         if (str(iface.ip), iface.network.prefixlen) not in present:
             sock.addr("add", index=idx, address=str(iface.ip),
                       prefixlen=iface.network.prefixlen)
+
+
+def set_only_address(ifname: str, address: str, *, ns: str | None = None) -> bool:
+    """Make ``address`` (CIDR) the one IPv4 address of ``ifname``; True if it changed."""
+    iface = ipaddress.IPv4Interface(address)
+    want = (str(iface.ip), iface.network.prefixlen)
+    with _socket(ns) as sock, _translated(f"set {address} on {ifname}"):
+        idx = _require_index(sock, ifname, ns)
+        present = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                   for a in sock.get_addr(family=2, index=idx)}
+        if present == {want}:
+            return False
+        for ip, prefix in present - {want}:
+            sock.addr("del", index=idx, address=ip, prefixlen=prefix)
+        if want not in present:
+            sock.addr("add", index=idx, address=want[0], prefixlen=want[1])
+        return True
 
 
 def bridge_ports(bridge: str, *, ns: str | None = None) -> list[str]:

@@ -202,3 +202,58 @@ def apply_plan(api: impl_idl.OvsdbIdl, steps: list[plan.Step], *,
             wait_member_up(api, bond, keep=keep, timeout_s=member_up_timeout_s)
         done["phase2_commands"] = apply_steps(api, second)
     return done
+
+
+# -- ports the DHCP data plane reads and owns ---------------------------------------
+
+def ofports(api: impl_idl.OvsdbIdl) -> dict[str, int]:
+    """Interface name -> OpenFlow port number, for interfaces vswitchd has opened."""
+    rows = api.db_list("Interface", columns=["name", "ofport"]).execute(check_error=True)
+    out = {}
+    for r in rows:
+        port = _optional(r["ofport"])
+        if isinstance(port, int) and port > 0:
+            out[r["name"]] = port
+    return out
+
+
+def wait_ofport(api: impl_idl.OvsdbIdl, name: str, *, timeout_s: float = 10) -> int:
+    """The OpenFlow port of interface ``name`` once vswitchd has opened it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        port = ofports(api).get(name)
+        if port is not None:
+            return port
+        row = api.db_find("Interface", ("name", "=", name), columns=["error"]).execute(
+            check_error=True)
+        error = _optional(row[0]["error"]) if row else None
+        if error or time.monotonic() > deadline:
+            raise OperationTimeout(f"interface {name} has no OpenFlow port after "
+                                   f"{timeout_s:.0f} s" + (f": {error}" if error else ""))
+        time.sleep(0.05)
+
+
+def ensure_access_port(api: impl_idl.OvsdbIdl, *, bridge: str, name: str, tag: int,
+                         external_ids: dict[str, str]) -> None:
+    """Port ``name`` on ``bridge`` as an access port of ``tag``, in one transaction.
+
+    A responder's port is tagged with the dead VLAN (4095): NORMAL never forwards to
+    it, only the flows that name its ofport do.
+    """
+    try:
+        with api.transaction(check_error=True) as txn:
+            txn.add(api.add_port(bridge, name, may_exist=True))
+            txn.add(api.db_set("Port", name, ("tag", tag), ("trunks", []),
+                               ("vlan_mode", []), if_exists=False))
+            txn.add(api.db_set("Interface", name, ("external_ids", external_ids),
+                               if_exists=False))
+    except Exception as exc:
+        raise OperationFailed(f"OVSDB refused port {name} on {bridge}: {exc}") from None
+
+
+def remove_port(api: impl_idl.OvsdbIdl, *, bridge: str, name: str) -> None:
+    """Remove port ``name`` from ``bridge``; a port that is gone is not an error."""
+    try:
+        api.del_port(name, bridge=bridge, if_exists=True).execute(check_error=True)
+    except Exception as exc:
+        raise OperationFailed(f"OVSDB refused to remove port {name}: {exc}") from None

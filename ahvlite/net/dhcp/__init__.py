@@ -1,0 +1,1 @@
+"""Managed networks on a host: DHCP responders and the flows in front of them."""
