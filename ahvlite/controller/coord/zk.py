@@ -340,6 +340,13 @@ class ZkCoordinator:
             out[name] = Versioned(data, stat.version)
         return out
 
+    @_op("list")
+    def names(self, prefix: str) -> list[str]:
+        try:
+            return sorted(self._client.get_children(self._path(prefix)))
+        except NoNodeError:
+            return []
+
     def _applied(self, ops: list[Op]) -> bool:
         """Whether the store shows what ``ops`` leave: each Put's key holds its value
         (at the expected version + 1 when one was expected), each Delete's key is gone.
@@ -372,10 +379,11 @@ class ZkCoordinator:
     @_op("transaction")
     def _commit(self, ops: list[Op], fence: str | None, tries: list[int]) -> None:
         tries[0] += 1
-        for op in ops:
-            if isinstance(op, Put) and op.expected_version in (None, MUST_NOT_EXIST):
-                parent = self._path(op.key).rsplit("/", 1)[0]
-                self._client.ensure_path(parent, acl=self._acl)
+        # Each parent once: a batch of IPAM keys shares two parents.
+        for parent in dict.fromkeys(self._path(op.key).rsplit("/", 1)[0] for op in ops
+                                    if isinstance(op, Put)
+                                    and op.expected_version in (None, MUST_NOT_EXIST)):
+            self._client.ensure_path(parent, acl=self._acl)
         t = self._client.transaction()
         if fence is not None:
             t.check(fence, 0)
