@@ -19,18 +19,21 @@ from __future__ import annotations
 
 import json
 import random
+import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from ipaddress import AddressValueError, IPv4Address
 from typing import Any
 
-from ahvlite.cluster.ipamplan import NicWant, check_request, choose
+from ahvlite.cluster.ipamplan import NicWant, check_request, choose, wants_of
 from ahvlite.errors import Conflict, InvalidSpec, NotFound
 from ahvlite.kv import MUST_NOT_EXIST, Delete, DocStore, Op, Put, VersionMismatch
-from ahvlite.spec.network import NetworkSpec
-from ahvlite.spec.vm import MAC_RE
+from ahvlite.spec.network import NET_NAME, IpamSpec, NetworkSpec
+from ahvlite.spec.vm import MAC_RE, VmSpec
 
 ROOT = "ipam/net"
 GEN_KEY = "ipam/gen"
+NET_RE = re.compile(NET_NAME)
 TRIES = 20  # a chosen address taken meanwhile: read again and choose again
 
 
@@ -179,17 +182,16 @@ def _plan(store: DocStore, network: NetworkSpec, wants: list[NicWant], *, by: st
     return out, ops
 
 
-def release(store: DocStore, nics: dict[str, str], vm_uuid: str | None, *,
+def release(store: DocStore, nics: Iterable[tuple[str, str]], vm_uuid: str | None, *,
             now: float) -> dict[str, str]:
-    """Free the addresses of ``nics`` ({MAC: network}) held for ``vm_uuid`` (None: for
-    whichever VM) in one transaction; returns {MAC: address} freed. A MAC with no
-    allocation, or one held for another VM, is left alone."""
+    """Free the addresses of ``nics`` ((MAC, network) pairs) held for ``vm_uuid``
+    (None: for whichever VM) in one transaction; returns {MAC: address} freed. A MAC
+    with no allocation, or one held for another VM, is left alone."""
+    pairs = [(m, n) for m, n in nics if MAC_RE.fullmatch(m) and NET_RE.fullmatch(n)]
     for _ in range(TRIES):
         ops: list[Op] = []
         freed: dict[str, str] = {}
-        for mac, network in nics.items():
-            if not MAC_RE.fullmatch(mac):
-                continue
+        for mac, network in pairs:
             got = store.get(mac_key(network, mac))
             doc = _doc(got.value) if got else None
             if got is None or doc is None or (vm_uuid is not None
@@ -267,3 +269,62 @@ def check_deletable(store: DocStore, network: str) -> None:
                        f"{', '.join(vms[:10])}" + (" ..." if len(vms) > 10 else ""),
                        hint="remove their NICs or delete the VMs first")
 
+
+
+def check_change(store: DocStore, network: str, old: IpamSpec | None,
+                 new: IpamSpec | None) -> list[str]:
+    """Whether network ``network`` may go from ``old`` to ``new`` IPAM settings with
+    the allocations it holds: Conflict naming what cannot change while addresses are
+    allocated (managed or not, the subnet, the DHCP server; a gateway or server that is
+    a NIC's address); warnings for allocations a shrunk pool no longer covers (they are
+    kept)."""
+    held = allocations(store, network) if old is not None else []
+    if not held:
+        return []
+    vms = sorted({a.vm for a in held})
+    busy = f"while {len(held)} address(es) are allocated (VMs {', '.join(vms[:10])})"
+    if new is None:
+        raise Conflict(f"network {network} cannot become unmanaged {busy}")
+    assert old is not None
+    for field, was, now in (("subnet", old.subnet, new.subnet),
+                            ("dhcp_server", old.server, new.server)):
+        if was != now:
+            raise Conflict(f"network {network}: {field} cannot change from {was} to {now} "
+                           f"{busy}", hint="remove their NICs first")
+    ips = {a.ip: a for a in held}
+    for field, ip in (("gateway", new.gateway), ("dhcp_server", new.server)):
+        if ip is not None and str(ip) in ips:
+            a = ips[str(ip)]
+            raise Conflict(f"network {network}: {field} {ip} is the address of {a.vm} "
+                           f"({a.mac})")
+    outside = [a for a in held if not new.in_pools(IPv4Address(a.ip))
+               and old.in_pools(IPv4Address(a.ip))]
+    if outside:
+        return [f"network {network}: {len(outside)} allocated address(es) are outside the "
+                f"pools now and stay allocated: "
+                + ", ".join(f"{a.ip} ({a.vm})" for a in outside[:10])]
+    return []
+
+
+# -- what tasks call --------------------------------------------------------------------
+
+def allocate_vms(store: DocStore, network: NetworkSpec, specs: list[VmSpec], *, by: str,
+                 now: float) -> dict[str, str]:
+    """Addresses for every NIC on a managed network of ``specs`` (each NIC with its
+    MAC), in one transaction: {MAC: address}."""
+    wants = [w for s in specs for w in wants_of(network, s.name, s.uuid, s.nics)]
+    return allocate(store, network, wants, by=by, now=now)
+
+
+def managed_pairs(network: NetworkSpec, nics: Iterable[tuple[str | None, str | None]]
+                  ) -> list[tuple[str, str]]:
+    """The (MAC, network) pairs of ``nics`` on managed networks (what to release)."""
+    return [(mac.lower(), net) for mac, net in nics if mac and net
+            and (n := network.network(net)) is not None and n.ipam is not None]
+
+
+def release_vm(store: DocStore, network: NetworkSpec, spec: VmSpec, *, now: float
+               ) -> dict[str, str]:
+    """Free what ``spec``'s NICs hold (for its UUID only)."""
+    return release(store, managed_pairs(network, [(n.mac, n.network) for n in spec.nics]),
+                   spec.uuid, now=now)

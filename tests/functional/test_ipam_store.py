@@ -93,13 +93,13 @@ def test_allocate_reserve_resume_release(stores):
     with pytest.raises(Conflict, match="network blue has 2 allocated"):
         ipam.check_deletable(s, "blue")
     # Release: another VM's UUID frees nothing; the owner's frees both, bumping gen.
-    assert ipam.release(s, {mac(1): "blue"}, "u2", now=4.0) == {}
-    assert ipam.release(s, {mac(1): "blue", mac(2): "blue"}, "u1", now=4.0) == {
+    assert ipam.release(s, {mac(1): "blue"}.items(), "u2", now=4.0) == {}
+    assert ipam.release(s, {mac(1): "blue", mac(2): "blue"}.items(), "u1", now=4.0) == {
         mac(1): "10.10.0.100", mac(2): "10.10.0.50"}
     assert ipam.generation(s) > gen
     assert keys(s) == ([], [])
     ipam.check_deletable(s, "blue")
-    assert ipam.release(s, {mac(1): "blue"}, "u1", now=5.0) == {}  # again: nothing
+    assert ipam.release(s, [(mac(1), "blue")], "u1", now=5.0) == {}  # again: nothing
 
 
 def test_bad_requests_change_nothing(stores):
