@@ -300,7 +300,8 @@ def disk_add(
 @nic_app.command(name="add")
 def nic_add(name: NameArg,
             nic: Annotated[str, typer.Argument(
-                help="NETWORK[:trunk=10,20][;mac=MAC][;ip=ADDRESS]")],
+                help="NETWORK[:OPTION[;OPTION]], OPTION trunk=10,20, mac=MAC or "
+                     "ip=ADDRESS")],
             json_out: JsonOpt = False, wait: WaitOpt = True) -> None:
     """Add a NIC; hot-plugged when the VM runs."""
     spec = parse_nic(nic)
