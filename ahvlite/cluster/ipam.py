@@ -328,3 +328,18 @@ def release_vm(store: DocStore, network: NetworkSpec, spec: VmSpec, *, now: floa
     """Free what ``spec``'s NICs hold (for its UUID only)."""
     return release(store, managed_pairs(network, [(n.mac, n.network) for n in spec.nics]),
                    spec.uuid, now=now)
+
+
+def check_networks(store: DocStore, old: NetworkSpec, new: NetworkSpec) -> list[str]:
+    """A whole network spec replaced (``cluster apply -f``): each managed network that
+    goes, or changes, passes the same checks as ``net delete`` and ``net update``."""
+    warnings: list[str] = []
+    for net in old.networks:
+        if net.ipam is None:
+            continue
+        now = new.network(net.name)
+        if now is None:
+            check_deletable(store, net.name)
+        else:
+            warnings += check_change(store, net.name, net.ipam, now.ipam)
+    return warnings

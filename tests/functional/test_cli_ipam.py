@@ -147,6 +147,16 @@ def test_vm_create_allocates_reserves_and_refuses_clearly(api, cluster):
                 "subnet cannot change", "a1, a2")
         refused(api.cli("net", "update", "blue", "--gateway", "10.10.0.50"), 4,
                 "gateway 10.10.0.50 is the address of a2")
+        # The same through a whole cluster file.
+        doc = ok(api.cli("cluster", "export", "--json"))
+        doc["network"]["networks"][0]["ipam"].update(
+            subnet="10.30.0.0/24", gateway="10.30.0.1",
+            pools=[{"start": "10.30.0.10", "end": "10.30.0.20"}])
+        path = api.dir / "moved.json"
+        path.write_text(json.dumps(doc))
+        before = api.state.spec()
+        refused(api.cli("cluster", "apply", "-f", str(path)), 4, "subnet cannot change")
+        assert api.state.spec() == before
         # Deleting a VM frees its addresses.
         ok(api.cli("vm", "delete", "a1", "--json"))
         assert held(api) == [("10.10.0.50", "a2")]
