@@ -28,6 +28,7 @@ from typing import Any
 from ahvlite.cluster.ipamplan import NicWant, check_request, choose, wants_of
 from ahvlite.errors import Conflict, InvalidSpec, NotFound
 from ahvlite.kv import MUST_NOT_EXIST, Delete, DocStore, Op, Put, VersionMismatch
+from ahvlite.spec.cluster import ClusterSpec
 from ahvlite.spec.network import NET_NAME, IpamSpec, NetworkSpec
 from ahvlite.spec.vm import MAC_RE, VmSpec
 
@@ -308,12 +309,15 @@ def check_change(store: DocStore, network: str, old: IpamSpec | None,
 
 # -- what tasks call --------------------------------------------------------------------
 
-def allocate_vms(store: DocStore, network: NetworkSpec, specs: list[VmSpec], *, by: str,
-                 now: float) -> dict[str, str]:
+def allocate_vms(cluster: ClusterSpec, specs: list[VmSpec], *, by: str, now: float
+                 ) -> dict[str, str]:
     """Addresses for every NIC on a managed network of ``specs`` (each NIC with its
-    MAC), in one transaction: {MAC: address}."""
-    wants = [w for s in specs for w in wants_of(network, s.name, s.uuid, s.nics)]
-    return allocate(store, network, wants, by=by, now=now)
+    MAC), in one transaction: {MAC: address}. The store is touched only when a NIC
+    needs one."""
+    wants = [w for s in specs for w in wants_of(cluster.network, s.name, s.uuid, s.nics)]
+    if not wants:
+        return {}
+    return allocate(cluster.state.store, cluster.network, wants, by=by, now=now)
 
 
 def managed_pairs(network: NetworkSpec, nics: Iterable[tuple[str | None, str | None]]
@@ -323,11 +327,12 @@ def managed_pairs(network: NetworkSpec, nics: Iterable[tuple[str | None, str | N
             and (n := network.network(net)) is not None and n.ipam is not None]
 
 
-def release_vm(store: DocStore, network: NetworkSpec, spec: VmSpec, *, now: float
-               ) -> dict[str, str]:
+def release_vm(cluster: ClusterSpec, spec: VmSpec, *, now: float) -> dict[str, str]:
     """Free what ``spec``'s NICs hold (for its UUID only)."""
-    return release(store, managed_pairs(network, [(n.mac, n.network) for n in spec.nics]),
-                   spec.uuid, now=now)
+    pairs = managed_pairs(cluster.network, [(n.mac, n.network) for n in spec.nics])
+    if not pairs:
+        return {}
+    return release(cluster.state.store, pairs, spec.uuid, now=now)
 
 
 def check_networks(store: DocStore, old: NetworkSpec, new: NetworkSpec) -> list[str]:

@@ -237,8 +237,7 @@ class TemplateDeploy(Kind[DeployParams]):
             # Every NIC of every VM in one transaction: a full pool fails the deploy
             # before any disk is cloned.
             ctx.check_leader()
-            return ipam.allocate_vms(cspec.state.store, cspec.network,
-                                     [s for s, _ in entries], by=ctx.task.id,
+            return ipam.allocate_vms(cspec, [s for s, _ in entries], by=ctx.task.id,
                                      now=ctx.clock.time())
 
         addresses = ctx.step("addresses", allocate)
@@ -277,8 +276,7 @@ class TemplateDeploy(Kind[DeployParams]):
                 # This VM was undone: its addresses go with it (the others keep theirs).
                 with suppress(AhvliteError):
                     ctx.check_leader()
-                    ipam.release_vm(cspec.state.store, cspec.network, spec,
-                                    now=ctx.clock.time())
+                    ipam.release_vm(cspec, spec, now=ctx.clock.time())
                 return {"failed": exc.message}
 
         pool = ThreadPoolExecutor(DEPLOY_WORKERS, thread_name_prefix="deploy")

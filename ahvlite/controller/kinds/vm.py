@@ -128,9 +128,10 @@ def _release(ctx: TaskContext, cluster: Any, held: Any) -> dict[str, str]:
                                  if isinstance(p, list | tuple) and len(p) == 2)
              if isinstance(m, str) and isinstance(n, str)]
     uuid_ = held.get("uuid")
+    if not pairs or not isinstance(uuid_, str):
+        return {}  # only ever what this VM holds
     ctx.check_leader()
-    return ipam.release(cluster.state.store, pairs,
-                        uuid_ if isinstance(uuid_, str) else None, now=ctx.clock.time())
+    return ipam.release(cluster.state.store, pairs, uuid_, now=ctx.clock.time())
 
 
 class SpecCreateParams(Params):
@@ -185,11 +186,10 @@ class VmSpecCreate(Kind[SpecCreateParams]):
             "uuid": str(uuid.uuid5(VM_UUID_NAMESPACE, ctx.task.id)), **p.spec})
             .with_macs().model_dump(mode="json")))
         cspec = self.cluster()
-        store = cspec.state.store
 
         def allocate() -> dict[str, str]:
             ctx.check_leader()
-            return ipam.allocate_vms(store, cspec.network, [spec], by=ctx.task.id,
+            return ipam.allocate_vms(cspec, [spec], by=ctx.task.id,
                                      now=ctx.clock.time())
 
         addresses = ctx.step("addresses", allocate)
@@ -237,8 +237,7 @@ def _released_on_failure(ctx: TaskContext, cluster: Any, spec: VmSpec,
         if addresses and not isinstance(exc, NotLeader):
             with suppress(AhvliteError):
                 ctx.check_leader()
-                ipam.release_vm(cluster.state.store, cluster.network, spec,
-                                now=ctx.clock.time())
+                ipam.release_vm(cluster, spec, now=ctx.clock.time())
         raise
 
 
@@ -433,7 +432,7 @@ class VmNicAdd(Kind[NicAddParams]):
 
         def allocate() -> dict[str, str]:
             ctx.check_leader()
-            return ipam.allocate_vms(cspec.state.store, cspec.network, [one],
+            return ipam.allocate_vms(cspec, [one],
                                      by=ctx.task.id, now=ctx.clock.time())
 
         addresses = ctx.step("address", allocate)
