@@ -246,6 +246,26 @@ def delete(name: Annotated[str, typer.Argument(help="Network name.")],
         console.print(f"network {name} deleted", highlight=False)
 
 
+@app.command()
+def release(name: Annotated[str, typer.Argument(help="Network name.")],
+            ip: Annotated[str, typer.Argument(help="The allocated address.")],
+            force: Annotated[bool, typer.Option(
+                "--force", help="Also when a host does not answer.")] = False,
+            json_out: JsonOpt = False, wait: WaitOpt = True) -> None:
+    """Free an address whose VM is gone (an orphan in `net show NETWORK`)."""
+    done = run_task("net.release", {"name": name, "ip": ip, "force": force},
+                    json_out=json_out, wait=wait, title=f"freeing {ip} on {name}")
+    if done is None:
+        return
+    if json_out:
+        emit_json(done)
+    else:
+        freed = done["released"]
+        console.print(f"freed {ip} on {name}" + (f" (was {freed['vm']}, {freed['mac']})"
+                                                 if freed else " (it was free)"),
+                      highlight=False)
+
+
 @bond_app.command(name="set")
 def bond_set(
     host: Annotated[str, typer.Argument(help="Host.")],

@@ -160,6 +160,18 @@ def test_vm_create_allocates_reserves_and_refuses_clearly(api, cluster):
         # Deleting a VM frees its addresses.
         ok(api.cli("vm", "delete", "a1", "--json"))
         assert held(api) == [("10.10.0.50", "a2")]
+        # One deleted behind the cluster's back: an orphan, freed by hand.
+        refused(api.cli("net", "release", "blue", "10.10.0.50"), 4,
+                "address 10.10.0.50 on network blue belongs to a2 on h1")
+        vms.delete_vm(cluster, "a2", force=True)
+        orphan = ok(api.cli("net", "show", "blue", "--json"))["allocations"]
+        assert [(a["ip"], a["host"], a["orphan"]) for a in orphan] == [
+            ("10.10.0.50", None, True)]
+        assert "(none: orphan)" in ok(api.cli("net", "show", "blue"), as_json=False).stdout
+        freed = ok(api.cli("net", "release", "blue", "10.10.0.50", "--json"))
+        assert freed["released"]["vm"] == "a2" and held(api) == []
+        refused(api.cli("net", "release", "blue", "10.10.0.50"), 3, "no allocation of")
+        refused(api.cli("net", "release", "blue", "10.10.0.500"), 2, "ip='10.10.0.500'")
     finally:
         drop(cluster, "a1", "a2")
         forget(api, "a1", "a2")

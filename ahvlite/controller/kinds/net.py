@@ -172,6 +172,82 @@ class NetDelete(SpecKind[NetDeleteParams]):
         return {"deleted": p.name}
 
 
+class NetReleaseParams(Params):
+    name: str = Field(max_length=64)
+    ip: str = Field(max_length=15, description="the allocated address to free")
+    force: bool = Field(False, description="also when a host did not answer (its VMs "
+                                           "cannot be ruled out)")
+
+    @model_validator(mode="after")
+    def _ip(self) -> NetReleaseParams:
+        from ipaddress import IPv4Address
+
+        try:
+            IPv4Address(self.ip)
+        except ValueError:
+            raise InvalidSpec("ip", self.ip, "an IPv4 address like 10.10.0.50") from None
+        return self
+
+
+class NetRelease(SpecKind[NetReleaseParams]):
+    """``net.release``: free one address whose VM is gone (deleted behind the
+    cluster's back: an orphan in ``net show``). Refused while a VM with that UUID
+    exists, or (without ``force``) while a host does not answer. Freeing again finds
+    nothing and is done."""
+
+    name = "net.release"
+    Params = NetReleaseParams
+
+    def _holder(self, p: NetReleaseParams) -> Any:
+        from ipaddress import IPv4Address
+
+        from ahvlite.cluster import ipam, vms
+        from ahvlite.errors import NotFound
+
+        spec = self.cluster()
+        net = spec.network.network(p.name)
+        if net is None or net.ipam is None:
+            raise NotFound(f"no managed network named {p.name!r}")
+        held = next((a for a in ipam.allocations(self.state().store, p.name)
+                     if IPv4Address(a.ip) == IPv4Address(p.ip)), None)
+        if held is None:
+            return None
+        found, unreachable = vms.list_vms(spec)
+        owner = next((v for v in found if v.uuid == held.vm_uuid), None)
+        if owner is not None:
+            raise Conflict(f"address {p.ip} on network {p.name} belongs to {owner.name} "
+                           f"on {owner.host}", hint=f"`ahvlite vm nic remove {owner.name} "
+                                                    f"{held.mac}` frees it")
+        if unreachable and not p.force:
+            raise Conflict(f"cannot rule out that {held.vm} runs on "
+                           f"{', '.join(sorted(unreachable))} (no answer)",
+                           hint="--force frees it anyway")
+        return held
+
+    def check(self, p: NetReleaseParams) -> None:
+        from ahvlite.errors import NotFound
+
+        if self._holder(p) is None:
+            raise NotFound(f"network {p.name} has no allocation of {p.ip}")
+
+    def run(self, ctx: TaskContext) -> dict[str, Any]:
+        from ipaddress import IPv4Address
+
+        from ahvlite.cluster import ipam
+
+        p = self.params(ctx)
+
+        def release() -> dict[str, Any]:
+            if self._holder(p) is None:
+                return {"released": None}
+            ctx.check_leader()
+            freed = ipam.release_address(self.state().store, p.name, IPv4Address(p.ip),
+                                         now=ctx.clock.time())
+            return {"released": freed.to_dict() if freed else None}
+
+        return dict(ctx.step("release", release))
+
+
 def _check_unused(store: Any, name: str) -> None:
     """Conflict listing the VMs while the network has allocated addresses."""
     from ahvlite.cluster.ipam import check_deletable
@@ -256,4 +332,4 @@ class NetBondSet(SpecKind[BondSetParams]):
                 "warnings": cnet.host_network(new, new.host(p.host)).warnings()}
 
 
-KINDS = (NetCreate, NetUpdate, NetDelete, NetApply, NetBondSet)
+KINDS = (NetCreate, NetUpdate, NetDelete, NetRelease, NetApply, NetBondSet)
