@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from ipaddress import AddressValueError, IPv4Address
 from typing import Any
@@ -309,15 +309,15 @@ def check_change(store: DocStore, network: str, old: IpamSpec | None,
 
 # -- what tasks call --------------------------------------------------------------------
 
-def allocate_vms(cluster: ClusterSpec, specs: list[VmSpec], *, by: str, now: float
-                 ) -> dict[str, str]:
+def allocate_vms(cluster: ClusterSpec, specs: list[VmSpec], *, by: str,
+                 now: Callable[[], float]) -> dict[str, str]:
     """Addresses for every NIC on a managed network of ``specs`` (each NIC with its
-    MAC), in one transaction: {MAC: address}. The store is touched only when a NIC
-    needs one."""
+    MAC), in one transaction: {MAC: address}. The store (and the clock) are touched
+    only when a NIC needs one."""
     wants = [w for s in specs for w in wants_of(cluster.network, s.name, s.uuid, s.nics)]
     if not wants:
         return {}
-    return allocate(cluster.state.store, cluster.network, wants, by=by, now=now)
+    return allocate(cluster.state.store, cluster.network, wants, by=by, now=now())
 
 
 def managed_pairs(network: NetworkSpec, nics: Iterable[tuple[str | None, str | None]]
@@ -327,12 +327,13 @@ def managed_pairs(network: NetworkSpec, nics: Iterable[tuple[str | None, str | N
             and (n := network.network(net)) is not None and n.ipam is not None]
 
 
-def release_vm(cluster: ClusterSpec, spec: VmSpec, *, now: float) -> dict[str, str]:
+def release_vm(cluster: ClusterSpec, spec: VmSpec, *, now: Callable[[], float]
+               ) -> dict[str, str]:
     """Free what ``spec``'s NICs hold (for its UUID only)."""
     pairs = managed_pairs(cluster.network, [(n.mac, n.network) for n in spec.nics])
     if not pairs:
         return {}
-    return release(cluster.state.store, pairs, spec.uuid, now=now)
+    return release(cluster.state.store, pairs, spec.uuid, now=now())
 
 
 def check_networks(store: DocStore, old: NetworkSpec, new: NetworkSpec) -> list[str]:

@@ -239,7 +239,7 @@ def test_a_resumed_create_keeps_its_macs_and_addresses(api, cluster):
     vm_uuid = str(uuid.uuid5(VM_UUID_NAMESPACE, task_id))
     spec = VmSpec(name="rc", uuid=vm_uuid, memory_mib=128,
                   nics=[NicSpec(network="blue", mac="52:54:00:00:cc:01")])
-    got = ipam.allocate_vms(cluster, [spec], by=task_id, now=0.0)
+    got = ipam.allocate_vms(cluster, [spec], by=task_id, now=lambda: 0.0)
     assert got == {"52:54:00:00:cc:01": "10.10.0.100"}
     doc = spec.model_dump(mode="json")
     del doc["uuid"]

@@ -238,7 +238,7 @@ class TemplateDeploy(Kind[DeployParams]):
             # before any disk is cloned.
             ctx.check_leader()
             return ipam.allocate_vms(cspec, [s for s, _ in entries], by=ctx.task.id,
-                                     now=ctx.clock.time())
+                                     now=lambda: ctx.clock.time())
 
         addresses = ctx.step("addresses", allocate)
         ctx.progress(5, f"deploying {len(entries)} VMs of {p.name} v{plan['version']}: "
@@ -276,7 +276,7 @@ class TemplateDeploy(Kind[DeployParams]):
                 # This VM was undone: its addresses go with it (the others keep theirs).
                 with suppress(AhvliteError):
                     ctx.check_leader()
-                    ipam.release_vm(cspec, spec, now=ctx.clock.time())
+                    ipam.release_vm(cspec, spec, now=lambda: ctx.clock.time())
                 return {"failed": exc.message}
 
         pool = ThreadPoolExecutor(DEPLOY_WORKERS, thread_name_prefix="deploy")

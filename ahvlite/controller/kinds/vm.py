@@ -190,7 +190,7 @@ class VmSpecCreate(Kind[SpecCreateParams]):
         def allocate() -> dict[str, str]:
             ctx.check_leader()
             return ipam.allocate_vms(cspec, [spec], by=ctx.task.id,
-                                     now=ctx.clock.time())
+                                     now=lambda: ctx.clock.time())
 
         addresses = ctx.step("addresses", allocate)
         host = p.host
@@ -237,7 +237,7 @@ def _released_on_failure(ctx: TaskContext, cluster: Any, spec: VmSpec,
         if addresses and not isinstance(exc, NotLeader):
             with suppress(AhvliteError):
                 ctx.check_leader()
-                ipam.release_vm(cluster, spec, now=ctx.clock.time())
+                ipam.release_vm(cluster, spec, now=lambda: ctx.clock.time())
         raise
 
 
@@ -433,7 +433,7 @@ class VmNicAdd(Kind[NicAddParams]):
         def allocate() -> dict[str, str]:
             ctx.check_leader()
             return ipam.allocate_vms(cspec, [one],
-                                     by=ctx.task.id, now=ctx.clock.time())
+                                     by=ctx.task.id, now=lambda: ctx.clock.time())
 
         addresses = ctx.step("address", allocate)
         ctx.progress(10, f"adding NIC {mac} on {nic.network} to {p.name}")
