@@ -114,6 +114,12 @@ def allocate(store: DocStore, network: NetworkSpec, wants: list[NicWant], *, by:
             raise InvalidSpec("nic.network", w.network, "a managed network (with a subnet)")
         if w.ip is not None:
             check_request(net.name, net.ipam, w.ip)
+    macs: dict[tuple[str, str], str] = {}
+    for w in wants:
+        if (w.network, w.mac) in macs:
+            raise InvalidSpec("nic.mac", w.mac, f"each MAC once on network {w.network} "
+                              f"({macs[w.network, w.mac]} has it too)")
+        macs[w.network, w.mac] = w.vm
     seen: dict[tuple[str, IPv4Address], str] = {}
     for w in wants:
         if w.ip is not None:

@@ -110,6 +110,11 @@ def test_bad_requests_change_nothing(stores):
         with pytest.raises(InvalidSpec) as e:
             ipam.allocate(s, net, [want(1), want(2, ip=ip)], by="t", now=1.0)
         assert e.value.value == ip and needle in e.value.allowed
+    with pytest.raises(InvalidSpec, match="each MAC once on network blue"):
+        ipam.allocate(s, net, [want(1), want(1, vm="w", vm_uuid="u2")], by="t", now=1.0)
+    with pytest.raises(InvalidSpec, match="each address once on network blue"):
+        ipam.allocate(s, net, [want(1, ip="10.10.0.7"), want(2, vm="w", vm_uuid="u2",
+                                                             ip="10.10.0.7")], by="t", now=1.0)
     with pytest.raises(InvalidSpec, match="a managed network"):
         ipam.allocate(s, net, [want(1, net="red")], by="t", now=1.0)
     with pytest.raises(Conflict, match="no free address for 4 NIC"):
