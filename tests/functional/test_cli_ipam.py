@@ -15,7 +15,7 @@ import pytest
 
 from ahvlite.cluster import ipam, vms
 from ahvlite.controller.kinds import VM_UUID_NAMESPACE
-from ahvlite.controller.tasks import TaskState
+from ahvlite.controller.tasks import TaskState, TaskStore
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.vm import NicSpec, VmSpec
 from ahvlite.virt.conn import connection
@@ -186,7 +186,10 @@ def test_a_failed_nic_add_leaves_no_address(api, cluster):
         # No hot-plug on this driver: the NIC is refused after its address was taken.
         assert r.returncode != 0 and "not supported" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
-        assert held(api) == before
+        task = max((t for t, _ in TaskStore(api.coord).all() if t.kind == "vm.nic.add"),
+                   key=lambda t: t.created_at)
+        assert list(task.steps_done["address"].values()) == ["10.10.0.60"]  # it was held
+        assert held(api) == before  # and is free again
         refused(api.cli("vm", "nic", "add", "n1", "red:ip=10.20.0.6"), 2, "not managed")
     finally:
         drop(cluster, "n1")

@@ -223,7 +223,7 @@ def with_addresses(info: dict[str, Any], addresses: dict[str, str]) -> dict[str,
 
 
 @contextmanager
-def _released_on_failure(ctx: TaskContext, cluster: Any, spec: VmSpec,
+def _released_on_failure(ctx: TaskContext, cluster: Any, spec: VmSpec | None,
                          addresses: dict[str, str]) -> Iterator[None]:
     """Free ``spec``'s addresses when the block fails (the VM was undone), unless
     leadership was lost: then the next leader resumes with them."""
@@ -234,7 +234,7 @@ def _released_on_failure(ctx: TaskContext, cluster: Any, spec: VmSpec,
     try:
         yield
     except AhvliteError as exc:
-        if addresses and not isinstance(exc, NotLeader):
+        if spec is not None and addresses and not isinstance(exc, NotLeader):
             with suppress(AhvliteError):
                 ctx.check_leader()
                 ipam.release_vm(cluster, spec, now=lambda: ctx.clock.time())
@@ -427,15 +427,19 @@ class VmNicAdd(Kind[NicAddParams]):
         nic = NicSpec(**p.nic)
         mac = ctx.step("mac", lambda: nic.mac or random_mac())
         nic = nic.model_copy(update={"mac": mac})
-        vm_uuid = ctx.step("uuid", lambda: vms.show_vm(cspec, p.name).uuid)
-        one = VmSpec(name=p.name, uuid=vm_uuid, memory_mib=64, nics=[nic])
+        net = cspec.network.network(nic.network)
+        one, addresses = None, {}
+        if net is not None and net.ipam is not None:
+            # The VM's UUID tells a resumed attempt's allocation from another VM's.
+            vm_uuid = ctx.step("uuid", lambda: vms.show_vm(cspec, p.name).uuid)
+            one = VmSpec(name=p.name, uuid=vm_uuid, memory_mib=64, nics=[nic])
 
-        def allocate() -> dict[str, str]:
-            ctx.check_leader()
-            return ipam.allocate_vms(cspec, [one],
-                                     by=ctx.task.id, now=lambda: ctx.clock.time())
+            def allocate() -> dict[str, str]:
+                ctx.check_leader()
+                return ipam.allocate_vms(cspec, [one], by=ctx.task.id,
+                                         now=lambda: ctx.clock.time())
 
-        addresses = ctx.step("address", allocate)
+            addresses = ctx.step("address", allocate)
         ctx.progress(10, f"adding NIC {mac} on {nic.network} to {p.name}")
 
         def add() -> dict[str, Any]:
