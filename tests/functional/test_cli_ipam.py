@@ -17,7 +17,7 @@ from ahvlite.cluster import ipam, vms
 from ahvlite.controller.kinds import VM_UUID_NAMESPACE
 from ahvlite.controller.tasks import TaskState, TaskStore
 from ahvlite.spec.cluster import ClusterSpec, HostSpec
-from ahvlite.spec.vm import NicSpec, VmSpec
+from ahvlite.spec.vm import DiskSpec, NicSpec, VmSpec
 from ahvlite.virt.conn import connection
 from tests.apicluster import api_cluster
 from tests.taskrecords import ended, put_resumed, resumed_id
@@ -283,3 +283,22 @@ def test_a_create_that_fails_frees_its_addresses(api, cluster):
         assert held(api) == []
     finally:
         drop(cluster, "dup")
+
+
+def test_deployed_vms_that_fail_free_their_addresses(api, cluster):
+    # A template with a disk gets a seed ISO, which this driver cannot upload: every VM
+    # fails and is undone, and so is its address.
+    vms.create_vm(cluster, VmSpec(name="dsrc", memory_mib=64, disks=[DiskSpec(size_mib=16)],
+                                  nics=[NicSpec(network="blue")]))
+    ok(api.cli("template", "create", "td", "--from-vm", "dsrc", "--json"))
+    before_names = domain_names()
+    try:
+        r = api.cli("template", "deploy", "td", "--count", "2", "--prefix", "x")
+        assert r.returncode != 0 and "no VM of td was deployed" in r.stderr, r.stderr
+        task = max((t for t, _ in TaskStore(api.coord).all()
+                    if t.kind == "template.deploy"), key=lambda t: t.created_at)
+        assert sorted(task.steps_done["addresses"].values()) == ["10.10.0.100",
+                                                                 "10.10.0.101"]
+        assert held(api) == [] and domain_names() == before_names
+    finally:
+        drop(cluster, "x1", "x2", "dsrc")
