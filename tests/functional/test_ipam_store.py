@@ -207,3 +207,33 @@ def test_one_nic_at_a_time_from_two_threads(stores):
     assert len(everything) == 60 and len(set(everything)) == 60
     assert sum(refused) == 40
     assert len(keys(stores())[0]) == 60
+
+
+def test_what_may_change_while_addresses_are_allocated(stores):
+    s = stores()
+    old = network()
+    ipam_of = {"subnet": "10.10.0.0/24", "gateway": "10.10.0.1",
+               "pools": [{"start": "10.10.0.100", "end": "10.10.0.159"}]}
+
+    def blue(**change) -> NetworkSpec:
+        return build(NetworkSpec, networks=[{"name": "blue", "vlan": 10,
+                                             "ipam": {**ipam_of, **change}}])
+    assert ipam.check_change(s, "blue", old.networks[0].ipam,
+                             blue(subnet="10.20.0.0/24", gateway="10.20.0.1",
+                                  pools=[{"start": "10.20.0.5", "end": "10.20.0.9"}]
+                                  ).networks[0].ipam) == []  # nothing allocated yet
+    ipam.allocate(s, old, [want(1), want(2, ip="10.10.0.50")], by="t", now=1.0)
+    for new, needle in (
+            (None, "cannot become unmanaged"),
+            (blue(subnet="10.10.0.0/23").networks[0].ipam, "subnet cannot change"),
+            (blue(dhcp_server="10.10.0.2").networks[0].ipam, "dhcp_server cannot change"),
+            (blue(gateway="10.10.0.50").networks[0].ipam,
+             "gateway 10.10.0.50 is the address of v")):
+        with pytest.raises(Conflict, match=needle):
+            ipam.check_change(s, "blue", old.networks[0].ipam, new)
+    shrunk = blue(pools=[{"start": "10.10.0.120", "end": "10.10.0.130"}]).networks[0].ipam
+    warned = ipam.check_change(s, "blue", old.networks[0].ipam, shrunk)
+    assert len(warned) == 1 and "10.10.0.100 (v)" in warned[0]  # 10.10.0.50: reserved
+    assert ipam.check_networks(s, old, blue(dns=["10.10.0.3"])) == []
+    with pytest.raises(Conflict, match="network blue has 2 allocated"):
+        ipam.check_networks(s, old, build(NetworkSpec, networks=[]))
