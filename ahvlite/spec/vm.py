@@ -11,14 +11,16 @@ import ipaddress
 import random
 import re
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -141,6 +143,15 @@ class NicSpec(BaseModel):
         if not MAC_RE.fullmatch(value) or int(value[:2], 16) & 1:
             raise InvalidSpec("nic.mac", value, "a unicast MAC like 52:54:00:12:34:56")
         return value.lower()
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("ip") is None:
+            # No "ip": null in documents that never had one (domain metadata, HA
+            # records, templates): they stay byte for byte what they were.
+            out.pop("ip", None)
+        return out
 
     @field_validator("ip", mode="before")
     @classmethod
