@@ -66,6 +66,9 @@ class DocStore(Protocol):
     def children(self, prefix: str) -> dict[str, Versioned]:
         """Direct children of ``prefix`` (``tasks`` -> ``{"0001": ...}``)."""
         ...
+    def names(self, prefix: str) -> list[str]:
+        """The names of ``prefix``'s direct children, without their values."""
+        ...
     def transaction(self, ops: list[Op]) -> None:
         """All of ``ops`` or none (VersionMismatch names the first that failed)."""
         ...

@@ -7,6 +7,7 @@ from bench import (
     controller_failover,
     facts_parallel,
     ha,
+    ipam,
     lab_wiring,
     migration,
     ovs_ports,
@@ -26,3 +27,4 @@ if __name__ == "__main__":
     migration.main()
     ha.main()
     storage_iscsi.main()
+    ipam.main()

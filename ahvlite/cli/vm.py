@@ -62,7 +62,8 @@ def render_dict(d: dict[str, Any], json_out: bool) -> None:
     for nic in d.get("nics", []):
         vlans = ",".join(str(v) for v in nic["vlans"]) or "untagged"
         console.print(f"[bold]nic {nic['mac']:15}[/] "
-                      + escape(f"{nic['network']} on {nic['bridge']} {nic['mode']} {vlans}"),
+                      + escape(f"{nic['network']} on {nic['bridge']} {nic['mode']} {vlans}"
+                               + (f" {nic['ip']}" if nic.get("ip") else "")),
                       highlight=False)
 
 
@@ -93,7 +94,8 @@ def create(
         "--disk", help="SIZE (10G) or IMAGE, optionally ,bus=scsi|virtio|sata|ide or "
                        ",full (copy the image). Repeat for more disks.")] = None,
     nic: Annotated[list[str] | None, typer.Option(
-        "--nic", help="NETWORK, NETWORK:trunk=10,20 or NETWORK:mac=MAC. Repeat.")] = None,
+        "--nic", help="NETWORK, NETWORK:trunk=10,20, NETWORK:mac=MAC or NETWORK:ip=ADDRESS "
+        "(a managed network's address; options joined by ';'). Repeat.")] = None,
     uefi: Annotated[bool, typer.Option("--uefi", help="Boot with UEFI (OVMF).")] = False,
     secure_boot: Annotated[bool, typer.Option("--secure-boot",
                                               help="UEFI secure boot.")] = False,
@@ -297,7 +299,9 @@ def disk_add(
 
 @nic_app.command(name="add")
 def nic_add(name: NameArg,
-            nic: Annotated[str, typer.Argument(help="NETWORK[:trunk=10,20][:mac=MAC]")],
+            nic: Annotated[str, typer.Argument(
+                help="NETWORK[:OPTION[;OPTION]], OPTION trunk=10,20, mac=MAC or "
+                     "ip=ADDRESS")],
             json_out: JsonOpt = False, wait: WaitOpt = True) -> None:
     """Add a NIC; hot-plugged when the VM runs."""
     spec = parse_nic(nic)

@@ -109,6 +109,9 @@ class DirStore:
                 out[p.stem] = got
         return out
 
+    def names(self, prefix: str) -> list[str]:
+        return sorted(self.children(prefix))
+
     def transaction(self, ops: list[Op]) -> None:
         with self._flock("store"):
             for op in ops:

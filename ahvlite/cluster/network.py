@@ -85,14 +85,47 @@ def _rebuilt(cluster: ClusterSpec, **changes: Any) -> ClusterSpec:
 
 
 def with_network(cluster: ClusterSpec, *, name: str, vlan: int,
-                 bridge: str = "br0") -> ClusterSpec:
-    """The cluster with VLAN network ``name`` added (not stored)."""
+                 bridge: str = "br0", ipam: dict[str, Any] | None = None) -> ClusterSpec:
+    """The cluster with VLAN network ``name`` added (not stored); managed with
+    ``ipam`` (an IpamSpec's fields)."""
     if cluster.network.network(name) is not None:
         raise Conflict(f"network {name!r} already exists",
                        hint="`ahvlite net delete` it first, or pick another name")
-    net = build(VlanNetworkSpec, name=name, vlan=vlan, bridge=bridge)
-    network = cluster.network.model_dump(mode="json")
-    network["networks"].append(net.model_dump(mode="json"))
+    net = build(VlanNetworkSpec, name=name, vlan=vlan, bridge=bridge, ipam=ipam)
+    network = cluster.network.model_dump(mode="json", exclude_none=True)
+    network["networks"].append(net.model_dump(mode="json", exclude_none=True))
+    return _rebuilt(cluster, network=network)
+
+
+IPAM_CLEARABLE = ("gateway", "dhcp_server", "dns", "domain", "mtu")
+
+
+def with_ipam(cluster: ClusterSpec, *, name: str, changes: dict[str, Any],
+              clear: list[str] | None = None) -> ClusterSpec:
+    """The cluster with network ``name``'s IPAM settings changed (not stored): each
+    field in ``changes`` replaces the old value (``pools``, ``dns``: the whole list),
+    each field in ``clear`` goes back to its default. An unmanaged network becomes
+    managed when ``changes`` name a subnet and pools. Whether live allocations allow
+    the change is ``cluster.ipam.check_change``'s to say."""
+    net = cluster.network.network(name)
+    if net is None:
+        known = ", ".join(n.name for n in cluster.network.networks) or "none"
+        raise NotFound(f"no network named {name!r} (networks: {known})")
+    for field in clear or []:
+        if field not in IPAM_CLEARABLE:
+            raise InvalidSpec("clear", field, f"one of {', '.join(IPAM_CLEARABLE)}")
+    doc = net.ipam.model_dump(mode="json", exclude_none=True) if net.ipam else {}
+    doc.update({k: v for k, v in changes.items() if v is not None})
+    for field in clear or []:
+        doc.pop(field, None)
+    if not doc:
+        raise InvalidSpec("subnet", None, f"a subnet and pools: network {name} is not "
+                          "managed yet", hint="--subnet CIDR --pool A-B makes it managed")
+    new_net = build(VlanNetworkSpec, **{**net.model_dump(mode="json", exclude_none=True),
+                                         "ipam": doc})
+    network = cluster.network.model_dump(mode="json", exclude_none=True)
+    network["networks"] = [new_net.model_dump(mode="json", exclude_none=True)
+                           if n["name"] == name else n for n in network["networks"]]
     return _rebuilt(cluster, network=network)
 
 
@@ -101,7 +134,7 @@ def without_network(cluster: ClusterSpec, *, name: str) -> ClusterSpec:
     if cluster.network.network(name) is None:
         known = ", ".join(n.name for n in cluster.network.networks) or "none"
         raise NotFound(f"no network named {name!r} (networks: {known})")
-    network = cluster.network.model_dump(mode="json")
+    network = cluster.network.model_dump(mode="json", exclude_none=True)
     network["networks"] = [n for n in network["networks"] if n["name"] != name]
     return _rebuilt(cluster, network=network)
 

@@ -146,5 +146,5 @@ def show_host(host: str, spec: NetworkSpec, api: Any, shell: HostShell | None) -
         virbr0 = {"exists": observed.virbr0.exists, "addresses": list(observed.virbr0.addresses),
                   "attached_to_ovs": observed.virbr0.attached_to_ovs}
     return {"host": host, "bridges": bridges, "virbr0": virbr0,
-            "networks": [n.model_dump() for n in spec.networks],
+            "networks": [n.model_dump(mode="json", exclude_none=True) for n in spec.networks],
             "warnings": spec.warnings()}

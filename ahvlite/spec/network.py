@@ -8,6 +8,7 @@ Field constraints (ranges, choices) are checked by pydantic and reported through
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -25,6 +26,10 @@ BRIDGE_NAME = r"^br[0-9]{1,3}$"
 IFNAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$"
 NET_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 VIRBR0_ADDRESS = "192.168.5.1/24"
+MAX_PREFIX = 29
+MIN_LEASE_S = 120  # dnsmasq's floor
+DOMAIN_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
 class BondSpec(BaseModel):
@@ -72,14 +77,95 @@ class BridgeSpec(BaseModel):
         return self.uplink.name or f"{self.name}-up"
 
 
+class IpPool(BaseModel):
+    """A range of addresses IPAM hands out, both ends included (CLI ``--pool A-B``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: ipaddress.IPv4Address
+    end: ipaddress.IPv4Address
+
+    @property
+    def size(self) -> int:
+        return int(self.end) - int(self.start) + 1
+
+    def __contains__(self, ip: object) -> bool:
+        return isinstance(ip, ipaddress.IPv4Address) and self.start <= ip <= self.end
+
+    def __str__(self) -> str:
+        return f"{self.start}-{self.end}"
+
+
+def parse_pool(text: str) -> IpPool:
+    """``10.10.0.100-10.10.0.199`` (or one address) -> IpPool."""
+    from ahvlite.spec.errors import build
+
+    start, sep, end = text.strip().partition("-")
+    try:
+        return build(IpPool, start=start.strip(), end=(end if sep else start).strip())
+    except InvalidSpec:
+        raise InvalidSpec("pool", text, "a range of IPv4 addresses like "
+                          "10.10.0.100-10.10.0.199") from None
+
+
+class IpamSpec(BaseModel):
+    """A managed network's layer 3: the subnet, what DHCP tells guests, and the pools
+    IPAM allocates from. Rules across fields: :func:`check_ipam`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    subnet: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address | None = None
+    # The DHCP responder's address, the same on every host; default the last usable.
+    dhcp_server: ipaddress.IPv4Address | None = None
+    pools: Annotated[list[IpPool], Field(min_length=1, max_length=64)]
+    dns: Annotated[list[ipaddress.IPv4Address], Field(max_length=4)] = Field(
+        default_factory=list)
+    domain: str | None = None
+    mtu: Annotated[int, Field(ge=576, le=9216)] | None = None
+    lease_s: Annotated[int, Field(ge=MIN_LEASE_S, le=2**31 - 1)] = 3600
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, value: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+        if value.prefixlen > MAX_PREFIX:
+            raise InvalidSpec("ipam.subnet", str(value),
+                              f"a subnet of prefix length {MAX_PREFIX} or shorter "
+                              "(room for a gateway, a DHCP server and guests)")
+        return value
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        if value is not None and not DOMAIN_RE.fullmatch(value):
+            raise InvalidSpec("ipam.domain", value, "a DNS domain like lab.example "
+                              "(RFC 1123 labels: letters, digits, '-', joined by '.')")
+        return value
+
+    @property
+    def server(self) -> ipaddress.IPv4Address:
+        """The DHCP server address guests see (the last usable one by default)."""
+        return self.dhcp_server or self.subnet.broadcast_address - 1
+
+    @property
+    def size(self) -> int:
+        return sum(p.size for p in self.pools)
+
+    def in_pools(self, ip: ipaddress.IPv4Address) -> bool:
+        return any(ip in p for p in self.pools)
+
+
 class VlanNetworkSpec(BaseModel):
-    """A VM network: a name for one VLAN on one bridge."""
+    """A VM network: a name for one VLAN on one bridge; managed when it has ``ipam``
+    (addresses allocated by the cluster, DHCP answered on each host), unmanaged
+    (an outside DHCP server, or none) without."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Annotated[str, Field(pattern=NET_NAME)]
     vlan: Annotated[int, Field(ge=1, le=4094)]
     bridge: Annotated[str, Field(pattern=BRIDGE_NAME)] = "br0"
+    ipam: IpamSpec | None = None
 
 
 class Virbr0Spec(BaseModel):
@@ -181,6 +267,43 @@ def check_network(spec: NetworkSpec, *, where: str = "network") -> None:
                               f"a VLAN id not used by another network on {net.bridge} "
                               f"({other!r} has VLAN {net.vlan})")
         vlans[key] = i
+        if net.ipam is not None:
+            check_ipam(net.ipam, where=f"{where}.networks[{i}].ipam")
+
+
+def check_ipam(ipam: IpamSpec, *, where: str = "ipam") -> None:
+    """Pools inside the subnet (network and broadcast addresses excluded), each
+    start <= end, no two overlapping; gateway and DHCP server inside, distinct, in no
+    pool."""
+    net = ipam.subnet
+    first, last = net.network_address + 1, net.broadcast_address - 1
+    inside = f"inside {net} without its network and broadcast addresses ({first}-{last})"
+    for j, pool in enumerate(ipam.pools):
+        field = f"{where}.pools[{j}]"
+        if pool.start > pool.end:
+            raise InvalidSpec(field, str(pool), "a range whose start is not after its end")
+        if not (first <= pool.start and pool.end <= last):
+            raise InvalidSpec(field, str(pool), f"a range {inside}")
+        for k, other in enumerate(ipam.pools[:j]):
+            if pool.start <= other.end and other.start <= pool.end:
+                raise InvalidSpec(field, str(pool), f"a range not overlapping "
+                                  f"pools[{k}] ({other})")
+    fixed = (("gateway", ipam.gateway), ("dhcp_server", ipam.server))
+    for name, ip in fixed:
+        if ip is None:
+            continue
+        if not first <= ip <= last:
+            raise InvalidSpec(f"{where}.{name}", str(ip), f"an address {inside}")
+        holder = next((p for p in ipam.pools if ip in p), None)
+        if holder is not None:
+            raise InvalidSpec(f"{where}.{name}", str(ip),
+                              f"an address in no pool (pool {holder} has it)",
+                              hint="shrink the pool or pick another address")
+    if ipam.gateway is not None and ipam.gateway == ipam.server:
+        raise InvalidSpec(f"{where}.dhcp_server", str(ipam.server),
+                          "an address other than the gateway",
+                          hint="the DHCP server defaults to the last usable address; "
+                               "set --dhcp-server or another --gateway")
 
 
 class OvsdbSpec(BaseModel):

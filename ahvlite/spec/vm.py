@@ -7,17 +7,20 @@ host memory) are checked by ``cluster.vms`` before anything is created.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import re
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -124,6 +127,8 @@ class NicSpec(BaseModel):
     mac: str | None = None
     mode: Literal["access", "trunk"] = "access"
     trunk_vlans: tuple[int, ...] = ()
+    # On a managed network: this address reserved for the NIC (else one from a pool).
+    ip: ipaddress.IPv4Address | None = None
 
     @field_validator("network")
     @classmethod
@@ -138,6 +143,25 @@ class NicSpec(BaseModel):
         if not MAC_RE.fullmatch(value) or int(value[:2], 16) & 1:
             raise InvalidSpec("nic.mac", value, "a unicast MAC like 52:54:00:12:34:56")
         return value.lower()
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("ip") is None:
+            # No "ip": null in documents that never had one (domain metadata, HA
+            # records, templates): they stay byte for byte what they were.
+            out.pop("ip", None)
+        return out
+
+    @field_validator("ip", mode="before")
+    @classmethod
+    def _ip(cls, value: object) -> object:
+        if value is None or isinstance(value, ipaddress.IPv4Address):
+            return value
+        try:
+            return ipaddress.IPv4Address(value if isinstance(value, str) else "")
+        except ValueError:
+            raise InvalidSpec("nic.ip", value, "an IPv4 address like 10.10.0.50") from None
 
     @field_validator("trunk_vlans")
     @classmethod
@@ -252,6 +276,10 @@ class VmSpec(BaseModel):
         dupes = sorted({m for m in macs if macs.count(m) > 1})
         if dupes:
             raise InvalidSpec("nics.mac", dupes[0], "each MAC once")
+        ips = [(n.network, n.ip) for n in self.nics if n.ip is not None]
+        twice = sorted({str(ip) for net, ip in ips if ips.count((net, ip)) > 1})
+        if twice:
+            raise InvalidSpec("nics.ip", twice[0], "each address once per network")
         if self.boot.secure_boot and any(d.bus == "ide" for d in self.disks):
             raise InvalidSpec("disks.bus", "ide",
                               "scsi, virtio or sata with secure boot (it needs q35, "
@@ -300,7 +328,8 @@ def parse_size_mib(text: str) -> int:
 
 
 def parse_nic(text: str) -> NicSpec:
-    """``NET``, ``NET:trunk=10,20`` or ``NET:mac=52:54:...`` (options joined by ``;``)."""
+    """``NET``, ``NET:trunk=10,20``, ``NET:mac=52:54:...`` or ``NET:ip=10.10.0.50``
+    (options joined by ``;``)."""
     from ahvlite.spec.errors import build
 
     network, _, rest = text.partition(":")
@@ -313,8 +342,9 @@ def parse_nic(text: str) -> NicSpec:
             except ValueError:
                 raise InvalidSpec("nic.trunk_vlans", val, "VLAN ids like 10,20") from None
             values["mode"] = "trunk"
-        elif key == "mac" and sep:
-            values["mac"] = val
+        elif key in ("mac", "ip") and sep:
+            values[key] = val
         else:
-            raise InvalidSpec("nic", text, "NET, NET:trunk=10,20 or NET:mac=MAC")
+            raise InvalidSpec("nic", text, "NET, NET:trunk=10,20, NET:mac=MAC or "
+                              "NET:ip=ADDRESS (options joined by ';')")
     return build(NicSpec, **values)

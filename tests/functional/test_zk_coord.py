@@ -215,3 +215,12 @@ def test_unreachable_store_fails_clearly_within_the_timeout():
         open_store(f"zk://127.0.0.1:{port}/ahvlite", connect_timeout_s=1.5)
     assert time.monotonic() - start < 5
     assert f"127.0.0.1:{port}" in err.value.message and "1.5 s" in err.value.message
+
+
+def test_a_parent_removed_behind_the_clients_back_is_made_again(coords):
+    # The client remembers which parents it made; one removed since is made again.
+    c, other = coords(), coords()
+    c.transaction([Put("p/q/k1", b"1", MUST_NOT_EXIST)])
+    other._client.delete(other._path("p/q"), recursive=True)  # another writer's doing
+    c.transaction([Put("p/q/k2", b"2", MUST_NOT_EXIST)])
+    assert c.names("p/q") == ["k2"]

@@ -5,6 +5,7 @@ files the host entries name (the controller's own, see ``cluster.hostfiles``).""
 from __future__ import annotations
 
 from dataclasses import asdict
+from ipaddress import IPv4Address
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -80,6 +81,36 @@ def network_plan(ctx: ReadContext, q: HostQuery) -> dict[str, Any]:
     return {"results": [r.to_dict() for r in results], "warnings": spec.network.warnings()}
 
 
+def network_ipam(ctx: ReadContext, _q: NoQuery, *, name: str) -> dict[str, Any]:
+    """One VLAN network: its settings, pool use and allocations with the host each VM
+    runs on (an allocation whose VM no host has is marked orphan, but only when every
+    host answered: an unreachable host's VMs keep their addresses)."""
+    from ahvlite.cluster import ipam, vms
+    from ahvlite.errors import NotFound
+
+    spec = ctx.spec()
+    net = spec.network.network(name)
+    if net is None:
+        known = ", ".join(n.name for n in spec.network.networks) or "none"
+        raise NotFound(f"no network named {name!r} (networks: {known})")
+    out: dict[str, Any] = {**net.model_dump(mode="json", exclude_none=True),
+                           "managed": net.ipam is not None}
+    if net.ipam is None:
+        return out
+    held = ipam.allocations(ctx.coord, name)
+    found, unreachable = vms.list_vms(spec) if held else ([], {})
+    host_of = {v.uuid: v.host for v in found}
+    ips = [IPv4Address(a.ip) for a in held]
+    out["dhcp_server"] = str(net.ipam.server)
+    out["pools"] = [{"range": str(p), "size": p.size, "used": sum(1 for ip in ips if ip in p)}
+                    for p in net.ipam.pools]
+    out["allocations"] = [{**a.to_dict(), "host": host_of.get(a.vm_uuid),
+                           "orphan": not unreachable and a.vm_uuid not in host_of}
+                          for a in held]
+    out["unreachable"] = unreachable
+    return out
+
+
 class BondQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str = Field(pattern=HOST_NAME, description="the host")
@@ -128,5 +159,8 @@ READS: tuple[Read, ...] = (
          "bridges, bonds and their members, VM ports, virbr0, per host", HostQuery),
     Read("/v1/networks/plan", network_plan, "what `net apply` would change", HostQuery),
     Read("/v1/networks/bond-plan", bond_plan, "what `net bond set` would change", BondQuery),
+    Read("/v1/networks/{name}/ipam", network_ipam,
+         "one VLAN network: its IPAM settings, pool use, and every allocation (VM, MAC, "
+         "address, host)"),
     Read("/v1/cpu", cpu, "each host's CPU, their baseline, the stored cluster CPU level"),
 )

@@ -7,17 +7,40 @@ from typing import Any
 from ahvlite.controller.api.reads import NoQuery, Read, ReadContext
 
 
+def _with_ipam(ctx: ReadContext, network: Any, infos: list[dict[str, Any]]
+               ) -> list[dict[str, Any]]:
+    """Each VM with the addresses IPAM holds for its NICs (by MAC, on the NIC's own
+    network and for this VM's UUID), beside the ones handed through fw_cfg."""
+    from ahvlite.cluster import ipam
+
+    if not any(n.ipam is not None for n in network.networks):
+        return infos
+    held = ipam.by_mac(ctx.coord, network)
+    for info in infos:
+        for nic in info.get("nics") or []:
+            a = held.get(str(nic.get("mac") or "").lower())
+            if a is None or a.network != nic.get("network") or a.vm_uuid != info.get("uuid"):
+                continue
+            nic["ip"] = a.ip
+            if a.ip not in info["ips"]:
+                info["ips"].append(a.ip)
+    return infos
+
+
 def vm_list(ctx: ReadContext, _q: NoQuery) -> dict[str, Any]:
     from ahvlite.cluster import vms
 
-    found, unreachable = vms.list_vms(ctx.spec())
-    return {"vms": [v.to_dict() for v in found], "unreachable": unreachable}
+    spec = ctx.spec()
+    found, unreachable = vms.list_vms(spec)
+    return {"vms": _with_ipam(ctx, spec.network, [v.to_dict() for v in found]),
+            "unreachable": unreachable}
 
 
 def vm_show(ctx: ReadContext, _q: NoQuery, *, name: str) -> dict[str, Any]:
     from ahvlite.cluster import vms
 
-    return vms.show_vm(ctx.spec(), name).to_dict()
+    spec = ctx.spec()
+    return _with_ipam(ctx, spec.network, [vms.show_vm(spec, name).to_dict()])[0]
 
 
 def vm_cpu_check(ctx: ReadContext, _q: NoQuery, *, name: str) -> Any:

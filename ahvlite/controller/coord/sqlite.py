@@ -195,6 +195,13 @@ class SqliteCoordinator:
                 out[rest] = Versioned(bytes(value), int(version))
         return out
 
+    def names(self, prefix: str) -> list[str]:
+        base = check_key(prefix) + "/"
+        rows = self._read("SELECT key FROM kv WHERE key > ? AND key < ?",
+                          (base, base + "\uffff"))
+        rest = (str(k)[len(base):] for (k,) in rows)
+        return sorted(n for n in rest if n and "/" not in n)  # as children(): rows only
+
     def transaction(self, ops: list[Op]) -> None:
         self._transact(ops, fenced=False)
 

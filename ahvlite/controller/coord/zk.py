@@ -151,6 +151,7 @@ class ZkCoordinator:
         self._retry_s = retry_s if retry_s is not None else max(2 * session_timeout_s, 10.0)
         auth = f"{url.user}:{url.secret}"
         self._acl = [make_digest_acl(url.user, url.secret, all=True)]
+        self._parents: set[str] = set()  # paths this client made sure exist
         self._ask = ensemble.asker(url.tls)  # checks the TLS files before anything starts
         tls: dict[str, Any] = {}
         if url.tls is not None:
@@ -332,13 +333,24 @@ class ZkCoordinator:
             names = self._client.get_children(self._path(prefix))
         except NoNodeError:
             return {}
-        for name in names:
+        # Pipelined: every get sent before the first answer is awaited (one round trip
+        # for a thousand IPAM keys, not a thousand).
+        base = self._path(prefix)
+        pending = [(name, self._client.get_async(f"{base}/{name}")) for name in names]
+        for name, result in pending:
             try:
-                data, stat = self._client.get(f"{self._path(prefix)}/{name}")
+                data, stat = result.get(timeout=self._retry_s)
             except NoNodeError:
                 continue
             out[name] = Versioned(data, stat.version)
         return out
+
+    @_op("list")
+    def names(self, prefix: str) -> list[str]:
+        try:
+            return sorted(self._client.get_children(self._path(prefix)))
+        except NoNodeError:
+            return []
 
     def _applied(self, ops: list[Op]) -> bool:
         """Whether the store shows what ``ops`` leave: each Put's key holds its value
@@ -372,10 +384,18 @@ class ZkCoordinator:
     @_op("transaction")
     def _commit(self, ops: list[Op], fence: str | None, tries: list[int]) -> None:
         tries[0] += 1
-        for op in ops:
-            if isinstance(op, Put) and op.expected_version in (None, MUST_NOT_EXIST):
-                parent = self._path(op.key).rsplit("/", 1)[0]
+        # Each parent once, and only the first time this client writes below it (a
+        # round trip each): a batch of IPAM keys shares two parents, and parents stay.
+        # One removed behind our back: forgotten, made again, the commit sent again.
+        trusted = False
+        for parent in dict.fromkeys(self._path(op.key).rsplit("/", 1)[0] for op in ops
+                                    if isinstance(op, Put)
+                                    and op.expected_version in (None, MUST_NOT_EXIST)):
+            if parent in self._parents:
+                trusted = True
+            else:
                 self._client.ensure_path(parent, acl=self._acl)
+                self._parents.add(parent)
         t = self._client.transaction()
         if fence is not None:
             t.check(fence, 0)
@@ -400,6 +420,10 @@ class ZkCoordinator:
         failed = [(i, r) for i, r in enumerate(results)
                   if isinstance(r, Exception) and not isinstance(r, RolledBackError)]
         if not failed:
+            return
+        if trusted and any(isinstance(r, NoNodeError) for _, r in failed):
+            self._parents.clear()
+            self._commit(ops, fence, tries)
             return
         if tries[0] > 1 and self._applied(ops):
             # Our first send committed (the fence held then); only its reply was lost.

@@ -83,7 +83,7 @@ class ClusterApply(SpecKind[ClusterApplyParams]):
         return own
 
     def _plan(self, p: ClusterApplyParams, desired: ClusterSpec) -> dict[str, Any]:
-        from ahvlite.cluster import cpulevel, inventory
+        from ahvlite.cluster import cpulevel, inventory, ipam
         from ahvlite.cluster.specwrite import document_keys, read_spec, spec_doc
         from ahvlite.controller.kinds.hosts import check_controller_files
         from ahvlite.spec.clusterdiff import diff
@@ -98,6 +98,8 @@ class ClusterApply(SpecKind[ClusterApplyParams]):
                                f"is cluster {desired.name!r}")
             for name in d.hosts("remove"):
                 inventory.check_no_running_vms(current.host(name))
+            # Managed networks with allocations keep their subnet and DHCP server.
+            ipam.check_networks(state.store, current.network, desired.network)
         added = [desired.host(n) for n in d.hosts("add")]
         reach: list[HostSpec] = [*added, *(desired.host(n) for n in d.hosts("change")
                                            if REACH_FIELDS & set(d.changed_host_fields(n)))]

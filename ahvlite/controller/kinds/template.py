@@ -8,13 +8,13 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 from pydantic import Field, model_validator
 
 from ahvlite.controller.kinds.base import OPTIONAL_HOST, Kind, Params, attempt_tag
-from ahvlite.controller.kinds.vm import VM_NAME, VM_UUID_NAMESPACE, _ha_admit
+from ahvlite.controller.kinds.vm import VM_NAME, VM_UUID_NAMESPACE, _ha_admit, with_addresses
 from ahvlite.controller.tasks import TaskContext
 from ahvlite.errors import AhvliteError, InvalidSpec, OperationFailed
 
@@ -216,7 +216,7 @@ class TemplateDeploy(Kind[DeployParams]):
         load_template(self.cluster().state, p.name).version(p.version)
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
-        from ahvlite.cluster import templates, vms
+        from ahvlite.cluster import ipam, templates, vms
         from ahvlite.controller.ha.config import load_settings
         from ahvlite.spec.vm import VmSpec
 
@@ -232,6 +232,15 @@ class TemplateDeploy(Kind[DeployParams]):
             cspec, p.name, count=p.count, prefix=p.prefix, version=p.version,
             start=p.start, host=p.host, uuid_of=uuid_of))
         entries = [(VmSpec(**e["spec"]), e["host"]) for e in plan["vms"]]
+
+        def allocate() -> dict[str, str]:
+            # Every NIC of every VM in one transaction: a full pool fails the deploy
+            # before any disk is cloned.
+            ctx.check_leader()
+            return ipam.allocate_vms(cspec, [s for s, _ in entries], by=ctx.task.id,
+                                     now=lambda: ctx.clock.time())
+
+        addresses = ctx.step("addresses", allocate)
         ctx.progress(5, f"deploying {len(entries)} VMs of {p.name} v{plan['version']}: "
                         + ", ".join(f"{s.name}->{h}" for s, h in entries))
         guarantee = load_settings(cspec.state).mode == "guarantee"
@@ -258,12 +267,16 @@ class TemplateDeploy(Kind[DeployParams]):
                         hosts, host, spec, tag=tag, earlier_tags=earlier,
                         user_data=p.user_data, start=p.start, admit=admit,
                         guard=ctx.check_leader)
-                return {"vm": info.to_dict()}
+                return {"vm": with_addresses(info.to_dict(), addresses)}
             except AhvliteError as exc:
                 from ahvlite.controller.coord.api import NotLeader
 
                 if isinstance(exc, NotLeader):
                     raise
+                # This VM was undone: its addresses go with it (the others keep theirs).
+                with suppress(AhvliteError):
+                    ctx.check_leader()
+                    ipam.release_vm(cspec, spec, now=lambda: ctx.clock.time())
                 return {"failed": exc.message}
 
         pool = ThreadPoolExecutor(DEPLOY_WORKERS, thread_name_prefix="deploy")

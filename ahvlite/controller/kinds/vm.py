@@ -4,7 +4,8 @@ serial console, live migration."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -90,8 +91,47 @@ class VmLifecycle(Kind[LifecycleParams]):
         if action == "start":
             # HA admission here too, not only in the CLI: a task may come from anywhere.
             _ha_admit(cspec, name)
+        held = None
+        if action == "delete":
+            # Which addresses to free, recorded before the VM goes: a resumed attempt
+            # that finds the VM gone still frees them.
+            held = ctx.step("ipam-nics", lambda: _nics_of(cspec, name))
         ctx.progress(10, f"{action} {name}")
-        return dict(ctx.step(action, act))
+        out = dict(ctx.step(action, act))
+        if held:
+            out["released"] = ctx.step("release", lambda: _release(ctx, cspec, held))
+        return out
+
+
+def _nics_of(cluster: Any, name: str) -> dict[str, Any] | None:
+    """The VM's UUID and its (MAC, network) pairs on managed networks (None: no VM)."""
+    from ahvlite.cluster import ipam, vms
+
+    if not any(n.ipam is not None for n in cluster.network.networks):
+        return None  # no managed network, no allocation to free
+    try:
+        info = vms.show_vm(cluster, name)
+    except NotFound:
+        return None
+    return {"uuid": info.uuid, "nics": ipam.managed_pairs(
+        cluster.network, [(n.get("mac"), n.get("network")) for n in info.nics])}
+
+
+def _release(ctx: TaskContext, cluster: Any, held: Any) -> dict[str, str]:
+    """Free the addresses a recorded :func:`_nics_of` names (checked: a task record is
+    outside input)."""
+    from ahvlite.cluster import ipam
+
+    if not isinstance(held, dict) or not isinstance(held.get("nics"), list):
+        return {}
+    pairs = [(m, n) for m, n in (p for p in held["nics"]
+                                 if isinstance(p, list | tuple) and len(p) == 2)
+             if isinstance(m, str) and isinstance(n, str)]
+    uuid_ = held.get("uuid")
+    if not pairs or not isinstance(uuid_, str):
+        return {}  # only ever what this VM holds
+    ctx.check_leader()
+    return ipam.release(cluster.state.store, pairs, uuid_, now=ctx.clock.time())
 
 
 class SpecCreateParams(Params):
@@ -130,14 +170,29 @@ class VmSpecCreate(Kind[SpecCreateParams]):
         return out
 
     def check(self, p: SpecCreateParams) -> None:
+        from ahvlite.cluster.ipamplan import wants_of
+
         self.host("host", p.host)
+        spec = VmSpec(**p.spec).with_macs()
+        wants_of(self.cluster().network, spec.name, spec.uuid, spec.nics)  # ip=, trunks
 
     def run(self, ctx: TaskContext) -> dict[str, Any]:
-        from ahvlite.cluster import vms
+        from ahvlite.cluster import ipam, vms
 
         p = self.params(ctx)
-        spec = VmSpec(**{"uuid": str(uuid.uuid5(VM_UUID_NAMESPACE, ctx.task.id)), **p.spec})
+        # The MACs are chosen once and recorded: a resumed attempt must ask IPAM for the
+        # same NICs, or the first attempt's addresses would be held by nothing.
+        spec = VmSpec(**ctx.step("spec", lambda: VmSpec(**{
+            "uuid": str(uuid.uuid5(VM_UUID_NAMESPACE, ctx.task.id)), **p.spec})
+            .with_macs().model_dump(mode="json")))
         cspec = self.cluster()
+
+        def allocate() -> dict[str, str]:
+            ctx.check_leader()
+            return ipam.allocate_vms(cspec, [spec], by=ctx.task.id,
+                                     now=lambda: ctx.clock.time())
+
+        addresses = ctx.step("addresses", allocate)
         host = p.host
         self.host("host", host)  # the cluster may have changed since
         # One connection per host for the whole task: admission, the look for an
@@ -149,10 +204,41 @@ class VmSpecCreate(Kind[SpecCreateParams]):
                 host = _ha_admit(cspec, spec.name, memory_mib=spec.memory_mib, host=host,
                                  labels=spec.labels, hosts=hosts) or host
             ctx.progress(10, f"creating {spec.name}")
-            info = ctx.step("create", lambda: create_once(
-                cspec, spec, host=host, start=p.start, task_id=ctx.task.id,
-                attempt=ctx.task.attempts, guard=ctx.check_leader, hosts=hosts))
-        return dict(info)
+            with _released_on_failure(ctx, cspec, spec, addresses):
+                info = ctx.step("create", lambda: create_once(
+                    cspec, spec, host=host, start=p.start, task_id=ctx.task.id,
+                    attempt=ctx.task.attempts, guard=ctx.check_leader, hosts=hosts))
+        return with_addresses(dict(info), addresses)
+
+
+def with_addresses(info: dict[str, Any], addresses: dict[str, str]) -> dict[str, Any]:
+    """A VM's info with the addresses IPAM gave its NICs (in ``ips`` and per NIC)."""
+    for nic in info.get("nics") or []:
+        ip = addresses.get(str(nic.get("mac") or "").lower())
+        if ip is not None:
+            nic["ip"] = ip
+            if ip not in info.setdefault("ips", []):
+                info["ips"].append(ip)
+    return info
+
+
+@contextmanager
+def _released_on_failure(ctx: TaskContext, cluster: Any, spec: VmSpec | None,
+                         addresses: dict[str, str]) -> Iterator[None]:
+    """Free ``spec``'s addresses when the block fails (the VM was undone), unless
+    leadership was lost: then the next leader resumes with them."""
+    from ahvlite.cluster import ipam
+    from ahvlite.controller.coord.api import NotLeader
+    from ahvlite.errors import AhvliteError
+
+    try:
+        yield
+    except AhvliteError as exc:
+        if spec is not None and addresses and not isinstance(exc, NotLeader):
+            with suppress(AhvliteError):
+                ctx.check_leader()
+                ipam.release_vm(cluster, spec, now=lambda: ctx.clock.time())
+        raise
 
 
 def create_once(cluster: Any, spec: Any, *, host: str | None, start: bool, task_id: str,
@@ -324,8 +410,16 @@ class VmNicAdd(Kind[NicAddParams]):
     name = "vm.nic.add"
     Params = NicAddParams
 
+    def check(self, p: NicAddParams) -> None:
+        from ahvlite.cluster.ipamplan import wants_of
+        from ahvlite.spec.vm import NicSpec, random_mac
+
+        nic = NicSpec(**p.nic)
+        wants_of(self.cluster().network, p.name, "",
+                 [nic.model_copy(update={"mac": nic.mac or random_mac()})])
+
     def run(self, ctx: TaskContext) -> dict[str, Any]:
-        from ahvlite.cluster import vmdevices, vms
+        from ahvlite.cluster import ipam, vmdevices, vms
         from ahvlite.spec.vm import NicSpec, random_mac
 
         p = self.params(ctx)
@@ -333,6 +427,19 @@ class VmNicAdd(Kind[NicAddParams]):
         nic = NicSpec(**p.nic)
         mac = ctx.step("mac", lambda: nic.mac or random_mac())
         nic = nic.model_copy(update={"mac": mac})
+        net = cspec.network.network(nic.network)
+        one, addresses = None, {}
+        if net is not None and net.ipam is not None:
+            # The VM's UUID tells a resumed attempt's allocation from another VM's.
+            vm_uuid = ctx.step("uuid", lambda: vms.show_vm(cspec, p.name).uuid)
+            one = VmSpec(name=p.name, uuid=vm_uuid, memory_mib=64, nics=[nic])
+
+            def allocate() -> dict[str, str]:
+                ctx.check_leader()
+                return ipam.allocate_vms(cspec, [one], by=ctx.task.id,
+                                         now=lambda: ctx.clock.time())
+
+            addresses = ctx.step("address", allocate)
         ctx.progress(10, f"adding NIC {mac} on {nic.network} to {p.name}")
 
         def add() -> dict[str, Any]:
@@ -343,7 +450,8 @@ class VmNicAdd(Kind[NicAddParams]):
             ctx.check_leader()
             return vmdevices.add_nic(cspec, p.name, nic).to_dict()
 
-        return dict(ctx.step("add", add))
+        with _released_on_failure(ctx, cspec, one, addresses):
+            return with_addresses(dict(ctx.step("add", add)), addresses)
 
 
 class NicRemoveParams(Params):
@@ -366,6 +474,15 @@ class VmNicRemove(Kind[NicRemoveParams]):
         cspec = self.cluster()
         ctx.progress(10, f"removing NIC {p.mac} from {p.name}")
 
+        def held() -> dict[str, Any] | None:
+            found = _nics_of(cspec, p.name)
+            if found is not None:
+                found["nics"] = [[m, n] for m, n in found["nics"] if m == p.mac.lower()]
+            return found
+
+        # Recorded before the NIC goes: a resumed attempt knows which address to free.
+        nics = ctx.step("ipam-nics", held)
+
         def remove() -> dict[str, Any]:
             if ctx.task.attempts > 1:
                 info = vms.show_vm(cspec, p.name)
@@ -374,7 +491,10 @@ class VmNicRemove(Kind[NicRemoveParams]):
             ctx.check_leader()
             return vmdevices.remove_nic(cspec, p.name, p.mac).to_dict()
 
-        return dict(ctx.step("remove", remove))
+        out = dict(ctx.step("remove", remove))
+        if nics and nics.get("nics"):
+            out["released"] = ctx.step("release", lambda: _release(ctx, cspec, nics))
+        return out
 
 
 # -- the serial console -------------------------------------------------------------
