@@ -141,6 +141,8 @@ def session(target: SshTarget, *, pool: SshPool | None = None) -> Iterator[param
     client = p.get(target)
     try:
         yield client
+    except (FileNotFoundError, PermissionError):
+        raise  # the host answered: the connection is fine
     except (paramiko.SSHException, OSError, EOFError):
         p.drop(target)
         raise
@@ -152,10 +154,11 @@ def run(target: SshTarget, argv: list[str], *, timeout_s: float = 60, check: boo
     command = shlex.join(argv)
     try:
         with session(target, pool=pool) as client:
-            _, out, err = client.exec_command(command, timeout=timeout_s)
-            stdout = out.read().decode(errors="replace")
-            stderr = err.read().decode(errors="replace")
-            status = out.channel.recv_exit_status()
+            chan = _channel(client, min(target.timeout_s, timeout_s), timeout_s)
+            chan.exec_command(command)
+            stdout = chan.makefile("r").read().decode(errors="replace")
+            stderr = chan.makefile_stderr("r").read().decode(errors="replace")
+            status = chan.recv_exit_status()
     except TimeoutError:
         raise OperationTimeout(f"{target.host}: {command} took over {timeout_s:.0f} s") \
             from None
@@ -167,23 +170,55 @@ def run(target: SshTarget, argv: list[str], *, timeout_s: float = 60, check: boo
     return CommandResult(status, stdout, stderr)
 
 
-def read_file(target: SshTarget, path: str, *, pool: SshPool | None = None) -> str:
-    """The text of a file on the host (sysfs and procfs files included)."""
+def _channel(client: paramiko.SSHClient, open_s: float, io_s: float) -> paramiko.Channel:
+    """A channel whose opening and every read are bounded. paramiko's ``open_sftp``
+    waits up to an hour for a channel: a pooled connection to a host that lost power
+    still looks active (no RST ever comes), and a reader would hang with it."""
+    transport = client.get_transport()
+    if transport is None or not transport.is_active():
+        raise paramiko.SSHException("connection closed")
+    chan = transport.open_session(timeout=open_s)
+    chan.settimeout(io_s)
+    return chan
+
+
+def _sftp(client: paramiko.SSHClient, timeout_s: float) -> paramiko.SFTPClient:
+    chan = _channel(client, timeout_s, timeout_s)
+    chan.invoke_subsystem("sftp")
+    return paramiko.SFTPClient(chan)
+
+
+@contextmanager
+def _file_errors(target: SshTarget, path: str, verb: str) -> Iterator[None]:
+    """A file operation's failures as ahvlite's errors; a broken or silent connection
+    has been dropped from the pool by ``session`` on the way out."""
     try:
-        with session(target, pool=pool) as client, client.open_sftp() as sftp, \
-                sftp.open(path, "r") as f:
-            return f.read().decode(errors="replace")
+        yield
     except FileNotFoundError:
         raise OperationFailed(f"{target.host}: {path} does not exist") from None
     except PermissionError:
-        raise OperationFailed(f"{target.host}: {path} is not readable") from None
+        raise OperationFailed(f"{target.host}: {path} is not {verb}") from None
+    except TimeoutError:
+        raise HostUnreachable(f"ssh {target.host}: no answer in {target.timeout_s:.0f} s "
+                              f"while reading {path}") from None
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise HostUnreachable(f"{target.host}: ssh broke on {path}: "
+                              f"{exc or type(exc).__name__}") from None
+
+
+def read_file(target: SshTarget, path: str, *, pool: SshPool | None = None) -> str:
+    """The text of a file on the host (sysfs and procfs files included)."""
+    with _file_errors(target, path, "readable"), session(target, pool=pool) as client, \
+            _sftp(client, target.timeout_s) as sftp, sftp.open(path, "r") as f:
+        return f.read().decode(errors="replace")
 
 
 def put_file(target: SshTarget, local: Path, remote: str, *, mode: int = 0o644,
              pool: SshPool | None = None) -> None:
     """Copy a file to the host, written under a temporary name and renamed into place."""
     tmp = f"{remote}.ahvlite-tmp"
-    with session(target, pool=pool) as client, client.open_sftp() as sftp:
+    with _file_errors(target, remote, "writable"), session(target, pool=pool) as client, \
+            _sftp(client, target.timeout_s) as sftp:
         sftp.put(str(local), tmp)
         sftp.chmod(tmp, mode)
         sftp.posix_rename(tmp, remote)

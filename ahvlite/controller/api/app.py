@@ -73,6 +73,7 @@ MAX_JSON_BYTES = 1 << 20
 UPLOAD_PATH = "/v1/uploads"
 WRITE_CHUNK = 1 << 20
 SWEEP_EVERY_S = 600.0
+SLOW_REQUEST_S = 5.0
 
 
 @dataclass
@@ -159,6 +160,33 @@ class BodyLimit:
                 await error_response(exc)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class SlowLog:
+    """A request whose answer took over ``slow_s`` to begin is logged with its time: a
+    read that waits on a lost host shows in the controller's log, not only as a
+    client's timeout."""
+
+    def __init__(self, app: ASGIApp, slow_s: float = SLOW_REQUEST_S) -> None:
+        self.app = app
+        self.slow_s = slow_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or b"wait_s=" in scope.get("query_string", b"") \
+                or scope["path"].startswith(UPLOAD_PATH):  # long on purpose
+            await self.app(scope, receive, send)
+            return
+        started = SYSTEM.monotonic()
+
+        async def timed_send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                took = SYSTEM.monotonic() - started
+                if took > self.slow_s:
+                    log.warning("%s %s answered %s after %.1f s", scope["method"],
+                                scope["path"], message["status"], took)
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
 
 
 def task_out(task: Task, version: int) -> TaskOut:
@@ -254,6 +282,7 @@ def create_app(backend: ApiBackend) -> FastAPI:
     app = FastAPI(title="ahvlite", version=API_VERSION, openapi_url=None, docs_url=None,
                   redoc_url=None, lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=MAX_JSON_BYTES, exempt=(UPLOAD_PATH,))
+    app.add_middleware(SlowLog)
 
     @app.exception_handler(AhvliteError)
     async def _ahvlite_error(_r: Request, exc: AhvliteError) -> JSONResponse:
