@@ -208,7 +208,9 @@ def test_ha_restarts_a_vm_with_iscsi_disks_elsewhere(ilab):
     assert io2["to"] not in (None, victim) and io2["answers_s"] is not None, result
     print(f"\nio2: {victim} lost power; running on {io2['to']} after {io2['restarted_s']} s, "
           f"answering after {io2['answers_s']} s")
-    assert wait_for(lambda: sessions_shown(status).get(("io2", "data")) == io2["to"], 30, 0.5)
+    # With a host gone, each `storage show` waits out one connect timeout to it (10 s,
+    # in parallel for its SSH and libvirt reads): a few of them fit in the wait.
+    assert wait_for(lambda: sessions_shown(status).get(("io2", "data")) == io2["to"], 60, 0.5)
     assert sessions_shown(status)[("io2", "disk0")] == io2["to"]
     # The restarted guest reads its disk through the new host's target and writes on.
     iodrill.start_writer(cluster, "io2", data_dev(cluster, "io2"), BLOCKS, first_round=1000)
