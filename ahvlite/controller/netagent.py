@@ -66,7 +66,11 @@ def dhcp_network(net: VlanNetworkSpec) -> plan.DhcpNetwork:
 def host_bridges(spec: ClusterSpec, host: str) -> list[str]:
     """The OVS bridges ``host`` has by the spec (its own override, or the defaults)."""
     override = next((h.network for h in spec.hosts if h.name == host), None)
-    return [b.name for b in spec.network.for_host(override).bridges]
+    # Not NetworkSpec.for_host: that refuses the whole host when a network's bridge is
+    # missing from it; here only that network is left out (dhcp_networks says why).
+    bridges = (override.bridges if override is not None and override.bridges is not None
+               else spec.network.bridges)
+    return [b.name for b in bridges]
 
 
 def dhcp_networks(spec: ClusterSpec, host: str) -> tuple[list[plan.DhcpNetwork], list[str]]:
@@ -102,6 +106,17 @@ def plan_allocations(network: str, allocs: list[ipam.Allocation]
             skipped.append(f"network {network}: allocation {a.ip!r} for {a.mac!r} "
                            f"skipped: {why}")
     return out, skipped
+
+
+def unreadable(store: DocStore, allocs: dict[str, list[ipam.Allocation]]) -> list[str]:
+    """The allocation keys ``ipam.allocations`` left out (a document that is not one):
+    names only, so the reason can be logged."""
+    out = []
+    for net, held in allocs.items():
+        have = {a.mac for a in held}
+        out += [f"{ipam.mac_key(net, name)}: not an allocation document, skipped"
+                for name in store.names(f"{ipam.net_key(net)}/mac") if name.lower() not in have]
+    return out
 
 
 def place_of_key(key: str, where: HostPlaces) -> plan.ResponderPlace | None:
@@ -180,6 +195,7 @@ class NetAgent:
         self._api: Any = None
         self._gen: int | None = None
         self._allocs: dict[str, list[ipam.Allocation]] = {}
+        self._unreadable: list[str] = []
         self._applied: Any = None
         self._next_resync = float("-inf")
         self._said: set[str] = set()
@@ -232,6 +248,7 @@ class NetAgent:
             gen = ipam.generation(self.store)
             if resync or gen != self._gen or set(self._allocs) != {n.name for n in nets}:
                 self._allocs = {n.name: ipam.allocations(self.store, n.name) for n in nets}
+                self._unreadable = unreadable(self.store, self._allocs)
                 self._gen = gen
         except NotFound as exc:
             self._say([f"no cluster in the store yet ({exc.message}): changing nothing"])
@@ -246,6 +263,7 @@ class NetAgent:
             log.warning("netagent %s: the store answers again", self.host)
             self._outage = False
         allocs: dict[str, list[plan.Allocation]] = {}
+        reasons += self._unreadable
         for n in nets:
             allocs[n.name], bad = plan_allocations(n.name, self._allocs.get(n.name, []))
             reasons += bad
