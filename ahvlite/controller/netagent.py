@@ -32,7 +32,7 @@ from typing import Any
 from ahvlite.clock import SYSTEM, Clock
 from ahvlite.cluster import ipam
 from ahvlite.controller.periodic import Periodic
-from ahvlite.errors import AhvliteError, InvalidSpec, NotFound
+from ahvlite.errors import AhvliteError, HostUnreachable, InvalidSpec, NotFound
 from ahvlite.kv import DocStore
 from ahvlite.net.dhcp import plan, responder
 from ahvlite.net.ovs import flows, ops
@@ -217,13 +217,18 @@ class NetAgent:
 
     def step(self) -> str:
         """Apply what changed (everything, once a resync is due); return what was done:
-        ``store-unavailable``, ``no-cluster``, ``unchanged`` or ``applied``."""
+        ``store-unavailable``, ``no-cluster``, ``ovsdb-unavailable``, ``unchanged`` or
+        ``applied``."""
         resync = self.clock.monotonic() >= self._next_resync
         got = self._read_store(resync)
         if isinstance(got, str):
             return got
         nets, allocs, reasons = got
-        api = self._ovsdb()
+        try:
+            api = self._ovsdb()
+        except HostUnreachable as exc:  # ovsdb-server not (yet) running: say so once
+            self._say([f"{exc.message}: changing nothing"])
+            return "ovsdb-unavailable"
         try:
             seen = observe(api, self.where)
         except Exception:

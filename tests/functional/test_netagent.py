@@ -236,3 +236,17 @@ def test_a_deleted_network_takes_its_responder_and_flows_along(box, world):
     # Only the bridge's default is left: NORMAL, no filter of a managed network.
     assert [f.split("actions=")[1] for f in flows.dump(switch=box.switch)] == ["NORMAL"]
     assert a.step() == "unchanged"
+
+
+def test_without_ovsdb_it_says_so_once_and_changes_nothing(box, world, caplog, tmp_path):
+    store, clock, _ = world
+    allocate(store, "c1")
+    a = NetAgent(store, lambda: ClusterState(store).spec(), "h1", clock=clock,  # type: ignore[arg-type]
+                 where=HostPlaces(ovsdb=f"unix:{tmp_path}/none.sock", paths=box.paths,
+                                  netns_prefix=PREFIX, host_ns=box.host_ns))
+    with caplog.at_level(logging.WARNING, logger="ahvlite.controller.netagent"):
+        assert a.step() == "ovsdb-unavailable"
+        clock.advance(5)
+        assert a.step() == "ovsdb-unavailable"
+    assert caplog.text.count("cannot reach OVSDB") == 1
+    assert box.places() == []
