@@ -220,7 +220,7 @@ class NetAgent:
         ``store-unavailable``, ``no-cluster``, ``ovsdb-unavailable``, ``unchanged`` or
         ``applied``."""
         resync = self.clock.monotonic() >= self._next_resync
-        got = self._read_store(resync)
+        got = self._read_store()
         if isinstance(got, str):
             return got
         nets, allocs, reasons = got
@@ -234,7 +234,13 @@ class NetAgent:
         except Exception:
             self.close()  # a dropped OVSDB connection: open it again next tick
             raise
-        desired = [self._responder(n, allocs[n.name], reasons) for n in nets]
+        desired = []
+        for n in nets:
+            if n.bridge in seen.bridges:
+                desired.append(self._responder(n, allocs[n.name], reasons))
+            else:
+                reasons.append(f"network {n.name}: bridge {n.bridge} is not in this host's "
+                               "OVSDB")
         state = (tuple(desired), seen.bridges, seen.ports, seen.responders)
         self._say([*reasons, *seen.skipped])
         if not resync and state == self._applied:
@@ -245,13 +251,15 @@ class NetAgent:
         self._next_resync = self.clock.monotonic() + self.resync_s
         return "applied"
 
-    def _read_store(self, resync: bool) -> (
+    def _read_store(self) -> (
             str | tuple[list[plan.DhcpNetwork], dict[str, list[plan.Allocation]], list[str]]):
         try:
             spec = self.spec()
             nets, reasons = dhcp_networks(spec, self.host)
             gen = ipam.generation(self.store)
-            if resync or gen != self._gen or set(self._allocs) != {n.name for n in nets}:
+            # ipam/gen changes in every allocate and release transaction: allocations are
+            # read again only then (1000 NICs cost ZooKeeper about a second).
+            if gen != self._gen or set(self._allocs) != {n.name for n in nets}:
                 self._allocs = {n.name: ipam.allocations(self.store, n.name) for n in nets}
                 self._unreadable = unreadable(self.store, self._allocs)
                 self._gen = gen
@@ -302,10 +310,6 @@ class NetAgent:
                 self._guard(f"removing responder {at.key}", remove)
         ready: dict[str, tuple[int, str]] = {}
         for r in desired:
-            if r.place.bridge not in seen.bridges:
-                self._say([f"network {r.network}: bridge {r.place.bridge} is not in this "
-                           "host's OVSDB"], keep=True)
-                continue
 
             def up(r: plan.Responder = r) -> None:
                 done = responder.ensure(api, r, host_ns=self.where.host_ns)
@@ -346,9 +350,9 @@ class NetAgent:
         except AhvliteError as exc:
             log.warning("netagent %s: %s: %s", self.host, what, exc.message)
 
-    def _say(self, reasons: list[str], *, keep: bool = False) -> None:
+    def _say(self, reasons: list[str]) -> None:
         """Log each reason once while it holds (not every tick)."""
         new = set(reasons)
         for line in sorted(new - self._said):
             log.warning("netagent %s: %s", self.host, line)
-        self._said = (self._said | new) if keep else new
+        self._said = new

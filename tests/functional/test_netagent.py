@@ -250,3 +250,23 @@ def test_without_ovsdb_it_says_so_once_and_changes_nothing(box, world, caplog, t
         assert a.step() == "ovsdb-unavailable"
     assert caplog.text.count("cannot reach OVSDB") == 1
     assert box.places() == []
+
+
+def test_a_network_on_a_bridge_this_host_lacks_is_left_out_and_the_others_served(
+        box, world, caplog):
+    store, clock, agent = world
+    green = {**BLUE, "name": "green", "bridge": "br1"}
+    state = ClusterState(store.real)
+    state.write_spec(build(ClusterSpec, name="c", hosts=[{"name": "h1",
+                                                          "uri": "test:///default"}],
+                           network={"bridges": [{"name": "br0"}, {"name": "br1"}],
+                                    "networks": [BLUE, green]}), state.spec_version())
+    allocate(store, "c1")
+    a = agent()
+    with caplog.at_level(logging.WARNING, logger="ahvlite.controller.netagent"):
+        assert a.step() == "applied"
+        clock.advance(5)
+        assert a.step() == "applied"
+    assert caplog.text.count("network green: bridge br1 is not in this host's OVSDB") == 1
+    assert [at.key for at in box.places()] == ["br0-10"]
+    assert box.dhcp("c1")[0] is not None
