@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "stats": ("ahvlite.cli.stats", "stats", "Per-host and per-VM utilization."),
     "controller": ("ahvlite.cli.controller", "app", "The controller daemon: run, status."),
     "agent": ("ahvlite.cli.agent", "app", "The host agent (HA fencing) of one host."),
+    "netagent": ("ahvlite.cli.netagent", "app", "The DHCP data plane of one host "
+                 "(managed networks)."),
     "auth": ("ahvlite.cli.auth", "app", "Who you are to the API; bearer tokens."),
     "pki": ("ahvlite.cli.pki", "app", "The cluster CA: client certificates."),
     "storage": ("ahvlite.cli.storage", "app", "Shared storage: the iSCSI path's targets "

@@ -1,6 +1,7 @@
 """The daemons' wiring: a controller (leader election, tasks, and the leader's
-services) and a host agent (HA fencing), each from its configuration. The CLI only
-parses options and calls :func:`run_controller` / :func:`run_agent`."""
+services), a host agent (HA fencing) and a host's DHCP data plane agent, each from its
+configuration. The CLI only parses options and calls :func:`run_controller` /
+:func:`run_agent` / :func:`run_netagent`."""
 
 from __future__ import annotations
 
@@ -48,6 +49,14 @@ class AgentConfig:
     libvirt_uri: str = "qemu:///system"
     watchdog: str = "/dev/watchdog"
     cluster_file: Path | None = None
+    session_timeout_s: float = 3.0
+
+
+@dataclass(frozen=True)
+class NetAgentConfig:
+    store: str
+    host: str
+    ovsdb: str = "unix:/run/openvswitch/db.sock"
     session_timeout_s: float = 3.0
 
 
@@ -210,6 +219,29 @@ def run_agent(cfg: AgentConfig) -> None:
     agent.start()
     stop.wait()
     agent.stop()
+    coord.close()
+    _exit_now()
+
+
+def run_netagent(cfg: NetAgentConfig) -> None:
+    """Run this host's DHCP data plane agent in the foreground until SIGTERM/SIGINT.
+    Its dnsmasq responders keep running after it ends (the unit's KillMode=process):
+    the next agent takes them over by their pid files."""
+    from ahvlite.controller.netagent import HostPlaces, NetAgent
+
+    refuse_default_auth(parse_store_url(cfg.store))
+    stop = _daemon_setup()
+    # A store call gives up after 2 s: the agent then changes nothing and tries again.
+    coord = open_store(cfg.store, session_timeout_s=cfg.session_timeout_s, retry_s=2.0)
+    view = ClusterView(coord)
+    view.start()
+    agent = NetAgent(coord, view, cfg.host, where=HostPlaces(ovsdb=cfg.ovsdb))
+    log.warning("netagent %s: OVSDB %s, tick %g s, full resync every %g s", cfg.host,
+                cfg.ovsdb, agent.loop.period_s, agent.resync_s)
+    agent.start()
+    stop.wait()
+    agent.stop()
+    view.stop()
     coord.close()
     _exit_now()
 

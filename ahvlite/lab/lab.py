@@ -604,10 +604,18 @@ def teardown(name: str, *, keep: bool) -> dict[str, Any]:
         n for n in netlink.list_netns() if n.startswith(netns_prefix(name))})
 
     _destroy_guests(root)
-    # QEMU and anything else the lab's daemons started live in the lab's namespaces.
+    ns_files = [Path(m) for m in state.mounts if m.endswith((".mnt", ".uts"))]
+    if (root / "ns").exists():
+        ns_files += [p for p in (root / "ns").iterdir() if p.suffix in (".mnt", ".uts")]
+    # QEMU and anything else the lab's daemons started live in the lab's namespaces;
+    # the netagent's dnsmasq in network namespaces of its own, but in its host's mount
+    # namespace.
     victims = list(state.processes)
     for ns in netns_names:
         victims += processes.pids_in_netns(netlink.netns_path(ns))
+    for f in sorted(set(ns_files)):
+        if f.suffix == ".mnt":
+            victims += processes.pids_in_mntns(f)
     processes.stop([v for v in victims if v.role in KILLED_AT_ONCE], grace_s=0)
     processes.stop(victims)
     removed["loops"] = _detach_loops(root)
@@ -615,9 +623,6 @@ def teardown(name: str, *, keep: bool) -> dict[str, Any]:
     removed["processes"] = [f"{p.role}:{p.pid}" for p in sorted(by_pid.values(),
                                                                 key=lambda p: p.pid)]
 
-    ns_files = [Path(m) for m in state.mounts if m.endswith((".mnt", ".uts"))]
-    if (root / "ns").exists():
-        ns_files += [p for p in (root / "ns").iterdir() if p.suffix in (".mnt", ".uts")]
     for f in sorted(set(ns_files)):
         namespaces.release_ns_file(f)
         removed["mounts"].append(str(f))

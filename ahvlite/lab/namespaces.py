@@ -30,6 +30,8 @@ PRIVATE_DIRS: tuple[tuple[str, str], ...] = (
     # store.secret and pki/ (ahvlite/lab/pki.py), and its virtualenv.
     ("/etc/ahvlite", "etc/ahvlite"),
     ("/opt/ahvlite", "opt/ahvlite"),
+    # The netagent's dnsmasq logs (dhcp-br0-10.log): one per host, like the real ones.
+    ("/var/log/ahvlite", "var/log/ahvlite"),
 )
 # ahvlite's own state: private like the rest, but mounted last, because the lab's
 # directory (with the shared storage the hosts do see) lives below it.

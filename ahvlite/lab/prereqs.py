@@ -23,6 +23,7 @@ PROGRAMS = {
     "nsenter": "util-linux",
     "unshare": "util-linux",
     "ethtool": "ethtool",
+    "dnsmasq": "dnsmasq-base",  # the netagent's DHCP responders (managed networks)
     "mkfs.fat": "dosfstools",
     "syslinux": "syslinux",
     "mcopy": "mtools",

@@ -88,16 +88,32 @@ def pids_in_netns(netns_path: Path) -> list[ProcessRecord]:
     Used to end what the lab started indirectly (QEMU, started by a lab libvirtd) and
     what a killed lab left behind: the namespace is the lab's, so are its processes.
     """
+    return _pids_in_ns(netns_path, "net")
+
+
+def pids_in_mntns(mnt_ns_file: Path) -> list[ProcessRecord]:
+    """Every process living in the given mount namespace (a lab host's ``.mnt`` file).
+
+    A lab host's netagent starts dnsmasq in network namespaces nested in the host (one
+    per managed network), invisible to :func:`pids_in_netns` of the host's; they share
+    the host's mount namespace, which is the lab's alone.
+    """
+    return _pids_in_ns(mnt_ns_file, "mnt")
+
+
+def _pids_in_ns(ns_file: Path, kind: str) -> list[ProcessRecord]:
     try:
-        target = os.stat(netns_path).st_ino
+        target = os.stat(ns_file)
     except FileNotFoundError:
         return []
+    if target.st_dev != os.stat(f"/proc/self/ns/{kind}").st_dev:
+        return []  # not a namespace file (an unmounted placeholder): nothing lives there
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            if os.stat(f"/proc/{entry}/ns/net").st_ino != target:
+            if os.stat(f"/proc/{entry}/ns/{kind}").st_ino != target.st_ino:
                 continue
         except (FileNotFoundError, PermissionError, ProcessLookupError):
             continue

@@ -397,9 +397,10 @@ def write_host_config(layout: LabLayout, host: HostLayout, ca: LabCA) -> None:
 def start_lab_services(layout: LabLayout, *, zk: bool, controllers: bool,
                        start: Callable[[HostLayout, str, list[str]], None],
                        report: Callable[[str], None]) -> str | None:
-    """ZooKeeper members and, per host, a controller, a host agent and a watchdog; all
-    inside the lab hosts, the daemons run as their systemd units run them on a real
-    host. Returns the store URL (with an admin's credentials: for the root namespace).
+    """ZooKeeper members and, per host, a controller, a host agent, a netagent (DHCP of
+    managed networks) and a watchdog; all inside the lab hosts, the daemons run as
+    their systemd units run them on a real host. Returns the store URL (with an admin's
+    credentials: for the root namespace).
 
     ``start(host, role, argv)`` spawns in the host's namespaces and records the PID in
     the lab state, so ``lab down`` ends them like every other lab daemon.
@@ -418,12 +419,16 @@ def start_lab_services(layout: LabLayout, *, zk: bool, controllers: bool,
     (layout.root / "controller.env").write_text("".join(
         f"{k}={v}\n" for k, v in lab_store_env(layout).items()))
     if controllers:
-        report(f"a controller, a host agent and a watchdog on every host "
+        report(f"a controller, a host agent, a netagent and a watchdog on every host "
                f"({len(layout.hosts)})")
         for host in layout.hosts:
             start(host, "watchdog", watchdog_argv())
             start(host, "controller", supervised(unit_argv("controller")))
             start(host, "agent", supervised(unit_argv("agent")))
+            # The DHCP of managed networks: its dnsmasq responders live in namespaces
+            # of their own inside the host; lab down ends them by the host's mount
+            # namespace.
+            start(host, "netagent", supervised(unit_argv("netagent")))
     return url
 
 

@@ -2,7 +2,7 @@
 same file, with the same ``KEY=VALUE`` lines, that ``EnvironmentFile=`` reads on a real
 host) and run the daemon with no arguments, as ``contrib/ahvlite-*.service`` do.
 
-Run inside a lab host as ``python -m ahvlite.lab.unit controller|agent``.
+Run inside a lab host as ``python -m ahvlite.lab.unit controller|agent|netagent``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from ahvlite.envfile import read_env_file
 
 ENV_FILE = Path("/etc/ahvlite/controller.env")
-DAEMONS = ("controller", "agent")
+DAEMONS = ("controller", "agent", "netagent")
 
 
 def main() -> None:
