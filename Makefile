@@ -77,8 +77,8 @@ demo: setup
 		$(AHV) vm console demo-vm1 --timeout 10 \
 			--command 'test -s /run/ahvlite-dhcp-lease' >/dev/null 2>&1 && break; sleep 2; \
 	done; \
-	$(AHV) vm console demo-vm1 --timeout 60 --command "ip -4 -o addr show dev eth0; \
-		for a in $$ips; do ping -c 2 -W 2 \$$a || exit 1; done"; \
+	$(AHV) vm console demo-vm1 --timeout 60 \
+		--command "ip -4 -o addr show dev eth0; for a in $$ips; do ping -c 2 -W 2 \$$a || exit 1; done"; \
 	$(AHV) vm list; \
 	echo "== live migration with its progress bar, then maintenance mode"; \
 	$(AHV) vm create demo-mig --memory-mib 128 --disk guest --nic br0 --start; \
