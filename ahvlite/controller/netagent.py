@@ -32,7 +32,7 @@ from typing import Any
 from ahvlite.clock import SYSTEM, Clock
 from ahvlite.cluster import ipam
 from ahvlite.controller.periodic import Periodic
-from ahvlite.errors import AhvliteError, InvalidSpec, NotFound
+from ahvlite.errors import AhvliteError, HostUnreachable, InvalidSpec, NotFound
 from ahvlite.kv import DocStore
 from ahvlite.net.dhcp import plan, responder
 from ahvlite.net.ovs import flows, ops
@@ -66,7 +66,11 @@ def dhcp_network(net: VlanNetworkSpec) -> plan.DhcpNetwork:
 def host_bridges(spec: ClusterSpec, host: str) -> list[str]:
     """The OVS bridges ``host`` has by the spec (its own override, or the defaults)."""
     override = next((h.network for h in spec.hosts if h.name == host), None)
-    return [b.name for b in spec.network.for_host(override).bridges]
+    # Not NetworkSpec.for_host: that refuses the whole host when a network's bridge is
+    # missing from it; here only that network is left out (dhcp_networks says why).
+    bridges = (override.bridges if override is not None and override.bridges is not None
+               else spec.network.bridges)
+    return [b.name for b in bridges]
 
 
 def dhcp_networks(spec: ClusterSpec, host: str) -> tuple[list[plan.DhcpNetwork], list[str]]:
@@ -102,6 +106,17 @@ def plan_allocations(network: str, allocs: list[ipam.Allocation]
             skipped.append(f"network {network}: allocation {a.ip!r} for {a.mac!r} "
                            f"skipped: {why}")
     return out, skipped
+
+
+def unreadable(store: DocStore, allocs: dict[str, list[ipam.Allocation]]) -> list[str]:
+    """The allocation keys ``ipam.allocations`` left out (a document that is not one):
+    names only, so the reason can be logged."""
+    out = []
+    for net, held in allocs.items():
+        have = {a.mac for a in held}
+        out += [f"{ipam.mac_key(net, name)}: not an allocation document, skipped"
+                for name in store.names(f"{ipam.net_key(net)}/mac") if name.lower() not in have]
+    return out
 
 
 def place_of_key(key: str, where: HostPlaces) -> plan.ResponderPlace | None:
@@ -180,6 +195,7 @@ class NetAgent:
         self._api: Any = None
         self._gen: int | None = None
         self._allocs: dict[str, list[ipam.Allocation]] = {}
+        self._unreadable: list[str] = []
         self._applied: Any = None
         self._next_resync = float("-inf")
         self._said: set[str] = set()
@@ -201,19 +217,30 @@ class NetAgent:
 
     def step(self) -> str:
         """Apply what changed (everything, once a resync is due); return what was done:
-        ``store-unavailable``, ``no-cluster``, ``unchanged`` or ``applied``."""
+        ``store-unavailable``, ``no-cluster``, ``ovsdb-unavailable``, ``unchanged`` or
+        ``applied``."""
         resync = self.clock.monotonic() >= self._next_resync
-        got = self._read_store(resync)
+        got = self._read_store()
         if isinstance(got, str):
             return got
         nets, allocs, reasons = got
-        api = self._ovsdb()
+        try:
+            api = self._ovsdb()
+        except HostUnreachable as exc:  # ovsdb-server not (yet) running: say so once
+            self._say([f"{exc.message}: changing nothing"])
+            return "ovsdb-unavailable"
         try:
             seen = observe(api, self.where)
         except Exception:
             self.close()  # a dropped OVSDB connection: open it again next tick
             raise
-        desired = [self._responder(n, allocs[n.name], reasons) for n in nets]
+        desired = []
+        for n in nets:
+            if n.bridge in seen.bridges:
+                desired.append(self._responder(n, allocs[n.name], reasons))
+            else:
+                reasons.append(f"network {n.name}: bridge {n.bridge} is not in this host's "
+                               "OVSDB")
         state = (tuple(desired), seen.bridges, seen.ports, seen.responders)
         self._say([*reasons, *seen.skipped])
         if not resync and state == self._applied:
@@ -224,14 +251,17 @@ class NetAgent:
         self._next_resync = self.clock.monotonic() + self.resync_s
         return "applied"
 
-    def _read_store(self, resync: bool) -> (
+    def _read_store(self) -> (
             str | tuple[list[plan.DhcpNetwork], dict[str, list[plan.Allocation]], list[str]]):
         try:
             spec = self.spec()
             nets, reasons = dhcp_networks(spec, self.host)
             gen = ipam.generation(self.store)
-            if resync or gen != self._gen or set(self._allocs) != {n.name for n in nets}:
+            # ipam/gen changes in every allocate and release transaction: allocations are
+            # read again only then (1000 NICs cost ZooKeeper about a second).
+            if gen != self._gen or set(self._allocs) != {n.name for n in nets}:
                 self._allocs = {n.name: ipam.allocations(self.store, n.name) for n in nets}
+                self._unreadable = unreadable(self.store, self._allocs)
                 self._gen = gen
         except NotFound as exc:
             self._say([f"no cluster in the store yet ({exc.message}): changing nothing"])
@@ -246,6 +276,7 @@ class NetAgent:
             log.warning("netagent %s: the store answers again", self.host)
             self._outage = False
         allocs: dict[str, list[plan.Allocation]] = {}
+        reasons += self._unreadable
         for n in nets:
             allocs[n.name], bad = plan_allocations(n.name, self._allocs.get(n.name, []))
             reasons += bad
@@ -279,10 +310,6 @@ class NetAgent:
                 self._guard(f"removing responder {at.key}", remove)
         ready: dict[str, tuple[int, str]] = {}
         for r in desired:
-            if r.place.bridge not in seen.bridges:
-                self._say([f"network {r.network}: bridge {r.place.bridge} is not in this "
-                           "host's OVSDB"], keep=True)
-                continue
 
             def up(r: plan.Responder = r) -> None:
                 done = responder.ensure(api, r, host_ns=self.where.host_ns)
@@ -323,9 +350,9 @@ class NetAgent:
         except AhvliteError as exc:
             log.warning("netagent %s: %s: %s", self.host, what, exc.message)
 
-    def _say(self, reasons: list[str], *, keep: bool = False) -> None:
+    def _say(self, reasons: list[str]) -> None:
         """Log each reason once while it holds (not every tick)."""
         new = set(reasons)
         for line in sorted(new - self._said):
             log.warning("netagent %s: %s", self.host, line)
-        self._said = (self._said | new) if keep else new
+        self._said = new
