@@ -22,7 +22,7 @@ DEBS := libvirt-daemon-system libvirt-clients libvirt-dev pkg-config \
 .PHONY: help setup debs venv guest demo test test-unit explore test-functional test-lab lint bench clean
 
 help:
-	@echo "make demo   - install what is missing, build a 3-host lab, boot guests, ping across hosts, migrate, maintenance, HA after a host failure"
+	@echo "make demo   - install what is missing, build a 3-host lab, boot guests, ping across hosts, VMs on a managed network (IPAM + DHCP), migrate, maintenance, HA after a host failure"
 	@echo "make test   - install what is missing, run the whole test suite (unit, functional, lab)"
 	@echo "make setup  - only install (Debian packages, .venv, lab guest image)"
 	@echo "make lint   - ruff, mypy, vulture (never-called code) and ansible-lint"
@@ -61,11 +61,24 @@ demo: setup
 	eval "$$($(AHV) lab env --name $(DEMO_LAB))"; \
 	$(AHV) controller status; \
 	$(AHV) host list; \
-	echo "== image, VM, versioned template, deploy 3 VMs"; \
+	echo "== a managed network: IPAM hands out addresses, each host answers its VMs' DHCP"; \
+	$(AHV) net create blue --vlan 10 --subnet 10.10.0.0/24 --gateway 10.10.0.1 \
+		--pool 10.10.0.100-10.10.0.199 --dns 10.10.0.2 --domain lab.example --mtu 1400; \
+	echo "== image, VM, versioned template, deploy 3 VMs on blue"; \
 	$(AHV) image import "$$disk" guest; \
-	$(AHV) vm create demo-src --memory-mib 128 --disk guest --nic br0; \
+	$(AHV) vm create demo-src --memory-mib 128 --disk guest --nic blue; \
 	$(AHV) template create demo-tp --from-vm demo-src; \
+	$(AHV) vm delete demo-src; \
 	$(AHV) template deploy demo-tp --count 3 --prefix demo-vm; \
+	$(AHV) net show blue; \
+	ips=$$($(AHV) net show blue --json | $(BIN)/python -c 'import json,sys; print(*(a["ip"] for a in json.load(sys.stdin)["allocations"]))'); \
+	echo "== demo-vm1 pings its peers by the addresses IPAM gave them: $$ips"; \
+	for i in $$(seq 60); do \
+		$(AHV) vm console demo-vm1 --timeout 10 \
+			--command 'test -s /run/ahvlite-dhcp-lease' >/dev/null 2>&1 && break; sleep 2; \
+	done; \
+	$(AHV) vm console demo-vm1 --timeout 60 \
+		--command "ip -4 -o addr show dev eth0; for a in $$ips; do ping -c 2 -W 2 \$$a || exit 1; done"; \
 	$(AHV) vm list; \
 	echo "== live migration with its progress bar, then maintenance mode"; \
 	$(AHV) vm create demo-mig --memory-mib 128 --disk guest --nic br0 --start; \
@@ -85,10 +98,11 @@ demo: setup
 # Two passes. First every module but the HA drills, on TEST_WORKERS parallel workers,
 # one module per worker at a time (a lab module builds its lab once), the longest first
 # (tests/conftest.py). Then the drills whose promises have deadlines (a healthy host
-# rides out a ZooKeeper election, fencing before restart, I/O pauses), alone: on 2
-# cores a second lab beside them starves ZooKeeper and the agents of CPU.
+# rides out a ZooKeeper election, fencing before restart, I/O pauses; DHCP while the
+# leader's host is off), alone: on 2 cores a second lab beside them starves ZooKeeper
+# and the agents of CPU.
 TEST_WORKERS ?= 2
-SERIAL_TESTS := tests/lab/test_ha.py tests/lab/test_ha_split.py \
+SERIAL_TESTS := tests/lab/test_ha.py tests/lab/test_ha_split.py tests/lab/test_ipam.py \
 	tests/lab/test_cluster_truth.py tests/lab/test_iscsi.py
 test: setup
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25 $(addprefix --ignore=,$(SERIAL_TESTS)) tests

@@ -11,8 +11,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True, log_path=False)
+# No emoji codes: a MAC such as 52:54:00:ab:b6:07 holds ":ab:", which rich would print
+# as an emoji.
+console = Console(emoji=False)
+err_console = Console(stderr=True, log_path=False, emoji=False)
 
 
 def emit_json(data: Any) -> None:

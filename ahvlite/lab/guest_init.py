@@ -129,8 +129,9 @@ ready() {
 start_dhcp() {
     # udhcpc without -n never gives up; the outer loop only covers it dying.
     ( while :; do
+          # -O mtu: a managed network hands out its MTU (option 26) only when asked.
           udhcpc -f -i eth0 -s /etc/udhcpc.script -t 5 -T 2 -A 5 -x "hostname:$HOSTNAME" \
-              > /dev/null 2>&1
+              -O mtu > /dev/null 2>&1
           sleep 5
       done ) &
     # "Configured" for DHCP means a lease was applied, which happens in the background.
@@ -186,7 +187,7 @@ done
 """
 
 # Called by udhcpc as `script deconfig|bound|renew|leasefail|nak` with the lease in the
-# environment ($ip, $subnet, $router, $dns).
+# environment ($ip, $subnet, $router, $dns, $mtu when the server sent one).
 UDHCPC_SCRIPT = r"""#!/bin/sh
 case "$1" in
     deconfig)
@@ -199,17 +200,25 @@ case "$1" in
             ip -4 addr flush dev "$interface"
             ip addr add "$ip/$subnet" dev "$interface"
         fi
+        # Only a whole number reaches ip(8); the kernel refuses what the NIC cannot do.
+        case "$mtu" in
+            ""|*[!0-9]*) ;;
+            *) ip link set dev "$interface" mtu "$mtu" ;;
+        esac
         for r in $router; do
             ip route replace default via "$r" dev "$interface"
             break
         done
+        # The last lease event, for whoever asks a renewal (kill -USR1) what it got.
+        echo "$1 $ip" > /run/ahvlite-dhcp-event
         : > /etc/resolv.conf
         for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
         # /init reports the first lease (and READY) on the console; rename, so it never
         # reads half a line.
         if [ ! -e /run/ahvlite-dhcp-lease ]; then
             eval "$(ipcalc -p "$ip" "$subnet")"
-            echo "$ip/$PREFIX router=${router:-none}" > /run/ahvlite-dhcp-lease.tmp
+            echo "$ip/$PREFIX router=${router:-none} mtu=${mtu:-none}" \
+                > /run/ahvlite-dhcp-lease.tmp
             mv /run/ahvlite-dhcp-lease.tmp /run/ahvlite-dhcp-lease
         fi
         ;;
