@@ -1,12 +1,12 @@
 """Failure drills for HA: a host's power loss, and a network split at the rack.
 
 ``kill`` ends every process of a lab host at once with SIGKILL (its recorded daemons,
-plus what lives in its network namespace: QEMUs, ZooKeeper, the controller), as losing
-power would: no daemon gets to clean up. ``partition`` moves a group of hosts onto a
-top-of-rack segment of their own (see segments.py): they keep running and reach each
-other, but nobody else; a group of one hears nothing and is heard by nobody. ``heal``
-puts hosts back on the main segment. ``power_on`` starts a killed host's daemons again,
-so one lab serves many drills.
+plus what lives in its network and mount namespaces: QEMUs, ZooKeeper, the controller,
+the netagent's dnsmasq), as losing power would: no daemon gets to clean up.
+``partition`` moves a group of hosts onto a top-of-rack segment of their own (see
+segments.py): they keep running and reach each other, but nobody else; a group of one
+hears nothing and is heard by nobody. ``heal`` puts hosts back on the main segment.
+``power_on`` starts a killed host's daemons again, so one lab serves many drills.
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ def _victims(name: str, host: str) -> list[ProcessRecord]:
     layout, state = lab.layout_of(name), lab.state_of(name)
     h = layout.host(host)  # unknown host -> InvalidSpec naming the known ones
     recorded = [p for p in state.processes if p.host == h.name]
-    found = processes.pids_in_netns(netlink.netns_path(h.netns))
+    # The host's mount namespace holds what lives in namespaces nested in it too (the
+    # netagent's dnsmasq per managed network): a power cut ends those as well.
+    found = [*processes.pids_in_netns(netlink.netns_path(h.netns)),
+             *processes.pids_in_mntns(h.mnt_ns_file)]
     by_pid = {p.pid: p for p in [*found, *recorded]}  # recorded roles win
     return [p for p in by_pid.values() if p.pid != os.getpid()]
 

@@ -25,7 +25,7 @@ import pytest
 
 from ahvlite.controller.daemon import LEADER_KEY
 from ahvlite.errors import AhvliteError
-from ahvlite.lab import faults, guests, lab
+from ahvlite.lab import faults, guests, lab, processes
 from ahvlite.lab.drills import running_on
 from ahvlite.lab.layout import LabLayout, bridge_name
 from ahvlite.lab.services import open_lab_store
@@ -237,6 +237,9 @@ def test_dhcp_answers_without_the_leaders_host_and_ha_keeps_the_address(ipamlab)
     with Placements(layout) as watch:
         t0 = time.monotonic()
         faults.kill(NAME, lead)
+        # Power loss ends the host's dnsmasq too (it lives in a namespace nested in the
+        # host's: only the host's mount namespace finds it).
+        assert processes.pids_in_mntns(layout.host(lead).mnt_ns_file) == []
         # Power-cycle x through its own host's libvirt: no leader, no task involved.
         with connection(layout.libvirt_uri(layout.host(host_of(layout, x)))) as conn:
             dom = guest.lookup(conn, x).dom
