@@ -13,25 +13,27 @@ from ahvlite.errors import OperationFailed
 from ahvlite.lab.state import ProcessRecord
 
 
-def starttime(pid: int) -> int | None:
-    """Kernel start time of ``pid`` in clock ticks, or None when it is gone."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (field 3 on), or None when the
+    process is gone (it may end between any two reads: read once, decide on that)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name (field 2) may contain spaces and parentheses; split after it.
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    return stat.rsplit(")", 1)[1].split()
+
+
+def starttime(pid: int) -> int | None:
+    """Kernel start time of ``pid`` in clock ticks, or None when it is gone."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
 
 
 def is_alive(record: ProcessRecord) -> bool:
-    return starttime(record.pid) == record.starttime and not _is_zombie(record.pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+    """The recorded process still runs: same start time, and not a zombie."""
+    fields = _stat(record.pid)
+    return fields is not None and int(fields[19]) == record.starttime and fields[0] != "Z"
 
 
 def spawn(argv: list[str], *, log: Path, host: str, role: str) -> ProcessRecord:
