@@ -92,7 +92,9 @@ def test_partitioned_host_fences_itself_before_the_restart_elsewhere(ha_lab):
             moved = wait_for(lambda: next((h.name for h in layout.hosts if h.name != victim
                                            and "hapart" in (running_on(layout, h.name)
                                                             or ())), None), 90, 0.2)
-            assert moved, "the VM was not restarted on another host"
+            # What the leader thinks (verdicts, failures) makes a failure here readable.
+            assert moved, ("the VM was not restarted on another host; ha show: "
+                           + cli("ha", "show", "--json").stdout)
             # The isolated host's own agent powered its copy off (its definition stays
             # until the leader sees the host again).
             assert "hapart" not in (running_on(layout, victim) or set())

@@ -100,6 +100,7 @@ class HaService:
         # resolved only when the next round sees it again (see _inventory).
         self._twin_suspects: dict[str, frozenset[str]] = {}
         self._last_try: dict[str, float] = {}
+        self._verdicts: dict[str, str] = {}  # the last verdict said per host
         self._stopped: dict[str, float] = {}  # desired running, seen off since
         self._in_place: set[str] = set()  # to start again on their own (healthy) host
         self._status = b""
@@ -153,6 +154,7 @@ class HaService:
                 except AhvliteError as exc:
                     log.warning("ha: inventory of %s: %s", host, exc.message)
         views = {h: self._view(now, h, h in facts, h in agents) for h in hosts}
+        self._say_verdicts(now, views)
         records = self._records()
         self._in_place = set()
         self._inventory(facts, records, agents, views)
@@ -179,6 +181,21 @@ class HaService:
             return HostView("healthy" if reachable else "degraded", 0.0, reachable)
         remaining = self.fence.remaining_s(now, host)
         return HostView("fenced" if remaining == 0 else "suspect", remaining, reachable)
+
+    def _say_verdicts(self, now: float, views: dict[str, HostView]) -> None:
+        """Log each host's verdict when it changes (not every round): what HA thinks of
+        a host, and from when on its VMs may start elsewhere, shows in the log."""
+        for host, v in views.items():
+            before = self._verdicts.get(host)
+            if v.verdict == before:
+                continue
+            self._verdicts[host] = v.verdict
+            if before is None and v.verdict == "healthy":
+                continue  # a leader's first look at a healthy host is no news
+            log.warning("ha: %s is %s (was %s; heartbeat still for %.1f s%s%s)", host,
+                        v.verdict, before or "unknown", self.fence.still_s(now, host),
+                        f", fenced in {v.remaining_s:.1f} s" if v.verdict == "suspect" else "",
+                        "" if v.reachable else ", libvirt does not answer")
 
     def _released(self, now: float, host: str, facts: dict[str, list[DomainFacts]]) -> bool:
         """The host's protected VMs may start elsewhere: its agent's lease is over and
