@@ -8,7 +8,8 @@ range). One guest on each. Once both hold their first lease, each guest runs N o
 on the guest's tap port, inside its host's network namespace, records the exchange, and
 each exchange is timed by packet timestamps from its DISCOVER to the ACK of the same
 xid (no console or wall-clock time in it). TCG guests: the guest's own part of the
-exchange (it sends the REQUEST after the OFFER) counts in both figures alike.
+exchange (OFFER -> REQUEST) counts in both figures alike, so the server's share
+(DISCOVER -> OFFER plus REQUEST -> ACK) is printed beside it.
 
 Knob: AHVLITE_BENCH_DHCP_ROUNDS (exchanges per guest, default 20).
 """
@@ -46,33 +47,47 @@ XID = re.compile(r"xid (0x[0-9a-f]+)")
 MESSAGE = re.compile(r"DHCP-Message \(53\), length 1: (\w+)")
 
 
-def exchanges(text: str) -> list[float]:
-    """Seconds from each DISCOVER to the first ACK of the same xid, from the output of
+def _firsts(text: str) -> dict[str, dict[str, float]]:
+    """xid -> message type -> its first capture time, from the output of
     ``tcpdump -nn -tt -v`` (one packet per unindented line and its indented ones)."""
-    discover: dict[str, float] = {}
-    acked: dict[str, float] = {}
     packets: list[list[str]] = []
     for line in text.splitlines():
         if line[:1].isdigit():
             packets.append([line])
         elif packets:
             packets[-1].append(line)
+    seen: dict[str, dict[str, float]] = {}
     for lines in packets:
         body = "\n".join(lines)
         xid, kind = XID.search(body), MESSAGE.search(body)
-        if not (xid and kind):
-            continue
-        ts = float(lines[0].split()[0])
-        if kind.group(1) == "Discover":
-            discover.setdefault(xid.group(1), ts)
-        elif kind.group(1) == "ACK" and xid.group(1) in discover:
-            acked.setdefault(xid.group(1), ts - discover[xid.group(1)])
-    return list(acked.values())
+        if xid and kind:
+            seen.setdefault(xid.group(1), {}).setdefault(kind.group(1),
+                                                         float(lines[0].split()[0]))
+    return seen
+
+
+def exchanges(text: str) -> list[float]:
+    """Seconds from each DISCOVER to the ACK of the same xid (from its first DISCOVER,
+    so a retransmission counts)."""
+    return [t["ACK"] - t["Discover"] for t in _firsts(text).values()
+            if "Discover" in t and "ACK" in t]
+
+
+def server_shares(text: str) -> list[float]:
+    """The server's part of each full exchange: DISCOVER -> OFFER plus REQUEST -> ACK
+    (what is left of DISCOVER -> ACK is the guest's own: OFFER -> REQUEST)."""
+    kinds = ("Discover", "Offer", "Request", "ACK")
+    return [(t["Offer"] - t["Discover"]) + (t["ACK"] - t["Request"])
+            for t in _firsts(text).values() if all(k in t for k in kinds)]
 
 
 def _pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def _ms(values: list[float], p: float) -> str:
+    return f"{_pct(values, p) * 1000:6.1f} ms"
 
 
 def _until(pred: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -116,8 +131,10 @@ def _tap(layout: LabLayout, vm: str, host: str) -> str:
     return target.attrib["dev"]
 
 
-def measure(layout: LabLayout, vm: str, rounds: int, work: Path) -> list[float]:
-    """``rounds`` one-shot exchanges of ``vm``, timed from a capture on its tap."""
+def measure(layout: LabLayout, vm: str, rounds: int,
+            work: Path) -> tuple[list[float], list[float]]:
+    """``rounds`` one-shot exchanges of ``vm``, timed from a capture on its tap:
+    (DISCOVER -> ACK, the server's share of it) per exchange."""
     host = _host_of(layout, vm)
     tap, netns = _tap(layout, vm, host), layout.host(host).netns
     out_file, err = work / f"{vm}.txt", work / f"{vm}.err"
@@ -143,11 +160,12 @@ def measure(layout: LabLayout, vm: str, rounds: int, work: Path) -> list[float]:
     finally:
         os.kill(dump.pid, signal.SIGINT)
         dump.wait(10)
-    got = exchanges(out_file.read_text())
-    if len(got) != rounds:
-        raise RuntimeError(f"{vm}: {len(got)} DISCOVER -> ACK exchanges in the capture, "
-                           f"not {rounds}")
-    return got
+    text = out_file.read_text()
+    got, shares = exchanges(text), server_shares(text)
+    if len(got) != rounds or len(shares) != rounds:
+        raise RuntimeError(f"{vm}: {len(got)} DISCOVER -> ACK exchanges in the capture "
+                           f"({len(shares)} with all four messages), not {rounds}")
+    return got, shares
 
 
 def main() -> None:
@@ -174,13 +192,18 @@ def main() -> None:
             uplink = measure(layout, "du", rounds, Path(tmp))
         print(f"DHCP DISCOVER -> ACK, 2-host lab, TCG guests, {rounds} one-shot udhcpc "
               "each, timed on the guest's tap (packet timestamps):")
-        for label, got, vm in (("managed (answered on the VM's host)", managed, "dm"),
-                               ("uplink dnsmasq (across the rack)   ", uplink, "du")):
-            print(f"  {label}: p50 {_pct(got, 50) * 1000:6.1f} ms, p95 "
-                  f"{_pct(got, 95) * 1000:6.1f} ms, max {max(got) * 1000:6.1f} ms "
-                  f"({len(got)} exchanges; {vm} on {where[vm]}, address {first[vm]})")
-        print(f"  ratio managed/uplink: p50 {_pct(managed, 50) / _pct(uplink, 50):.2f}, "
-              f"p95 {_pct(managed, 95) / _pct(uplink, 95):.2f}")
+        for label, (got, share), vm in (
+                ("managed (answered on the VM's host)", managed, "dm"),
+                ("uplink dnsmasq (across the rack)   ", uplink, "du")):
+            print(f"  {label}: p50 {_ms(got, 50)}, p95 {_ms(got, 95)}, max "
+                  f"{max(got) * 1000:6.1f} ms; server's share p50 {_ms(share, 50)}, p95 "
+                  f"{_ms(share, 95)} ({len(got)} exchanges; {vm} on {where[vm]}, "
+                  f"{first[vm]})")
+        print("  ratio managed/uplink: DISCOVER -> ACK p50 "
+              f"{_pct(managed[0], 50) / _pct(uplink[0], 50):.2f}, p95 "
+              f"{_pct(managed[0], 95) / _pct(uplink[0], 95):.2f}; server's share p50 "
+              f"{_pct(managed[1], 50) / _pct(uplink[1], 50):.2f}, p95 "
+              f"{_pct(managed[1], 95) / _pct(uplink[1], 95):.2f}")
     finally:
         lab.down(NAME)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.dhcp import exchanges
+from bench.dhcp import exchanges, server_shares
 
 RECORDED = """\
 1795691276.796107 IP (tos ...)
@@ -34,3 +34,8 @@ def test_a_retransmitted_discover_counts_from_the_first_and_unacked_xids_not_at_
     other = first.replace("0x781dce73", "0x0badcafe")
     got = exchanges(again + "\n" + RECORDED + other)
     assert got == [pytest.approx(1795691276.824812 - 1795691275.796107)]
+
+
+def test_the_servers_share_leaves_out_the_guests_offer_to_request():
+    assert server_shares(RECORDED) == [pytest.approx(
+        (1795691276.796726 - 1795691276.796107) + (1795691276.824812 - 1795691276.824105))]
