@@ -5,6 +5,7 @@ from __future__ import annotations
 from bench import (
     ads,
     controller_failover,
+    dhcp,
     facts_parallel,
     ha,
     ipam,
@@ -28,3 +29,4 @@ if __name__ == "__main__":
     ha.main()
     storage_iscsi.main()
     ipam.main()
+    dhcp.main()

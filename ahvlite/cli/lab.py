@@ -289,3 +289,49 @@ def heal(
                   f"{result['segment']}", highlight=False)
     if result["removed_segments"]:
         console.print(f"removed empty segments: {', '.join(result['removed_segments'])}")
+
+
+uplink_app = typer.Typer(no_args_is_help=True, help=(
+    "A DHCP server on the lab's uplink (the site's own): dnsmasq with a dynamic range "
+    "on VLAN 10 (10.10.0.10-19) and VLAN 20 (10.20.0.10-19), behind a trunk port on "
+    "the lab bridge."))
+app.add_typer(uplink_app, name="uplink-dhcp")
+
+
+@uplink_app.command(name="start")
+def uplink_start(name: NameOpt = "lab", json_out: JsonOpt = False) -> None:
+    """Start the uplink DHCP server on a running lab (`lab down` ends it too)."""
+    from ahvlite.lab import uplinkdhcp
+
+    result = uplinkdhcp.start(name)
+    if json_out:
+        emit_json(result)
+    else:
+        console.print(f"uplink DHCP on {result['bridge_port']}: leases in "
+                      f"{result['lease_file']}, log {result['log_file']}", highlight=False)
+
+
+@uplink_app.command(name="stop")
+def uplink_stop(name: NameOpt = "lab", json_out: JsonOpt = False) -> None:
+    """Stop the uplink DHCP server and remove its namespaces and port."""
+    from ahvlite.lab import uplinkdhcp
+
+    result = uplinkdhcp.stop(name)
+    if json_out:
+        emit_json(result)
+    else:
+        console.print(f"stopped {', '.join(result['stopped']) or 'nothing'}", highlight=False)
+
+
+@uplink_app.command(name="show")
+def uplink_show(name: NameOpt = "lab", json_out: JsonOpt = False) -> None:
+    """Whether it runs, and its leases."""
+    from ahvlite.lab import uplinkdhcp
+
+    result = uplinkdhcp.status(name)
+    if json_out:
+        emit_json(result)
+        return
+    console.print(f"uplink DHCP: {'running' if result['running'] else 'not running'}")
+    console.print(table("leases", ["mac", "ip", "hostname"],
+                        [[x["mac"], x["ip"], x["hostname"]] for x in result["leases"]]))

@@ -2,9 +2,11 @@
 their own host, and nothing of it reaches the top-of-rack bridge.
 
 One lab for the module (the tests run in order and build on each other): blue (VLAN
-10) is managed, red (VLAN 20) is not. Five VMs deployed from a template on blue get
-their allocations and ping each other while a capture on the lab bridge sees blue's
-DHCP nowhere and red's (the positive control) plainly; a guest that takes another
+10) is managed, red (VLAN 20) is not, and a DHCP server on the uplink side (the site's
+own, ahvlite/lab/uplinkdhcp.py) hands out addresses on both VLANs. Five VMs deployed
+from a template on blue get their allocations and ping each other while a capture on
+the lab bridge sees blue's DHCP nowhere and the uplink server hears none of it; red's
+VM (the positive control) gets its address from the uplink server; a guest that takes another
 address or MAC is cut off; a migrated VM renews the same address; bad requests change
 nothing; last, the leader's host loses power: a VM started elsewhere still gets its
 lease and HA restarts the dead host's VM with its address.
@@ -25,7 +27,7 @@ import pytest
 
 from ahvlite.controller.daemon import LEADER_KEY
 from ahvlite.errors import AhvliteError
-from ahvlite.lab import faults, guests, lab, processes
+from ahvlite.lab import faults, guests, lab, processes, uplinkdhcp
 from ahvlite.lab.drills import running_on
 from ahvlite.lab.layout import LabLayout, bridge_name
 from ahvlite.lab.services import open_lab_store
@@ -65,6 +67,7 @@ def ipamlab(tmp_path_factory):
         ok("vm", "create", "src", "--memory-mib", "128", "--disk", "guest", "--nic", "blue")
         ok("template", "create", "tp", "--from-vm", "src")
         ok("vm", "delete", "src")
+        uplinkdhcp.start(NAME)
         yield layout, coord, tmp_path_factory.mktemp("tipam")
     finally:
         coord.close()
@@ -85,9 +88,11 @@ def console(layout: LabLayout, vm: str, command: str, timeout_s: float = 30) -> 
     return guests.console_run(layout, g, command, timeout_s=timeout_s)
 
 
-def leased(layout: LabLayout, vm: str, timeout_s: float = 300) -> str:
+def leased(layout: LabLayout, vm: str, timeout_s: float = 300, mtu: str | None = "1400"
+           ) -> str:
     """The address ``vm``'s guest took from its first DHCP lease, as its eth0 holds it
-    (a booting guest's console does not answer yet: ask again)."""
+    (a booting guest's console does not answer yet: ask again); ``mtu``: the MTU the
+    lease must have set (None: the server sends none)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -95,9 +100,10 @@ def leased(layout: LabLayout, vm: str, timeout_s: float = 300) -> str:
                               "ip -4 -o addr show dev eth0 && cat /sys/class/net/eth0/mtu",
                               timeout_s=10)
             if rc == 0:
-                lease, addr, mtu = out.splitlines()[-3:]
+                lease, addr, has_mtu = out.splitlines()[-3:]
                 ip = lease.split()[0]
-                assert f"inet {ip} " in addr and mtu.strip() == "1400", out
+                assert f"inet {ip} " in addr, out
+                assert mtu is None or has_mtu.strip() == mtu, out
                 return ip.split("/")[0]
         except (AhvliteError, AssertionError) as exc:
             if time.monotonic() > deadline:
@@ -126,13 +132,14 @@ def test_deployed_vms_get_their_allocations_by_dhcp_and_none_leaves_the_host(ipa
     try:
         assert wait_for(lambda: "listening on" in log.read_text(), 10, 0.1), log.read_text()
         t0 = time.monotonic()
-        # The positive control: an unmanaged network's DHCP does go out (no server).
+        # The positive control: an unmanaged network's DHCP goes out to the uplink.
         red = ok("vm", "create", "redvm", "--memory-mib", "128", "--disk", "guest",
                  "--nic", "red", "--start")
         made = ok("template", "deploy", "tp", "--count", "5", "--prefix", "web")["vms"]
         deploy_s = time.monotonic() - t0
         got = {vm: leased(layout, vm) for vm in WEBS}
         leases_s = time.monotonic() - t0
+        red_ip = leased(layout, "redvm", mtu=None)
     finally:
         os.kill(dump.pid, signal.SIGINT)
         dump.wait(10)
@@ -151,8 +158,16 @@ def test_deployed_vms_get_their_allocations_by_dhcp_and_none_leaves_the_host(ipa
     assert [f for f in frames if "vlan 10," in f or any(m in f for m in blue_macs)] == []
     red_frames = [f for f in frames if "vlan 20," in f and f"Request from {red_mac}" in f]
     assert red_frames, frames[-5:]
+    assert [f for f in frames if "vlan 20," in f and "Reply" in f], frames[-5:]
+    # The uplink server: red's lease is its, and it never heard a blue VM.
+    assert IPv4Address("10.20.0.10") <= IPv4Address(red_ip) <= IPv4Address("10.20.0.19")
+    assert {"mac": red_mac.lower(), "ip": red_ip} in [{k: x[k] for k in ("mac", "ip")}
+                                               for x in uplinkdhcp.leases(NAME)]
+    heard = uplinkdhcp.log_text(NAME).lower()
+    assert red_mac.lower() in heard and not [m for m in blue_macs if m.lower() in heard]
     print(f"\ntipam: deploy of 5 {deploy_s:.1f} s, all 5 leased {leases_s:.1f} s after "
-          f"it began; capture {len(frames)} DHCP frames: {len(red_frames)} red, 0 blue")
+          f"it began; capture {len(frames)} DHCP frames: {len(red_frames)} red, 0 blue; "
+          f"red leased {red_ip} from the uplink server")
     ok("vm", "delete", "redvm", "--force")
 
 
