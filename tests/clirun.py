@@ -7,11 +7,13 @@ long it may take are decided here once.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 ARGV = (sys.executable, "-m", "ahvlite.cli.main")
 
@@ -25,6 +27,14 @@ def ahvlite(*argv: str, env: Mapping[str, str] | None = None,
         **(os.environ if env is None else env), **(extra_env or {})}
     return subprocess.run([*ARGV, *argv], capture_output=True, text=True,
                           timeout=timeout_s, env=full, cwd=cwd)
+
+
+def succeeded(r: subprocess.CompletedProcess[str], *, as_json: bool = True) -> Any:
+    """A run that must have worked: exit 0 and no traceback; its JSON output (or the
+    run itself with ``as_json=False``)."""
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    return json.loads(r.stdout) if as_json else r
 
 
 def without_settings() -> dict[str, str]:

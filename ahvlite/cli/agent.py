@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ahvlite.cli.context import ENV_VAR, ClusterOpt
-from ahvlite.cli.controller import HOST_ENV, StoreOpt, store_url
+from ahvlite.cli.controller import HostOpt, StoreOpt, host_name, store_url
 
 app = typer.Typer(no_args_is_help=True, help="The host agent: keeps this host's protected "
                   "VMs only while it holds its lease, and feeds the host's watchdog.")
@@ -18,9 +18,7 @@ app = typer.Typer(no_args_is_help=True, help="The host agent: keeps this host's 
 @app.command()
 def run(
     store: StoreOpt = None,
-    host: Annotated[str | None, typer.Option(
-        "--host", envvar=HOST_ENV, help="This host's name in the cluster.",
-        show_default=False)] = None,
+    host: HostOpt = None,
     libvirt_uri: Annotated[str, typer.Option(
         "--libvirt-uri", envvar="AHVLITE_LIBVIRT_URI",
         help="This host's own libvirt.")] = "qemu:///system",
@@ -32,13 +30,8 @@ def run(
     """Run the agent in the foreground until SIGTERM/SIGINT (every option may come from
     the environment, as the systemd unit gives it: /etc/ahvlite/controller.env)."""
     from ahvlite.controller.wiring import AgentConfig, run_agent
-    from ahvlite.errors import InvalidSpec
-    from ahvlite.spec.vm import check_name
 
-    name = host
-    if not name:
-        raise InvalidSpec("--host", None, f"this host's name (or set ${HOST_ENV})")
-    check_name("--host", name)
+    name = host_name(host)
     path = cluster or (Path(os.environ[ENV_VAR]) if os.environ.get(ENV_VAR) else None)
     run_agent(AgentConfig(store=store_url(store), host=name, libvirt_uri=libvirt_uri,
                           watchdog=watchdog, cluster_file=path))

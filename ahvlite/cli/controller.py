@@ -19,6 +19,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 STORE_ENV = "AHVLITE_STORE"
 CLUSTER_ENV = "AHVLITE_CLUSTER"  # cli.context's, not imported: it loads the spec models
 HOST_ENV = "AHVLITE_HOST"
+# A host daemon's own name (the agent, the netagent): from the unit's environment file.
+HostOpt = Annotated[str | None, typer.Option(
+    "--host", envvar=HOST_ENV, help="This host's name in the cluster.", show_default=False)]
 StoreOpt = Annotated[str | None, typer.Option(
     "--store", envvar=STORE_ENV, show_default=False,
     help="sqlite:///PATH or zk://H:P,.../CHROOT; the ZooKeeper credential comes from the "
@@ -34,6 +37,16 @@ def store_url(store: str | None) -> str:
                        hint=f"pass --store URL or set {STORE_ENV} "
                             "(sqlite:///var/lib/ahvlite/controller.db or zk://HOSTS/ahvlite)")
     return url
+
+
+def host_name(host: str | None) -> str:
+    """``--host`` (or $AHVLITE_HOST) of a host daemon, checked; otherwise a clear error."""
+    from ahvlite.errors import InvalidSpec
+    from ahvlite.spec.vm import check_name
+
+    if not host:
+        raise InvalidSpec("--host", None, f"this host's name (or set ${HOST_ENV})")
+    return check_name("--host", host)
 
 
 @app.command()

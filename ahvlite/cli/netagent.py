@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ahvlite.cli.controller import HOST_ENV, StoreOpt, store_url
+from ahvlite.cli.controller import HostOpt, StoreOpt, host_name, store_url
 
 app = typer.Typer(no_args_is_help=True, help="The host's DHCP data plane: a dnsmasq per "
                   "managed network and the OpenFlow rules on its bridges, kept as the "
@@ -16,9 +16,7 @@ app = typer.Typer(no_args_is_help=True, help="The host's DHCP data plane: a dnsm
 @app.command()
 def run(
     store: StoreOpt = None,
-    host: Annotated[str | None, typer.Option(
-        "--host", envvar=HOST_ENV, help="This host's name in the cluster.",
-        show_default=False)] = None,
+    host: HostOpt = None,
     ovsdb: Annotated[str, typer.Option(
         "--ovsdb", envvar="AHVLITE_OVSDB", help="This host's own OVSDB (a unix: socket).")
     ] = "unix:/run/openvswitch/db.sock",
@@ -27,11 +25,8 @@ def run(
     the environment, as the systemd unit gives it: /etc/ahvlite/controller.env)."""
     from ahvlite.controller.wiring import NetAgentConfig, run_netagent
     from ahvlite.errors import InvalidSpec
-    from ahvlite.spec.vm import check_name
 
-    if not host:
-        raise InvalidSpec("--host", None, f"this host's name (or set ${HOST_ENV})")
-    check_name("--host", host)
+    name = host_name(host)
     if not ovsdb.startswith("unix:/"):
         raise InvalidSpec("--ovsdb", ovsdb, "this host's own OVSDB socket, unix:/PATH")
-    run_netagent(NetAgentConfig(store=store_url(store), host=host, ovsdb=ovsdb))
+    run_netagent(NetAgentConfig(store=store_url(store), host=name, ovsdb=ovsdb))

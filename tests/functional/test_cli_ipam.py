@@ -20,6 +20,7 @@ from ahvlite.spec.cluster import ClusterSpec, HostSpec
 from ahvlite.spec.vm import DiskSpec, NicSpec, VmSpec
 from ahvlite.virt.conn import connection
 from tests.apicluster import api_cluster
+from tests.clirun import succeeded as ok
 from tests.taskrecords import ended, put_resumed, resumed_id
 from tests.testdriver import POOL, domain_names, volumes
 
@@ -44,12 +45,6 @@ def api(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster(api):
     return api.state.spec()
-
-
-def ok(r, *, as_json: bool = True):
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "Traceback" not in r.stderr
-    return json.loads(r.stdout) if as_json else r
 
 
 def refused(r, code: int, *needles: str) -> None:

@@ -8,7 +8,6 @@ working in tests/lab/test_vms.py.
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
@@ -22,6 +21,7 @@ from ahvlite.spec.vm import DiskSpec, NicSpec, VmSpec
 from ahvlite.virt import storage
 from ahvlite.virt.conn import connection
 from tests.apicluster import api_cluster
+from tests.clirun import succeeded as ok
 from tests.taskrecords import ended, put_resumed, resumed_id
 from tests.testdriver import POOL, volumes
 
@@ -44,12 +44,6 @@ def api(tmp_path_factory):
 def cluster(api):
     """The controller's cluster, for looking at libvirt from the test."""
     return api.state.spec()
-
-
-def ok(r, *, as_json: bool = True):
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "Traceback" not in r.stderr
-    return json.loads(r.stdout) if as_json else r
 
 
 def tasks(api) -> dict:
