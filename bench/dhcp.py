@@ -25,9 +25,7 @@ import subprocess
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from ahvlite.controller.daemon import LEADER_KEY
 from ahvlite.lab import guests, lab, uplinkdhcp
@@ -38,6 +36,7 @@ from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest
 from ahvlite.virt.conn import local_socket_connection
 from bench.labapi import ahv, ok
+from bench.waiting import until
 
 NAME = "bdhcp"
 SUBNET = ipaddress.IPv4Network("10.213.233.0/26")
@@ -90,18 +89,8 @@ def _ms(values: list[float], p: float) -> str:
     return f"{_pct(values, p) * 1000:6.1f} ms"
 
 
-def _until(pred: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise TimeoutError(what)
-
-
 def _host_of(layout: LabLayout, vm: str) -> str:
-    return str(_until(lambda: next((h.name for h in layout.hosts
+    return str(until(lambda: next((h.name for h in layout.hosts
                                     if vm in running_on(layout, h.name)), None), 60,
                       f"{vm} is not running"))
 
@@ -119,7 +108,7 @@ def _leased(layout: LabLayout, vm: str, host: str) -> str:
         except Exception:
             return None  # still booting: its console does not answer yet
         return out.splitlines()[-1].split()[0] if rc == 0 and out.strip() else None
-    return str(_until(lease, 300, f"{vm} got no first lease"))
+    return str(until(lease, 300, f"{vm} got no first lease"))
 
 
 def _tap(layout: LabLayout, vm: str, host: str) -> str:
@@ -145,7 +134,7 @@ def measure(layout: LabLayout, vm: str, rounds: int,
          "-v", "udp port 67 or udp port 68"],
         stdout=out_file.open("w"), stderr=err.open("w"))
     try:
-        _until(lambda: "listening on" in err.read_text(), 10, "tcpdump did not start")
+        until(lambda: "listening on" in err.read_text(), 10, "tcpdump did not start")
         # A script that applies nothing: the guest keeps the lease it has.
         _console(layout, vm, host, r"printf '#!/bin/sh\nexit 0\n' > /run/noop; "
                  "chmod +x /run/noop")
@@ -175,7 +164,7 @@ def main() -> None:
         layout = lab.layout_of(NAME)
         coord = open_lab_store(layout)
         try:
-            _until(lambda: coord.get(LEADER_KEY), 60, "no leader")
+            until(lambda: coord.get(LEADER_KEY), 60, "no leader")
         finally:
             coord.close()
         ok(ahv(NAME, "image", "import", status["guest"]["disk"], "guest", "--json"))

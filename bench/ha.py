@@ -32,6 +32,7 @@ from ahvlite.lab.services import lab_zk_members, member_mode, open_lab_store
 from ahvlite.spec.lab import LabSpec
 from ahvlite.virt import guest
 from ahvlite.virt.conn import local_socket_connection
+from bench.waiting import until
 
 NAME = "bha"
 SUBNET = ipaddress.IPv4Network("10.213.254.0/26")
@@ -44,13 +45,7 @@ def _defined(layout: LabLayout, host: str) -> set[str]:
 
 
 def _until(pred: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(what)
+    return until(pred, timeout_s, what, interval_s=0.1)  # drills: poll finer than labs
 
 
 class Twins:
